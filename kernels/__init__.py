@@ -1,0 +1,7 @@
+"""Triton kernels of lightning_curate.
+
+This folder lives at the repository's top level (``kernels/``) and ships inside
+the wheel as ``lightning_curate.kernels``; it is never a top-level ``kernels``
+module (that name belongs to another PyPI package). Triton is imported only by
+the kernel modules themselves, so importing this package needs no Triton.
+"""

@@ -1,0 +1,194 @@
+"""Exact laws of curated retraining for discrete distributions (THEORY.md sections 2-4).
+
+These are the oracles the tests check ``kchoice`` and the loop against, and the
+reference a user compares a run with: what an ideal learner would do.
+
+Everything here is float64 NumPy-free torch, on the CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "curated_distribution",
+    "curation_weights",
+    "tilted_distribution",
+    "plackett_luce_law",
+    "retraining_trajectory",
+    "rlhf_coefficient",
+    "improvement_lower_bound",
+]
+
+# Largest number of multisets of K - 1 atoms enumerated exactly; beyond it the
+# one-dimensional integral form is integrated numerically.
+_MAX_EXACT_TERMS = 200_000
+
+
+def _as_f64(x, name: str) -> Tensor:
+    t = torch.as_tensor(x, dtype=torch.float64).flatten()
+    if t.numel() == 0:
+        raise ValueError(f"{name} must not be empty")
+    return t
+
+
+def _check_law(p: Tensor, r: Tensor, beta: float) -> None:
+    if p.shape != r.shape:
+        raise ValueError(f"p and r must have the same length, got {p.numel()} and {r.numel()}")
+    if (p < 0).any() or not torch.isfinite(p).all():
+        raise ValueError("p must be finite and non-negative")
+    if abs(float(p.sum()) - 1.0) > 1e-9:
+        raise ValueError(f"p must sum to 1, got {float(p.sum())}")
+    if not torch.isfinite(r).all():
+        raise ValueError("r must be finite")
+    if not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be finite and >= 0, got {beta}")
+
+
+def curation_weights(p, r, K, beta: float = 1.0) -> Tensor:
+    """``H(x)`` of THEORY.md section 2: the factor by which curation reweights each atom.
+
+    ``q = p * H``. ``K`` may be ``math.inf`` (then ``H = w / E_p[w]``).
+    """
+    p, r = _as_f64(p, "p"), _as_f64(r, "r")
+    _check_law(p, r, beta)
+    # Shift rewards by their max: H is invariant to a common factor in w.
+    w = torch.exp(beta * (r - r.max()))
+    if K == math.inf:
+        return w / (p * w).sum()
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"K must be an int >= 1 or math.inf, got {K!r}")
+    if K == 1:
+        return torch.ones_like(p)
+    support = torch.nonzero(p > 0).flatten()
+    n_terms = math.comb(K - 1 + support.numel() - 1, K - 1)
+    if n_terms <= _MAX_EXACT_TERMS:
+        return _weights_exact(p, w, K, support)
+    return _weights_integral(p, w, K)
+
+
+def _weights_exact(p: Tensor, w: Tensor, K: int, support: Tensor) -> Tensor:
+    """Exact expectation over the multisets of the K - 1 other candidates."""
+    ps, ws = p[support].tolist(), w[support].tolist()
+    log_fact = [math.lgamma(i + 1) for i in range(K)]
+    H = torch.zeros_like(p)
+    for combo in itertools.combinations_with_replacement(range(len(ps)), K - 1):
+        counts = {}
+        for i in combo:
+            counts[i] = counts.get(i, 0) + 1
+        log_prob = log_fact[K - 1] + sum(c * math.log(ps[i]) - log_fact[c] for i, c in counts.items())
+        others = sum(ws[i] for i in combo)
+        H += math.exp(log_prob) * K * w / (w + others)
+    return H
+
+
+def _weights_integral(p: Tensor, w: Tensor, K: int, panels: int = 400, order: int = 16) -> Tensor:
+    """``H(x) = K * int_0^1 (sum_i p_i t^(w_i / w(x)))^(K-1) dt`` by composite Gauss-Legendre.
+
+    This is the exponential-race form of THEORY.md with ``t = exp(-w(x) s)``.
+    Nodes are graded towards ``t = 0`` (``t = u^4``), where the integrand has a cusp.
+    """
+    nodes, weights = _gauss_legendre(order)
+    edges = torch.linspace(0.0, 1.0, panels + 1, dtype=torch.float64)
+    a, b = edges[:-1, None], edges[1:, None]
+    u = (a + (b - a) * (nodes[None, :] + 1) / 2).flatten()
+    du = ((b - a) / 2 * weights[None, :]).flatten()
+    t, dt = u**4, 4 * u**3 * du
+    log_t = torch.log(t.clamp_min(1e-300))
+    H = torch.empty_like(p)
+    for x in range(p.numel()):
+        ratio = w / w[x]
+        inner = (p[None, :] * torch.exp(log_t[:, None] * ratio[None, :])).sum(dim=1)
+        H[x] = K * (inner ** (K - 1) * dt).sum()
+    return H
+
+
+def _gauss_legendre(order: int) -> tuple[Tensor, Tensor]:
+    """Nodes and weights on [-1, 1] (Golub-Welsch)."""
+    i = torch.arange(1, order, dtype=torch.float64)
+    off = i / torch.sqrt(4 * i**2 - 1)
+    jac = torch.diag(off, 1) + torch.diag(off, -1)
+    nodes, vecs = torch.linalg.eigh(jac)
+    return nodes, 2 * vecs[0] ** 2
+
+
+def curated_distribution(p, r, K, beta: float = 1.0) -> Tensor:
+    """Law of the kept sample when the best of ``K`` i.i.d. draws from ``p`` is chosen
+    by Bradley-Terry with ``w = exp(beta * r)`` (THEORY.md section 2).
+
+    ``p``: probabilities of the atoms; ``r``: their rewards; ``K``: candidates per
+    slot (an int >= 1, or ``math.inf`` for the exponential-tilt limit).
+    Returns a float64 tensor that sums to 1.
+    """
+    p = _as_f64(p, "p")
+    q = p * curation_weights(p, r, K, beta)
+    return q / q.sum()
+
+
+def tilted_distribution(p, r, beta: float = 1.0) -> Tensor:
+    """``p * exp(beta r) / E_p[exp(beta r)]``: the ``K -> inf`` limit and the RLHF optimum."""
+    return curated_distribution(p, r, math.inf, beta)
+
+
+def plackett_luce_law(scores, num_winners: int) -> dict[tuple[int, ...], float]:
+    """Probability of every ordered choice of ``num_winners`` among candidates with
+    the given scores (``beta * r``; ``-inf`` never wins), for small cases."""
+    s = _as_f64(scores, "scores")
+    if not 1 <= num_winners <= s.numel():
+        raise ValueError(f"num_winners must be in 1..{s.numel()}, got {num_winners}")
+    w = torch.exp(s - s.max()).tolist()
+    law = {}
+    for order in itertools.permutations(range(len(w)), num_winners):
+        prob, left = 1.0, sum(w)
+        for i in order:
+            prob *= w[i] / left if left > 0 else 0.0
+            left -= w[i]
+        law[order] = prob
+    return law
+
+
+def retraining_trajectory(p_data, r, K, beta: float = 1.0, real_fraction: float = 0.0,
+                          rounds: int = 10) -> Tensor:
+    """Ideal-learner iteration ``p_{t+1} = rho p_data + (1 - rho) q_t`` (THEORY.md section 3).
+
+    Returns ``[rounds + 1, n]``: row 0 is ``p_data`` (the model after round 0).
+    """
+    if not 0.0 <= real_fraction <= 1.0:
+        raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction}")
+    p_data = _as_f64(p_data, "p_data")
+    traj = [p_data]
+    p = p_data
+    for _ in range(rounds):
+        p = real_fraction * p_data + (1 - real_fraction) * curated_distribution(p, r, K, beta)
+        traj.append(p)
+    return torch.stack(traj)
+
+
+def rlhf_coefficient(rounds: int, beta: float) -> float:
+    """KL-regularisation coefficient that ``t`` rounds of curation match in the tilt limit:
+    ``p_t`` maximises ``E_p[r] - (1 / (t beta)) KL(p || p_0)`` (THEORY.md section 4.1)."""
+    if rounds <= 0 or beta <= 0:
+        return math.inf
+    return 1.0 / (rounds * beta)
+
+
+def improvement_lower_bound(p, r, K, beta: float = 1.0) -> float:
+    """Paper's lower bound on ``E_{p_{t+1}}[w]`` for an ideal curated-only learner
+    (THEORY.md section 4.2): ``E_p[w] + ((K-1)/K) Var_p[w] / exp(beta r*)``."""
+    p, r = _as_f64(p, "p"), _as_f64(r, "r")
+    _check_law(p, r, beta)
+    w = torch.exp(beta * r)
+    mean = float((p * w).sum())
+    var = float((p * (w - mean) ** 2).sum())
+    return mean + (K - 1) / K * var / math.exp(beta * float(r.max()))
+
+
+def expected_exp_reward(p, r, beta: float = 1.0) -> float:
+    """``E_p[exp(beta r)]``, the quantity that curated retraining increases."""
+    p, r = _as_f64(p, "p"), _as_f64(r, "r")
+    return float((p * torch.exp(beta * r)).sum())
