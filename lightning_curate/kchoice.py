@@ -93,7 +93,9 @@ def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> fl
     n, k = rewards.shape
     if k == 0 and n > 0:
         raise ValueError("rewards has K = 0 candidates per row; each slot needs at least 1 candidate")
-    if n > 0 and not 1 <= num_winners <= k:
+    # Checked for N = 0 too (the empty result's shape uses it); only an empty
+    # [0, 0] input may ask for more winners than it has candidates.
+    if num_winners < 1 or (num_winners > k and (n > 0 or k > 0)):
         raise ValueError(f"num_winners must be in 1..K = 1..{k}, got {num_winners}")
     if candidates is not None:
         if not isinstance(candidates, Tensor):
@@ -221,7 +223,9 @@ def _kchoice_torch(rewards: Tensor, beta: float, m: int, mode: str, seed: int,
         stop = min(n, start + rows_per_chunk)
         r = rewards[start:stop].to(work_dtype)
         s = _scaled(r, beta)
-        lse[start:stop] = torch.logsumexp(s, dim=1)
+        # Kept in the working dtype: log-probs are differences of large numbers.
+        chunk_lse = torch.logsumexp(s, dim=1)
+        lse[start:stop] = chunk_lse
         if mode == "argmax":
             if m == 1:
                 idx = torch.argmax(r, dim=1)
@@ -244,7 +248,7 @@ def _kchoice_torch(rewards: Tensor, beta: float, m: int, mode: str, seed: int,
         if m == 1:
             idx = torch.argmax(noise, dim=1)
             index[start:stop] = idx
-            log_prob[start:stop] = s.gather(1, idx[:, None])[:, 0] - lse[start:stop].to(work_dtype)
+            log_prob[start:stop] = s.gather(1, idx[:, None])[:, 0] - chunk_lse
             continue
         idx = torch.topk(noise, m, dim=1, sorted=True).indices
         index[start:stop] = idx

@@ -1,0 +1,201 @@
+"""The LightningModule: a generative model trained by Lightning, and the curation of its samples.
+
+``training_step`` fits the generator (its own loss) on the round's data.
+``curate_round`` is one curation step of THEORY.md section 1 at a round
+boundary: sample ``num_slots x num_candidates`` candidates block by block
+(bounded memory), score them with the reward model, keep ``num_winners`` per
+slot with :func:`lightning_curate.kchoice`, and measure the round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lightning_curate.generators import Generator
+from lightning_curate.kchoice import BACKENDS, MODES, kchoice
+from lightning_curate.metrics import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
+from lightning_curate.seeding import derive_seed, generator as make_generator
+
+# Randomness is keyed to fixed blocks of slots: the candidates and choices of a
+# block depend on (round seed, block index) only, so chunk_size never changes a round.
+SLOT_BLOCK = 512
+
+
+@dataclass
+class CurationOutcome:
+    """What one curation step produced: tensors for the store and the round's metrics."""
+
+    tensors: dict[str, Tensor]
+    row: dict[str, float] = field(default_factory=dict)
+
+
+class CurationModule(L.LightningModule):
+    """Wraps a :class:`~lightning_curate.generators.Generator` and a reward model.
+
+    Args:
+        generator: the generative model (e.g. ``FlowMatching``), trained with its own loss.
+        reward: any ``nn.Module`` mapping a batch ``[n, ...]`` to rewards ``[n]``; frozen.
+        num_slots: curation slots per round (``N``); each keeps ``num_winners`` samples.
+        num_candidates: candidates shown per slot (``K``).
+        beta: inverse temperature of the Bradley-Terry choice.
+        num_winners: samples kept per slot (``m``, Plackett-Luce order for ``m > 1``).
+        mode: ``softmax`` (Bradley-Terry), ``argmax`` (best-of-K) or ``uniform`` (no curation).
+        chunk_size: slots generated, scored and curated together (bounds memory only).
+        lr, weight_decay: AdamW settings for the generator.
+        preview_size: model samples kept per round for plots and the distance metric.
+        backend: ``kchoice`` backend (``auto``: Triton on CUDA, torch on CPU).
+    """
+
+    def __init__(self, generator: Generator, reward: nn.Module, num_slots: int = 2000,
+                 num_candidates: int = 4, beta: float = 1.0, num_winners: int = 1, mode: str = "softmax",
+                 chunk_size: int = 8192, lr: float = 1e-3, weight_decay: float = 0.0,
+                 preview_size: int = 2000, backend: str = "auto"):
+        super().__init__()
+        _check_int("num_slots", num_slots, 1)
+        _check_int("num_candidates", num_candidates, 1)
+        _check_int("num_winners", num_winners, 1)
+        _check_int("chunk_size", chunk_size, 1)
+        _check_int("preview_size", preview_size, 0)
+        if num_winners > num_candidates:
+            raise ValueError(f"num_winners ({num_winners}) must be <= num_candidates ({num_candidates})")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.save_hyperparameters(ignore=["generator", "reward"])
+        self.generator = generator
+        self.reward = reward.requires_grad_(False).eval()
+        self.num_slots, self.num_candidates, self.num_winners = num_slots, num_candidates, num_winners
+        self.beta, self.mode, self.chunk_size = float(beta), mode, chunk_size
+        self.lr, self.weight_decay, self.preview_size, self.backend = lr, weight_decay, preview_size, backend
+        self.model_reward = RewardStats()
+        self.curated_reward = RewardStats()
+        self.selection_entropy = SelectionEntropy()
+        self.distance = SlicedWasserstein()
+
+    # -- training -----------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        loss = self.generator.loss(x)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.generator.update_ema()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.reward.eval()  # the reward model is a fixed judge: never in training mode
+        return self
+
+    def configure_optimizers(self):
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # -- curation -----------------------------------------------------------
+    def score(self, x: Tensor, round_idx: int) -> Tensor:
+        """Rewards ``[n]`` of samples ``x``, checked: a bad reward model stops the run."""
+        with torch.inference_mode():
+            r = self.reward(x)
+        if not isinstance(r, Tensor) or tuple(r.shape) != (x.shape[0],):
+            shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+            raise ValueError(f"round {round_idx}: the reward model returned shape {shape} for {x.shape[0]} samples; "
+                             f"it must return one reward per sample, shape [{x.shape[0]}]")
+        bad = int((~torch.isfinite(r)).sum())
+        if bad:
+            raise ValueError(f"round {round_idx}: the reward model returned {bad} non-finite rewards (NaN or inf) "
+                             f"out of {x.shape[0]}")
+        return r.float().clone()
+
+    @torch.no_grad()
+    def curate_round(self, round_idx: int, seed: int,
+                     label_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
+                     reference: Optional[Tensor] = None,
+                     class_names: Optional[list[str]] = None) -> CurationOutcome:
+        """One curation step from the current model; see the module docstring."""
+        n_slots, k, m = self.num_slots, self.num_candidates, self.num_winners
+        shape = tuple(self.generator.data_shape)
+        for metric in (self.model_reward, self.curated_reward, self.selection_entropy, self.distance):
+            metric.reset()
+        n_classes = len(class_names) if class_names else 0
+        model_counts = torch.zeros(n_classes, dtype=torch.float64)
+        curated_counts = torch.zeros(n_classes, dtype=torch.float64)
+        winners, winner_rewards, winner_labels, preview = [], [], [], []
+        chunk_blocks = max(1, math.ceil(self.chunk_size / SLOT_BLOCK))
+        n_blocks = math.ceil(n_slots / SLOT_BLOCK)
+        for first_block in range(0, n_blocks, chunk_blocks):
+            blocks = range(first_block, min(n_blocks, first_block + chunk_blocks))
+            sizes = [min(SLOT_BLOCK, n_slots - b * SLOT_BLOCK) for b in blocks]
+            cands = torch.cat([
+                self.generator.sample(nb * k, generator=make_generator(derive_seed(seed, "candidates", b)),
+                                      device=self.device)
+                for b, nb in zip(blocks, sizes)])
+            rewards = self.score(cands, round_idx)
+            labels = label_fn(cands) if label_fn is not None and n_classes else None
+            offset = 0
+            for b, nb in zip(blocks, sizes):
+                sl = slice(offset, offset + nb * k)
+                offset += nb * k
+                r_block = rewards[sl].view(nb, k)
+                block_cands = cands[sl]
+                res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode,
+                              seed=derive_seed(seed, "choice", b), backend=self.backend,
+                              candidates=block_cands.view(nb, k, *shape))
+                winners.append(res.chosen.reshape(nb * m, *shape).cpu())
+                rows = torch.arange(nb, device=res.index.device)[:, None]
+                flat = (rows * k + res.index.view(nb, m)).reshape(-1)
+                winner_rewards.append(r_block.reshape(-1)[flat].cpu())
+                self.model_reward.update(r_block.reshape(-1))
+                self.curated_reward.update(r_block.reshape(-1)[flat])
+                self.selection_entropy.update(self.beta * r_block)
+                if labels is not None:
+                    lab = labels[sl]
+                    model_counts += torch.bincount(lab.cpu(), minlength=n_classes).double()
+                    curated_counts += torch.bincount(lab[flat].cpu(), minlength=n_classes).double()
+                    winner_labels.append(lab[flat].cpu())
+                have = sum(p.shape[0] for p in preview)
+                if have < self.preview_size:
+                    # The first candidate of each slot: i.i.d. samples of the current model.
+                    preview.append(block_cands.view(nb, k, *shape)[: self.preview_size - have, 0].cpu())
+            del cands, rewards, labels
+
+        tensors = {"x": torch.cat(winners), "rewards": torch.cat(winner_rewards)}
+        if winner_labels:
+            tensors["labels"] = torch.cat(winner_labels)
+        if preview:
+            tensors["preview"] = torch.cat(preview)
+        model_stats = self.model_reward.compute()
+        curated_stats = self.curated_reward.compute()
+        row = {
+            "reward_mean": float(model_stats["mean"]),
+            "reward_std": float(model_stats["std"]),
+            "curated_reward_mean": float(curated_stats["mean"]),
+            "curated_reward_std": float(curated_stats["std"]),
+            "selection_entropy": float(self.selection_entropy.compute()),
+        }
+        if reference is not None and preview:
+            self.distance.update(tensors["preview"].reshape(len(tensors["preview"]), -1).to(self.device),
+                                 reference.reshape(len(reference), -1).to(self.device))
+            row["sliced_wasserstein"] = float(self.distance.compute())
+        if n_classes:
+            model_shares = model_counts / model_counts.sum()
+            curated_shares = curated_counts / curated_counts.sum()
+            for name, share, cshare in zip(class_names, model_shares.tolist(), curated_shares.tolist()):
+                row[f"share_{name}"] = share
+                row[f"curated_share_{name}"] = cshare
+        return CurationOutcome(tensors=tensors, row=row)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

@@ -1,0 +1,625 @@
+#!/usr/bin/env python
+"""Benchmark ``kchoice`` against the ways curation is usually written.
+
+One run, side by side, in the style of Liger-Kernel's benchmark scripts:
+
+* ``kchoice``      : ``lightning_curate.kchoice`` with ``backend="auto"`` (the torch
+                     path on the CPU, the Triton kernel on CUDA); it returns the
+                     index, its log-probability and the row logsumexp, and gathers
+                     the winners when candidates are given.
+* ``(a) multinom`` : ``torch.multinomial(torch.softmax(beta * r, -1), 1)`` plus a
+                     gather of the candidates (index only, no log-probabilities).
+* ``(b) loop``     : a per-slot Python loop (softmax of the slot's K rewards,
+                     ``torch.multinomial``, ``.item()``, index the candidate), as
+                     public reproductions of the paper curate. Only run for
+                     ``N <= --loop-max-n``; ``-`` elsewhere.
+
+Shapes: every ``N x K x D`` of ``--n``, ``--k``, ``--d`` (``D = 0``: no candidates;
+``D > 0``: ``[N, K, D]`` candidates, float32 on the CPU, float16 on CUDA). Shapes
+whose candidate tensor exceeds ``--mem-budget-gib`` are skipped and marked.
+
+Timing: ``triton.testing.do_bench`` (median) on CUDA; on the CPU
+``time.perf_counter`` around ``--warmup`` + ``--repeats`` calls, median.
+Effective bandwidth counts rewards read + index/log_prob/logsumexp written +
+gathered candidates read and written.
+
+Memory (``--memory``; always on CUDA): the extra peak memory of one call over its
+inputs, split into the outputs it returns and the rest (``work``), reported as
+MiB and as a multiple of the rewards tensor's size. CUDA:
+``torch.cuda.max_memory_allocated`` deltas. CPU: one fresh subprocess per shape
+and method, comparing ``ru_maxrss`` after allocating the inputs and after the call.
+
+Examples::
+
+    python scripts/bench_kchoice.py --quick
+    python scripts/bench_kchoice.py                         # the full grid
+    python scripts/bench_kchoice.py --n 10000 1000000 --k 4 16 --memory --json out.json
+    python scripts/bench_kchoice.py --device cuda           # Triton kernel, fp16 candidates
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without an install
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from lightning_curate.kchoice import kchoice  # noqa: E402
+
+DEFAULT_N = (10_000, 100_000, 1_000_000)
+DEFAULT_K = (2, 4, 16, 256)
+DEFAULT_D = (0, 64)
+QUICK_N = (1_000, 2_000)
+QUICK_K = (4, 16)
+QUICK_D = (0, 64)
+QUICK_MEMORY_SHAPES = ("2000,16,0",)
+SEED = 1234
+GIB = 1 << 30
+MIB = 1 << 20
+
+METHODS = ("kchoice", "multinomial", "loop")
+
+# Targets: (name, N, K, D). Checked only when the shape was run.
+TARGET_SPEED_A = (1_000_000, 16, 0)      # kchoice >= 2x faster than (a)
+TARGET_SPEED_B = (10_000, 4, 0)          # kchoice >= 200x faster than (b)
+TARGET_BANDWIDTH = (1_000_000, 16, 64)   # CUDA: >= 70% of peak DRAM bandwidth
+MEMORY_MIN_REWARDS_BYTES = 8 * MIB       # below this, RSS noise dominates: not judged
+
+
+# --------------------------------------------------------------------------- inputs
+
+def candidate_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def make_inputs(n: int, k: int, d: int, device: torch.device, seed: int = 0):
+    """Rewards ``[N, K]`` float32 and, for ``d > 0``, candidates ``[N, K, D]``.
+
+    Built without temporaries larger than the tensors themselves, so that the
+    CPU memory measurement starts from a peak equal to the live inputs.
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    rewards = torch.randn(n, k, device=device, generator=gen)
+    candidates = None
+    if d > 0:
+        candidates = torch.empty(n, k, d, dtype=candidate_dtype(device), device=device)
+        # Touch every page (untouched pages would read as the shared zero page);
+        # each candidate holds its own index mod 1024 so a gather can be spot-checked.
+        rows_per_chunk = max(1, (16 * MIB) // max(1, k * d * candidates.element_size()))
+        ids = torch.arange(k, device=device, dtype=torch.float32)
+        for start in range(0, n, rows_per_chunk):
+            stop = min(n, start + rows_per_chunk)
+            col = (torch.arange(start, stop, device=device, dtype=torch.float32)[:, None] * k + ids) % 1024
+            candidates[start:stop] = col[:, :, None].to(candidates.dtype)
+    return rewards, candidates
+
+
+# --------------------------------------------------------------------------- methods
+
+BACKEND = "auto"  # set from --backend
+
+
+def run_kchoice(rewards, candidates, beta):
+    return kchoice(rewards, beta, seed=SEED, candidates=candidates, backend=BACKEND)
+
+
+def run_multinomial(rewards, candidates, beta):
+    """Baseline (a): one ``torch.multinomial`` over the softmax, then a gather."""
+    index = torch.multinomial(torch.softmax(beta * rewards, -1), 1)[:, 0]
+    chosen = None
+    if candidates is not None:
+        chosen = candidates[torch.arange(candidates.shape[0], device=candidates.device), index]
+    return index, chosen
+
+
+def run_loop(rewards, candidates, beta):
+    """Baseline (b): the per-slot Python loop of public reproductions."""
+    picks = []
+    for i in range(rewards.shape[0]):
+        p = torch.softmax(beta * rewards[i], -1)
+        j = torch.multinomial(p, 1).item()
+        picks.append(candidates[i, j] if candidates is not None else j)
+    if candidates is not None:
+        return torch.stack(picks)
+    return torch.tensor(picks)
+
+
+RUNNERS: Dict[str, Callable] = {"kchoice": run_kchoice, "multinomial": run_multinomial, "loop": run_loop}
+
+
+def output_bytes(out) -> int:
+    """Bytes of the tensors a method returns (they are outputs, not working memory)."""
+    if isinstance(out, torch.Tensor):
+        return out.untyped_storage().nbytes()
+    if isinstance(out, (tuple, list)):
+        return sum(output_bytes(o) for o in out)
+    return 0
+
+
+def check_kchoice(out, rewards, candidates) -> None:
+    """Cheap sanity check that the timed call did what it claims."""
+    n, k = rewards.shape
+    assert out.index.shape == (n,) and out.log_prob.shape == (n,) and out.logsumexp.shape == (n,)
+    rows = min(n, 64)
+    assert bool(((out.index[:rows] >= 0) & (out.index[:rows] < k)).all())
+    if candidates is not None:
+        expect = candidates[torch.arange(rows, device=rewards.device), out.index[:rows]]
+        assert torch.equal(out.chosen[:rows], expect), "kchoice gathered the wrong candidates"
+
+
+# --------------------------------------------------------------------------- timing
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_cpu(fn: Callable[[], object], repeats: int, warmup: int) -> Dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def time_cuda(fn: Callable[[], object]) -> Dict[str, float]:
+    from triton.testing import do_bench
+
+    med, p20, p80 = do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": med, "p20_ms": p20, "p80_ms": p80}
+
+
+def kchoice_bytes(n: int, k: int, d: int, device: torch.device) -> int:
+    """Bytes kchoice must move: rewards read, index (int64) + log_prob + logsumexp
+    (float32) written, gathered candidates read and written."""
+    cand = 2 * n * d * torch.empty((), dtype=candidate_dtype(device)).element_size() if d else 0
+    return n * k * 4 + n * (8 + 4 + 4) + cand
+
+
+def peak_bandwidth_gbps(device: torch.device, override: Optional[float]) -> Optional[float]:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    try:
+        from triton.testing import get_dram_gbps
+
+        return float(get_dram_gbps(device.index if device.index is not None else torch.cuda.current_device()))
+    except Exception:  # pragma: no cover - depends on the Triton version
+        return None
+
+
+# --------------------------------------------------------------------------- memory
+
+def measure_cuda_memory(method: str, rewards, candidates, beta, device) -> Dict[str, float]:
+    fn = RUNNERS[method]
+    fn(rewards, candidates, beta)  # compile / warm the caching allocator's code paths
+    gc.collect()
+    sync(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    out = fn(rewards, candidates, beta)
+    sync(device)
+    extra = torch.cuda.max_memory_allocated(device) - base
+    return memory_row(extra, output_bytes(out), rewards)
+
+
+def memory_row(extra: int, out_bytes: int, rewards) -> Dict[str, float]:
+    rbytes = rewards.numel() * rewards.element_size()
+    work = max(0, extra - out_bytes)
+    return {"rewards_mib": rbytes / MIB, "extra_mib": extra / MIB, "outputs_mib": out_bytes / MIB,
+            "work_mib": work / MIB, "work_over_rewards": work / rbytes if rbytes else float("nan")}
+
+
+def _maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(spec: str) -> None:
+    """Runs in a fresh process: ``method,N,K,D,beta,threads,backend`` -> one JSON line."""
+    global BACKEND
+    method, n, k, d, beta, threads, BACKEND = spec.split(",")
+    n, k, d, beta, threads = int(n), int(k), int(d), float(beta), int(threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    fn = RUNNERS[method]
+    # Warm the code paths (lazy inits, thread pool) on a tiny input first.
+    small_r, small_c = make_inputs(8, k, d, device)
+    fn(small_r, small_c, beta)
+    del small_r, small_c
+    rewards, candidates = make_inputs(n, k, d, device)
+    gc.collect()
+    reset = _reset_peak_rss()
+    before = _maxrss_bytes()
+    out = fn(rewards, candidates, beta)
+    after = _maxrss_bytes()
+    row = memory_row(after - before, output_bytes(out), rewards)
+    row["peak_reset"] = reset
+    print(json.dumps(row))
+
+
+def measure_cpu_memory(method: str, n: int, k: int, d: int, beta: float, threads: int) -> Dict[str, float]:
+    spec = f"{method},{n},{k},{d},{beta!r},{threads},{BACKEND}"
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-child", spec],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory subprocess for {spec} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- printing
+
+def machine_info(device: torch.device) -> Dict[str, object]:
+    info: Dict[str, object] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "device": str(device),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["device_name"] = props.name
+        info["device_memory_gib"] = round(props.total_memory / GIB, 1)
+    else:
+        info["device_name"] = info["cpu"]
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fmt_ms(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    if x < 1:
+        return f"{x:.3f}"
+    if x < 100:
+        return f"{x:.2f}"
+    return f"{x:.0f}"
+
+
+def fmt_ratio(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
+
+
+def fmt(x: Optional[float], spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(headers: Sequence[str], rows: List[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)).rstrip())
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--n", type=int, nargs="+", help=f"slot counts N (default {list(DEFAULT_N)})")
+    p.add_argument("--k", type=int, nargs="+", help=f"candidates per slot K (default {list(DEFAULT_K)})")
+    p.add_argument("--d", type=int, nargs="+",
+                   help=f"candidate feature sizes D, 0 = no candidates (default {list(DEFAULT_D)})")
+    p.add_argument("--beta", type=float, default=1.0, help="inverse temperature (default 1.0)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
+                   help="kchoice backend (default auto: torch on the CPU, Triton on CUDA)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement on the CPU (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first on the CPU (default 1)")
+    p.add_argument("--loop-max-n", type=int, default=10_000,
+                   help="run the per-slot loop baseline only for N <= this (default 10000)")
+    p.add_argument("--mem-budget-gib", type=float, default=4.0,
+                   help="skip shapes whose candidate tensor N*K*D exceeds this (default 4 GiB)")
+    p.add_argument("--memory", action="store_true",
+                   help="CPU: measure extra peak memory (one subprocess per shape and method; slow)")
+    p.add_argument("--memory-shapes", nargs="+", metavar="N,K,D",
+                   help="shapes for --memory on the CPU (default: the largest N with each K at D=0, "
+                        "and K=16 at the largest D)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--peak-gbps", type=float, default=None,
+                   help="peak memory bandwidth in GB/s (default on CUDA: from Triton's device properties)")
+    p.add_argument("--quick", action="store_true",
+                   help="small shapes, 3 repeats, memory of kchoice on one small shape: a smoke test")
+    p.add_argument("--json", metavar="PATH", help="also write machine, rows and targets as JSON here")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target FAILs")
+    p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n = args.n or list(QUICK_N)
+        args.k = args.k or list(QUICK_K)
+        args.d = args.d if args.d is not None else list(QUICK_D)
+        if args.repeats == 5:
+            args.repeats = 3
+        args.memory = True
+        args.memory_shapes = args.memory_shapes or list(QUICK_MEMORY_SHAPES)
+    args.n = args.n or list(DEFAULT_N)
+    args.k = args.k or list(DEFAULT_K)
+    args.d = args.d if args.d is not None else list(DEFAULT_D)
+    for name in ("n", "k"):
+        if any(v < 1 for v in getattr(args, name)):
+            p.error(f"--{name} values must be >= 1")
+    if any(v < 0 for v in args.d):
+        p.error("--d values must be >= 0")
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def default_memory_shapes(ns, ks, ds) -> List[tuple]:
+    n = max(ns)
+    shapes = [(n, k, 0) for k in ks]
+    d = max(ds)
+    if d > 0:
+        shapes.append((n, 16 if 16 in ks else max(ks), d))
+    return shapes
+
+
+def main(argv=None) -> int:
+    global BACKEND
+    args = parse_args(argv)
+    BACKEND = args.backend
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return 0
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    cuda = device.type == "cuda"
+    budget = int(args.mem_budget_gib * GIB)
+    cdtype = candidate_dtype(device)
+    csize = torch.empty((), dtype=cdtype).element_size()
+    peak = peak_bandwidth_gbps(device, args.peak_gbps)
+    info = machine_info(device)
+
+    print("kchoice benchmark")
+    print(f"  machine : {info['cpu']} | {info['cpu_count']} CPUs ({info['cpus_usable']} usable) | "
+          f"torch {info['torch']} ({info['torch_threads']} threads) | triton {info['triton']} | "
+          f"python {info['python']}")
+    print(f"  device  : {device} = {info['device_name']}"
+          + (f" | peak DRAM {peak:.0f} GB/s" if peak else ""))
+    print(f"  setup   : beta={args.beta} | rewards float32 | candidates {str(cdtype).replace('torch.', '')} "
+          f"| budget {args.mem_budget_gib:g} GiB | "
+          + ("timing: triton.testing.do_bench, median" if cuda else
+             f"timing: perf_counter, {args.warmup} warmup + {args.repeats} repeats, median")
+          + f" | loop baseline for N <= {args.loop_max_n}")
+    print(f"  methods : kchoice = lightning_curate.kchoice (backend {args.backend}) | "
+          "(a) = torch.multinomial(softmax(beta*r), 1) + gather | (b) = per-slot Python loop")
+    print(flush=True)
+
+    rows: List[Dict[str, object]] = []
+    mem_rows: List[Dict[str, object]] = []
+    for n in args.n:
+        for k in args.k:
+            for d in args.d:
+                row: Dict[str, object] = {"N": n, "K": k, "D": d, "device": str(device),
+                                          "candidate_dtype": str(cdtype).replace("torch.", "")}
+                cand_bytes = n * k * d * csize
+                if cand_bytes > budget:
+                    row["skipped"] = (f"candidates {cand_bytes / GIB:.1f} GiB > budget "
+                                      f"{args.mem_budget_gib:g} GiB")
+                    rows.append(row)
+                    continue
+                rewards, candidates = make_inputs(n, k, d, device)
+                check_kchoice(run_kchoice(rewards, candidates, args.beta), rewards, candidates)
+                for method in METHODS:
+                    if method == "loop" and n > args.loop_max_n:
+                        continue
+                    fn = RUNNERS[method]
+
+                    def call(fn=fn):
+                        return fn(rewards, candidates, args.beta)
+
+                    t = time_cuda(call) if cuda else time_cpu(call, args.repeats, args.warmup)
+                    row[f"{method}_ms"] = t["median_ms"]
+                    row[f"{method}_timing"] = t
+                kc = row["kchoice_ms"]
+                for method, key in (("multinomial", "ratio_a"), ("loop", "ratio_b")):
+                    if f"{method}_ms" in row:
+                        row[key] = row[f"{method}_ms"] / kc
+                row["bytes"] = kchoice_bytes(n, k, d, device)
+                row["gbps"] = row["bytes"] / (kc * 1e-3) / 1e9
+                if peak:
+                    row["peak_fraction"] = row["gbps"] / peak
+                if cuda:  # cheap on CUDA: every shape
+                    for method in ("kchoice", "multinomial"):
+                        m = measure_cuda_memory(method, rewards, candidates, args.beta, device)
+                        mem_rows.append({"N": n, "K": k, "D": d, "method": method, **m})
+                rows.append(row)
+                del rewards, candidates
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+                print(f"  done N={n} K={k} D={d}: kchoice {fmt_ms(kc)} ms", file=sys.stderr, flush=True)
+
+    if args.memory and not cuda:
+        shapes = ([tuple(int(v) for v in s.split(",")) for s in args.memory_shapes]
+                  if args.memory_shapes else default_memory_shapes(args.n, args.k, args.d))
+        for n, k, d in shapes:
+            if n * k * d * csize > budget:
+                mem_rows.append({"N": n, "K": k, "D": d, "method": "kchoice", "skipped": "over budget"})
+                continue
+            for method in (("kchoice",) if args.quick else ("kchoice", "multinomial")):
+                m = measure_cpu_memory(method, n, k, d, args.beta, args.threads)
+                mem_rows.append({"N": n, "K": k, "D": d, "method": method, **m})
+                print(f"  memory N={n} K={k} D={d} {method}: done", file=sys.stderr, flush=True)
+
+    # ---- speed table
+    headers = ["N", "K", "D", "kchoice ms", "(a) multinom ms", "(b) loop ms",
+               "(a)/kchoice", "(b)/kchoice", "kchoice GB/s"]
+    if peak:
+        headers.append("% peak BW")
+    headers.append("note")
+    table = []
+    for r in rows:
+        if "skipped" in r:
+            cells = [str(r["N"]), str(r["K"]), str(r["D"])] + ["-"] * (len(headers) - 4) + [f"skip: {r['skipped']}"]
+        else:
+            cells = [str(r["N"]), str(r["K"]), str(r["D"]), fmt_ms(r.get("kchoice_ms")),
+                     fmt_ms(r.get("multinomial_ms")), fmt_ms(r.get("loop_ms")),
+                     fmt_ratio(r.get("ratio_a")), fmt_ratio(r.get("ratio_b")), fmt(r.get("gbps"), ".3g")]
+            if peak:
+                cells.append(fmt(100 * r["peak_fraction"], ".1f"))
+            cells.append("")
+        table.append(cells)
+    print("Speed (median ms; ratio > 1: kchoice is faster)")
+    print_table(headers, table)
+    print()
+
+    # ---- memory table
+    if mem_rows:
+        how = ("torch.cuda.max_memory_allocated delta" if cuda else
+               "ru_maxrss delta in a fresh subprocess per shape and method")
+        print(f"Memory (extra peak over the inputs, {how}; work = extra - returned outputs)")
+        mheaders = ["N", "K", "D", "method", "rewards MiB", "extra MiB", "outputs MiB", "work MiB",
+                    "work/rewards"]
+        mtable = []
+        for m in mem_rows:
+            if "skipped" in m:
+                mtable.append([str(m["N"]), str(m["K"]), str(m["D"]), m["method"]] + ["-"] * 4
+                              + [f"skip: {m['skipped']}"])
+                continue
+            mtable.append([str(m["N"]), str(m["K"]), str(m["D"]), m["method"], fmt(m["rewards_mib"], ".1f"),
+                           fmt(m["extra_mib"], ".1f"), fmt(m["outputs_mib"], ".1f"), fmt(m["work_mib"], ".1f"),
+                           fmt(m["work_over_rewards"], ".2f")])
+        print_table(mheaders, mtable)
+        print()
+
+    # ---- targets
+    targets = evaluate_targets(rows, mem_rows, cuda, peak)
+    print("Targets")
+    for t in targets:
+        print(f"  {t['status']:4s}  {t['name']}: {t['detail']}")
+
+    if args.json:
+        payload = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "memory_child"},
+                   "rows": rows, "memory": mem_rows, "targets": targets}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+        print(f"\nwrote {args.json}")
+    if args.strict and any(t["status"] == "FAIL" for t in targets):
+        return 1
+    return 0
+
+
+def _find(rows, n, k, d):
+    for r in rows:
+        if (r["N"], r["K"], r["D"]) == (n, k, d) and "skipped" not in r:
+            return r
+    return None
+
+
+def evaluate_targets(rows, mem_rows, cuda: bool, peak: Optional[float]) -> List[Dict[str, str]]:
+    out = []
+
+    def add(name, status, detail):
+        out.append({"name": name, "status": status, "detail": detail})
+
+    n, k, d = TARGET_SPEED_A
+    r = _find(rows, n, k, d)
+    name = f"kchoice >= 2x faster than (a) multinomial at N={n}, K={k}, D={d}"
+    if r is None:
+        add(name, "SKIP", "shape not run")
+    else:
+        add(name, "PASS" if r["ratio_a"] >= 2 else "FAIL",
+            f"{r['ratio_a']:.2f}x ({fmt_ms(r['kchoice_ms'])} ms vs {fmt_ms(r['multinomial_ms'])} ms)")
+
+    n, k, d = TARGET_SPEED_B
+    r = _find(rows, n, k, d)
+    name = f"kchoice >= 200x faster than (b) loop at N={n}, K={k}, D={d}"
+    if r is None or "ratio_b" not in r:
+        add(name, "SKIP", "shape not run" if r is None else "loop baseline not run (--loop-max-n)")
+    else:
+        add(name, "PASS" if r["ratio_b"] >= 200 else "FAIL",
+            f"{r['ratio_b']:.0f}x ({fmt_ms(r['kchoice_ms'])} ms vs {fmt_ms(r['loop_ms'])} ms)")
+
+    name = "kchoice extra memory (beyond its outputs) <= one buffer of the rewards' size"
+    judged = [m for m in mem_rows if m["method"] == "kchoice" and "skipped" not in m
+              and m["rewards_mib"] * MIB >= MEMORY_MIN_REWARDS_BYTES]
+    if not judged:
+        small = any(m["method"] == "kchoice" and "skipped" not in m for m in mem_rows)
+        add(name, "SKIP", (f"only shapes with rewards < {MEMORY_MIN_REWARDS_BYTES // MIB} MiB measured "
+                           "(too small to judge)") if small else "not measured (run with --memory)")
+    else:
+        worst = max(judged, key=lambda m: m["work_over_rewards"])
+        add(name, "PASS" if worst["work_over_rewards"] <= 1.0 else "FAIL",
+            f"worst {worst['work_over_rewards']:.2f}x of rewards ({worst['work_mib']:.1f} MiB) at "
+            f"N={worst['N']}, K={worst['K']}, D={worst['D']}, over {len(judged)} shape(s)")
+
+    n, k, d = TARGET_BANDWIDTH
+    name = f"CUDA: kchoice >= 70% of peak memory bandwidth at N={n}, K={k}, D={d} (fp16)"
+    if not cuda:
+        add(name, "SKIP", "not on CUDA")
+    else:
+        r = _find(rows, n, k, d)
+        if r is None:
+            add(name, "SKIP", "shape not run")
+        elif not peak:
+            add(name, "SKIP", f"{r['gbps']:.0f} GB/s, peak bandwidth unknown (pass --peak-gbps)")
+        else:
+            frac = r["peak_fraction"]
+            add(name, "PASS" if frac >= 0.7 else "FAIL",
+                f"{100 * frac:.1f}% ({r['gbps']:.0f} of {peak:.0f} GB/s)")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
