@@ -29,6 +29,7 @@ Design, and why:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -130,8 +131,8 @@ def _kchoice_kernel(
             # Online logsumexp of beta * r over the remaining candidates.
             se = tl.where(elig, s, neg_inf)
             new_max = tl.maximum(run_max, tl.max(se, axis=1))
-            safe_max = tl.where(new_max == neg_inf, 0.0, new_max)
-            run_sum = run_sum * tl.exp(run_max - safe_max) + tl.sum(tl.exp(se - safe_max[:, None]), axis=1)
+            shift = tl.where(new_max == neg_inf, 0.0, new_max)  # no (-inf) - (-inf)
+            run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(se - shift[:, None]), axis=1)
             run_max = new_max
 
         safe_max = tl.where(run_max == neg_inf, 0.0, run_max)
@@ -173,6 +174,11 @@ def _gather_kernel(
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _check_block(name: str, value: int) -> int:
@@ -238,6 +244,9 @@ def kchoice_triton(
     """
     n, k = rewards.shape
     m = int(num_winners)
+    rewards = rewards.detach()  # the kernel reads raw memory; no autograd through it
+    if candidates is not None:
+        candidates = candidates.detach()
     dev = rewards.device
     interpret = dev.type != "cuda"
     if block_k is None:
@@ -253,15 +262,17 @@ def kchoice_triton(
     lse = torch.empty((n,), dtype=torch.float32, device=dev)
     if n > 0:
         grid = (triton.cdiv(n, block_n),)
-        _kchoice_kernel[grid](
-            rewards, index, log_prob, lse,
-            n, k, rewards.stride(0), rewards.stride(1),
-            float(beta), int(seed), m,
-            MODE=_MODE_CODES[mode], BLOCK_N=block_n, BLOCK_K=block_k,
-        )
+        with _on_device(dev):
+            _kchoice_kernel[grid](
+                rewards, index, log_prob, lse,
+                n, k, rewards.stride(0), rewards.stride(1),
+                float(beta), int(seed), m,
+                MODE=_MODE_CODES[mode], BLOCK_N=block_n, BLOCK_K=block_k,
+            )
     if m == 1:
         index, log_prob = index.view(n), log_prob.view(n)
     chosen = None
     if candidates is not None:
-        chosen = _gather(candidates, index, interpret)
+        with _on_device(dev):
+            chosen = _gather(candidates, index, interpret)
     return index, log_prob, lse, chosen

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_curate.seeding import derive_seed, generator
 from lightning_curate.sources import DataSource, RealData
@@ -145,9 +145,14 @@ class BlendingDataModule(L.LightningDataModule):
         return self._round_sets[round_idx]
 
     def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        round_idx = self.round_of_epoch(epoch)
-        dataset = self.dataset_for_round(round_idx)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=False,
-                          num_workers=self.num_workers,
-                          generator=generator(derive_seed(self.seed, "shuffle", epoch)))
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        dataset = self.dataset_for_round(self.round_of_epoch(epoch))
+        # A DistributedSampler even on one process: its order depends only on
+        # (seed, epoch), which Lightning sets each epoch, so a resumed run sees
+        # the batches an uninterrupted run sees; under DDP it shards the round.
+        sampler = DistributedSampler(dataset, num_replicas=getattr(trainer, "world_size", 1),
+                                     rank=getattr(trainer, "global_rank", 0), shuffle=True,
+                                     seed=derive_seed(self.seed, "shuffle") % (1 << 31))
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)

@@ -149,6 +149,8 @@ def kchoice(
         backend: ``"auto"`` (Triton on CUDA tensors, torch otherwise), ``"triton"`` or ``"torch"``.
     """
     beta = _validate(rewards, beta, num_winners, mode, seed, candidates, backend)
+    # A draw is not differentiable; the outputs carry no gradient on either backend.
+    rewards = rewards.detach()
     if seed is None:
         seed = int(torch.randint(0, _SEED_SPACE, (1,)).item())
     seed = seed % _SEED_SPACE

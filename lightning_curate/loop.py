@@ -32,7 +32,7 @@ from lightning_curate.seeding import derive_seed, seed_all
 from lightning_curate.store import RoundStore, StoreError
 
 ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
-             "curated_reward_mean", "curated_reward_std", "selection_entropy", "sliced_wasserstein"]
+             "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance"]
 
 
 class RetrainingLoop(Callback):
@@ -125,8 +125,10 @@ class RetrainingLoop(Callback):
         self._restored = True
 
     # -- one round ----------------------------------------------------------
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seed_all(derive_seed(self.seed, "epoch", trainer.current_epoch, trainer.global_rank))
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # Keyed on the step: a run resumed from any checkpoint draws what the
+        # uninterrupted run drew (epoch hooks are skipped on some restarts).
+        seed_all(derive_seed(self.seed, "step", trainer.global_step, trainer.global_rank))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch

@@ -186,7 +186,7 @@ class CurationModule(L.LightningModule):
         if reference is not None and preview:
             self.distance.update(tensors["preview"].reshape(len(tensors["preview"]), -1).to(self.device),
                                  reference.reshape(len(reference), -1).to(self.device))
-            row["sliced_wasserstein"] = float(self.distance.compute())
+            row["sw_distance"] = float(self.distance.compute())
         if n_classes:
             model_shares = model_counts / model_counts.sum()
             curated_shares = curated_counts / curated_counts.sum()

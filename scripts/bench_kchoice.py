@@ -27,7 +27,9 @@ Memory (``--memory``; always on CUDA): the extra peak memory of one call over it
 inputs, split into the outputs it returns and the rest (``work``), reported as
 MiB and as a multiple of the rewards tensor's size. CUDA:
 ``torch.cuda.max_memory_allocated`` deltas. CPU: one fresh subprocess per shape
-and method, comparing ``ru_maxrss`` after allocating the inputs and after the call.
+and method, comparing the peak RSS after allocating the inputs and after the call
+(``VmHWM`` with the peak reset through /proc/self/clear_refs on Linux, since a
+child's ``ru_maxrss`` there starts at its parent's peak; ``ru_maxrss`` elsewhere).
 
 Examples::
 
@@ -231,9 +233,24 @@ def memory_row(extra: int, out_bytes: int, rewards) -> Dict[str, float]:
             "work_mib": work / MIB, "work_over_rewards": work / rbytes if rbytes else float("nan")}
 
 
-def _maxrss_bytes() -> int:
+def _peak_rss_bytes() -> tuple:
+    """This process's peak RSS in bytes, and where it was read.
+
+    Linux: ``VmHWM`` of /proc/self/status, the peak of this process's own
+    address space. ``ru_maxrss`` is not usable in a child on Linux: at exec the
+    kernel folds the parent's peak RSS into it (a child of a 4 GiB benchmark
+    process starts at 4 GiB), and /proc/self/clear_refs does not reset that part.
+    Elsewhere: ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "VmHWM"
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+    return (rss if sys.platform == "darwin" else rss * 1024), "ru_maxrss"  # bytes on macOS, KiB on Linux
 
 
 def _reset_peak_rss() -> bool:
@@ -261,19 +278,26 @@ def memory_child(spec: str) -> None:
     del small_r, small_c
     rewards, candidates = make_inputs(n, k, d, device)
     gc.collect()
-    reset = _reset_peak_rss()
-    before = _maxrss_bytes()
+    reset = _reset_peak_rss()  # peak := current, so "before" is the live inputs
+    before, source = _peak_rss_bytes()
     out = fn(rewards, candidates, beta)
-    after = _maxrss_bytes()
+    after, _ = _peak_rss_bytes()
     row = memory_row(after - before, output_bytes(out), rewards)
     row["peak_reset"] = reset
+    row["rss_source"] = source
     print(json.dumps(row))
 
 
 def measure_cpu_memory(method: str, n: int, k: int, d: int, beta: float, threads: int) -> Dict[str, float]:
     spec = f"{method},{n},{k},{d},{beta!r},{threads},{BACKEND}"
+    env = dict(os.environ)
+    # A fixed mmap threshold turns off glibc's dynamic one: every large buffer is
+    # its own mapping, returned on free, so the peak RSS follows the peak of live
+    # buffers instead of whatever freed heap happens to be resident (which made
+    # the delta vary from 0 to 2x between identical runs).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-child", spec],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory subprocess for {spec} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -526,19 +550,20 @@ def main(argv=None) -> int:
     # ---- memory table
     if mem_rows:
         how = ("torch.cuda.max_memory_allocated delta" if cuda else
-               "ru_maxrss delta in a fresh subprocess per shape and method")
+               "peak-RSS delta in a fresh subprocess per shape and method")
         print(f"Memory (extra peak over the inputs, {how}; work = extra - returned outputs)")
         mheaders = ["N", "K", "D", "method", "rewards MiB", "extra MiB", "outputs MiB", "work MiB",
-                    "work/rewards"]
+                    "work/rewards", "note"]
         mtable = []
         for m in mem_rows:
             if "skipped" in m:
-                mtable.append([str(m["N"]), str(m["K"]), str(m["D"]), m["method"]] + ["-"] * 4
+                mtable.append([str(m["N"]), str(m["K"]), str(m["D"]), m["method"]] + ["-"] * 5
                               + [f"skip: {m['skipped']}"])
                 continue
             mtable.append([str(m["N"]), str(m["K"]), str(m["D"]), m["method"], fmt(m["rewards_mib"], ".1f"),
                            fmt(m["extra_mib"], ".1f"), fmt(m["outputs_mib"], ".1f"), fmt(m["work_mib"], ".1f"),
-                           fmt(m["work_over_rewards"], ".2f")])
+                           fmt(m["work_over_rewards"], ".2f"),
+                           "" if m.get("peak_reset", True) else "peak RSS not resettable: may under-count"])
         print_table(mheaders, mtable)
         print()
 

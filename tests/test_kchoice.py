@@ -380,6 +380,33 @@ def test_triton_draw_does_not_depend_on_block_sizes(mode, k, tiles):
             torch.testing.assert_close(public.logsumexp.double(), ref_lse, atol=2e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_k_streams_in_chunks(backend):
+    """K = 4096 (many BLOCK_K chunks in the kernel): exact log-probs, exact argmax."""
+    gen = torch.Generator().manual_seed(31)
+    n, k = 6, 4096
+    rewards = torch.randn(n, k, generator=gen) * 3
+    rewards[:, 1000:3000] = -math.inf
+    out = kchoice(rewards, 0.9, num_winners=2, seed=8, backend=backend)
+    assert torch.isfinite(rewards.gather(1, out.index)).all()
+    lse, lp = reference_log_probs(rewards, 0.9, out.index)
+    torch.testing.assert_close(out.logsumexp.double(), lse, atol=2e-5, rtol=1e-6)
+    torch.testing.assert_close(out.log_prob.double(), lp, atol=2e-5, rtol=1e-6)
+    best = kchoice(rewards, 0.9, num_winners=2, mode="argmax", seed=8, backend=backend)
+    assert torch.equal(best.index, torch.topk(rewards, 2, dim=1).indices)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_winners", [1, 2])
+def test_rewards_that_require_grad_are_accepted(backend, num_winners):
+    """Rewards straight out of a reward model (no torch.no_grad) work; outputs carry no grad."""
+    rewards = torch.randn(8, 5, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    out = kchoice(rewards * 2, 1.0, num_winners=num_winners, seed=3, backend=backend)
+    ref = kchoice((rewards * 2).detach(), 1.0, num_winners=num_winners, seed=3, backend=backend)
+    assert_same(out, ref)
+    assert not out.log_prob.requires_grad and not out.logsumexp.requires_grad
+
+
 @needs_triton
 def test_triton_block_sizes_must_be_powers_of_two():
     rewards = torch.zeros(4, 3)

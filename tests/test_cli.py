@@ -1,0 +1,249 @@
+"""End to end: the console script's ``main(args)`` runs whole curated-retraining runs.
+
+Multi-round runs use real epochs (not fast_dev_run), a CSV logger in tmp and
+checkpoints, so resume is tested the way users resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_curate.cli import main
+from lightning_curate.store import StoreError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, policy: str = "replace",
+                reward: dict | None = None, **model_overrides) -> dict:
+    """A run small enough for the test suite: 2D mog8, a small MLP, a few batches per epoch."""
+    model = {
+        "generator": {
+            "class_path": "lightning_curate.generators.FlowMatching",
+            "init_args": {
+                "velocity": {"class_path": "lightning_curate.nets.MLPVelocity",
+                             "init_args": {"dim": 2, "hidden": 64, "depth": 2}},
+                "data_shape": [2], "solver": "euler", "steps": 8, "ema_decay": 0.9,
+            },
+        },
+        "reward": reward or {"class_path": "lightning_curate.rewards.ClippedDistanceReward",
+                             "init_args": {"dataset": "mog8", "targets": [0, 1], "radius": 0.5}},
+        "num_slots": 600, "num_candidates": 4, "beta": 1.0, "num_winners": 1, "mode": "softmax",
+        "lr": 0.003, "preview_size": 300,
+    }
+    model.update(model_overrides)
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "default_root_dir": str(run_dir),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": "${trainer.default_root_dir}", "name": "", "version": ""}},
+            "callbacks": [
+                {"class_path": "lightning_curate.loop.RetrainingLoop",
+                 "init_args": {"rounds": rounds, "epochs_per_round": 2, "initial_epochs": 3, "seed": 0}},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": "${trainer.default_root_dir}/checkpoints", "save_last": True,
+                               "save_top_k": 1}},
+            ],
+            "limit_train_batches": 4, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+            "enable_model_summary": False, "log_every_n_steps": 1,
+        },
+        "model": {"class_path": "lightning_curate.module.CurationModule", "init_args": model},
+        "data": {"class_path": "lightning_curate.datamodule.BlendingDataModule",
+                 "init_args": {"source": {"class_path": "lightning_curate.sources.Toy2D",
+                                          "init_args": {"name": "mog8", "num_train": 2000, "num_heldout": 500}},
+                               "real_fraction": real_fraction, "policy": policy, "batch_size": 128}},
+    }
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "rounds.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def store_digest(run_dir: Path) -> dict[str, str]:
+    rounds = sorted((run_dir / "rounds").glob("round_*"))
+    return {r.name: json.loads((r / "manifest.json").read_text())["sha256"] for r in rounds}
+
+
+def test_fit_three_rounds_writes_every_artifact(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(run))
+    main(["fit", "-c", str(cfg)])
+    rows = read_rows(run)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
+    for col in ("round", "reward_mean", "reward_std", "curated_reward_mean", "real_fraction", "n_real",
+                "n_synthetic", "share_mode0", "share_mode7", "sw_distance", "selection_entropy"):
+        assert col in rows[0], col
+    assert float(rows[0]["real_fraction"]) == 1.0 and int(rows[0]["n_synthetic"]) == 0
+    assert float(rows[1]["real_fraction"]) == 0.0 and int(rows[1]["n_synthetic"]) == 600
+    for r in rows:
+        assert abs(sum(float(r[f"share_mode{i}"]) for i in range(8)) - 1.0) < 1e-9
+        # Curation with beta > 0 keeps better samples than the model's average.
+        assert float(r["curated_reward_mean"]) > float(r["reward_mean"])
+    assert sorted(store_digest(run)) == [f"round_{t:03d}" for t in range(4)]
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    for png in ("samples.png", "round_metrics.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "per-round summary" in out and str(run) in out
+
+
+def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path):
+    ref_run, crash_run = tmp_path / "ref", tmp_path / "crash"
+    main(["fit", "-c", str(write_config(tmp_path / "ref.yaml", tiny_config(ref_run)))])
+
+    cfg = tiny_config(crash_run)
+    # A callback that raises at the start of epoch 6 (round 2 is in progress; rounds 0 and 1 are done).
+    cfg["trainer"]["callbacks"].append({"class_path": "crash_helpers.CrashAtEpoch", "init_args": {"epoch": 6}})
+    sys.path.insert(0, str(tmp_path))
+    (tmp_path / "crash_helpers.py").write_text(
+        "from lightning.pytorch.callbacks import Callback\n"
+        "class CrashAtEpoch(Callback):\n"
+        "    def __init__(self, epoch: int):\n"
+        "        self.epoch = epoch\n"
+        "    def on_train_epoch_start(self, trainer, pl_module):\n"
+        "        if trainer.current_epoch == self.epoch:\n"
+        "            raise RuntimeError('simulated crash')\n")
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            main(["fit", "-c", str(write_config(tmp_path / "crash.yaml", cfg))])
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert sorted(store_digest(crash_run)) == ["round_000", "round_001"]
+
+    main(["fit", "-c", str(write_config(tmp_path / "resume.yaml", tiny_config(crash_run))), "--ckpt_path", "last"])
+    assert store_digest(crash_run) == store_digest(ref_run)
+    assert read_rows(crash_run) == read_rows(ref_run)
+
+
+def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    """A real crash: SIGKILL the console script once round 1 is stored, then resume."""
+    ref_run, crash_run = tmp_path / "ref", tmp_path / "crash"
+    cfg_ref = write_config(tmp_path / "ref.yaml", tiny_config(ref_run))
+    cfg = write_config(tmp_path / "crash.yaml", tiny_config(crash_run))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lightning_curate", "fit", "-c"]
+    proc = subprocess.Popen(cmd + [str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while not (crash_run / "rounds" / "round_001" / "manifest.json").exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "round 1 never appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (crash_run / "rounds" / "round_003").exists()
+    subprocess.run(cmd + [str(cfg), "--ckpt_path", "last"], env=env, check=True, timeout=180,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(cmd + [str(cfg_ref)], env=env, check=True, timeout=180,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert store_digest(crash_run) == store_digest(ref_run)
+    assert read_rows(crash_run) == read_rows(ref_run)
+
+
+def test_fresh_run_refuses_a_directory_with_stored_rounds(tmp_path):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(run, rounds=1))
+    main(["fit", "-c", str(cfg)])
+    before = store_digest(run)
+    with pytest.raises(StoreError, match="already holds rounds"):
+        main(["fit", "-c", str(cfg)])
+    assert store_digest(run) == before
+
+
+def test_resume_with_a_tampered_round_is_an_error(tmp_path):
+    run = tmp_path / "run"
+    cfg_dict = tiny_config(run, rounds=1)
+    cfg = write_config(tmp_path / "cfg.yaml", cfg_dict)
+    main(["fit", "-c", str(cfg)])
+    samples = run / "rounds" / "round_000" / "samples.pt"
+    data = bytearray(samples.read_bytes())
+    data[-20] ^= 0xFF
+    samples.write_bytes(bytes(data))
+    cfg_dict["trainer"]["callbacks"][0]["init_args"]["rounds"] = 2  # extend the run
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        main(["fit", "-c", str(write_config(tmp_path / "more.yaml", cfg_dict)), "--ckpt_path", "last"])
+    assert hashlib.sha256(samples.read_bytes()).hexdigest() != store_digest(run)["round_000"]
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("model", "num_candidates", 0),
+    ("model", "num_winners", 5),
+    ("model", "beta", -1.0),
+    ("model", "beta", float("nan")),
+    ("model", "beta", float("inf")),
+    ("model", "mode", "bogus"),
+    ("data", "real_fraction", 1.5),
+    ("data", "real_fraction", -0.1),
+    ("data", "policy", "bogus"),
+    ("loop", "rounds", -1),
+    ("loop", "epochs_per_round", 0),
+])
+def test_bad_config_values_stop_before_training(tmp_path, capsys, section, key, value):
+    run = tmp_path / "run"
+    cfg = tiny_config(run)
+    target = (cfg["trainer"]["callbacks"][0] if section == "loop" else cfg[section])["init_args"]
+    target[key] = value
+    with pytest.raises((ValueError, SystemExit)) as info:
+        main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
+    message = str(info.value) + capsys.readouterr().err
+    assert key in message
+    assert not (run / "rounds").exists() and not (run / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("return x[:, 0] * float('nan')", "round 0: the reward model returned 600"),
+    ("return x[:, :1]", "round 0: the reward model returned shape"),
+    ("return torch.where(x[:, 0] > 0, torch.inf, 0.0)", "round 0: the reward model returned"),
+])
+def test_broken_reward_model_stops_the_run_naming_the_round(tmp_path, monkeypatch, body, message):
+    module = f"broken_reward_{hashlib.md5(body.encode()).hexdigest()[:8]}"  # one module per case
+    (tmp_path / f"{module}.py").write_text(
+        "import torch\n"
+        "class Broken(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        f"        {body}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(run, num_slots=150,
+                                                          reward={"class_path": f"{module}.Broken"}))
+    with pytest.raises(ValueError, match=message):
+        main(["fit", "-c", str(cfg)])
+    assert not (run / "rounds" / "round_000").exists()
+
+
+def test_print_config_shows_the_config_keys(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tmp_path / "run"))
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(cfg), "--print_config"])
+    out = capsys.readouterr().out
+    for key in ("num_slots", "num_candidates", "beta", "num_winners", "mode", "real_fraction", "policy",
+                "rounds", "epochs_per_round"):
+        assert f"{key}:" in out, key
+
+
+def test_module_entry_point_runs_help():
+    proc = subprocess.run([sys.executable, "-m", "lightning_curate", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "fit" in proc.stdout
