@@ -48,7 +48,8 @@ class BlendingDataModule(L.LightningDataModule):
                  synthetic_size: Optional[int] = None, batch_size: int = 256, num_workers: int = 0,
                  seed: int = 0):
         super().__init__()
-        if not isinstance(real_fraction, (int, float)) or not 0.0 <= real_fraction <= 1.0:
+        if isinstance(real_fraction, bool) or not isinstance(real_fraction, (int, float)) \
+                or not 0.0 <= real_fraction <= 1.0:
             raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction!r}")
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")

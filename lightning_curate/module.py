@@ -48,7 +48,8 @@ class CurationModule(L.LightningModule):
         mode: ``softmax`` (Bradley-Terry), ``argmax`` (best-of-K) or ``uniform`` (no curation).
         chunk_size: slots generated, scored and curated together (bounds memory only).
         lr, weight_decay: AdamW settings for the generator.
-        preview_size: model samples kept per round for plots and the distance metric.
+        preview_size: model samples kept per round for plots and the distance metric
+            (the first candidate of each slot, so at most ``num_slots``).
         backend: ``kchoice`` backend (``auto``: Triton on CUDA, torch on CPU).
     """
 
@@ -117,6 +118,15 @@ class CurationModule(L.LightningModule):
                              f"out of {x.shape[0]}")
         return r.float().clone()
 
+    def _choice_scores(self, rewards: Tensor) -> Tensor:
+        """Log-weights of the choice law per slot, for its entropy (argmax: 0, uniform: 1)."""
+        if self.mode == "uniform":
+            return torch.zeros_like(rewards)
+        if self.mode == "argmax":
+            best = rewards.argmax(dim=1, keepdim=True)
+            return torch.full_like(rewards, -math.inf).scatter_(1, best, 0.0)
+        return self.beta * rewards
+
     @torch.no_grad()
     def curate_round(self, round_idx: int, seed: int,
                      label_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
@@ -142,6 +152,8 @@ class CurationModule(L.LightningModule):
                 for b, nb in zip(blocks, sizes)])
             rewards = self.score(cands, round_idx)
             labels = label_fn(cands) if label_fn is not None and n_classes else None
+            if labels is None:
+                n_classes = 0
             offset = 0
             for b, nb in zip(blocks, sizes):
                 sl = slice(offset, offset + nb * k)
@@ -157,7 +169,7 @@ class CurationModule(L.LightningModule):
                 winner_rewards.append(r_block.reshape(-1)[flat].cpu())
                 self.model_reward.update(r_block.reshape(-1))
                 self.curated_reward.update(r_block.reshape(-1)[flat])
-                self.selection_entropy.update(self.beta * r_block)
+                self.selection_entropy.update(self._choice_scores(r_block))
                 if labels is not None:
                     lab = labels[sl]
                     model_counts += torch.bincount(lab.cpu(), minlength=n_classes).double()

@@ -84,7 +84,8 @@ class RoundStore:
         found = []
         for child in self.root.iterdir():
             name = child.name
-            if name.startswith("round_") and name[6:].isdigit() and (child / MANIFEST).is_file():
+            if name.startswith("round_") and name[6:].isdigit() and child == self.path(int(name[6:])) \
+                    and (child / MANIFEST).is_file():
                 found.append(int(name[6:]))
         return sorted(found)
 
@@ -106,8 +107,13 @@ class RoundStore:
         record["round"] = round_idx
         record["sha256"] = _sha256(samples_path)
         record["sizes"] = {k: list(v.shape) for k, v in tensors.items()}
+        try:
+            text = json.dumps(record, indent=2, sort_keys=True, default=_json_default)
+        except TypeError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"round {round_idx}: the manifest is not JSON serialisable ({err})") from err
         with open(tmp / MANIFEST, "w") as fh:
-            json.dump(record, fh, indent=2, sort_keys=True, default=_json_default)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)

@@ -551,7 +551,8 @@ def main(argv=None) -> int:
     if mem_rows:
         how = ("torch.cuda.max_memory_allocated delta" if cuda else
                "peak-RSS delta in a fresh subprocess per shape and method")
-        print(f"Memory (extra peak over the inputs, {how}; work = extra - returned outputs)")
+        print(f"Memory (extra = peak over the live inputs, {how}; "
+              "work = extra - returned outputs, i.e. what the call holds beyond its results at its peak)")
         mheaders = ["N", "K", "D", "method", "rewards MiB", "extra MiB", "outputs MiB", "work MiB",
                     "work/rewards", "note"]
         mtable = []
