@@ -6,9 +6,7 @@ checkpoints, so resume is tested the way users resume.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -17,69 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lightning_curate.cli import main
 from lightning_curate.store import StoreError
+from run_configs import read_rows, store_digest, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, policy: str = "replace",
-                reward: dict | None = None, **model_overrides) -> dict:
-    """A run small enough for the test suite: 2D mog8, a small MLP, a few batches per epoch."""
-    model = {
-        "generator": {
-            "class_path": "lightning_curate.generators.FlowMatching",
-            "init_args": {
-                "velocity": {"class_path": "lightning_curate.nets.MLPVelocity",
-                             "init_args": {"dim": 2, "hidden": 64, "depth": 2}},
-                "data_shape": [2], "solver": "euler", "steps": 8, "ema_decay": 0.9,
-            },
-        },
-        "reward": reward or {"class_path": "lightning_curate.rewards.ClippedDistanceReward",
-                             "init_args": {"dataset": "mog8", "targets": [0, 1], "radius": 0.5}},
-        "num_slots": 600, "num_candidates": 4, "beta": 1.0, "num_winners": 1, "mode": "softmax",
-        "lr": 0.003, "preview_size": 300,
-    }
-    model.update(model_overrides)
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "default_root_dir": str(run_dir),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": "${trainer.default_root_dir}", "name": "", "version": ""}},
-            "callbacks": [
-                {"class_path": "lightning_curate.loop.RetrainingLoop",
-                 "init_args": {"rounds": rounds, "epochs_per_round": 2, "initial_epochs": 3, "seed": 0}},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": "${trainer.default_root_dir}/checkpoints", "save_last": True,
-                               "save_top_k": 1}},
-            ],
-            "limit_train_batches": 4, "num_sanity_val_steps": 0, "enable_progress_bar": False,
-            "enable_model_summary": False, "log_every_n_steps": 1,
-        },
-        "model": {"class_path": "lightning_curate.module.CurationModule", "init_args": model},
-        "data": {"class_path": "lightning_curate.datamodule.BlendingDataModule",
-                 "init_args": {"source": {"class_path": "lightning_curate.sources.Toy2D",
-                                          "init_args": {"name": "mog8", "num_train": 2000, "num_heldout": 500}},
-                               "real_fraction": real_fraction, "policy": policy, "batch_size": 128}},
-    }
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def read_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "rounds.csv") as fh:
-        return list(csv.DictReader(fh))
-
-
-def store_digest(run_dir: Path) -> dict[str, str]:
-    rounds = sorted((run_dir / "rounds").glob("round_*"))
-    return {r.name: json.loads((r / "manifest.json").read_text())["sha256"] for r in rounds}
 
 
 def test_fit_three_rounds_writes_every_artifact(tmp_path, capsys):
@@ -247,3 +188,11 @@ def test_module_entry_point_runs_help():
     proc = subprocess.run([sys.executable, "-m", "lightning_curate", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "fit" in proc.stdout
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(REPO / "configs" / config), "--print_config"])
+    assert info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out

@@ -1,0 +1,66 @@
+"""Small run configs and readers of a run directory, shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+
+def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, policy: str = "replace",
+                reward: dict | None = None, **model_overrides) -> dict:
+    """A run small enough for the test suite: 2D mog8, a small MLP, a few batches per epoch."""
+    model = {
+        "generator": {
+            "class_path": "lightning_curate.generators.FlowMatching",
+            "init_args": {
+                "velocity": {"class_path": "lightning_curate.nets.MLPVelocity",
+                             "init_args": {"dim": 2, "hidden": 64, "depth": 2}},
+                "data_shape": [2], "solver": "euler", "steps": 8, "ema_decay": 0.9,
+            },
+        },
+        "reward": reward or {"class_path": "lightning_curate.rewards.ClippedDistanceReward",
+                             "init_args": {"dataset": "mog8", "targets": [0, 1], "radius": 0.5}},
+        "num_slots": 600, "num_candidates": 4, "beta": 1.0, "num_winners": 1, "mode": "softmax",
+        "lr": 0.003, "preview_size": 300,
+    }
+    model.update(model_overrides)
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "default_root_dir": str(run_dir),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": "${trainer.default_root_dir}", "name": "", "version": ""}},
+            "callbacks": [
+                {"class_path": "lightning_curate.loop.RetrainingLoop",
+                 "init_args": {"rounds": rounds, "epochs_per_round": 2, "initial_epochs": 3, "seed": 0}},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": "${trainer.default_root_dir}/checkpoints", "save_last": True,
+                               "save_top_k": 1}},
+            ],
+            "limit_train_batches": 4, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+            "enable_model_summary": False, "log_every_n_steps": 1,
+        },
+        "model": {"class_path": "lightning_curate.module.CurationModule", "init_args": model},
+        "data": {"class_path": "lightning_curate.datamodule.BlendingDataModule",
+                 "init_args": {"source": {"class_path": "lightning_curate.sources.Toy2D",
+                                          "init_args": {"name": "mog8", "num_train": 2000, "num_heldout": 500}},
+                               "real_fraction": real_fraction, "policy": policy, "batch_size": 128}},
+    }
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "rounds.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def store_digest(run_dir: Path) -> dict[str, str]:
+    rounds = sorted((run_dir / "rounds").glob("round_*"))
+    return {r.name: json.loads((r / "manifest.json").read_text())["sha256"] for r in rounds}
