@@ -18,15 +18,20 @@ class CurateCLI(LightningCLI):
     """``LightningCLI`` with omegaconf interpolation and the config saved in the run directory."""
 
 
-def main(args: Optional[list[str]] = None) -> CurateCLI:
-    """Entry point of ``lightning-curate`` and ``python -m lightning_curate``; tests call it with ``args``."""
-    return CurateCLI(
+def main(args: Optional[list[str]] = None) -> None:
+    """Entry point of ``lightning-curate`` and ``python -m lightning_curate``; tests call it with ``args``.
+
+    Returns nothing, so the console script exits with status 0 on success.
+    """
+    CurateCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        # "omegaconf+": interpolation is resolved on the final config, so a
+        # command-line --trainer.default_root_dir moves the logger and checkpoints too.
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
     )
 

@@ -2,9 +2,10 @@
 
 Each of ``N`` slots shows ``K`` candidates with rewards ``r``; ``kchoice`` keeps
 ``m`` of them per slot. Softmax mode is the Bradley-Terry / Luce choice
-(``P(k) = softmax(beta * r)_k``), implemented exactly by the Gumbel-max trick;
+(``P(k) = softmax(beta * r)_k``), drawn exactly (the kernel by the Gumbel-max
+trick, the torch path by inverse-CDF sampling with one uniform per slot);
 with ``m > 1`` winners it is Plackett-Luce sampling without replacement (the
-top-``m`` of the same perturbed scores, in order). ``argmax`` is best-of-K and
+top-``m`` of Gumbel-perturbed scores, in order). ``argmax`` is best-of-K and
 ``uniform`` the no-curation baseline at the same compute.
 
 This module validates inputs and dispatches: the Triton kernel
@@ -24,10 +25,14 @@ from torch import Tensor
 MODES = ("softmax", "argmax", "uniform")
 BACKENDS = ("auto", "triton", "torch")
 
-# Rows processed together by the torch path, as a number of reward elements.
-# A fixed constant: the torch path's random stream depends on it, never on
-# the caller.
+# Rows processed together by the torch path: at most this many reward elements
+# (a 4 MiB float32 working buffer) and this many rows (small K: the per-row
+# temporaries), so its working memory stays well below the rewards' size.
+# Large enough that the per-chunk overhead (a dozen ops, each a parallel region
+# when torch uses several threads) is small. Fixed constants; on the CPU the
+# draw does not depend on them anyway (random numbers are consumed in row order).
 _TORCH_CHUNK_ELEMENTS = 1 << 20
+_TORCH_CHUNK_ROWS = 1 << 17
 _SEED_SPACE = 1 << 62
 
 
@@ -65,7 +70,9 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
     return None
 
 
-def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> float:
+def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> tuple[float, Optional[Tensor]]:
+    """Check the arguments; returns ``beta`` as a float and the rewards' row maxima
+    (``None`` when ``N = 0``), which the torch path reuses as its softmax shift."""
     if not isinstance(rewards, Tensor):
         raise TypeError(f"rewards must be a torch.Tensor of shape [N, K], got {type(rewards).__name__}")
     if not rewards.is_floating_point():
@@ -105,24 +112,51 @@ def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> fl
                              f"got {tuple(candidates.shape)}")
         if candidates.device != rewards.device:
             raise ValueError(f"candidates are on {candidates.device} but rewards on {rewards.device}")
-    if n > 0:
-        # One reduction pass: NaN propagates through amax, +inf and all -inf show in it.
-        row_max = rewards.amax(dim=1)
-        bad = torch.isnan(row_max) | (row_max == math.inf)
-        n_bad = int(bad.sum())
+    if n == 0:
+        return beta, None
+    return beta, _check_values(rewards, beta)
+
+
+def _check_values(rewards: Tensor, beta: float) -> Tensor:
+    """Reject NaN / +inf rewards, all -inf rows and ``beta * r`` overflows; return the row maxima.
+
+    One pass over the rewards (``amax``: NaN propagates through it, +inf and
+    all -inf rows show in it), then one tiny reduction of the ``N`` maxima and
+    one host sync. The per-row counts of the error messages are only computed
+    when something is wrong.
+    """
+    n = rewards.shape[0]
+    row_max = rewards.detach().amax(dim=1)
+    lo, hi = torch.stack(torch.aminmax(row_max)).tolist()  # NaN propagates through both
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        n_bad = int((torch.isnan(row_max) | (row_max == math.inf)).sum())
         if n_bad:
             raise ValueError(f"rewards contains NaN or +inf in {n_bad} of {n} rows; "
                              "rewards must be finite (-inf is allowed: that candidate can never win)")
         n_dead = int((row_max == -math.inf).sum())
-        if n_dead:
-            raise ValueError(f"rewards has {n_dead} of {n} rows whose candidates are all -inf; "
-                             "each row needs at least one candidate with a finite reward")
-        if mode == "softmax" and num_winners > 1:
-            n_short = int(((rewards > -math.inf).sum(dim=1) < num_winners).sum())
-            if n_short:
-                raise ValueError(f"num_winners={num_winners} but {n_short} of {n} rows have fewer than "
-                                 f"{num_winners} candidates with a finite reward (-inf candidates can never win)")
-    return beta
+        raise ValueError(f"rewards has {n_dead} of {n} rows whose candidates are all -inf; "
+                         "each row needs at least one candidate with a finite reward")
+    work = _work_dtype(rewards.dtype)
+    if beta > 0 and not all(math.isfinite(x) for x in torch.tensor([lo, hi], dtype=work).mul_(beta).tolist()):
+        raise ValueError(f"beta * rewards overflows {work}: beta={beta} with row maxima in [{lo}, {hi}]; "
+                         "rescale the rewards or lower beta")
+    return row_max
+
+
+def _count_short_rows(rewards: Tensor, m: int) -> int:
+    """Rows with fewer than ``m`` finite rewards, counted chunk by chunk (bounded memory)."""
+    n, k = rewards.shape
+    rows = _rows_per_chunk(k)
+    short = torch.zeros((), dtype=torch.int64, device=rewards.device)
+    for start in range(0, n, rows):
+        finite = (rewards[start : start + rows] > -math.inf).sum(dim=1)
+        short += (finite < m).sum()
+    return int(short)
+
+
+def _short_rows_error(m: int, n_short: int, n: int) -> ValueError:
+    return ValueError(f"num_winners={m} but {n_short} of {n} rows have fewer than "
+                      f"{m} candidates with a finite reward (-inf candidates can never win)")
 
 
 def kchoice(
@@ -148,7 +182,7 @@ def kchoice(
         candidates: optional ``[N, K, ...]`` tensor whose winners are gathered into ``chosen``.
         backend: ``"auto"`` (Triton on CUDA tensors, torch otherwise), ``"triton"`` or ``"torch"``.
     """
-    beta = _validate(rewards, beta, num_winners, mode, seed, candidates, backend)
+    beta, row_max = _validate(rewards, beta, num_winners, mode, seed, candidates, backend)
     # A draw is not differentiable; the outputs carry no gradient on either backend.
     rewards = rewards.detach()
     if seed is None:
@@ -171,9 +205,15 @@ def kchoice(
     if use_triton:
         from lightning_curate.kernels.kchoice_triton import kchoice_triton
 
+        if mode == "softmax" and num_winners > 1:
+            # The torch path finds these rows in its own top-m pass, at no cost.
+            n_short = _count_short_rows(rewards, num_winners)
+            if n_short:
+                raise _short_rows_error(num_winners, n_short, n)
+
         return KChoice(*kchoice_triton(rewards, beta, num_winners=num_winners, mode=mode,
                                        seed=seed, candidates=candidates))
-    return _kchoice_torch(rewards, beta, num_winners, mode, seed, candidates)
+    return _kchoice_torch(rewards, beta, num_winners, mode, seed, candidates, row_max)
 
 
 def _empty(rewards: Tensor, m: int, candidates: Optional[Tensor]) -> KChoice:
@@ -187,16 +227,6 @@ def _empty(rewards: Tensor, m: int, candidates: Optional[Tensor]) -> KChoice:
                    torch.empty((0,), dtype=torch.float32, device=dev), chosen)
 
 
-def _scaled(r: Tensor, beta: float) -> Tensor:
-    """``beta * r`` with ``-inf`` kept as ``-inf`` (``0 * -inf`` would be NaN)."""
-    if beta == 1.0:
-        return r
-    out = r * beta
-    if beta == 0.0:
-        out.masked_fill_(r == -math.inf, -math.inf)
-    return out
-
-
 def gather_candidates(candidates: Tensor, index: Tensor) -> Tensor:
     """``candidates[arange(N), index]`` for ``index`` of shape ``[N]`` or ``[N, m]``."""
     rows = torch.arange(candidates.shape[0], device=candidates.device)
@@ -205,67 +235,190 @@ def gather_candidates(candidates: Tensor, index: Tensor) -> Tensor:
     return candidates[rows, index]
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The torch path computes in float64 for float64 rewards, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows_per_chunk(k: int) -> int:
+    """Rows the torch path processes together: a fixed function of ``K`` only."""
+    return max(1, min(_TORCH_CHUNK_ROWS, _TORCH_CHUNK_ELEMENTS // max(k, 1)))
+
+
+def _exp_weights(r: Tensor, beta: float, mx: Tensor, out: Tensor) -> Tensor:
+    """``out <- exp(beta * r - mx)`` (``0`` where ``r = -inf``, also for ``beta = 0``)."""
+    if beta == 0.0:
+        return torch.ne(r, -math.inf, out=out)  # exp(0) = 1 for finite r, 0 for -inf
+    if beta == 1.0:
+        torch.sub(r, mx, out=out)
+    else:
+        torch.add(-mx, r, alpha=beta, out=out)  # one pass, any reward dtype
+    return out.exp_()
+
+
+def _shifted_scores(r_sel: Tensor, beta: float, mx: Tensor, work: torch.dtype) -> Tensor:
+    """``beta * r - mx`` for gathered rewards, rounded exactly as ``mx`` was (so the
+    row's maximum gives exactly 0). Only finite rewards are ever gathered here."""
+    if beta == 0.0:
+        return torch.zeros(r_sel.shape, dtype=work, device=r_sel.device)
+    r_sel = r_sel.to(work)
+    return (r_sel if beta == 1.0 else r_sel * beta) - mx
+
+
 def _kchoice_torch(rewards: Tensor, beta: float, m: int, mode: str, seed: int,
-                   candidates: Optional[Tensor]) -> KChoice:
+                   candidates: Optional[Tensor], row_max: Tensor) -> KChoice:
+    """The torch path (what CPU users run); same law and outputs as the kernel.
+
+    Works chunk by chunk over rows (:func:`_rows_per_chunk`, a fixed function of
+    ``K``) in one reused ``[rows, K]`` working buffer, so its extra memory stays
+    below the rewards' size. Every random number comes from one generator seeded
+    with ``seed``, consumed in row order (one uniform per row for softmax with
+    ``m = 1``; one per candidate, row-major, for ``m > 1``; ``randint`` per row
+    for uniform ``m = 1``), so on the CPU the draw does not depend on the chunk
+    size and the first rows of a batch are drawn as they would be alone.
+
+    * softmax, ``m = 1``: inverse-CDF sampling. ``c = cumsum(exp(beta r - mx))``
+      (``mx`` the row maximum, from validation), ``u = U * c[-1]`` with one
+      uniform ``U`` per row, winner = number of ``c_j <= u``. A ``-inf`` reward
+      has an interval of zero width and can never win. ``logsumexp = mx +
+      log c[-1]`` and ``log_prob = (beta r_k - mx) - log c[-1]`` reuse the same
+      sums. Precision, float32 (float64 rewards compute in float64): the CPU
+      cumsum accumulates in float64 and rounds each running sum to float32, so
+      every interval is right to an ulp of the row total whatever ``K`` (no
+      error build-up), and ``U`` has 24 random bits. Each probability is thus
+      exact up to an absolute error of about ``2**-23 ~ 1.2e-7``. Known
+      limitation, as for ``torch.multinomial`` (float32 probabilities too): a
+      candidate whose probability is below that resolution may be drawn at the
+      wrong rate or never. (On CUDA the cumsum accumulates in float32, so the
+      error there grows slowly with ``K``.)
+    * softmax, ``m > 1``: Gumbel top-``m`` (Plackett-Luce without replacement):
+      the ``m`` smallest ``log(-log U_j) - beta r_j`` in order (= the largest
+      ``beta r_j + G_j``), ``U`` clamped into ``[tiny, 1)`` so every noise is
+      finite. The per-step log-probabilities use ``exp(beta r - mx)`` re-summed
+      after each removal (no cancellation); rows whose remaining mass
+      underflows are recomputed in log space.
+    * uniform: ``randint`` for ``m = 1``; for ``m > 1`` the top-``m`` of i.i.d.
+      uniforms (a uniformly random ordered choice).
+    * argmax: ``argmax`` / stable descending sort (lowest index wins ties).
+    """
     n, k = rewards.shape
-    work_dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
-    gen = torch.Generator(device=rewards.device)
+    dev = rewards.device
+    work = _work_dtype(rewards.dtype)
+    gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
     shape = (n,) if m == 1 else (n, m)
-    index = torch.empty(shape, dtype=torch.int64, device=rewards.device)
-    log_prob = torch.empty(shape, dtype=torch.float32, device=rewards.device)
-    lse = torch.empty((n,), dtype=torch.float32, device=rewards.device)
-    rows_per_chunk = max(1, _TORCH_CHUNK_ELEMENTS // max(k, 1))
+    index = torch.empty(shape, dtype=torch.int64, device=dev)
+    log_prob = torch.empty(shape, dtype=torch.float32, device=dev)
+    lse = torch.empty((n,), dtype=torch.float32, device=dev)
+    rows = _rows_per_chunk(k)
+    buf_flat = torch.empty(min(n, rows) * k, dtype=work, device=dev)
+    finfo = torch.finfo(work)
+    n_short = torch.zeros((), dtype=torch.int64, device=dev) if mode == "softmax" and m > 1 else None
     uniform_lp = None
     if mode == "uniform":
         uniform_lp = -torch.log(torch.arange(k, k - m, -1, dtype=torch.float64)).cumsum(0)
-        uniform_lp = uniform_lp.to(device=rewards.device, dtype=torch.float32)
+        uniform_lp = uniform_lp.to(device=dev, dtype=torch.float32)
 
-    for start in range(0, n, rows_per_chunk):
-        stop = min(n, start + rows_per_chunk)
-        r = rewards[start:stop].to(work_dtype)
-        s = _scaled(r, beta)
-        # Kept in the working dtype: log-probs are differences of large numbers.
-        chunk_lse = torch.logsumexp(s, dim=1)
-        lse[start:stop] = chunk_lse
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        r = rewards[start:stop]
+        buf = buf_flat[: (stop - start) * k].view(stop - start, k)
+        if beta == 0.0:
+            mx = torch.zeros((stop - start, 1), dtype=work, device=dev)
+        else:
+            mx = row_max[start:stop, None].to(work)  # may be a view of row_max: never in place
+            if beta != 1.0:
+                mx = mx * beta
+
+        if mode == "softmax" and m == 1:
+            c = _exp_weights(r, beta, mx, buf).cumsum_(dim=1)  # running sums of the weights
+            total = c[:, -1:]
+            log_total = total.log()
+            u = torch.rand((stop - start, 1), generator=gen, dtype=work, device=dev).mul_(total)
+            torch.minimum(u, torch.nextafter(total, total.new_zeros(())), out=u)  # u < total
+            # The winner is searchsorted(c, u, right=True), counted (faster for small K);
+            # c is overwritten, so total and log_total are taken first.
+            idx = index[start:stop, None]
+            idx.copy_(torch.le(c, u, out=c).sum(dim=1, keepdim=True))
+            log_prob[start:stop, None] = _shifted_scores(r.gather(1, idx), beta, mx, work).sub_(log_total)
+            lse[start:stop, None] = log_total.add_(mx)
+            continue
+
+        if mode == "softmax":
+            # Exponential race in log form: the m smallest log(E_j) - beta r_j,
+            # E_j = -log U_j ~ Exp(1). -inf rewards cost +inf and never win.
+            cost = buf.uniform_(generator=gen).clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+            cost.log_().neg_().log_()
+            if beta == 0.0:
+                cost.masked_fill_(r == -math.inf, math.inf)
+            else:
+                cost.sub_(r, alpha=beta)
+            vals, idx = torch.topk(cost, m, dim=1, largest=False, sorted=True)
+            n_short += (vals[:, -1] == math.inf).sum()
+            index[start:stop] = idx
+            del cost, vals
+            lse[start:stop], log_prob[start:stop] = _plackett_luce_log_probs(r, beta, mx, idx, buf, work)
+            continue
+
+        w = _exp_weights(r, beta, mx, buf)
+        lse[start:stop] = (mx + w.sum(dim=1, keepdim=True).log_())[:, 0]
         if mode == "argmax":
             if m == 1:
-                idx = torch.argmax(r, dim=1)
+                index[start:stop] = torch.argmax(r, dim=1)
             else:
-                idx = torch.sort(r, dim=1, descending=True, stable=True).indices[:, :m]
-            index[start:stop] = idx
+                index[start:stop] = torch.sort(r, dim=1, descending=True, stable=True).indices[:, :m]
             log_prob[start:stop] = 0.0
-            continue
-        if mode == "uniform" and m == 1:
-            index[start:stop] = torch.randint(0, k, (stop - start,), generator=gen, device=r.device)
+        elif m == 1:  # uniform
+            index[start:stop] = torch.randint(0, k, (stop - start,), generator=gen, device=dev)
             log_prob[start:stop] = uniform_lp[0]
-            continue
-        # Gumbel-max as an exponential race: argmax_k (s_k - log E_k), E_k ~ Exp(1).
-        noise = torch.empty_like(r).exponential_(generator=gen)
-        noise.clamp_min_(torch.finfo(work_dtype).tiny).log_()
-        if mode == "uniform":
-            noise.neg_()
-        else:
-            torch.sub(s, noise, out=noise)
-        if m == 1:
-            idx = torch.argmax(noise, dim=1)
-            index[start:stop] = idx
-            log_prob[start:stop] = s.gather(1, idx[:, None])[:, 0] - chunk_lse
-            continue
-        idx = torch.topk(noise, m, dim=1, sorted=True).indices
-        index[start:stop] = idx
-        if mode == "uniform":
+        else:  # uniform, m > 1: a uniformly random ordered m-subset
+            noise = buf.uniform_(generator=gen)
+            index[start:stop] = torch.topk(noise, m, dim=1, sorted=True).indices
             log_prob[start:stop] = uniform_lp
-            continue
-        # Plackett-Luce: each winner's probability among the candidates still left.
-        del noise
-        remaining = s.clone() if s is r else s
-        step_lp = torch.empty((stop - start, m), dtype=work_dtype, device=r.device)
-        for j in range(m):
-            col = idx[:, j : j + 1]
-            step_lp[:, j] = remaining.gather(1, col)[:, 0] - torch.logsumexp(remaining, dim=1)
-            remaining.scatter_(1, col, -math.inf)
-        log_prob[start:stop] = step_lp.cumsum(dim=1)
 
+    if n_short is not None:
+        short = int(n_short)
+        if short:
+            raise _short_rows_error(m, short, n)
     chosen = gather_candidates(candidates, index) if candidates is not None else None
     return KChoice(index, log_prob, lse, chosen)
+
+
+# Below this remaining mass (the row maximum weighs 1) a Plackett-Luce step is
+# recomputed in log space: float32 weights underflow below ~1e-38.
+_PL_LOW_MASS = 2.0 ** -64
+
+
+def _plackett_luce_log_probs(r: Tensor, beta: float, mx: Tensor, idx: Tensor, buf: Tensor,
+                             work: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Row ``logsumexp(beta r)`` and cumulative Plackett-Luce log-probs of the ordered choice ``idx``.
+
+    Step ``j``: ``(beta r_{i_j} - mx) - log(sum of exp(beta r - mx) over the candidates
+    not chosen before j)``; each denominator is re-summed (positive terms only).
+    """
+    rows, m = idx.shape
+    w = _exp_weights(r, beta, mx, buf)
+    den = torch.empty((rows, m), dtype=work, device=r.device)
+    den[:, 0] = w.sum(dim=1)
+    for j in range(1, m):
+        w.scatter_(1, idx[:, j - 1 : j], 0.0)
+        den[:, j] = w.sum(dim=1)
+    steps = _shifted_scores(r.gather(1, idx), beta, mx, work) - den.log()
+    lse = mx[:, 0] + den[:, 0].log()
+    low = (den[:, 1:] < _PL_LOW_MASS).any(dim=1) if m > 1 else None
+    if low is not None and bool(low.any()):
+        sel = low.nonzero()[:, 0]
+        steps[sel] = _plackett_luce_steps_logspace(r[sel], beta, idx[sel], work)
+    return lse, steps.cumsum(dim=1)
+
+
+def _plackett_luce_steps_logspace(r: Tensor, beta: float, idx: Tensor, work: torch.dtype) -> Tensor:
+    """Per-step Plackett-Luce log-probs by ``logsumexp`` over what is left (rare rows)."""
+    r = r.to(work)
+    s = torch.where(r == -math.inf, r, r * beta)
+    steps = torch.empty(idx.shape, dtype=work, device=r.device)
+    for j in range(idx.shape[1]):
+        col = idx[:, j : j + 1]
+        steps[:, j] = s.gather(1, col)[:, 0] - torch.logsumexp(s, dim=1)
+        s.scatter_(1, col, -math.inf)
+    return steps

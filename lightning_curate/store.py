@@ -3,16 +3,21 @@
 Layout under the run's log directory::
 
     rounds/
-      round_000/            curated from the model after round 0 (trains round 1)
-        samples.pt          tensors: ``x`` (winners), optional ``labels``, ``rewards``,
-                            ``preview`` (model samples kept for plots), ...
-        manifest.json       round, sizes, K, beta, seed, reward statistics, the
-                            round's metrics row and the sha256 of samples.pt
+      round_000/                curated from the model after round 0 (trains round 1)
+        part_RRR_CCCCC.pt       tensors of chunk C of rank R: ``x`` (winners), ``slot``
+                                (their slot index), ``rewards``, optional ``labels``,
+                                ``preview`` / ``preview_slot`` (model samples for plots)
+        manifest.json           round, sizes, K, beta, seed, reward statistics, the
+                                round's metrics row and the sha256 of every part
 
-A round is written to a temporary folder and renamed into place, so a crash
-leaves either the whole round or nothing. A written round is never replaced;
-on resume it is read back and its checksum verified (a mismatch is an error,
-never a silent regeneration).
+Parts are written into ``.tmp_round_NNN/`` as they are produced (each rank, each
+chunk: memory stays bounded), then the manifest is written and the folder
+renamed into place, so a crash leaves either the whole round or nothing (the
+partial folder is discarded and the round regenerated from its seed). A
+written round is never replaced; on resume it is read back and every checksum
+verified (a mismatch is an error, never a silent regeneration). Reading
+concatenates the parts in slot order, so a round reads the same whichever
+number of ranks or chunk size produced it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from torch import Tensor
 __all__ = ["RoundStore", "StoreError", "StoredRound"]
 
 MANIFEST = "manifest.json"
-SAMPLES = "samples.pt"
+SINGLE_PART = "part_000_00000.pt"
+# Tensors of a round indexed by slot; they are put back in slot order on read.
+_SLOT_KEYED = {"slot": ("x", "rewards", "labels"), "preview_slot": ("preview", "preview_labels")}
 
 
 class StoreError(RuntimeError):
@@ -89,24 +96,35 @@ class RoundStore:
                 found.append(int(name[6:]))
         return sorted(found)
 
-    def write(self, round_idx: int, tensors: dict[str, Tensor], manifest: dict[str, Any]) -> Path:
-        """Write round ``round_idx`` atomically; refuse to replace an existing round."""
-        final = self.path(round_idx)
-        if final.exists():
+    def _tmp(self, round_idx: int) -> Path:
+        return self.root / f".tmp_round_{round_idx:03d}"
+
+    def begin(self, round_idx: int) -> None:
+        """Start writing round ``round_idx`` (one process; the others wait at a barrier)."""
+        if self.path(round_idx).exists():
             raise StoreError(f"round {round_idx} already exists in {self.root}; a stored round is never overwritten")
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp_round_{round_idx:03d}_{os.getpid()}"
+        tmp = self._tmp(round_idx)
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir()
-        samples_path = tmp / SAMPLES
-        torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, samples_path)
-        with open(samples_path, "rb+") as fh:
+        tmp.mkdir(parents=True)
+
+    def write_part(self, round_idx: int, tensors: dict[str, Tensor], rank: int = 0, chunk: int = 0) -> Path:
+        """Write one part (a chunk of one rank) of a round in progress."""
+        path = self._tmp(round_idx) / f"part_{rank:03d}_{chunk:05d}.pt"
+        torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+        with open(path, "rb+") as fh:
             os.fsync(fh.fileno())
+        return path
+
+    def commit(self, round_idx: int, manifest: dict[str, Any]) -> Path:
+        """Checksum the parts, write the manifest and move the round into place atomically."""
+        tmp, final = self._tmp(round_idx), self.path(round_idx)
+        parts = sorted(p.name for p in tmp.glob("part_*.pt"))
+        if not parts:
+            raise StoreError(f"round {round_idx}: no parts were written to {tmp}")
         record = dict(manifest)
         record["round"] = round_idx
-        record["sha256"] = _sha256(samples_path)
-        record["sizes"] = {k: list(v.shape) for k, v in tensors.items()}
+        record["parts"] = {name: _sha256(tmp / name) for name in parts}
         try:
             text = json.dumps(record, indent=2, sort_keys=True, default=_json_default)
         except TypeError as err:
@@ -116,9 +134,19 @@ class RoundStore:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        if final.exists():
+            raise StoreError(f"round {round_idx} already exists in {self.root}; a stored round is never overwritten")
         os.replace(tmp, final)
         _fsync_dir(self.root)
         return final
+
+    def write(self, round_idx: int, tensors: dict[str, Tensor], manifest: dict[str, Any]) -> Path:
+        """Write a whole round at once (one part), atomically; refuse to replace an existing round."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.begin(round_idx)
+        self.write_part(round_idx, tensors)
+        manifest = dict(manifest, sizes={k: list(v.shape) for k, v in tensors.items()})
+        return self.commit(round_idx, manifest)
 
     def read_manifest(self, round_idx: int) -> dict[str, Any]:
         path = self.path(round_idx) / MANIFEST
@@ -131,19 +159,24 @@ class RoundStore:
             raise StoreError(f"the manifest {path} is not valid JSON ({err})") from err
 
     def read(self, round_idx: int, map_location: str | torch.device = "cpu") -> StoredRound:
-        """Load a round after checking its samples against the manifest's checksum."""
+        """Load a round after checking every part against the manifest's checksums."""
         manifest = self.read_manifest(round_idx)
-        samples_path = self.path(round_idx) / SAMPLES
-        if not samples_path.is_file():
-            raise StoreError(f"round {round_idx}: {samples_path} is missing but its manifest exists")
-        actual = _sha256(samples_path)
-        if actual != manifest.get("sha256"):
-            raise StoreError(
-                f"round {round_idx}: checksum mismatch for {samples_path} (manifest {manifest.get('sha256')}, "
-                f"file {actual}); the stored round was modified or corrupted. It is not regenerated "
-                "silently: restore the file, or start a new run in another directory")
-        tensors = torch.load(samples_path, map_location=map_location, weights_only=True)
-        return StoredRound(tensors=tensors, manifest=manifest)
+        parts = manifest.get("parts")
+        if not isinstance(parts, dict) or not parts:
+            raise StoreError(f"round {round_idx}: the manifest {self.path(round_idx) / MANIFEST} lists no parts")
+        loaded = []
+        for name, expected in sorted(parts.items()):
+            path = self.path(round_idx) / name
+            if not path.is_file():
+                raise StoreError(f"round {round_idx}: {path} is missing but its manifest lists it")
+            actual = _sha256(path)
+            if actual != expected:
+                raise StoreError(
+                    f"round {round_idx}: checksum mismatch for {path} (manifest {expected}, file {actual}); "
+                    "the stored round was modified or corrupted. It is not regenerated silently: restore "
+                    "the file, or start a new run in another directory")
+            loaded.append(torch.load(path, map_location=map_location, weights_only=True))
+        return StoredRound(tensors=_merge_parts(loaded), manifest=manifest)
 
     def clean_partial(self) -> list[Path]:
         """Remove temporary folders left by a crash mid-write (never a complete round)."""
@@ -153,6 +186,22 @@ class RoundStore:
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child)
         return removed
+
+
+def _merge_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Concatenate parts; tensors keyed by a slot index are put in slot order."""
+    if len(parts) == 1:
+        merged = dict(parts[0])
+    else:
+        keys = dict.fromkeys(k for part in parts for k in part)
+        merged = {k: torch.cat([part[k] for part in parts if k in part]) for k in keys}
+    for slot_key, keyed in _SLOT_KEYED.items():
+        if slot_key in merged:
+            order = torch.sort(merged[slot_key], stable=True).indices
+            for k in (slot_key, *keyed):
+                if k in merged:
+                    merged[k] = merged[k][order]
+    return merged
 
 
 def _json_default(obj):

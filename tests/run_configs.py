@@ -32,12 +32,12 @@ def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, p
         "trainer": {
             "accelerator": "cpu", "devices": 1, "default_root_dir": str(run_dir),
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": "${trainer.default_root_dir}", "name": "", "version": ""}},
+                       "init_args": {"save_dir": "${...default_root_dir}", "name": "", "version": ""}},
             "callbacks": [
                 {"class_path": "lightning_curate.loop.RetrainingLoop",
                  "init_args": {"rounds": rounds, "epochs_per_round": 2, "initial_epochs": 3, "seed": 0}},
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": "${trainer.default_root_dir}/checkpoints", "save_last": True,
+                 "init_args": {"dirpath": "${....default_root_dir}/checkpoints", "save_last": True,
                                "save_top_k": 1}},
             ],
             "limit_train_batches": 4, "num_sanity_val_steps": 0, "enable_progress_bar": False,
@@ -63,4 +63,4 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 def store_digest(run_dir: Path) -> dict[str, str]:
     rounds = sorted((run_dir / "rounds").glob("round_*"))
-    return {r.name: json.loads((r / "manifest.json").read_text())["sha256"] for r in rounds}
+    return {r.name: json.loads((r / "manifest.json").read_text())["parts"] for r in rounds}

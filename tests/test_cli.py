@@ -118,14 +118,14 @@ def test_resume_with_a_tampered_round_is_an_error(tmp_path):
     cfg_dict = tiny_config(run, rounds=1)
     cfg = write_config(tmp_path / "cfg.yaml", cfg_dict)
     main(["fit", "-c", str(cfg)])
-    samples = run / "rounds" / "round_000" / "samples.pt"
+    samples = run / "rounds" / "round_000" / "part_000_00000.pt"
     data = bytearray(samples.read_bytes())
     data[-20] ^= 0xFF
     samples.write_bytes(bytes(data))
     cfg_dict["trainer"]["callbacks"][0]["init_args"]["rounds"] = 2  # extend the run
     with pytest.raises(StoreError, match="checksum mismatch"):
         main(["fit", "-c", str(write_config(tmp_path / "more.yaml", cfg_dict)), "--ckpt_path", "last"])
-    assert hashlib.sha256(samples.read_bytes()).hexdigest() != store_digest(run)["round_000"]
+    assert hashlib.sha256(samples.read_bytes()).hexdigest() != store_digest(run)["round_000"][samples.name]
 
 
 @pytest.mark.parametrize("section, key, value", [
@@ -196,3 +196,17 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", "-c", str(REPO / "configs" / config), "--print_config"])
     assert info.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
+
+
+def test_console_script_exits_0_and_a_root_dir_override_moves_every_artifact(tmp_path):
+    """`lightning-curate fit ... --trainer.default_root_dir X` puts logs, checkpoints and rounds under X."""
+    script = Path(sys.executable).with_name("lightning-curate")
+    assert script.is_file(), "the console script is not installed (pip install -e .)"
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tmp_path / "configured", rounds=1))
+    moved = tmp_path / "moved"
+    proc = subprocess.run([str(script), "fit", "-c", str(cfg), f"--trainer.default_root_dir={moved}"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "configured").exists()
+    for path in ("rounds.csv", "config.yaml", "checkpoints/last.ckpt", "rounds/round_001/manifest.json"):
+        assert (moved / path).is_file(), path

@@ -7,6 +7,7 @@ import torch
 
 from lightning_curate.datamodule import BlendingDataModule
 from lightning_curate.sources import Toy2D
+from lightning_curate import store as store_mod
 from lightning_curate.store import RoundStore, StoreError
 
 SYN_BASE = 1000.0  # synthetic rows are >= 1000 in value; mog8 real points lie within radius ~6
@@ -218,7 +219,7 @@ def test_shuffle_is_deterministic_per_epoch_and_differs_across_epochs(tmp_path):
 
 def test_corrupted_round_raises_through_the_datamodule(tmp_path):
     store = make_store(tmp_path, [8, 8])
-    samples = store.path(0) / "samples.pt"
+    samples = store.path(0) / store_mod.SINGLE_PART
     data = bytearray(samples.read_bytes())
     data[-20] ^= 0xFF
     samples.write_bytes(bytes(data))

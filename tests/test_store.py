@@ -47,19 +47,37 @@ def test_round_trip_tensors_and_manifest(tmp_path):
     assert manifest["beta"] == 2.5 and manifest["K"] == 4
     assert manifest["mean"] == 0.25  # a tensor is written as its value
     assert manifest["sizes"] == {"x": [7, 2], "rewards": [7], "labels": [7]}
-    expected_sha = hashlib.sha256((path / "samples.pt").read_bytes()).hexdigest()
-    assert manifest["sha256"] == expected_sha
+    expected_sha = hashlib.sha256((path / store_mod.SINGLE_PART).read_bytes()).hexdigest()
+    assert manifest["parts"] == {store_mod.SINGLE_PART: expected_sha}
     # The manifest on disk is plain JSON with the same content.
     assert json.loads((path / "manifest.json").read_text()) == manifest
     assert store.read_manifest(3) == manifest
 
 
+def test_parts_from_ranks_and_chunks_read_back_in_slot_order(tmp_path):
+    """A round written as parts (2 ranks x 2 chunks) reads as if one process wrote it."""
+    store = RoundStore(tmp_path / "rounds")
+    x = torch.arange(24, dtype=torch.float32).view(12, 2)
+    slot = torch.arange(12)
+    store.root.mkdir()
+    store.begin(0)
+    for rank, chunk, rows in ((1, 0, [2, 3, 6, 7]), (0, 0, [0, 1, 4, 5]), (0, 1, [8, 9]), (1, 1, [10, 11])):
+        idx = torch.tensor(rows)
+        store.write_part(0, {"x": x[idx], "slot": slot[idx], "preview": x[idx[:1]], "preview_slot": slot[idx[:1]]},
+                         rank=rank, chunk=chunk)
+    store.commit(0, {"note": "parts"})
+    got = store.read(0)
+    assert torch.equal(got.tensors["x"], x) and torch.equal(got.tensors["slot"], slot)
+    assert torch.equal(got.tensors["preview_slot"], torch.tensor([0, 2, 8, 10]))
+    assert len(got.manifest["parts"]) == 4
+
+
 def test_manifest_cannot_override_round_sha_or_sizes(tmp_path):
     store = RoundStore(tmp_path)
-    store.write(1, _tensors(), {"round": 99, "sha256": "bogus", "sizes": {}})
+    store.write(1, _tensors(), {"round": 99, "parts": {store_mod.SINGLE_PART: "bogus"}, "sizes": {}})
     manifest = store.read(1).manifest  # would raise if the bogus checksum were kept
     assert manifest["round"] == 1
-    assert manifest["sha256"] != "bogus"
+    assert manifest["parts"][store_mod.SINGLE_PART] != "bogus"
     assert manifest["sizes"]["x"] == [5, 2]
 
 
@@ -97,7 +115,7 @@ def test_modified_samples_fail_the_checksum(tmp_path):
     store = RoundStore(tmp_path)
     store.write(0, _tensors(0), {})
     # Replace the samples with a valid file of other tensors: only the checksum can tell.
-    torch.save({k: v.contiguous() for k, v in _tensors(1).items()}, store.path(0) / "samples.pt")
+    torch.save({k: v.contiguous() for k, v in _tensors(1).items()}, store.path(0) / store_mod.SINGLE_PART)
     with pytest.raises(StoreError, match="checksum"):
         store.read(0)
 
@@ -105,7 +123,7 @@ def test_modified_samples_fail_the_checksum(tmp_path):
 def test_flipped_byte_fails_the_checksum(tmp_path):
     store = RoundStore(tmp_path)
     store.write(0, _tensors(0), {})
-    samples = store.path(0) / "samples.pt"
+    samples = store.path(0) / store_mod.SINGLE_PART
     data = bytearray(samples.read_bytes())
     data[-20] ^= 0xFF
     samples.write_bytes(bytes(data))
@@ -116,7 +134,7 @@ def test_flipped_byte_fails_the_checksum(tmp_path):
 def test_missing_samples_raises(tmp_path):
     store = RoundStore(tmp_path)
     store.write(4, _tensors(), {})
-    (store.path(4) / "samples.pt").unlink()
+    (store.path(4) / store_mod.SINGLE_PART).unlink()
     with pytest.raises(StoreError, match="missing"):
         store.read(4)
 
@@ -146,7 +164,7 @@ def test_leftover_tmp_folder_is_not_a_round_and_is_cleaned(tmp_path):
     # A crash mid-write of round 2: the temp folder holds a samples file (and even a manifest).
     leftover = tmp_path / ".tmp_round_002_4242"
     leftover.mkdir()
-    torch.save({"x": torch.zeros(3, 2)}, leftover / "samples.pt")
+    torch.save({"x": torch.zeros(3, 2)}, leftover / store_mod.SINGLE_PART)
     (leftover / "manifest.json").write_text("{}")
     assert store.rounds() == [0, 1]
     assert not store.has(2)
