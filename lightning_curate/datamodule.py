@@ -80,6 +80,9 @@ class BlendingDataModule(L.LightningDataModule):
         self._round_sets.clear()
         self._synthetic.clear()
 
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
     # -- real data ---------------------------------------------------------
     @property
     def real(self) -> RealData:

@@ -155,6 +155,9 @@ class RetrainingLoop(Callback):
                                          label_fn=datamodule.label, reference=datamodule.real.heldout,
                                          class_names=datamodule.class_names)
         row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
+        preview = outcome.tensors.get("preview")
+        if preview is not None:
+            row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
         manifest = {
             "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
             "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,

@@ -84,6 +84,12 @@ class CurationModule(L.LightningModule):
         self.selection_entropy = SelectionEntropy()
         self.distance = SlicedWasserstein()
 
+    def prepare_data(self) -> None:
+        # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
+        prepare = getattr(self.reward, "prepare", None)
+        if callable(prepare):
+            prepare()
+
     # -- training -----------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch

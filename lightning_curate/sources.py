@@ -44,6 +44,13 @@ class DataSource(nn.Module):
     def label(self, x: Tensor) -> Optional[Tensor]:
         return None
 
+    def prepare(self) -> None:
+        """Make local artifacts the source needs (e.g. train a judge); called once by ``prepare_data``."""
+
+    def sample_metrics(self, samples: Tensor, reference: Tensor) -> dict[str, float]:
+        """Extra per-round metrics of model ``samples`` against held-out ``reference`` (e.g. FID)."""
+        return {}
+
 
 class Toy2D(DataSource):
     """A labelled 2D dataset generated from a seed (``mog8``, ``grid25``, ``moons``, ``circles``).
