@@ -8,7 +8,11 @@ toward whatever the classifier is sure of) and :class:`LogProbabilityReward`
 
     reward:
       class_path: lightning_curate.image_rewards.ClassProbabilityReward
-      init_args: {checkpoint: checkpoints/digits_classifier.ckpt, target_class: 0, gamma: 5.0}
+      init_args:
+        checkpoint: checkpoints/digits_classifier.ckpt
+        train_config: configs/digits_classifier.yaml
+        target_class: 0
+        gamma: 5.0
 
 The classifier is a :class:`~lightning_curate.classifier.ClassifierModule`
 checkpoint (loaded by :func:`~lightning_curate.classifier.load_classifier`)
@@ -16,6 +20,11 @@ or a module given directly (``classifier=``). A checkpoint is read lazily, on
 the first call (or :meth:`ClassifierReward.check`): configs are parsed before
 a run has had the chance to train the classifier, and a missing file is then a
 ``FileNotFoundError`` naming the path and the command that trains it.
+With ``train_config`` set, :meth:`ClassifierReward.prepare` (called by
+``CurationModule.prepare_data``) trains a missing checkpoint first, running
+``lightning-curate fit -c <train_config>`` in a subprocess
+(:func:`~lightning_curate.classifier.ensure_checkpoint`), so a new user's
+first run is a single command.
 
 The classifier is a fixed judge, not part of the reward's learnable state: it
 is kept out of ``parameters()`` and ``state_dict()`` (a run's checkpoints do
@@ -34,7 +43,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_curate.classifier import DEFAULT_TRAIN_HINT, load_classifier
+from lightning_curate.classifier import DEFAULT_TRAIN_HINT, ensure_checkpoint, load_classifier, train_command
 from lightning_curate.rewards import RewardModel
 
 __all__ = ["ClassifierReward", "ClassProbabilityReward", "ConfidenceReward", "LogProbabilityReward"]
@@ -59,11 +68,15 @@ class ClassifierReward(RewardModel):
         classifier: a module mapping images ``[n, ...]`` to logits ``[n, num_classes]``.
         gamma: the reward scale.
         batch_size: images per classifier call.
-        train_hint: the command that trains the missing checkpoint (shown in the error).
+        train_hint: the command that trains the missing checkpoint (shown in the error; default:
+            ``lightning-curate fit -c <train_config>`` when ``train_config`` is set).
+        train_config: the config that trains ``checkpoint``; :meth:`prepare` runs it when the
+            checkpoint does not exist. ``None``: a missing checkpoint is an error naming ``train_hint``.
     """
 
     def __init__(self, checkpoint: Optional[str] = None, classifier: Optional[nn.Module] = None,
-                 gamma: float = 1.0, batch_size: int = 4096, train_hint: str = DEFAULT_TRAIN_HINT):
+                 gamma: float = 1.0, batch_size: int = 4096, train_hint: Optional[str] = None,
+                 train_config: Optional[str] = None):
         super().__init__(gamma)
         if (checkpoint is None) == (classifier is None):
             raise ValueError(f"{type(self).__name__} needs exactly one of checkpoint (a path) and classifier "
@@ -74,8 +87,15 @@ class ClassifierReward(RewardModel):
             raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if train_config is not None and not isinstance(train_config, (str, Path)):
+            raise TypeError(f"train_config must be a path or None, got {type(train_config).__name__}")
+        if train_config is not None and checkpoint is None:
+            raise ValueError(f"{type(self).__name__}: train_config needs a checkpoint path to train")
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.batch_size = batch_size
+        self.train_config = None if train_config is None else str(train_config)
+        if train_hint is None:
+            train_hint = train_command(self.train_config) if self.train_config is not None else DEFAULT_TRAIN_HINT
         self.train_hint = train_hint
         # Held outside the module tree (see the module docstring); _apply keeps it on the reward's device.
         self._set_classifier(None if classifier is None else classifier.eval().requires_grad_(False))
@@ -102,6 +122,17 @@ class ClassifierReward(RewardModel):
     def loaded(self) -> bool:
         """Whether the classifier is in memory (given, or its checkpoint read)."""
         return self._classifier is not None
+
+    def prepare(self) -> "ClassifierReward":
+        """Train a missing checkpoint (when ``train_config`` is set), then load it. Returns ``self``.
+
+        Called once by ``CurationModule.prepare_data``; a missing checkpoint without
+        ``train_config`` raises the ``FileNotFoundError`` naming the command that trains it.
+        """
+        if self._classifier is None:
+            ensure_checkpoint(self.checkpoint, self.train_config, what="reward classifier",
+                              train_hint=self.train_hint)
+        return self.check()
 
     def check(self) -> "ClassifierReward":
         """Load the classifier now: a missing or mismatched checkpoint raises here. Returns ``self``."""
@@ -156,6 +187,8 @@ class ClassifierReward(RewardModel):
 
     def extra_repr(self) -> str:
         source = f"checkpoint={self.checkpoint!r}" if self.checkpoint is not None else "classifier=<module>"
+        if self.train_config is not None:
+            source += f", train_config={self.train_config!r}"
         return f"{source}, gamma={self.gamma}, loaded={self.loaded}"
 
 
@@ -180,9 +213,9 @@ class ClassProbabilityReward(_TargetClassMixin, ClassifierReward):
 
     def __init__(self, checkpoint: Optional[str] = None, target_class: int = 0, gamma: float = 5.0,
                  classifier: Optional[nn.Module] = None, batch_size: int = 4096,
-                 train_hint: str = DEFAULT_TRAIN_HINT):
+                 train_hint: Optional[str] = None, train_config: Optional[str] = None):
         super().__init__(checkpoint=checkpoint, classifier=classifier, gamma=gamma, batch_size=batch_size,
-                         train_hint=train_hint)
+                         train_hint=train_hint, train_config=train_config)
         self._init_target(target_class)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
@@ -196,9 +229,9 @@ class ConfidenceReward(ClassifierReward):
     """Classifier confidence ``r(x) = gamma * max_i q_i(x)`` (bias toward what the classifier is sure of)."""
 
     def __init__(self, checkpoint: Optional[str] = None, gamma: float = 5.0, classifier: Optional[nn.Module] = None,
-                 batch_size: int = 4096, train_hint: str = DEFAULT_TRAIN_HINT):
+                 batch_size: int = 4096, train_hint: Optional[str] = None, train_config: Optional[str] = None):
         super().__init__(checkpoint=checkpoint, classifier=classifier, gamma=gamma, batch_size=batch_size,
-                         train_hint=train_hint)
+                         train_hint=train_hint, train_config=train_config)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
         return log_probs.amax(dim=1).exp()
@@ -209,9 +242,9 @@ class LogProbabilityReward(_TargetClassMixin, ClassifierReward):
 
     def __init__(self, checkpoint: Optional[str] = None, target_class: int = 0, gamma: float = 1.0,
                  classifier: Optional[nn.Module] = None, batch_size: int = 4096,
-                 train_hint: str = DEFAULT_TRAIN_HINT):
+                 train_hint: Optional[str] = None, train_config: Optional[str] = None):
         super().__init__(checkpoint=checkpoint, classifier=classifier, gamma=gamma, batch_size=batch_size,
-                         train_hint=train_hint)
+                         train_hint=train_hint, train_config=train_config)
         self._init_target(target_class)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:

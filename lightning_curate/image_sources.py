@@ -10,7 +10,13 @@ An image source cannot label *generated* images by itself. Give it a
 ``judge`` (any module mapping images ``[n, C, H, W]`` to logits
 ``[n, num_classes]``, e.g. a classifier trained on the real data) and
 ``label(x)`` returns the judge's class per image; without one it returns
-``None`` and a run reports no class shares.
+``None`` and a run reports no class shares. The judge can be given in YAML
+by checkpoint path with :class:`lightning_curate.classifier.TrainedClassifier`
+(trained first by :meth:`ImageSource.prepare` when its checkpoint is missing
+and it has a ``train_config``). With a judge, :meth:`ImageSource.sample_metrics`
+also measures each round's model samples against the held-out images in the
+judge's feature space: a Frechet distance (``fid``), ``precision`` and
+``recall`` (see :mod:`lightning_curate.image_metrics`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from lightning_curate.sources import DataSource, RealData
 __all__ = ["ImageSource", "Digits", "CIFAR10", "TensorImages", "stratified_split", "to_unit_range"]
 
 JUDGE_BATCH_SIZE = 1024
+PR_NEIGHBOURS = 3  # k of the k-NN radii of precision / recall (Kynkaanniemi et al. use 3)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -95,6 +102,42 @@ class ImageSource(DataSource):
     def data_shape(self) -> list[int]:
         """Shape ``[C, H, W]`` of one image (reads the data if needed)."""
         return list(self.load().train.shape[1:])
+
+    def prepare(self) -> None:
+        """Make the judge's checkpoint if needed (``judge.prepare()``, e.g. :class:`TrainedClassifier`)."""
+        prepare = getattr(self.judge, "prepare", None)
+        if callable(prepare):
+            prepare()
+
+    def sample_metrics(self, samples: Tensor, reference: Tensor) -> dict[str, float]:
+        """``fid``, ``precision`` and ``recall`` of ``samples`` vs ``reference`` in the judge's feature space.
+
+        Features are the judge's ``features(x)`` when it has them, else its
+        logits. Precision and recall use ``k = PR_NEIGHBOURS`` nearest
+        neighbours. Without a judge, or with fewer than 2 samples on a side,
+        returns ``{}`` (precision/recall need more than ``k``).
+        """
+        if self.judge is None or samples.shape[0] < 2 or reference.shape[0] < 2:
+            return {}
+        from lightning_curate.image_metrics import FeatureExtractor, FeatureFID, PrecisionRecall
+
+        judge = self.judge
+        extractor = FeatureExtractor(judge, input_shape=tuple(samples.shape[1:]), batch_size=JUDGE_BATCH_SIZE)
+        was_training = judge.training
+        try:
+            device = _module_device(judge, samples.device)
+            real, fake = extractor(reference.to(device)), extractor(samples.to(device))
+            # The features are computed once, here; the metrics see them through an identity map.
+            fid = FeatureFID(nn.Identity(), num_features=real.shape[1])
+            fid.update(real=real, fake=fake)
+            out = {"fid": max(0.0, float(fid.compute()))}  # 0 for identical sets (not -1e-12)
+            if min(real.shape[0], fake.shape[0]) > PR_NEIGHBOURS:
+                pr = PrecisionRecall(k=PR_NEIGHBOURS, max_samples=max(real.shape[0], fake.shape[0]))
+                pr.update(real=real, fake=fake)
+                out.update({k: float(v) for k, v in pr.compute().items()})
+        finally:
+            judge.train(was_training)
+        return out
 
     def label(self, x: Tensor) -> Optional[Tensor]:
         """The judge's class per image (int64 ``[n]``, on ``x``'s device), or ``None`` without a judge.

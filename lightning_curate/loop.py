@@ -31,6 +31,8 @@ from lightning_curate import plots
 from lightning_curate.seeding import derive_seed, seed_all
 from lightning_curate.store import RoundStore, StoreError
 
+# Chunk index of the part that holds a rank's preview (model samples kept for plots).
+PREVIEW_CHUNK = 99999
 ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
              "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance"]
 
@@ -146,27 +148,42 @@ class RetrainingLoop(Callback):
 
     def _curate(self, trainer: L.Trainer, pl_module: L.LightningModule, round_idx: int, epoch: int) -> dict:
         if self.store.has(round_idx):
-            # Written before a crash: reuse it (the checksum is verified), never regenerate.
+            # Written before a crash: reuse it (the checksums are verified), never regenerate.
             record = self.store.read(round_idx)
             self._previews[round_idx] = record.tensors.get("preview")
             return record.manifest["row"]
-        datamodule = trainer.datamodule
-        outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
-                                         label_fn=datamodule.label, reference=datamodule.real.heldout,
-                                         class_names=datamodule.class_names)
-        row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
-        preview = outcome.tensors.get("preview")
-        if preview is not None:
-            row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
-        manifest = {
-            "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
-            "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
-            "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
-            "seed": self.seed, "round_seed": derive_seed(self.seed, "round", round_idx), "row": row,
-        }
+        datamodule, strategy = trainer.datamodule, trainer.strategy
         if trainer.is_global_zero:
-            self.store.write(round_idx, outcome.tensors, manifest)
-        self._previews[round_idx] = outcome.tensors.get("preview")
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            self.store.begin(round_idx)
+        strategy.barrier("lightning_curate.round_begin")
+        rank, world = trainer.global_rank, trainer.world_size
+
+        def sink(tensors, chunk_idx):
+            self.store.write_part(round_idx, tensors, rank=rank, chunk=chunk_idx)
+
+        outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
+                                         label_fn=datamodule.label, class_names=datamodule.class_names,
+                                         sink=sink, rank=rank, world_size=world)
+        if outcome.tensors.get("preview") is not None:
+            self.store.write_part(round_idx, outcome.tensors, rank=rank, chunk=PREVIEW_CHUNK)
+        row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
+        strategy.barrier("lightning_curate.round_written")
+        if trainer.is_global_zero:
+            preview = self.store.read_pending(round_idx, PREVIEW_CHUNK).get("preview")
+            if preview is not None:
+                row["sw_distance"] = pl_module.sample_distance(preview, datamodule.real.heldout)
+                row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
+            manifest = {
+                "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
+                "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
+                "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
+                "seed": self.seed, "round_seed": derive_seed(self.seed, "round", round_idx), "world_size": world,
+                "timings": dict(pl_module.timings), "row": row,
+            }
+            self.store.commit(round_idx, manifest)
+            self._previews[round_idx] = preview
+        strategy.barrier("lightning_curate.round_committed")
         return row
 
     # -- artifacts ----------------------------------------------------------

@@ -99,7 +99,7 @@ class ModeShares(Metric):
         self.counts += torch.bincount(labels.to(torch.int64), minlength=self.num_modes)
 
     def compute(self) -> Tensor:
-        return (self.counts.to(torch.float64) / self.counts.sum().clamp_min(1)).to(torch.float32)
+        return self.counts.to(torch.float64) / self.counts.sum().clamp_min(1)
 
 
 class SelectionEntropy(Metric):

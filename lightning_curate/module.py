@@ -10,12 +10,15 @@ slot with :func:`lightning_curate.kchoice`, and measure the round.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from lightning_curate.generators import Generator
 from lightning_curate.kchoice import BACKENDS, MODES, kchoice
@@ -25,6 +28,7 @@ from lightning_curate.seeding import derive_seed, generator as make_generator
 # Randomness is keyed to fixed blocks of slots: the candidates and choices of a
 # block depend on (round seed, block index) only, so chunk_size never changes a round.
 SLOT_BLOCK = 512
+PHASES = ("generate", "reward", "curate", "store")
 
 
 @dataclass
@@ -82,7 +86,11 @@ class CurationModule(L.LightningModule):
         self.model_reward = RewardStats()
         self.curated_reward = RewardStats()
         self.selection_entropy = SelectionEntropy()
-        self.distance = SlicedWasserstein()
+        # Computed on one process from the merged preview (see RetrainingLoop), never synced.
+        self.distance = SlicedWasserstein(sync_on_compute=False)
+        self.model_shares: Optional[ModeShares] = None  # sized once the class names are known
+        self.curated_shares: Optional[ModeShares] = None
+        self.timings = dict.fromkeys(PHASES, 0.0)
 
     def prepare_data(self) -> None:
         # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
@@ -137,61 +145,109 @@ class CurationModule(L.LightningModule):
     def curate_round(self, round_idx: int, seed: int,
                      label_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
                      reference: Optional[Tensor] = None,
-                     class_names: Optional[list[str]] = None) -> CurationOutcome:
-        """One curation step from the current model; see the module docstring."""
+                     class_names: Optional[list[str]] = None,
+                     sink: Optional[Callable[[dict[str, Tensor], int], None]] = None,
+                     rank: int = 0, world_size: int = 1) -> CurationOutcome:
+        """One curation step from the current model; see the module docstring.
+
+        Under DDP each rank curates the blocks ``b`` with ``b % world_size == rank``;
+        the draws of a block depend on (seed, block) only, so the round's data do
+        not depend on the number of ranks. With a ``sink``, each chunk's winners
+        are handed to it (``sink(tensors, chunk_index)``) instead of being kept,
+        so memory stays bounded by one chunk; the outcome then holds only the
+        preview. The metrics are torchmetrics states, reduced across ranks.
+        """
         n_slots, k, m = self.num_slots, self.num_candidates, self.num_winners
         shape = tuple(self.generator.data_shape)
-        for metric in (self.model_reward, self.curated_reward, self.selection_entropy, self.distance):
-            metric.reset()
-        n_classes = len(class_names) if class_names else 0
-        model_counts = torch.zeros(n_classes, dtype=torch.float64)
-        curated_counts = torch.zeros(n_classes, dtype=torch.float64)
-        winners, winner_rewards, winner_labels, preview = [], [], [], []
+        n_classes = len(class_names) if class_names and label_fn is not None else 0
+        self._reset_round_metrics(n_classes)
+        kept: list[dict[str, Tensor]] = []
+        preview: list[dict[str, Tensor]] = []
+        self.timings = dict.fromkeys(PHASES, 0.0)
+        my_blocks = list(range(rank, math.ceil(n_slots / SLOT_BLOCK), world_size))
         chunk_blocks = max(1, math.ceil(self.chunk_size / SLOT_BLOCK))
-        n_blocks = math.ceil(n_slots / SLOT_BLOCK)
-        for first_block in range(0, n_blocks, chunk_blocks):
-            blocks = range(first_block, min(n_blocks, first_block + chunk_blocks))
+        for chunk_idx, first in enumerate(range(0, len(my_blocks), chunk_blocks)):
+            blocks = my_blocks[first:first + chunk_blocks]
             sizes = [min(SLOT_BLOCK, n_slots - b * SLOT_BLOCK) for b in blocks]
-            cands = torch.cat([
-                self.generator.sample(nb * k, generator=make_generator(derive_seed(seed, "candidates", b)),
-                                      device=self.device)
-                for b, nb in zip(blocks, sizes)])
-            rewards = self.score(cands, round_idx)
-            labels = label_fn(cands) if label_fn is not None and n_classes else None
-            if labels is None:
-                n_classes = 0
-            offset = 0
-            for b, nb in zip(blocks, sizes):
-                sl = slice(offset, offset + nb * k)
-                offset += nb * k
-                r_block = rewards[sl].view(nb, k)
-                block_cands = cands[sl]
-                res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode,
-                              seed=derive_seed(seed, "choice", b), backend=self.backend,
-                              candidates=block_cands.view(nb, k, *shape))
-                winners.append(res.chosen.reshape(nb * m, *shape).cpu())
-                rows = torch.arange(nb, device=res.index.device)[:, None]
-                flat = (rows * k + res.index.view(nb, m)).reshape(-1)
-                winner_rewards.append(r_block.reshape(-1)[flat].cpu())
-                self.model_reward.update(r_block.reshape(-1))
-                self.curated_reward.update(r_block.reshape(-1)[flat])
-                self.selection_entropy.update(self._choice_scores(r_block))
-                if labels is not None:
-                    lab = labels[sl]
-                    model_counts += torch.bincount(lab.cpu(), minlength=n_classes).double()
-                    curated_counts += torch.bincount(lab[flat].cpu(), minlength=n_classes).double()
-                    winner_labels.append(lab[flat].cpu())
-                have = sum(p.shape[0] for p in preview)
-                if have < self.preview_size:
-                    # The first candidate of each slot: i.i.d. samples of the current model.
-                    preview.append(block_cands.view(nb, k, *shape)[: self.preview_size - have, 0].cpu())
+            with self._phase("generate"):
+                cands = torch.cat([
+                    self.generator.sample(nb * k, generator=make_generator(derive_seed(seed, "candidates", b)),
+                                          device=self.device)
+                    for b, nb in zip(blocks, sizes)])
+            with self._phase("reward"):
+                rewards = self.score(cands, round_idx)
+                labels = label_fn(cands) if n_classes else None
+            with self._phase("curate"):
+                part, probe = self._curate_blocks(blocks, sizes, cands, rewards, labels, seed)
+            if probe is not None:
+                preview.append(probe)
+            with self._phase("store"):
+                if sink is not None:
+                    sink(part, chunk_idx)
+                else:
+                    kept.append(part)
             del cands, rewards, labels
 
-        tensors = {"x": torch.cat(winners), "rewards": torch.cat(winner_rewards)}
-        if winner_labels:
-            tensors["labels"] = torch.cat(winner_labels)
-        if preview:
-            tensors["preview"] = torch.cat(preview)
+        tensors = _cat_parts(kept)
+        tensors.update(_cat_parts(preview))
+        row = self._round_row(tensors.get("preview"), reference, class_names if n_classes else None)
+        return CurationOutcome(tensors=tensors, row=row)
+
+    def _curate_blocks(self, blocks, sizes, cands, rewards, labels, seed):
+        """Choose the winners of each block of a chunk; update the round's metrics."""
+        k, m = self.num_candidates, self.num_winners
+        shape = tuple(self.generator.data_shape)
+        out: dict[str, list[Tensor]] = {"x": [], "slot": [], "rewards": []}
+        probe: dict[str, list[Tensor]] = {"preview": [], "preview_slot": [], "probe_rewards": []}
+        if labels is not None:
+            out["labels"], probe["probe_labels"] = [], []
+        offset = 0
+        for b, nb in zip(blocks, sizes):
+            sl = slice(offset, offset + nb * k)
+            offset += nb * k
+            r_block = rewards[sl].view(nb, k)
+            block_cands = cands[sl].view(nb, k, *shape)
+            res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode, seed=derive_seed(seed, "choice", b),
+                          backend=self.backend, candidates=block_cands)
+            flat = (torch.arange(nb, device=res.index.device)[:, None] * k + res.index.view(nb, m)).reshape(-1)
+            slots = b * SLOT_BLOCK + torch.arange(nb)
+            out["x"].append(res.chosen.reshape(nb * m, *shape).cpu())
+            out["slot"].append(slots.repeat_interleave(m))
+            out["rewards"].append(r_block.reshape(-1)[flat].cpu())
+            self.model_reward.update(r_block.reshape(-1))
+            self.curated_reward.update(r_block.reshape(-1)[flat])
+            self.selection_entropy.update(self._choice_scores(r_block))
+            if labels is not None:
+                lab = labels[sl]
+                out["labels"].append(lab[flat].cpu())
+                self.model_shares.update(lab)
+                self.curated_shares.update(lab[flat])
+            # Slots below preview_size also keep their first candidate (an i.i.d. model
+            # sample) and all K rewards: for plots, distances and predictions.
+            n_probe = int((slots < self.preview_size).sum())
+            if n_probe:
+                probe["preview"].append(block_cands[:n_probe, 0].cpu())
+                probe["preview_slot"].append(slots[:n_probe])
+                probe["probe_rewards"].append(r_block[:n_probe].cpu())
+                if labels is not None:
+                    probe["probe_labels"].append(labels[sl].view(nb, k)[:n_probe].cpu())
+        part = {key: torch.cat(v) for key, v in out.items()}
+        probe_part = {key: torch.cat(v) for key, v in probe.items()} if probe["preview"] else None
+        return part, probe_part
+
+    def _reset_round_metrics(self, n_classes: int) -> None:
+        for metric in (self.model_reward, self.curated_reward, self.selection_entropy):
+            metric.reset()
+        if n_classes and (self.model_shares is None or self.model_shares.num_modes != n_classes):
+            self.model_shares = ModeShares(n_classes).to(self.device)
+            self.curated_shares = ModeShares(n_classes).to(self.device)
+        for metric in (self.model_shares, self.curated_shares):
+            if metric is not None:
+                metric.reset()
+
+    def _round_row(self, preview: Optional[Tensor], reference: Optional[Tensor],
+                   class_names: Optional[list[str]]) -> dict[str, float]:
+        """The round's metrics, reduced across ranks (every rank calls this)."""
         model_stats = self.model_reward.compute()
         curated_stats = self.curated_reward.compute()
         row = {
@@ -201,17 +257,36 @@ class CurationModule(L.LightningModule):
             "curated_reward_std": float(curated_stats["std"]),
             "selection_entropy": float(self.selection_entropy.compute()),
         }
-        if reference is not None and preview:
-            self.distance.update(tensors["preview"].reshape(len(tensors["preview"]), -1).to(self.device),
-                                 reference.reshape(len(reference), -1).to(self.device))
-            row["sw_distance"] = float(self.distance.compute())
-        if n_classes:
-            model_shares = model_counts / model_counts.sum()
-            curated_shares = curated_counts / curated_counts.sum()
-            for name, share, cshare in zip(class_names, model_shares.tolist(), curated_shares.tolist()):
+        if reference is not None and preview is not None:
+            row["sw_distance"] = self.sample_distance(preview, reference)
+        if class_names:
+            model_shares = self.model_shares.compute().tolist()
+            curated_shares = self.curated_shares.compute().tolist()
+            for name, share, cshare in zip(class_names, model_shares, curated_shares):
                 row[f"share_{name}"] = share
                 row[f"curated_share_{name}"] = cshare
-        return CurationOutcome(tensors=tensors, row=row)
+        return row
+
+    def sample_distance(self, samples: Tensor, reference: Tensor) -> float:
+        """Sliced Wasserstein distance of model samples to held-out real data (this process only)."""
+        self.distance.reset()
+        self.distance.update(samples=samples.reshape(len(samples), -1).to(self.device),
+                             real=reference.reshape(len(reference), -1).to(self.device))
+        return float(self.distance.compute())
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Time a phase of the round, and name it for the profiler."""
+        start = time.perf_counter()
+        with record_function(f"curate_round/{name}"):
+            yield
+        self.timings[name] += time.perf_counter() - start
+
+
+def _cat_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    if not parts:
+        return {}
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
 def _check_int(name: str, value, minimum: int) -> None:

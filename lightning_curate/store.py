@@ -37,7 +37,7 @@ __all__ = ["RoundStore", "StoreError", "StoredRound"]
 MANIFEST = "manifest.json"
 SINGLE_PART = "part_000_00000.pt"
 # Tensors of a round indexed by slot; they are put back in slot order on read.
-_SLOT_KEYED = {"slot": ("x", "rewards", "labels"), "preview_slot": ("preview", "preview_labels")}
+_SLOT_KEYED = {"slot": ("x", "rewards", "labels"), "preview_slot": ("preview", "probe_rewards", "probe_labels")}
 
 
 class StoreError(RuntimeError):
@@ -115,6 +115,11 @@ class RoundStore:
         with open(path, "rb+") as fh:
             os.fsync(fh.fileno())
         return path
+
+    def read_pending(self, round_idx: int, chunk: int) -> dict[str, Tensor]:
+        """The parts of chunk ``chunk`` of every rank, of a round still being written (merged)."""
+        paths = sorted(self._tmp(round_idx).glob(f"part_*_{chunk:05d}.pt"))
+        return _merge_parts([torch.load(p, weights_only=True) for p in paths]) if paths else {}
 
     def commit(self, round_idx: int, manifest: dict[str, Any]) -> Path:
         """Checksum the parts, write the manifest and move the round into place atomically."""

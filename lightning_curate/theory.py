@@ -23,6 +23,10 @@ __all__ = [
     "retraining_trajectory",
     "rlhf_coefficient",
     "improvement_lower_bound",
+    "expected_exp_reward",
+    "kl_divergence",
+    "rlhf_optimum",
+    "curated_share_map",
 ]
 
 # Largest number of multisets of K - 1 atoms enumerated exactly; beyond it the
@@ -87,25 +91,51 @@ def _weights_exact(p: Tensor, w: Tensor, K: int, support: Tensor) -> Tensor:
     return H
 
 
-def _weights_integral(p: Tensor, w: Tensor, K: int, panels: int = 400, order: int = 16) -> Tensor:
-    """``H(x) = K * int_0^1 (sum_i p_i t^(w_i / w(x)))^(K-1) dt`` by composite Gauss-Legendre.
+def _weights_integral(p: Tensor, w: Tensor, K: int, panel_width: float = 0.5, order: int = 16) -> Tensor:
+    """``H(x) = K w(x) int_0^inf exp(-w(x) s) G(s)^(K-1) ds`` with ``G(s) = sum_i p_i exp(-w_i s)``.
 
-    This is the exponential-race form of THEORY.md with ``t = exp(-w(x) s)``.
-    Nodes are graded towards ``t = 0`` (``t = u^4``), where the integrand has a cusp.
+    This is the exponential-race form of THEORY.md (``x`` wins when its
+    ``Exp(w(x))`` clock rings first among the ``K``); ``t = exp(-w(x) s)`` turns
+    it into ``K int_0^1 (sum_i p_i t^(w_i / w(x)))^(K-1) dt``. That ``t`` form is
+    hard to integrate: a cusp at ``t = 0`` and, for small ``w(x) / w_max`` and
+    large ``K``, a spike of width ``~ w(x) / (K E_p[w])`` at ``t = 1``, below
+    double precision's resolution there for extreme weights.
+
+    Here the integral is taken in ``v = log s``: the integrand
+    ``K w(x) exp(v - w(x) s + (K - 1) log G(s))`` is smooth (entire) in ``v``, with
+    features of width ~1 wherever they sit (``s ~ 1 / (K w_max) .. 1 / (K w_min)``),
+    so composite Gauss-Legendre on panels of width ``panel_width`` in ``v`` over
+    ``[s_lo, s_hi]`` converges fast for any ``K`` and spread of weights.
+    ``s_lo = 1e-20 / (K w_max)``: the piece below it is ``K w(x) s_lo`` to relative
+    ``1e-20``, added exactly. ``s_hi``: ``G(s)^(K-1) <= exp(-(K-1) w_min s) = e^-800``
+    beyond it. ``log G`` is computed as ``log1p(-sum_i p_i (1 - exp(-w_i s)))``
+    where ``G`` is near 1 and by ``logsumexp`` where it is small, so it keeps
+    full relative precision at both ends. Vectorised over atoms and nodes.
     """
+    support = p > 0
+    ps, ws = p[support], w[support]
+    w_hi = float(w.max())  # every atom, also those of mass 0, gets its H
+    w_lo = max(float(ws.min()), 1e-300)
+    s_lo = 1e-20 / (K * w_hi)
+    s_hi = 800.0 / (max(K - 1, 1) * w_lo)
+    v_lo, v_hi = math.log(s_lo), math.log(s_hi)
+    panels = max(1, math.ceil((v_hi - v_lo) / panel_width))
     nodes, weights = _gauss_legendre(order)
-    edges = torch.linspace(0.0, 1.0, panels + 1, dtype=torch.float64)
+    edges = torch.linspace(v_lo, v_hi, panels + 1, dtype=torch.float64)
     a, b = edges[:-1, None], edges[1:, None]
-    u = (a + (b - a) * (nodes[None, :] + 1) / 2).flatten()
-    du = ((b - a) / 2 * weights[None, :]).flatten()
-    t, dt = u**4, 4 * u**3 * du
-    log_t = torch.log(t.clamp_min(1e-300))
-    H = torch.empty_like(p)
-    for x in range(p.numel()):
-        ratio = w / w[x]
-        inner = (p[None, :] * torch.exp(log_t[:, None] * ratio[None, :])).sum(dim=1)
-        H[x] = K * (inner ** (K - 1) * dt).sum()
-    return H
+    v = (a + (b - a) * (nodes[None, :] + 1) / 2).flatten()
+    dv = ((b - a) / 2 * weights[None, :]).flatten()
+    s = torch.exp(v)
+
+    ws_s = ws[:, None] * s[None, :]  # [atoms in support, nodes]
+    lost = (ps[:, None] * -torch.expm1(-ws_s)).sum(dim=0)  # 1 - G(s), accurate for small s
+    log_g_big = torch.log1p(-lost.clamp_max(0.5))
+    log_g_small = torch.logsumexp(torch.log(ps)[:, None] - ws_s, dim=0)
+    log_g = torch.where(lost < 0.5, log_g_big, log_g_small)
+
+    log_kw = torch.log(K * w)  # -inf for an atom of weight 0 (H = 0)
+    log_f = log_kw[:, None] + v[None, :] - w[:, None] * s[None, :] + (K - 1) * log_g[None, :]
+    return (torch.exp(log_f) * dv[None, :]).sum(dim=1) + K * w * s_lo
 
 
 def _gauss_legendre(order: int) -> tuple[Tensor, Tensor]:
@@ -192,3 +222,44 @@ def expected_exp_reward(p, r, beta: float = 1.0) -> float:
     """``E_p[exp(beta r)]``, the quantity that curated retraining increases."""
     p, r = _as_f64(p, "p"), _as_f64(r, "r")
     return float((p * torch.exp(beta * r)).sum())
+
+
+def kl_divergence(p, q) -> float:
+    """``KL(p || q)`` of two discrete laws, in nats (``inf`` where ``p`` has mass that ``q`` lacks)."""
+    p, q = _as_f64(p, "p"), _as_f64(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same length, got {p.numel()} and {q.numel()}")
+    mask = p > 0
+    if (q[mask] <= 0).any():
+        return math.inf
+    return float((p[mask] * (p[mask].log() - q[mask].log())).sum())
+
+
+def rlhf_optimum(p0, r, beta: float = 1.0, rounds: int = 1) -> Tensor:
+    """The optimum of ``max_p E_p[r] - (1 / (rounds beta)) KL(p || p0)``: ``p0 exp(rounds beta r) / Z``.
+
+    THEORY.md 4.1: ``rounds`` rounds of curation with ``K -> inf`` reach it exactly;
+    ``rounds = 0`` gives ``p0``.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
+    p0 = _as_f64(p0, "p0")
+    if rounds == 0:
+        _check_law(p0, _as_f64(r, "r"), beta)
+        return p0.clone()
+    return tilted_distribution(p0, r, rounds * beta)
+
+
+def curated_share_map(share: float, reward_top: float, reward_rest: float, K, beta: float = 1.0,
+                      real_fraction: float = 0.0, data_share: float = 0.0) -> float:
+    """One step of the ideal iteration for a two-level reward, as a map of the top level's share.
+
+    When the reward takes two values (``reward_top`` on a set of mass ``share``,
+    ``reward_rest`` elsewhere), the curated law of the top set depends on ``share``
+    only: this returns ``rho * data_share + (1 - rho) * q(top)``. THEORY.md's second
+    worked example (class 0 of ten, ``r = 5 * 1{class 0}``) is this map iterated.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    q = curated_distribution([share, 1.0 - share], [reward_top, reward_rest], K, beta)
+    return real_fraction * data_share + (1.0 - real_fraction) * float(q[0])

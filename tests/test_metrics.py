@@ -62,10 +62,10 @@ def test_mode_shares_counts_across_updates():
     metric = ModeShares(num_modes=4)
     metric.update(torch.tensor([0, 0, 1]))
     metric.update(torch.tensor([3]))
-    torch.testing.assert_close(metric.compute(), torch.tensor([0.5, 0.25, 0.0, 0.25]))
+    torch.testing.assert_close(metric.compute(), torch.tensor([0.5, 0.25, 0.0, 0.25], dtype=torch.float64))
     metric.reset()
     metric.update(torch.tensor([2, 2]))
-    torch.testing.assert_close(metric.compute(), torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(metric.compute(), torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64))
 
 
 def test_mode_shares_merge_sums_counts():
@@ -73,7 +73,7 @@ def test_mode_shares_merge_sums_counts():
     a.update(torch.tensor([0, 0, 0]))
     b.update(torch.tensor([1]))
     a.merge_state(b)
-    torch.testing.assert_close(a.compute(), torch.tensor([0.75, 0.25, 0.0]))
+    torch.testing.assert_close(a.compute(), torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
 
 
 def test_mode_shares_errors():

@@ -67,18 +67,27 @@ def test_iterated_example_rho_half_is_stable():
 _WIDE = RANDOM_LAWS[2]  # beta * (max r - min r) = 7.5: weights 1800x apart
 _INTEGRAL_CASES = [pytest.param(*law, K, id=f"law{i}-K{K}")
                    for i, law in enumerate(RANDOM_LAWS) for K in (2, 3, 7, 60) if law is not _WIDE]
-_INTEGRAL_CASES += [pytest.param(*_WIDE, K, id=f"wide-K{K}") for K in (2, 3, 7)]
-# Known limitation, kept visible: for atoms with tiny weights and large K the
-# integrand is a spike of width ~1 / (K * w_max / w(x)) at t = 1, far narrower
-# than the quadrature panels (graded towards t = 0 only). Relative error: 9e-8
-# at K = 20, 1.5e-4 at K = 60 (slow to enumerate, so not run here).
-# curation_weights uses this path beyond _MAX_EXACT_TERMS (5 atoms: K >= 38).
-# strict: passing means it was fixed.
-_INTEGRAL_CASES += [
-    pytest.param(*_WIDE, K, id=f"wide-K{K}", marks=pytest.mark.xfail(
-        strict=True, reason="_weights_integral under-resolves the spike at t = 1 for wide weights"))
-    for K in (20,)
-]
+# Wide weights and large K: the t-form integrand K (sum_i p_i t^(w_i/w(x)))^(K-1)
+# has a spike of width ~ w(x) / (K E_p[w]) at t = 1, which the former t-space
+# quadrature under-resolved (relative error 9e-8 at K = 20, 1.5e-4 at K = 60).
+_INTEGRAL_CASES += [pytest.param(*_WIDE, K, id=f"wide-K{K}") for K in (2, 3, 7, 20)]
+
+
+def _weights_by_counts(p: torch.Tensor, w: torch.Tensor, K: int) -> torch.Tensor:
+    """Exact ``H`` by enumerating the count vectors of the ``K - 1`` other
+    candidates (multinomial law), vectorised: fast for K in the hundreds."""
+    counts = torch.zeros(1, 0, dtype=torch.int64)
+    left = torch.tensor([K - 1])
+    for _ in range(p.numel() - 1):
+        reps = left + 1
+        c = torch.cat([torch.arange(int(n) + 1) for n in left])
+        counts = torch.cat([counts.repeat_interleave(reps, 0), c[:, None]], dim=1)
+        left = left.repeat_interleave(reps) - c
+    counts = torch.cat([counts, left[:, None]], dim=1).to(torch.float64)
+    log_p = torch.where(counts > 0, counts * torch.log(p), torch.zeros(()))
+    log_prob = math.lgamma(K) + (log_p - torch.lgamma(counts + 1)).sum(dim=1)
+    others = counts @ w
+    return (torch.exp(log_prob) * K * w[:, None] / (w[:, None] + others)).sum(dim=1)
 
 
 @pytest.mark.parametrize("p, r, beta, K", _INTEGRAL_CASES)
@@ -89,7 +98,33 @@ def test_integral_form_matches_exact_enumeration(p, r, beta, K):
     support = torch.nonzero(p > 0).flatten()
     exact = theory._weights_exact(p, w, K, support)
     integral = theory._weights_integral(p, w, K)
-    torch.testing.assert_close(integral[support], exact[support], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(integral[support], exact[support], atol=0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("p, r, beta, K", [
+    pytest.param(*_WIDE, 60, id="wide-K60"),
+    pytest.param((0.01, 0.49, 0.5), (30.0, 1.0, -20.0), 1.0, 1000, id="weights-e50-apart-K1000"),
+    pytest.param((0.2, 0.5, 0.3), (0.0, -40.0, -80.0), 1.0, 400, id="weights-e80-apart-K400"),
+])
+def test_integral_form_wide_weights_large_K(p, r, beta, K):
+    """Where exact enumeration by combinations is too slow: against the count-vector
+    enumeration, to 1e-12 relative even for atoms whose H is tiny."""
+    p = torch.tensor(p, dtype=torch.float64)
+    r = torch.tensor(r, dtype=torch.float64)
+    w = torch.exp(beta * (r - r.max()))
+    exact = _weights_by_counts(p, w, K)
+    integral = theory._weights_integral(p, w, K)
+    torch.testing.assert_close(integral, exact, atol=0, rtol=1e-12)
+    assert float((p * integral).sum()) == pytest.approx(1.0, abs=1e-13)  # q = p * H is a law
+
+
+def test_count_enumeration_matches_combinations():
+    """The test oracle above agrees with theory._weights_exact."""
+    p = torch.tensor((0.05, 0.15, 0.3, 0.2, 0.3), dtype=torch.float64)
+    w = torch.exp(1.5 * (torch.tensor((3.0, 1.0, -2.0, 0.5, 0.0), dtype=torch.float64) - 3.0))
+    for K in (1, 2, 5, 9):
+        torch.testing.assert_close(_weights_by_counts(p, w, K),
+                                   theory._weights_exact(p, w, K, torch.arange(5)), atol=0, rtol=1e-13)
 
 
 def test_large_K_switches_to_the_integral(monkeypatch):
