@@ -210,3 +210,42 @@ def test_console_script_exits_0_and_a_root_dir_override_moves_every_artifact(tmp
     assert not (tmp_path / "configured").exists()
     for path in ("rounds.csv", "config.yaml", "checkpoints/last.ckpt", "rounds/round_001/manifest.json"):
         assert (moved / path).is_file(), path
+
+
+def test_crash_mid_round_keeps_earlier_rounds_and_the_resumed_run_completes(tmp_path, monkeypatch):
+    """The reward model raises in the second chunk of round 1: round 0 survives untouched,
+    the partial round is discarded and regenerated from its seed on resume."""
+    (tmp_path / "flaky_reward.py").write_text(
+        "import os\n"
+        "from lightning_curate.rewards import ClippedDistanceReward\n"
+        "class Flaky(ClippedDistanceReward):\n"
+        "    calls = 0\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[0] == 2048:  # one full chunk: 512 slots x K = 4\n"
+        "            Flaky.calls += 1\n"
+        "            if str(Flaky.calls) == os.environ.get('CRASH_AT_CALL'):\n"
+        "                raise RuntimeError('reward model crashed')\n"
+        "        return super().forward(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = {"class_path": "flaky_reward.Flaky", "init_args": {"dataset": "mog8", "targets": [0, 1]}}
+    ref_run, crash_run = tmp_path / "ref", tmp_path / "crash"
+    main(["fit", "-c", str(write_config(tmp_path / "ref.yaml", tiny_config(
+        ref_run, rounds=2, num_slots=1100, chunk_size=512, reward=reward)))])
+    cfg = write_config(tmp_path / "crash.yaml", tiny_config(crash_run, rounds=2, num_slots=1100, chunk_size=512,
+                                                           reward=reward))
+    import flaky_reward
+
+    flaky_reward.Flaky.calls = 0
+    monkeypatch.setenv("CRASH_AT_CALL", "4")  # round 0 makes calls 1-2; call 4 is round 1's second chunk
+    with pytest.raises(RuntimeError, match="reward model crashed"):
+        main(["fit", "-c", str(cfg)])
+    round0 = store_digest(crash_run)
+    assert list(round0) == ["round_000"]
+    assert len(list((crash_run / "rounds" / ".tmp_round_001").glob("part_*.pt"))) == 1  # the chunk before the crash
+
+    monkeypatch.delenv("CRASH_AT_CALL")
+    main(["fit", "-c", str(cfg), "--ckpt_path", "last"])
+    assert store_digest(crash_run)["round_000"] == round0["round_000"]
+    assert store_digest(crash_run) == store_digest(ref_run)
+    assert read_rows(crash_run) == read_rows(ref_run)
+    assert not (crash_run / "rounds" / ".tmp_round_001").exists()
