@@ -236,15 +236,15 @@ def gather_candidates(candidates: Tensor, index: Tensor) -> Tensor:
     advanced indexing.
     """
     n, k = candidates.shape[:2]
-    rows = torch.arange(n, device=candidates.device)
-    if index.dim() == 2:
-        rows = rows[:, None]
     trailing = tuple(candidates.shape[2:])
     try:
         flat = candidates.view((n * k,) + trailing)
     except RuntimeError:  # e.g. expanded or permuted candidates: no copy-free view
-        return candidates[rows, index]
-    flat_index = (rows * k + index).reshape(-1)
+        rows = torch.arange(n, device=candidates.device)
+        return candidates[rows if index.dim() == 1 else rows[:, None], index]
+    # Index of candidate (i, index[i]) among the N * K: i * K + index[i] (one N-sized temporary).
+    starts = torch.arange(0, n * k, k, device=candidates.device)
+    flat_index = starts.add_(index) if index.dim() == 1 else (starts[:, None] + index).view(-1)
     return flat.index_select(0, flat_index).view(tuple(index.shape) + trailing)
 
 
