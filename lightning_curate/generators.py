@@ -10,7 +10,9 @@ These are plain ``nn.Module``\\ s, with no Lightning in them, so that custom
 trainers can use them as they are.
 """
 
-from typing import Optional
+import warnings
+from contextlib import nullcontext
+from typing import Callable, Optional
 
 import ot
 import torch
@@ -19,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchdiffeq import odeint
 
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Generator(nn.Module):
@@ -94,7 +97,22 @@ class FlowMatching(Generator):
         ema_decay: decay of the exponential moving average of the velocity
             weights used for sampling; 0 disables it.
         sample_batch_size: samples integrated together, which bounds memory.
+        compile: sample with ``torch.compile`` of the velocity network. The
+            network is compiled lazily, on the first ``sample`` call, and
+            cached (one compiled wrapper for the live network, one for the
+            EMA copy); the registered modules are untouched, so ``state_dict``
+            keys and checkpoints are the same with or without it. Training
+            (``loss``) is never compiled.
+        autocast: ``"bfloat16"`` or ``"float16"``: run the velocity network
+            under ``torch.autocast`` of that dtype while sampling, on CUDA only
+            (the ODE state stays float32). Off by default; ignored, with one
+            warning, on other devices.
     """
+
+    # Class-level defaults, so a FlowMatching pickled before these switches existed still samples.
+    compile_sampling: bool = False
+    autocast: Optional[str] = None
+    _autocast_warned: bool = False
 
     def __init__(
         self,
@@ -108,6 +126,8 @@ class FlowMatching(Generator):
         ot_pairing: bool = False,
         ema_decay: float = 0.999,
         sample_batch_size: int = 65536,
+        compile: bool = False,
+        autocast: Optional[str] = None,
     ) -> None:
         super().__init__()
         data_shape = tuple(data_shape)
@@ -127,6 +147,10 @@ class FlowMatching(Generator):
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if sample_batch_size < 1:
             raise ValueError(f"sample_batch_size must be >= 1, got {sample_batch_size}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be true or false, got {compile!r}")
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be null or one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
         self.velocity = velocity
         self.data_shape = data_shape
         self.solver = solver
@@ -137,6 +161,13 @@ class FlowMatching(Generator):
         self.ot_pairing = ot_pairing
         self.ema_decay = ema_decay
         self.sample_batch_size = sample_batch_size
+        # Not `self.compile`: that would hide nn.Module.compile().
+        self.compile_sampling = compile
+        self.autocast = autocast
+        # Compiled wrappers of the sampling networks, keyed by role ("live", "ema"):
+        # a plain dict, so they are never registered as submodules (state_dict unchanged).
+        self._compiled: dict[str, tuple[nn.Module, Callable[..., Tensor]]] = {}
+        self._autocast_warned = False
         self.ema: Optional[AveragedModel] = None
         if ema_decay > 0:
             # A submodule, so it follows .to(device) and is saved in state_dict;
@@ -175,6 +206,35 @@ class FlowMatching(Generator):
             return self.ema.module
         return self.velocity
 
+    def _sampling_callable(self, net: nn.Module) -> Callable[..., Tensor]:
+        """``net`` itself, or its cached ``torch.compile`` wrapper when ``compile`` is on."""
+        if not self.compile_sampling:
+            return net
+        role = "ema" if self.ema is not None and net is self.ema.module else "live"
+        cached = self._compiled.get(role)
+        if cached is None or cached[0] is not net:
+            cached = (net, torch.compile(net))
+            self._compiled[role] = cached
+        return cached[1]
+
+    def _autocast_context(self, device: torch.device):
+        """``torch.autocast`` for sampling on CUDA when ``autocast`` is set; otherwise nothing."""
+        if self.autocast is None:
+            return nullcontext()
+        if device.type != "cuda":
+            if not self._autocast_warned:
+                warnings.warn(f"FlowMatching(autocast={self.autocast!r}) applies to CUDA only; sampling on "
+                              f"{device.type} runs in float32", UserWarning, stacklevel=4)  # the caller of sample()
+                self._autocast_warned = True
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=AUTOCAST_DTYPES[self.autocast])
+
+    def __getstate__(self):
+        # Compiled wrappers do not pickle or deepcopy; they are rebuilt on the next sample.
+        state = dict(super().__getstate__())
+        state["_compiled"] = {}
+        return state
+
     # no_grad rather than inference_mode: the samples become training data, and
     # inference tensors cannot be saved for backward or edited in place later.
     @torch.no_grad()
@@ -200,17 +260,20 @@ class FlowMatching(Generator):
         x = torch.randn(n, *self.data_shape, generator=generator, device=noise_device).to(device)
         was_training = net.training
         net.eval()
+        call = self._sampling_callable(net)
         try:
-            for start in range(0, n, self.sample_batch_size):
-                chunk = slice(start, start + self.sample_batch_size)
-                x[chunk] = self._integrate(net, x[chunk])
+            with self._autocast_context(device):
+                for start in range(0, n, self.sample_batch_size):
+                    chunk = slice(start, start + self.sample_batch_size)
+                    x[chunk] = self._integrate(call, x[chunk])
         finally:
             net.train(was_training)
         return x.float()
 
-    def _integrate(self, net: nn.Module, x0: Tensor) -> Tensor:
+    def _integrate(self, net: Callable[..., Tensor], x0: Tensor) -> Tensor:
         def field(t: Tensor, x: Tensor) -> Tensor:
-            return net(x, t.expand(x.shape[0]))
+            # float32 state under autocast: the solver's sums stay in full precision.
+            return net(x, t.expand(x.shape[0])).to(x.dtype)
 
         span = torch.tensor([0.0, 1.0], device=x0.device, dtype=x0.dtype)
         if self.solver == "dopri5":

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -332,6 +333,97 @@ def test_zero_decay_disables_ema():
     assert not any(k.startswith("ema.") for k in model.state_dict())
 
 
+# ----------------------------------------------------------------- compile and autocast
+
+
+@pytest.fixture
+def compile_calls(monkeypatch):
+    """Replace ``torch.compile`` by a spy that compiles with the ``eager`` backend.
+
+    Inductor needs 30 s or more to compile on a busy 2-core machine; the eager
+    backend still traces the network with TorchDynamo (guards, recompiles), in
+    seconds, so the wrapper that sampling builds and calls is a real compiled one.
+    """
+    real_compile = torch.compile
+    calls: list[nn.Module] = []
+
+    def spy(model, **kwargs):
+        calls.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return calls
+
+
+def test_compile_wraps_the_sampling_net_lazily_and_samples_the_same(compile_calls):
+    torch.manual_seed(0)
+    velocity = MLPVelocity(dim=2, hidden=16, depth=1)
+    eager = FlowMatching(velocity, [2], steps=4, ema_decay=0.9)
+    compiled = FlowMatching(copy.deepcopy(velocity), [2], steps=4, ema_decay=0.9, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    keys = list(eager.state_dict())
+    assert compile_calls == []  # lazy: nothing compiled before the first sample
+
+    for n in (40, 40, 13):  # a new batch size recompiles inside the same wrapper
+        torch.testing.assert_close(compiled.sample(n, generator=seeded(21)), eager.sample(n, generator=seeded(21)),
+                                   atol=1e-5, rtol=1e-5)
+    assert compile_calls == [compiled.velocity]  # compiled once, then cached
+    assert list(compiled.state_dict()) == keys
+    assert not any("_orig_mod" in k for k in compiled.state_dict())
+    assert {name for name, _ in compiled.named_modules()} == {name for name, _ in eager.named_modules()}
+
+    # After an EMA update, sampling integrates the EMA copy: it gets its own wrapper,
+    # and later weight updates reach the compiled wrappers (weights are not baked in).
+    for _ in range(2):
+        for model in (eager, compiled):
+            with torch.no_grad():
+                for p in model.velocity.parameters():
+                    p.add_(0.05)
+            model.update_ema()
+        torch.testing.assert_close(compiled.sample(40, generator=seeded(22)), eager.sample(40, generator=seeded(22)),
+                                   atol=1e-5, rtol=1e-5)
+    assert compile_calls == [compiled.velocity, compiled.ema.module]
+    assert list(compiled.state_dict()) == keys
+
+    clone = copy.deepcopy(compiled)  # the cached wrappers are dropped, and rebuilt on demand
+    assert clone._compiled == {}
+    torch.testing.assert_close(clone.sample(8, generator=seeded(23)), eager.sample(8, generator=seeded(23)),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_compile_off_never_calls_torch_compile(compile_calls):
+    torch.manual_seed(0)
+    flow(MLPVelocity(dim=2, hidden=8, depth=1), steps=2).sample(8)
+    assert compile_calls == []
+
+
+def test_autocast_is_ignored_on_cpu_with_one_warning():
+    torch.manual_seed(0)
+    velocity = MLPVelocity(dim=2, hidden=16, depth=1)
+    plain = flow(velocity, steps=4)
+    bf16 = flow(velocity, steps=4, autocast="bfloat16")
+    with pytest.warns(UserWarning, match="CUDA only"):
+        first = bf16.sample(16, generator=seeded(24))
+    assert first.dtype == torch.float32
+    assert torch.equal(first, plain.sample(16, generator=seeded(24)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per model, not per call
+        assert torch.equal(bf16.sample(16, generator=seeded(24)), first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.sample(4)  # off by default: no warning at all
+
+
+@pytest.mark.parametrize("name, dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_autocast_on_cuda_uses_the_configured_dtype(name, dtype):
+    model = flow(Constant(0.0), autocast=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU-only build warns that CUDA autocast is disabled
+        context = model._autocast_context(torch.device("cuda"))
+    assert isinstance(context, torch.autocast)
+    assert context.device == "cuda" and context.fast_dtype == dtype
+
+
 # ----------------------------------------------------------------- training
 
 
@@ -382,6 +474,9 @@ def test_short_training_run_learns_the_eight_gaussians():
         ("ema_decay", 1.0),
         ("ema_decay", -0.1),
         ("sample_batch_size", 0),
+        ("compile", "yes"),
+        ("autocast", "fp8"),
+        ("autocast", "float32"),
     ],
 )
 def test_bad_flow_matching_arguments_raise_naming_them(name, value):
