@@ -11,11 +11,25 @@ from __future__ import annotations
 from typing import Optional
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 
 class CurateCLI(LightningCLI):
     """``LightningCLI`` with omegaconf interpolation and the config saved in the run directory."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # Small models on a few shared CPU cores run several times faster on one thread.
+        parser.add_argument("--torch_num_threads", type=Optional[int], default=None,
+                            help="torch.set_num_threads for this run (default: torch's own choice)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        threads = config.get("torch_num_threads")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"torch_num_threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
 
 
 def main(args: Optional[list[str]] = None) -> None:

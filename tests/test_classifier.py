@@ -235,10 +235,16 @@ def test_cli_builds_the_net_from_yaml_and_the_checkpoint_rebuilds_it(tmp_path):
     }
     cfg = tmp_path / "clf.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cli = main(["fit", "-c", str(cfg)])
-    net = load_classifier(tmp_path / "ckpt" / "cli_classifier.ckpt")
+    main(["fit", "-c", str(cfg)])  # returns nothing (the console script exits 0)
+    path = tmp_path / "ckpt" / "cli_classifier.ckpt"
+    net = load_classifier(path)
     assert isinstance(net, SmallCNN) and net.init_args["width"] == 8
+    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(tensor, saved[f"net.{name}"], rtol=0, atol=0)
+    # The Lightning way gives the same network.
+    module = ClassifierModule.load_from_checkpoint(path, net=SmallCNN(width=8, image_size=8))
+    module.eval()
     x = torch.rand(3, 1, 8, 8) * 2 - 1
-    cli.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(net(x), cli.model.net(x), rtol=0, atol=0)
+        torch.testing.assert_close(net(x), module.net(x), rtol=0, atol=0)

@@ -179,3 +179,20 @@ def test_classifier_follows_to_cuda(checkpoint):  # pragma: no cover - CPU CI
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)
     lazy = ClassProbabilityReward(checkpoint=str(checkpoint), target_class=1).cuda()
     assert next(lazy.check().classifier.parameters()).is_cuda
+
+
+def test_prepare_loads_an_existing_checkpoint_and_names_the_command_for_a_missing_one(checkpoint, tmp_path):
+    reward = ConfidenceReward(checkpoint=str(checkpoint), train_config="configs/never_run.yaml")
+    assert reward.prepare() is reward and reward.loaded  # it exists: nothing is trained
+    missing = str(tmp_path / "missing.ckpt")
+    with pytest.raises(FileNotFoundError, match="lightning-curate fit -c configs/digits_classifier.yaml"):
+        ClassProbabilityReward(checkpoint=missing).prepare()
+    # With a train_config, the error of a lazy load names that config's command.
+    named = ClassProbabilityReward(checkpoint=missing, train_config="configs/cifar10_classifier.yaml")
+    assert named.train_hint == "lightning-curate fit -c configs/cifar10_classifier.yaml"
+    with pytest.raises(FileNotFoundError, match="cifar10_classifier.yaml"):
+        named.check()
+    with pytest.raises(ValueError, match="train_config needs a checkpoint"):
+        ConfidenceReward(classifier=identity_classifier(), train_config="configs/digits_classifier.yaml")
+    given = ConfidenceReward(classifier=identity_classifier())
+    assert given.prepare() is given  # a module given directly: nothing to prepare

@@ -264,3 +264,26 @@ def test_label_with_and_without_judge():
     assert torch.equal(src.label(big), judge(big).argmax(1))
     with pytest.raises(ValueError, match="outputs 3 classes.*has 10"):
         Digits(judge=nn.Sequential(nn.Flatten(), nn.Linear(64, 3))).label(x)
+
+
+def test_prepare_prepares_the_judge_and_sample_metrics_use_its_features():
+    class PreparedJudge(MeanJudge):
+        prepared = 0
+
+        def prepare(self):
+            self.prepared += 1
+
+    judge = PreparedJudge()
+    src = Digits(judge=judge)
+    src.prepare()
+    assert judge.prepared == 1
+    Digits().prepare()  # no judge: nothing to do
+    real = src.load().heldout
+    same = src.sample_metrics(real, real)  # a judge without features(): its logits are the features
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["precision"] == 1.0 and same["recall"] == 1.0
+    brighter = src.sample_metrics(real.clamp(min=0.0), real)
+    assert brighter["fid"] > 0.01
+    assert set(brighter) == {"fid", "precision", "recall"}
+    assert Digits().sample_metrics(real, real) == {}  # no judge, no feature space
+    assert src.sample_metrics(real[:1], real) == {}  # too few samples for a covariance
+    assert set(src.sample_metrics(real[:3], real)) == {"fid"}  # precision/recall need more than k = 3
