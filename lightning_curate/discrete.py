@@ -27,6 +27,7 @@ for a loop that wants to log them.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -39,7 +40,8 @@ from lightning_curate.rewards import RewardModel
 from lightning_curate.seeding import derive_seed, generator as make_generator
 from lightning_curate.sources import DataSource, RealData
 
-__all__ = ["ExactCategorical", "Atoms", "AtomReward", "atom_indices", "proportional_counts", "round_metrics"]
+__all__ = ["ExactCategorical", "Atoms", "AtomReward", "atom_indices", "proportional_counts", "round_metrics",
+           "two_level_band"]
 
 
 def _positive_int(name: str, value) -> int:
@@ -87,10 +89,11 @@ class ExactCategorical(Generator):
     integers, precision plugins never round them. A zero-valued dummy parameter
     gives the optimizer something to hold; its gradient is 0, so it never moves.
 
-    Under DDP each rank counts its shard; the counts are summed over ranks when
-    the model is refitted (every rank calls :meth:`sample` at the round's end in
-    the loop). The DistributedSampler pads a round that does not divide by the
-    world size by repeating a few samples, which the counts then include.
+    Under DDP each training step sums its batch counts over the ranks (every rank
+    runs the same number of steps), so every rank holds the same model and may
+    sample any number of times. The DistributedSampler pads a round that does not
+    divide by the world size by repeating a few samples, which the counts then
+    include.
 
     Args:
         num_atoms: number of atoms; the model starts uniform over them.
@@ -121,7 +124,12 @@ class ExactCategorical(Generator):
         idx = atom_indices(x, self.num_atoms, type(self).__name__)
         if self.training:
             with torch.no_grad():
-                self.pending += torch.bincount(idx, minlength=self.num_atoms).to(self.pending)
+                batch_counts = torch.bincount(idx, minlength=self.num_atoms).to(self.pending)
+                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                    # Every rank runs the same number of steps (the DistributedSampler
+                    # gives equal shards), so this collective is symmetric.
+                    dist.all_reduce(batch_counts)
+                self.pending += batch_counts
         p = self.counts.double() / self.counts.sum().double()
         nll = -torch.log(p[idx].clamp_min(1e-12)).mean() if idx.numel() else p.new_zeros(())
         return nll.to(self.dummy.dtype) + 0.0 * self.dummy
@@ -133,8 +141,6 @@ class ExactCategorical(Generator):
         :meth:`sample` calls it first, so the loop needs no extra hook. Idempotent:
         with nothing counted it does nothing.
         """
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.pending)
         if int(self.pending.sum()) == 0:
             return False
         self.counts.copy_(self.pending)
@@ -320,3 +326,34 @@ def round_metrics(generator: nn.Module, reward: nn.Module, source: DataSource, *
         row[f"exact_share_{name}"] = pe
         row[f"ideal_share_{name}"] = pi
     return row
+
+
+def two_level_band(top_share: float, reward_top: float, reward_rest: float, num_candidates: int,
+                   beta: float = 1.0, real_fraction: float = 0.0, rounds: int = 10,
+                   num_slots: int = 20000) -> tuple[list[float], list[float]]:
+    """THEORY.md's ideal trajectory of a top level's share, and how far a run of the exact learner
+    may stray from it by sampling noise alone.
+
+    For a reward with two values (``reward_top`` on a set of ``p_data`` mass ``top_share``),
+    the share ``s_t`` of the top set follows ``s_{t+1} = rho top_share + (1 - rho) q(s_t)``
+    (:func:`lightning_curate.theory.curated_share_map`). A run with ``num_slots`` slots keeps
+    ``N`` winners, a binomial draw of ``q(s_t)``, and its ``share_<top>`` column counts
+    ``N K`` candidates of ``s_t``. Returns ``(ideal, se)``, one value per round ``0..rounds``:
+    the ideal shares and the standard error of a run's ``share_<top>`` around them, with
+    the winners' noise of every earlier round propagated through the map (to first order).
+    """
+    K, rho, n = num_candidates, real_fraction, num_slots
+    ideal, var = [top_share], [0.0]
+    s, v = top_share, 0.0
+    for _ in range(rounds):
+        h = 1e-6
+        lo, hi = max(s - h, 0.0), min(s + h, 1.0)
+        step = lambda x: theory.curated_share_map(x, reward_top, reward_rest, K, beta, rho, top_share)  # noqa: E731
+        slope = (step(hi) - step(lo)) / (hi - lo)
+        q = theory.curated_share_map(s, reward_top, reward_rest, K, beta)
+        v = slope**2 * v + (1 - rho) ** 2 * q * (1 - q) / n
+        s = step(s)
+        ideal.append(s)
+        var.append(v)
+    se = [math.sqrt(vt + st * (1 - st) / (n * K)) for st, vt in zip(ideal, var)]
+    return ideal, se

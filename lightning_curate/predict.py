@@ -46,6 +46,8 @@ __all__ = [
     "predict_round",
     "improvement_violated",
     "check_improvement",
+    "split_prediction",
+    "CURRENT_KEYS",
     "DEFAULT_MAX_SUPPORT",
 ]
 
@@ -273,7 +275,8 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
       ideal learner; ``exp_reward_lower_bound``: THEORY.md 4.2's lower bound on it,
       ``E[w] + ((K-1)/K) Var[w] / exp(beta r*)`` (mixed as
       ``rho E_data[w] + (1 - rho) * bound`` when ``rho > 0``; NaN unless the choice is
-      softmax with one winner, the bound's setting);
+      softmax with one winner, the bound's setting), ``exp_reward_lower_bound_stderr`` the
+      standard error of that estimate;
     * ``rlhf_coefficient``: ``1 / (t beta)`` (when ``round_idx`` is given; ``inf`` at ``t = 0``);
     * ``prediction_support``: distinct reward values the law of ``p_t`` was represented
       with (``max_support`` when compressed).
@@ -320,12 +323,16 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
         "predicted_exp_reward_mean": mix(real_w_mean, float((q * w).sum())),
     }
     if mode == "softmax" and num_winners == 1:
-        mean_w = float(w.mean())
-        var_w = float(((w - mean_w) ** 2).mean())
-        bound = mean_w + (K - 1) / K * var_w / math.exp(beta * float(r_shift))
-        out["exp_reward_lower_bound"] = mix(real_w_mean, bound)
+        # bound = mean_i g_i with g_i = w_i + c (w_i - mean w)^2: its standard error is std(g) / sqrt(M)
+        # (to first order), the noise of estimating the bound from this round's candidates.
+        c = (K - 1) / K / math.exp(beta * float(r_shift))
+        g = w + c * (w - w.mean()) ** 2
+        out["exp_reward_lower_bound"] = mix(real_w_mean, float(g.mean()))
+        se = float(g.std(unbiased=True) / math.sqrt(g.numel())) if g.numel() > 1 else math.nan
+        out["exp_reward_lower_bound_stderr"] = (1 - rho) * se
     else:
         out["exp_reward_lower_bound"] = math.nan
+        out["exp_reward_lower_bound_stderr"] = math.nan
     if round_idx is not None:
         out["rlhf_coefficient"] = theory.rlhf_coefficient(round_idx, beta)
     out["prediction_support"] = float(min(torch.unique(r).numel(), max_support)) if mode == "softmax" \
@@ -357,6 +364,18 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
     return out
 
 
+# Keys of predict_round's dict that describe round t itself; all others predict round t + 1.
+CURRENT_KEYS = ("exp_reward_mean", "exp_reward_stderr", "rlhf_coefficient")
+
+
+def split_prediction(prediction: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """``(about round t, about round t + 1)``: log the first in round ``t``'s row and the second
+    in round ``t + 1``'s, beside what the retrained model produced."""
+    now = {k: v for k, v in prediction.items() if k in CURRENT_KEYS}
+    nxt = {k: v for k, v in prediction.items() if k not in CURRENT_KEYS}
+    return now, nxt
+
+
 def improvement_violated(observed: float, lower_bound: float, *, stderr: float = 0.0, z: float = 3.0) -> bool:
     """Whether the next round's observed ``E[exp(beta r)]`` falls below THEORY.md 4.2's bound
     by more than ``z`` standard errors (``stderr``: of the difference). NaNs never flag."""
@@ -368,8 +387,9 @@ def improvement_violated(observed: float, lower_bound: float, *, stderr: float =
 
 def check_improvement(previous: Mapping[str, float], current: Mapping[str, float], *,
                       z: float = 3.0) -> dict[str, float]:
-    """Compare round ``t + 1``'s ``exp_reward_mean`` (``current``) with the bound that round
-    ``t`` (``previous``, a :func:`predict_round` dict or a ``rounds.csv`` row) predicted.
+    """Compare round ``t + 1``'s ``exp_reward_mean`` (``current``: its :func:`predict_round`
+    dict or ``rounds.csv`` row) with the bound that round ``t`` predicted (``previous``: a dict
+    with ``exp_reward_lower_bound`` and ``exp_reward_lower_bound_stderr``).
 
     Returns ``improvement_margin`` (observed minus bound, in standard errors of the
     difference: both are sample estimates) and ``improvement_violation`` (1.0 when the
@@ -383,7 +403,7 @@ def check_improvement(previous: Mapping[str, float], current: Mapping[str, float
             return math.nan
 
     bound, obs = get(previous, "exp_reward_lower_bound"), get(current, "exp_reward_mean")
-    se = math.hypot(*(v if math.isfinite(v) else 0.0 for v in (get(previous, "exp_reward_stderr"),
+    se = math.hypot(*(v if math.isfinite(v) else 0.0 for v in (get(previous, "exp_reward_lower_bound_stderr"),
                                                                  get(current, "exp_reward_stderr"))))
     if not (math.isfinite(bound) and math.isfinite(obs)):
         return {"improvement_margin": math.nan, "improvement_violation": math.nan}

@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -73,7 +73,7 @@ CONFIG_NAME = "sweep_config.yaml"
 LOG_NAME = "sweep.log"
 TABLE_NAME = "sweep.csv"
 # Columns that are bookkeeping rather than metrics: no figure for them.
-NOT_METRICS = ("round", "epoch", "n_real", "n_synthetic")
+NOT_METRICS = ("round", "epoch", "real_fraction", "n_real", "n_synthetic")
 
 
 class SweepError(ValueError):
@@ -444,6 +444,27 @@ def run_status(spec: RunSpec) -> str:
     return "fresh"
 
 
+def _changed(config_path: Path, config: dict) -> bool:
+    """Whether ``config`` differs from the one saved at ``config_path``, the loop's ``rounds`` aside."""
+    try:
+        old = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError):
+        return True
+    new = copy.deepcopy(config)
+    for cfg in (old, new):
+        try:
+            _loop_entry(cfg).get("init_args", {}).pop("rounds", None)
+        except SweepError:
+            return True
+    return old != new
+
+
+def finished_but_changed(spec: RunSpec) -> bool:
+    """A finished run whose saved config differs from the planned one (the sweep still skips it)."""
+    path = spec.run_dir / CONFIG_NAME
+    return path.is_file() and _changed(path, spec.config)
+
+
 def run_command(spec: RunSpec, config_path: Path, resume: bool, python: str = sys.executable) -> list[str]:
     cmd = [python, "-m", "lightning_curate", "fit", "-c", str(config_path),
            "--trainer.default_root_dir", str(spec.run_dir), "--seed_everything", str(spec.seed)]
@@ -465,7 +486,9 @@ def _execute(spec: RunSpec, index: int, total: int, *, python: str, timeout: Opt
     tag = f"[{index}/{total}] {spec.label}"
     status = run_status(spec)
     if status == "finished":
-        say(f"{tag}: finished already ({spec.rounds + 1} rounds), skipped")
+        changed = " (its saved config differs from this sweep's: delete the run directory to redo it)" \
+            if finished_but_changed(spec) else ""
+        say(f"{tag}: finished already ({spec.rounds + 1} rounds), skipped{changed}")
         return RunResult(spec, "skipped", rounds_done=_rounds_done(spec.run_dir))
     if status == "stale":
         aside = spec.run_dir.with_name(spec.run_dir.name + f".stale-{int(time.time())}")
@@ -475,6 +498,9 @@ def _execute(spec: RunSpec, index: int, total: int, *, python: str, timeout: Opt
     resume = status == "resumable"
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = spec.run_dir / CONFIG_NAME
+    if resume and config_path.is_file() and _changed(config_path, spec.config):
+        say(f"{tag}: note: the config differs from the one this run started with (beyond the number of "
+            f"rounds); resuming with the new one. Delete {spec.run_dir} to start it afresh")
     config_path.write_text(yaml.safe_dump(spec.config, sort_keys=False))
     cmd = run_command(spec, config_path, resume, python)
     log_path = spec.run_dir / LOG_NAME
@@ -485,14 +511,15 @@ def _execute(spec: RunSpec, index: int, total: int, *, python: str, timeout: Opt
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # Same process group as the sweep: Ctrl-C reaches the runs too.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             rc = proc.wait(timeout=timeout)
             message = ""
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            proc.kill()
             proc.wait()
-            rc, message = -9, f"timed out after {timeout} s"
+            rc, message = proc.returncode, f"timed out after {timeout} s"
     seconds = time.time() - start
     done = _rounds_done(spec.run_dir)
     if rc == 0 and done >= spec.rounds + 1:
@@ -534,28 +561,32 @@ def run_sweep(specs: Sequence[RunSpec], *, jobs: int = 1, timeout: Optional[floa
 
 
 def aggregate(specs: Sequence[RunSpec], out) -> tuple[Path, list[dict]]:
-    """Write ``<out>/sweep.csv``: one row per point x seed x round (runs without a table are left out)."""
+    """Write ``<out>/sweep.csv``: one row per point x seed x round (runs without a table are left out).
+
+    Columns: ``point`` (its directory name), one column per grid key (named by the
+    key itself, e.g. ``data.init_args.real_fraction``, so it never clashes with a
+    metric), ``seed``, then the columns of ``rounds.csv``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for s in specs for k in s.values))
-    names = _short_names(keys)
     rows, metric_cols = [], []
     for spec in specs:
         path = _table_path(spec.run_dir)
         if path is None:
             continue
         for r in _read_table(path):
+            r = {c: v for c, v in r.items() if c not in ("point", "seed", *keys)}
             for c in r:
                 if c not in metric_cols:
                     metric_cols.append(c)
-            rows.append({"point": spec.point, **{names[k]: _fmt(v) for k, v in spec.values.items()},
+            rows.append({"point": spec.point, **{k: _fmt(v) for k, v in spec.values.items()},
                          "seed": spec.seed, **r})
-    columns = ["point", *[names[k] for k in keys], "seed"] + [c for c in metric_cols
-                                                              if c not in ("point", "seed", *names.values())]
+    columns = ["point", *keys, "seed", *metric_cols]
     table = out / TABLE_NAME
     tmp = table.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="", extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, table)
@@ -578,13 +609,15 @@ def _t_quantile(df: int) -> float:
         return 1.96
 
 
-def metric_columns(rows: Sequence[dict], patterns: Optional[Sequence[str]] = None) -> list[str]:
-    """Numeric per-round columns of the aggregated rows (bookkeeping columns left out)."""
-    skip = {"point", "seed", *NOT_METRICS}
+def metric_columns(rows: Sequence[dict], patterns: Optional[Sequence[str]] = None,
+                   exclude: Sequence[str] = ()) -> list[str]:
+    """Numeric per-round columns of the aggregated rows (bookkeeping, grid-key and ``exclude``
+    columns left out: grid keys are dotted config paths)."""
+    skip = {"point", "seed", *NOT_METRICS, *exclude}
     cols = []
     for r in rows:
         for c in r:
-            if c not in cols and c not in skip:
+            if c not in cols and c not in skip and "." not in c:
                 cols.append(c)
     numeric = []
     for c in cols:
@@ -632,6 +665,7 @@ def plot_sweep(rows: Sequence[dict], out_dir, *, metrics: Optional[Sequence[str]
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     from lightning_curate.plots import save_figure
 
@@ -658,6 +692,7 @@ def plot_sweep(rows: Sequence[dict], out_dir, *, metrics: Optional[Sequence[str]
                 ax.fill_between(rounds, [m - h for m, h in zip(means, halfs)],
                                 [m + h for m, h in zip(means, halfs)], color=color, alpha=0.2, linewidth=0)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         band = f"mean over {n_seeds} seeds, 95% band" if n_seeds > 1 else "one seed"
         ax.set_title(f"{metric} ({band})", fontsize=10)
