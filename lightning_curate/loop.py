@@ -25,9 +25,10 @@ from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate import plots
+from lightning_curate.predict import check_improvement, predict_round
 from lightning_curate.seeding import derive_seed, seed_all
 from lightning_curate.store import RoundStore, StoreError
 
@@ -65,6 +66,8 @@ class RetrainingLoop(Callback):
         self.run_dir: Optional[Path] = None
         self._restored = False
         self._previews: dict[int, Any] = {}
+        self._real_rewards = None  # rewards and labels of the real training data, for predictions
+        self._real_labels = None
 
     # -- the schedule -------------------------------------------------------
     @property
@@ -170,10 +173,13 @@ class RetrainingLoop(Callback):
         row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
         strategy.barrier("lightning_curate.round_written")
         if trainer.is_global_zero:
-            preview = self.store.read_pending(round_idx, PREVIEW_CHUNK).get("preview")
+            probe = self.store.read_pending(round_idx, PREVIEW_CHUNK)
+            preview = probe.get("preview")
             if preview is not None:
                 row["sw_distance"] = pl_module.sample_distance(preview, datamodule.real.heldout)
                 row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
+            if "probe_rewards" in probe:
+                row.update(self._theory_columns(trainer, pl_module, round_idx, probe))
             manifest = {
                 "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
                 "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
@@ -185,6 +191,31 @@ class RetrainingLoop(Callback):
             self._previews[round_idx] = preview
         strategy.barrier("lightning_curate.round_committed")
         return row
+
+    def _theory_columns(self, trainer, pl_module, round_idx: int, probe: dict) -> dict[str, float]:
+        """What an ideal learner would make of this round (``predicted_*``, ``tilt_*``), and
+        THEORY.md 4.2's monotone-improvement check against the previous round's bound."""
+        datamodule = trainer.datamodule
+        real = datamodule.real.train
+        if self._real_rewards is None:
+            self._real_rewards = pl_module.score(real.to(pl_module.device), round_idx).cpu()
+            labels = datamodule.label(real) if datamodule.class_names else None
+            self._real_labels = labels.cpu() if labels is not None else None
+        probe_labels = probe.get("probe_labels")
+        columns = predict_round(
+            probe["probe_rewards"], pl_module.beta, labels=probe_labels,
+            class_names=datamodule.class_names if probe_labels is not None else None,
+            num_winners=pl_module.num_winners, mode=pl_module.mode, real_fraction=datamodule.real_fraction,
+            real_rewards=self._real_rewards, real_labels=self._real_labels if probe_labels is not None else None,
+            round_idx=round_idx)
+        previous = self.rows.get(round_idx - 1)
+        if previous is not None:
+            columns.update(check_improvement(previous, columns))
+            if columns.get("improvement_violation") == 1.0:
+                rank_zero_warn(f"round {round_idx}: E[exp(beta r)] = {columns['exp_reward_mean']:.4g} is below the "
+                               f"ideal learner's lower bound {previous['exp_reward_lower_bound']:.4g} (THEORY.md "
+                               "4.2): the generator may be under-trained")
+        return columns
 
     # -- artifacts ----------------------------------------------------------
     @property
