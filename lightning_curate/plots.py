@@ -482,6 +482,12 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
     if np.isfinite(cur).any():
         ax.plot(rounds, cur, "-s", color=c_cur, ms=4, lw=1.6, label="curated samples (mean)")
         drawn = True
+    predicted = _column(rows, "predicted_reward_mean")
+    if np.isfinite(predicted).any():
+        # Row t predicts round t + 1: draw it where it can be compared with what was observed.
+        ax.plot(np.asarray(rounds) + 1, predicted, ":^", color="0.25", ms=4, lw=1.3,
+                label="ideal learner's prediction")
+        drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no reward recorded", transform=ax.transAxes, ha="center", va="center", color="0.4")
     else:
