@@ -152,6 +152,8 @@ class RetrainingLoop(Callback):
     def _curate(self, trainer: L.Trainer, pl_module: L.LightningModule, round_idx: int, epoch: int) -> dict:
         if self.store.has(round_idx):
             # Written before a crash: reuse it (the checksums are verified), never regenerate.
+            # A generator that refits when it next samples (the exact learner) closes its round here.
+            getattr(pl_module.generator, "finish_round", lambda: None)()
             record = self.store.read(round_idx)
             self._previews[round_idx] = record.tensors.get("preview")
             return record.manifest["row"]

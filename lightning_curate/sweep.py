@@ -531,8 +531,13 @@ def _execute(spec: RunSpec, index: int, total: int, *, python: str, timeout: Opt
 
 
 def run_sweep(specs: Sequence[RunSpec], *, jobs: int = 1, timeout: Optional[float] = None,
-              python: str = sys.executable, say: Callable[[str], None] = print) -> list[RunResult]:
-    """Run every spec (skipping finished ones, resuming unfinished ones); in ``jobs`` parallel processes."""
+              python: str = sys.executable, say: Callable[[str], None] = print,
+              numbering: Optional[tuple[int, int]] = None) -> list[RunResult]:
+    """Run every spec (skipping finished ones, resuming unfinished ones); in ``jobs`` parallel processes.
+
+    ``numbering``: ``(first, total)`` for the ``[i/total]`` progress tags when a sweep is
+    run in pieces (default ``(1, len(specs))``).
+    """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise SweepError(f"jobs must be an int >= 1, got {jobs!r}")
     env = dict(os.environ)
@@ -545,8 +550,8 @@ def run_sweep(specs: Sequence[RunSpec], *, jobs: int = 1, timeout: Optional[floa
         with lock:
             say(text)
 
-    total = len(specs)
-    work = [(spec, i + 1) for i, spec in enumerate(specs)]
+    first, total = numbering or (1, len(specs))
+    work = [(spec, first + i) for i, spec in enumerate(specs)]
     run = lambda item: _execute(item[0], item[1], total, python=python, timeout=timeout, env=env,  # noqa: E731
                                 say=locked_say)
     if jobs == 1:

@@ -133,7 +133,8 @@ def run_claim_sweep(result: ClaimResult, base: dict, base_path: str, grid: dict,
     say = lambda text: print(f"  {text}", flush=True)  # noqa: E731
     if serial_first and len(specs) > 1:
         # The first run may train shared artifacts (a reward classifier): let it finish alone.
-        results = sweep.run_sweep(specs[:1], jobs=1, say=say) + sweep.run_sweep(specs[1:], jobs=jobs, say=say)
+        results = (sweep.run_sweep(specs[:1], jobs=1, say=say, numbering=(1, len(specs)))
+                   + sweep.run_sweep(specs[1:], jobs=jobs, say=say, numbering=(2, len(specs))))
     else:
         results = sweep.run_sweep(specs, jobs=jobs, say=say)
     failed = [r for r in results if r.status == "failed"]

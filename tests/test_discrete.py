@@ -149,7 +149,7 @@ def discrete_config(run_dir: Path, *, rounds: int, real_fraction: float, num_slo
 def run_discrete(tmp_path: Path, name: str, **kw) -> list[dict]:
     run = tmp_path / name
     main(["fit", "-c", str(write_config(tmp_path / f"{name}.yaml", discrete_config(run, **kw)))])
-    return [{k: float(v) for k, v in row.items()} for row in read_rows(run)]
+    return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in read_rows(run)]
 
 
 def check_against_theory(rows: list[dict], rho: float, n_slots: int) -> None:
