@@ -174,6 +174,17 @@ def _check_images(x: Tensor, channels: int, who: str) -> None:
         raise ValueError(f"{who} expects images of shape [n, {channels}, H, W], got {shape}")
 
 
+def _check_net_args(dropout: float, **sizes: int) -> None:
+    """Sizes are positive ints, at least 2 classes, dropout in [0, 1): errors name the argument."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if sizes["num_classes"] < 2:
+        raise ValueError(f"num_classes must be >= 2, got {sizes['num_classes']}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 class SmallCNN(RebuildableNet):
     """A VGG-style classifier: stages of two conv3x3-BN-ReLU blocks and a 2x2 max pool.
 
@@ -196,14 +207,8 @@ class SmallCNN(RebuildableNet):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 8,
                  dropout: float = 0.1):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
-                            ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_net_args(dropout, in_channels=in_channels, num_classes=num_classes, width=width,
+                         image_size=image_size)
         self.in_channels, self.num_classes = in_channels, num_classes
         stages, size = 0, image_size
         while stages < 4 and size >= 4 and size % 2 == 0:
@@ -242,14 +247,7 @@ class MLPClassifier(RebuildableNet):
     def __init__(self, in_features: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 2,
                  dropout: float = 0.0):
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_classes", num_classes), ("hidden", hidden),
-                            ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_net_args(dropout, in_features=in_features, num_classes=num_classes, hidden=hidden, depth=depth)
         self.in_features, self.num_classes, self.num_features = in_features, num_classes, hidden
         layers: list[nn.Module] = []
         width = in_features
