@@ -24,7 +24,7 @@ def run_mog8(tmp_path, real_fraction: float) -> list[dict]:
     generator["velocity"]["init_args"].update(hidden=128, depth=3)
     generator["steps"] = 16
     main(["fit", "-c", str(write_config(tmp_path / f"cfg_{real_fraction}.yaml", cfg))])
-    return [{k: float(v) for k, v in row.items()} for row in read_rows(run)]
+    return [{k: float(v) for k, v in row.items() if v != ""} for row in read_rows(run)]
 
 
 def mode_shares(row: dict) -> list[float]:
