@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate import plots
+from lightning_curate.discrete import round_metrics as exact_round_metrics
 from lightning_curate.predict import check_improvement, predict_round
 from lightning_curate.seeding import derive_seed, seed_all
 from lightning_curate.store import RoundStore, StoreError
@@ -182,6 +183,10 @@ class RetrainingLoop(Callback):
                 row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
             if "probe_rewards" in probe:
                 row.update(self._theory_columns(trainer, pl_module, round_idx, probe))
+            # Exact quantities (KL to the ideal learner and to the RLHF optimum) for the exact learner.
+            row.update(exact_round_metrics(pl_module.generator, pl_module.reward, datamodule.source,
+                                           beta=pl_module.beta, num_candidates=pl_module.num_candidates,
+                                           real_fraction=datamodule.real_fraction, round_idx=round_idx))
             manifest = {
                 "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
                 "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,

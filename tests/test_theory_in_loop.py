@@ -37,3 +37,8 @@ def test_exact_learner_follows_the_predicted_next_round(tmp_path):
     assert abs(rows[0]["predicted_share_class0"] - 0.338) < 0.02
     assert abs(rows[1]["predicted_share_class0"] - 0.798) < 0.02
     assert [r["rlhf_coefficient"] for r in rows[1:]] == [1.0, 0.5, 1 / 3]
+    # The exact learner's own law, against THEORY.md's iteration and the RLHF optimum.
+    for row in rows:
+        assert row["kl_to_ideal"] < 1e-3, row["round"]
+    assert rows[0]["kl_to_rlhf_optimum"] < 1e-3  # t = 0: the optimum is p_data itself
+    assert rows[-1]["kl_to_rlhf_optimum"] > 0.0
