@@ -51,3 +51,36 @@ def test_a_round_split_over_ranks_equals_the_single_process_round():
         assert torch.equal(torch.cat([p[key] for p in rank_parts])[order], whole.tensors[key]), key
     preview_order = torch.sort(torch.cat([p["preview_slot"] for p in rank_parts])).indices
     assert torch.equal(torch.cat([p["preview"] for p in rank_parts])[preview_order], whole.tensors["preview"])
+
+
+def test_ddp_resume_after_a_crash_matches_the_uninterrupted_ddp_run(tmp_path):
+    """Resume works under DDP as on one process: same rounds, same table."""
+    (tmp_path / "ddp_crash.py").write_text(
+        "from lightning.pytorch.callbacks import Callback\n"
+        "class CrashAtEpoch(Callback):\n"
+        "    def __init__(self, epoch: int):\n"
+        "        self.epoch = epoch\n"
+        "    def on_train_epoch_start(self, trainer, pl_module):\n"
+        "        if trainer.current_epoch == self.epoch:\n"
+        "            raise RuntimeError('simulated crash')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    ddp = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
+
+    def fit(config: dict, name: str, *extra: str) -> subprocess.CompletedProcess:
+        cfg = write_config(tmp_path / f"{name}.yaml", config)
+        return subprocess.run([sys.executable, "-m", "lightning_curate", "fit", "-c", str(cfg), *ddp, *extra],
+                              env=env, capture_output=True, text=True, timeout=420)
+
+    ref, crash = tmp_path / "ref", tmp_path / "crash"
+    assert fit(tiny_config(ref, rounds=2), "ref").returncode == 0
+    crashing = tiny_config(crash, rounds=2)
+    crashing["trainer"]["callbacks"].append({"class_path": "ddp_crash.CrashAtEpoch", "init_args": {"epoch": 6}})
+    assert fit(crashing, "crash").returncode != 0
+    assert RoundStore(crash / "rounds").rounds() == [0, 1]
+    resumed = fit(tiny_config(crash, rounds=2), "resume", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for t in (0, 1, 2):
+        assert RoundStore(crash / "rounds").read_manifest(t)["parts"] == \
+            RoundStore(ref / "rounds").read_manifest(t)["parts"]
+    assert read_rows(crash) == read_rows(ref)
