@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 
 def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, policy: str = "replace",
@@ -64,3 +65,16 @@ def read_rows(run_dir: Path) -> list[dict]:
 def store_digest(run_dir: Path) -> dict[str, str]:
     rounds = sorted((run_dir / "rounds").glob("round_*"))
     return {r.name: json.loads((r / "manifest.json").read_text())["parts"] for r in rounds}
+
+
+class CrashAtEpoch(Callback):
+    """Raises at the start of ``epoch``: a crash in the middle of a run, for resume tests.
+
+    Configs name it as ``run_configs.CrashAtEpoch`` (the tests folder is on the path)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

@@ -53,21 +53,9 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path):
 
     cfg = tiny_config(crash_run)
     # A callback that raises at the start of epoch 6 (round 2 is in progress; rounds 0 and 1 are done).
-    cfg["trainer"]["callbacks"].append({"class_path": "crash_helpers.CrashAtEpoch", "init_args": {"epoch": 6}})
-    sys.path.insert(0, str(tmp_path))
-    (tmp_path / "crash_helpers.py").write_text(
-        "from lightning.pytorch.callbacks import Callback\n"
-        "class CrashAtEpoch(Callback):\n"
-        "    def __init__(self, epoch: int):\n"
-        "        self.epoch = epoch\n"
-        "    def on_train_epoch_start(self, trainer, pl_module):\n"
-        "        if trainer.current_epoch == self.epoch:\n"
-        "            raise RuntimeError('simulated crash')\n")
-    try:
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            main(["fit", "-c", str(write_config(tmp_path / "crash.yaml", cfg))])
-    finally:
-        sys.path.remove(str(tmp_path))
+    cfg["trainer"]["callbacks"].append({"class_path": "run_configs.CrashAtEpoch", "init_args": {"epoch": 6}})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["fit", "-c", str(write_config(tmp_path / "crash.yaml", cfg))])
     assert sorted(store_digest(crash_run)) == ["round_000", "round_001"]
 
     main(["fit", "-c", str(write_config(tmp_path / "resume.yaml", tiny_config(crash_run))), "--ckpt_path", "last"])

@@ -13,10 +13,6 @@ from lightning_curate.store import RoundStore, StoreError
 SYN_BASE = 1000.0  # synthetic rows are >= 1000 in value; mog8 real points lie within radius ~6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
 
 def synthetic_round(t: int, n: int) -> torch.Tensor:
     """Rows that say where they come from: ``x[:, 0] = 1000 (t + 1) + i``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -55,16 +56,8 @@ def test_a_round_split_over_ranks_equals_the_single_process_round():
 
 def test_ddp_resume_after_a_crash_matches_the_uninterrupted_ddp_run(tmp_path):
     """Resume works under DDP as on one process: same rounds, same table."""
-    (tmp_path / "ddp_crash.py").write_text(
-        "from lightning.pytorch.callbacks import Callback\n"
-        "class CrashAtEpoch(Callback):\n"
-        "    def __init__(self, epoch: int):\n"
-        "        self.epoch = epoch\n"
-        "    def on_train_epoch_start(self, trainer, pl_module):\n"
-        "        if trainer.current_epoch == self.epoch:\n"
-        "            raise RuntimeError('simulated crash')\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     ddp = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
 
     def fit(config: dict, name: str, *extra: str) -> subprocess.CompletedProcess:
@@ -75,7 +68,7 @@ def test_ddp_resume_after_a_crash_matches_the_uninterrupted_ddp_run(tmp_path):
     ref, crash = tmp_path / "ref", tmp_path / "crash"
     assert fit(tiny_config(ref, rounds=2), "ref").returncode == 0
     crashing = tiny_config(crash, rounds=2)
-    crashing["trainer"]["callbacks"].append({"class_path": "ddp_crash.CrashAtEpoch", "init_args": {"epoch": 6}})
+    crashing["trainer"]["callbacks"].append({"class_path": "run_configs.CrashAtEpoch", "init_args": {"epoch": 6}})
     assert fit(crashing, "crash").returncode != 0
     assert RoundStore(crash / "rounds").rounds() == [0, 1]
     resumed = fit(tiny_config(crash, rounds=2), "resume", "--ckpt_path", "last")

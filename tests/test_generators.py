@@ -54,14 +54,6 @@ def flow(velocity: nn.Module, data_shape=(2,), **kwargs) -> FlowMatching:
     return FlowMatching(velocity, list(data_shape), **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: extra intra-op threads only contend (20x slower on a busy 2-core CI box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

@@ -10,7 +10,6 @@ from torch import nn
 from lightning_curate.image_sources import CIFAR10, Digits, TensorImages, stratified_split
 from lightning_curate.sources import DataSource, RealData
 
-torch.set_num_threads(1)
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -18,10 +18,6 @@ K = 3
 CLASS_NAMES = mode_names("mog8")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def assigner():

@@ -10,10 +10,6 @@ from lightning_curate import store as store_mod
 from lightning_curate.store import RoundStore, StoreError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
 
 def _tensors(seed: int = 0, n: int = 5):
     gen = torch.Generator().manual_seed(seed)

@@ -6,7 +6,6 @@ import torch
 from lightning_curate.generators import FlowMatching
 from lightning_curate.unet import UNetVelocity, num_parameters
 
-torch.set_num_threads(1)
 
 
 def _perturb_head(net):
