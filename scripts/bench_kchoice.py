@@ -61,7 +61,7 @@ if str(REPO) not in sys.path:  # run from a checkout without an install
 
 import torch  # noqa: E402
 
-from lightning_curate.kchoice import kchoice  # noqa: E402
+from lightning_curate.ops.kchoice import kchoice  # noqa: E402
 
 DEFAULT_N = (10_000, 100_000, 1_000_000)
 DEFAULT_K = (2, 4, 16, 256)

@@ -82,10 +82,10 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from lightning_curate.cli import CurateCLI  # noqa: E402
-from lightning_curate.loop import PREVIEW_CHUNK, RetrainingLoop  # noqa: E402
-from lightning_curate.module import PHASES, SLOT_BLOCK  # noqa: E402
-from lightning_curate.seeding import derive_seed, generator as make_generator  # noqa: E402
-from lightning_curate.store import RoundStore  # noqa: E402
+from lightning_curate.loop.callback import RetrainingLoop  # noqa: E402
+from lightning_curate.loop.module import PHASES, SLOT_BLOCK  # noqa: E402
+from lightning_curate.utils.seeding import derive_seed, generator as make_generator  # noqa: E402
+from lightning_curate.store.rounds import RoundStore  # noqa: E402
 
 KIB, MIB = 1 << 10, 1 << 20
 WINNER_KEYS = ("x", "slot", "rewards", "labels")
@@ -193,7 +193,6 @@ def _config_seed(cli: CurateCLI, override: Optional[int]) -> int:
 def run_round(module, datamodule, seed: int, store_root: Path, profile_dir: Optional[Path]) -> dict:
     """One curation round streamed into a RoundStore under ``store_root``; timings, memory and sizes."""
     store = RoundStore(store_root)
-    store.root.mkdir(parents=True, exist_ok=True)
     store.begin(0)
     written = {"winners_bytes": 0, "winners_x_bytes": 0, "parts": 0}
     chunk_rss: list[int] = []
@@ -234,7 +233,7 @@ def run_round(module, datamodule, seed: int, store_root: Path, profile_dir: Opti
 
     start = time.perf_counter()
     if outcome.tensors.get("preview") is not None:
-        store.write_part(0, outcome.tensors, rank=0, chunk=PREVIEW_CHUNK)
+        store.write_preview(0, outcome.tensors, rank=0)
     store.commit(0, {"produced_by_round": 0, "num_slots": module.num_slots, "round_seed": round_seed,
                      "timings": dict(module.timings), "row": outcome.row, "world_size": 1})
     commit = time.perf_counter() - start

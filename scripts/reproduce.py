@@ -4,14 +4,14 @@
     python scripts/reproduce.py --quick         # fewer rounds, one seed (a smoke run)
     python scripts/reproduce.py --only discrete --only mog8 --jobs 2
 
-Claims (THEORY.md sections 3-5), each run as a sweep (lightning_curate.sweep)
+Claims (docs/THEORY.md sections 3-5), each run as a sweep (lightning_curate.sweep)
 in ``<out>/<claim>/``:
 
 * ``mog8``: 2D mixture, reward = clipped distance to two of eight modes
   (configs/mog8.yaml): curated-only retraining collapses onto the rewarded
   modes while the reward rises; with half real data (configs/mog8_real.yaml's
   setting) the reward still rises and every mode keeps a share.
-* ``discrete``: the exact learner (configs/discrete.yaml) follows THEORY.md's
+* ``discrete``: the exact learner (configs/discrete.yaml) follows docs/THEORY.md's
   ideal iteration, curated only and with half real data, within the sampling
   noise of its slots.
 * ``digits_class``: digits, reward = 5 q_0(x) (configs/digits.yaml): the
@@ -188,9 +188,9 @@ def claim_mog8(args, out: Path) -> ClaimResult:
 
 
 def claim_discrete(args, out: Path) -> ClaimResult:
-    from lightning_curate.discrete import two_level_band
+    from lightning_curate.theory.laws import two_level_band
 
-    result = ClaimResult("discrete", "The exact learner follows THEORY.md's ideal iteration")
+    result = ClaimResult("discrete", "The exact learner follows docs/THEORY.md's ideal iteration")
     base_path = "configs/discrete.yaml"
     base = sweep.load_base_config(REPO / base_path)
     fixed = {"loop.plots": False}
@@ -223,7 +223,7 @@ def claim_discrete(args, out: Path) -> ClaimResult:
         t, mean = series(rows, point, "share_class0")
         shown = ", ".join(f"{m:.3f}" for m in mean[:6])
         theory_shown = ", ".join(f"{v:.3f}" for v in ideal[:6])
-        check(result, f"rho={rho}: measured (mean over seeds) vs THEORY.md", complete,
+        check(result, f"rho={rho}: measured (mean over seeds) vs docs/THEORY.md", complete,
               f"measured {shown}; theory {theory_shown}")
         curves[rho] = (t, mean, ideal, se)
     if curves:
@@ -235,14 +235,14 @@ def plot_theory_vs_observed(curves: dict, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lightning_curate.plots import save_figure
+    from lightning_curate.plots.figures import save_figure
 
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for (rho, (t, mean, ideal, se)), color in zip(curves.items(), ("#d62728", "#1f77b4")):
         rounds = list(range(len(ideal)))
-        ax.plot(rounds, ideal, "--", color=color, lw=1.4, label=f"THEORY.md, rho={rho}")
+        ax.plot(rounds, ideal, "--", color=color, lw=1.4, label=f"docs/THEORY.md, rho={rho}")
         ax.fill_between(rounds, [i - 5 * s for i, s in zip(ideal, se)], [i + 5 * s for i, s in zip(ideal, se)],
                         color=color, alpha=0.15, linewidth=0)
         ax.plot(t, mean, "o", color=color, ms=5, label=f"exact learner, rho={rho}")
@@ -271,7 +271,7 @@ def _digits_base(name: str) -> tuple[Optional[dict], str, str]:
     cfg = sweep.load_base_config(class_path)
     reward = copy.deepcopy(sweep.get_key(cfg, "model.init_args.reward"))
     args = {k: v for k, v in (reward.get("init_args") or {}).items() if k not in ("target_class",)}
-    cfg["model"]["init_args"]["reward"] = {"class_path": "lightning_curate.image_rewards.ConfidenceReward",
+    cfg["model"]["init_args"]["reward"] = {"class_path": "lightning_curate.rewards.ConfidenceReward",
                                            "init_args": args}
     return cfg, "configs/digits.yaml", "configs/digits.yaml with its reward swapped for ConfidenceReward"
 
@@ -344,7 +344,7 @@ def write_report(results: list[ClaimResult], out: Path, args, seconds: float) ->
              f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python scripts/reproduce.py"
              f"{' --quick' if args.quick else ''}` in {seconds / 60:.1f} min on {platform.machine()} "
              f"({os.cpu_count()} CPUs), seeds {', '.join(map(str, args.seeds))}.", "",
-             "The claims of Ferbach et al. (NeurIPS 2024) as THEORY.md states them, each run as a sweep "
+             "The claims of Ferbach et al. (NeurIPS 2024) as docs/THEORY.md states them, each run as a sweep "
              "(`lightning-curate-sweep`) with the mean over seeds and a 95% band in the figures.", "",
              "| claim | check | result | numbers |", "|---|---|---|---|"]
     for res in results:

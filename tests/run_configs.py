@@ -15,9 +15,9 @@ def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, p
     """A run small enough for the test suite: 2D mog8, a small MLP, a few batches per epoch."""
     model = {
         "generator": {
-            "class_path": "lightning_curate.generators.FlowMatching",
+            "class_path": "lightning_curate.models.FlowMatching",
             "init_args": {
-                "velocity": {"class_path": "lightning_curate.nets.MLPVelocity",
+                "velocity": {"class_path": "lightning_curate.models.MLPVelocity",
                              "init_args": {"dim": 2, "hidden": 64, "depth": 2}},
                 "data_shape": [2], "solver": "euler", "steps": 8, "ema_decay": 0.9,
             },
@@ -44,9 +44,9 @@ def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, p
             "limit_train_batches": 4, "num_sanity_val_steps": 0, "enable_progress_bar": False,
             "enable_model_summary": False, "log_every_n_steps": 1,
         },
-        "model": {"class_path": "lightning_curate.module.CurationModule", "init_args": model},
-        "data": {"class_path": "lightning_curate.datamodule.BlendingDataModule",
-                 "init_args": {"source": {"class_path": "lightning_curate.sources.Toy2D",
+        "model": {"class_path": "lightning_curate.loop.CurationModule", "init_args": model},
+        "data": {"class_path": "lightning_curate.data.BlendingDataModule",
+                 "init_args": {"source": {"class_path": "lightning_curate.data.Toy2D",
                                           "init_args": {"name": "mog8", "num_train": 2000, "num_heldout": 500}},
                                "real_fraction": real_fraction, "policy": policy, "batch_size": 128}},
     }

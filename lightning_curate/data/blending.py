@@ -1,0 +1,164 @@
+"""The blending DataModule: each round's training set, real and curated synthetic data.
+
+Round 0 trains on real data only (that model is ``p_0``). Round ``t >= 1``
+trains on a fraction ``real_fraction`` of real samples and the rest curated
+synthetic samples from the round store, chosen by ``policy``:
+
+- ``replace``: only the data curated from the previous round's model;
+- ``accumulate``: everything curated so far;
+- ``accumulate_subsample``: everything curated so far, subsampled to ``synthetic_size``.
+
+Datasets are built lazily in ``train_dataloader()`` (Lightning reloads it at
+each epoch; the set is cached per round), because a restored run only knows
+its epoch after ``setup()``. Shuffling is seeded from (seed, epoch), so a
+resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_curate.utils.seeding import derive_seed, generator
+from lightning_curate.data.source import DataSource, RealData
+from lightning_curate.store.rounds import RoundStore
+
+__all__ = ["BlendingDataModule", "POLICIES"]
+
+POLICIES = ("replace", "accumulate", "accumulate_subsample")
+
+
+class BlendingDataModule(L.LightningDataModule):
+    """Real data blended with the curated rounds of the store.
+
+    Args:
+        source: where the real data comes from (e.g. ``lightning_curate.data.Toy2D``).
+        real_fraction: fraction ``rho`` of real samples in rounds ``t >= 1`` (0: curated only).
+        policy: ``replace``, ``accumulate`` or ``accumulate_subsample``.
+        synthetic_size: size of the synthetic part under ``accumulate_subsample``
+            (default: the size of one round's curated data).
+        batch_size: training batch size.
+        seed: seeds the shuffling and the subsampling.
+    """
+
+    def __init__(self, source: DataSource, real_fraction: float = 0.0, policy: str = "replace",
+                 synthetic_size: Optional[int] = None, batch_size: int = 256, num_workers: int = 0,
+                 seed: int = 0):
+        super().__init__()
+        if isinstance(real_fraction, bool) or not isinstance(real_fraction, (int, float)) \
+                or not 0.0 <= real_fraction <= 1.0:
+            raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if synthetic_size is not None and synthetic_size < 1:
+            raise ValueError(f"synthetic_size must be >= 1, got {synthetic_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.source = source
+        self.real_fraction = float(real_fraction)
+        self.policy = policy
+        self.synthetic_size = synthetic_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._real: Optional[RealData] = None
+        self._round_sets: dict[int, TensorDataset] = {}
+        self._synthetic: dict[int, Tensor] = {}
+        self.composition: dict[int, dict[str, float]] = {}
+        self.store: Optional[RoundStore] = None
+        self.round_of_epoch: Callable[[int], int] = lambda epoch: 0
+
+    # -- what the loop callback tells us ----------------------------------
+    def attach(self, store: RoundStore, round_of_epoch: Callable[[int], int]) -> None:
+        """Connect the round store and the round schedule (called by ``RetrainingLoop.setup``)."""
+        self.store, self.round_of_epoch = store, round_of_epoch
+        self._round_sets.clear()
+        self._synthetic.clear()
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    # -- real data ---------------------------------------------------------
+    @property
+    def real(self) -> RealData:
+        if self._real is None:
+            self._real = self.source.load()
+        return self._real
+
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        return self.source.class_names
+
+    def label(self, x: Tensor) -> Optional[Tensor]:
+        return self.source.label(x)
+
+    # -- one round's training set -----------------------------------------
+    def _curated(self, round_idx: int) -> Tensor:
+        if round_idx not in self._synthetic:
+            if self.store is None:
+                raise RuntimeError("BlendingDataModule has no round store: add a RetrainingLoop callback "
+                                   "to the trainer (it attaches the store)")
+            self._synthetic[round_idx] = self.store.read(round_idx).tensors["x"]
+        return self._synthetic[round_idx]
+
+    def synthetic_pool(self, round_idx: int) -> Tensor:
+        """Curated samples that round ``round_idx >= 1`` trains on, per ``policy``."""
+        if self.policy == "replace":
+            return self._curated(round_idx - 1)
+        pool = torch.cat([self._curated(t) for t in range(round_idx)])
+        if self.policy == "accumulate_subsample":
+            size = self.synthetic_size or self._curated(round_idx - 1).shape[0]
+            if pool.shape[0] > size:
+                pick = torch.randperm(pool.shape[0], generator=generator(derive_seed(self.seed, "subsample", round_idx)))
+                pool = pool[pick[:size]]
+        return pool
+
+    def dataset_for_round(self, round_idx: int) -> TensorDataset:
+        if round_idx in self._round_sets:
+            return self._round_sets[round_idx]
+        real = self.real.train
+        rho = self.real_fraction if round_idx > 0 else 1.0
+        synthetic = self.synthetic_pool(round_idx) if rho < 1.0 else real[:0]
+        n_syn = synthetic.shape[0]
+        if rho >= 1.0:
+            n_real = real.shape[0]
+        elif rho <= 0.0:
+            n_real = 0
+        else:
+            n_real = round(rho / (1.0 - rho) * n_syn)
+            if n_real > real.shape[0]:
+                # Not enough real samples for the ratio: keep all, subsample synthetic instead.
+                n_real = real.shape[0]
+                n_syn = max(1, round((1.0 - rho) / rho * n_real))
+        gen = generator(derive_seed(self.seed, "blend", round_idx))
+        real_part = real[torch.randperm(real.shape[0], generator=gen)[:n_real]] if n_real < real.shape[0] else real
+        syn_part = synthetic[torch.randperm(synthetic.shape[0], generator=gen)[:n_syn]] if n_syn < synthetic.shape[0] else synthetic
+        data = torch.cat([real_part, syn_part.to(real_part.dtype)])
+        if data.shape[0] == 0:
+            raise RuntimeError(f"round {round_idx}: the training set is empty")
+        self.composition[round_idx] = {
+            "n_real": int(n_real), "n_synthetic": int(n_syn),
+            "real_fraction": n_real / data.shape[0] if data.shape[0] else math.nan,
+        }
+        self._round_sets = {round_idx: TensorDataset(data)}  # keep one round in memory
+        return self._round_sets[round_idx]
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        dataset = self.dataset_for_round(self.round_of_epoch(epoch))
+        # A DistributedSampler even on one process: its order depends only on
+        # (seed, epoch), which Lightning sets each epoch, so a resumed run sees
+        # the batches an uninterrupted run sees; under DDP it shards the round.
+        sampler = DistributedSampler(dataset, num_replicas=getattr(trainer, "world_size", 1),
+                                     rank=getattr(trainer, "global_rank", 0), shuffle=True,
+                                     seed=derive_seed(self.seed, "shuffle") % (1 << 31))
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)

@@ -1,0 +1,1 @@
+"""Experiment runners on top of the library: sweeps over configs and seeds."""

@@ -1,0 +1,9 @@
+"""The retraining loop: the LightningModule, the round callback, the round store, the progress bar."""
+
+from lightning_curate.loop.callback import RetrainingLoop
+from lightning_curate.loop.module import CurationModule, CurationOutcome
+from lightning_curate.loop.progress import RoundProgressBar
+from lightning_curate.store.rounds import RoundStore, StoredRound, StoreError
+
+__all__ = ["CurationModule", "CurationOutcome", "RetrainingLoop", "RoundProgressBar", "RoundStore", "StoreError",
+           "StoredRound"]

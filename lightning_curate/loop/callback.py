@@ -1,0 +1,295 @@
+"""The retraining loop: rounds of curated self-consuming retraining inside one ``Trainer.fit``.
+
+A round is a block of epochs. Round 0 (``initial_epochs`` epochs) trains on
+real data only; every later round (``epochs_per_round`` epochs) trains on the
+blend the DataModule builds. One round happens here, in
+:meth:`RetrainingLoop.on_train_epoch_end` at a round's last epoch:
+
+1. the module samples and curates (``CurationModule.curate_round``);
+2. the round store writes the winners and a manifest (atomic, checksummed);
+3. the round's row goes to ``rounds.csv``, the logger, and the plots.
+
+Lightning reloads the train dataloader at the next epoch, before
+``on_train_epoch_start``, so the data for round ``t + 1`` is curated at the end
+of round ``t``. Every draw is seeded from (seed, round) or (seed, epoch), so a
+run resumed from any checkpoint repeats exactly what the uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from lightning_curate import plots
+from lightning_curate.theory.ideal_learner import check_improvement, predict_round
+from lightning_curate.utils.seeding import derive_seed, seed_all
+from lightning_curate.utils.validation import check_int
+from lightning_curate.store.rounds import RoundStore, StoreError
+
+__all__ = ["RetrainingLoop"]
+
+ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
+             "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance"]
+
+
+class RetrainingLoop(Callback):
+    """Drives the rounds; the trainer's ``max_epochs`` follows from them.
+
+    Args:
+        rounds: curated retraining rounds after round 0 (0: train ``p_0`` only).
+        epochs_per_round: training epochs of each curated round.
+        initial_epochs: epochs of round 0 on real data (default: ``epochs_per_round``).
+        seed: run seed; every round's draws are derived from it.
+        plots: write PNG figures after every round.
+    """
+
+    def __init__(self, rounds: int = 10, epochs_per_round: int = 1, initial_epochs: Optional[int] = None,
+                 seed: int = 0, plots: bool = True):
+        super().__init__()
+        check_int("rounds", rounds, minimum=0)
+        check_int("epochs_per_round", epochs_per_round, minimum=1)
+        if initial_epochs is not None:
+            check_int("initial_epochs", initial_epochs, minimum=1)
+        self.rounds = rounds
+        self.epochs_per_round = epochs_per_round
+        self.initial_epochs = initial_epochs if initial_epochs is not None else epochs_per_round
+        self.seed = seed
+        self.make_plots = plots
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.store: Optional[RoundStore] = None
+        self.run_dir: Optional[Path] = None
+        self._restored = False
+        self._previews: dict[int, Any] = {}
+        self._real_rewards = None  # rewards and labels of the real training data, for predictions
+        self._real_labels = None
+
+    # -- the schedule -------------------------------------------------------
+    @property
+    def total_epochs(self) -> int:
+        return self.initial_epochs + self.rounds * self.epochs_per_round
+
+    def round_of_epoch(self, epoch: int) -> int:
+        if epoch < self.initial_epochs:
+            return 0
+        return 1 + (epoch - self.initial_epochs) // self.epochs_per_round
+
+    def last_epoch_of_round(self, round_idx: int) -> int:
+        return self.initial_epochs - 1 + round_idx * self.epochs_per_round
+
+    # -- setup and resume ---------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not hasattr(pl_module, "curate_round"):
+            raise TypeError(f"RetrainingLoop needs a module with curate_round() (e.g. CurationModule), "
+                            f"got {type(pl_module).__name__}")
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "attach"):
+            raise TypeError("RetrainingLoop needs a BlendingDataModule (the `data` section of the config)")
+        trainer.fit_loop.max_epochs = self.total_epochs
+        trainer.reload_dataloaders_every_n_epochs = 1
+        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self.store = RoundStore(self.run_dir / "rounds")
+        datamodule.attach(self.store, self.round_of_epoch)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Checkpoint state (load_state_dict) is restored before this hook.
+        stored = self.store.rounds()
+        if stored and not self._restored:
+            raise StoreError(
+                f"{self.store.root} already holds rounds {stored} of an earlier run. Resume it with "
+                "`--ckpt_path last`, or start a new run in another directory (--trainer.default_root_dir "
+                "and the logger's save_dir); stored rounds are never overwritten")
+        if trainer.is_global_zero:
+            self.store.clean_partial()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a resume, rebuild the table from the store (checksums verified on read).
+        for t in self.store.rounds():
+            if self.last_epoch_of_round(t) < trainer.current_epoch:
+                record = self.store.read(t)
+                self.rows[t] = record.manifest["row"]
+                self._previews[t] = record.tensors.get("preview")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "epochs_per_round": self.epochs_per_round,
+                "initial_epochs": self.initial_epochs, "seed": self.seed,
+                "finished_rounds": sorted(self.rows)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key in ("epochs_per_round", "initial_epochs", "seed"):
+            if state_dict.get(key) != getattr(self, key):
+                raise ValueError(f"cannot resume: the checkpoint was made with {key}={state_dict.get(key)!r}, "
+                                 f"the config now says {getattr(self, key)!r}")
+        self._restored = True
+
+    # -- one round ----------------------------------------------------------
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # Keyed on the step: a run resumed from any checkpoint draws what the
+        # uninterrupted run drew (epoch hooks are skipped on some restarts).
+        seed_all(derive_seed(self.seed, "step", trainer.global_step, trainer.global_rank))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        round_idx = self.round_of_epoch(epoch)
+        if epoch != self.last_epoch_of_round(round_idx):
+            return
+        row = self._curate(trainer, pl_module, round_idx, epoch)
+        self.rows[round_idx] = row
+        pl_module.log_dict({f"round/{k}": float(v) for k, v in row.items() if _is_number(v)},
+                           on_step=False, on_epoch=True, rank_zero_only=True)
+        if trainer.is_global_zero:
+            self._write_table()
+            if self.make_plots:
+                self._plot(trainer, pl_module)
+
+    def _curate(self, trainer: L.Trainer, pl_module: L.LightningModule, round_idx: int, epoch: int) -> dict:
+        if self.store.has(round_idx):
+            # Written before a crash: reuse it (the checksums are verified), never regenerate.
+            # A generator that refits when it next samples (the exact learner) closes its round here.
+            pl_module.generator.finish_round()
+            record = self.store.read(round_idx)
+            self._previews[round_idx] = record.tensors.get("preview")
+            return record.manifest["row"]
+        datamodule, strategy = trainer.datamodule, trainer.strategy
+        if trainer.is_global_zero:
+            self.store.begin(round_idx)
+        strategy.barrier("lightning_curate.round_begin")
+        rank, world = trainer.global_rank, trainer.world_size
+
+        def sink(tensors, chunk_idx):
+            self.store.write_part(round_idx, tensors, rank=rank, chunk=chunk_idx)
+
+        outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
+                                         label_fn=datamodule.label, class_names=datamodule.class_names,
+                                         sink=sink, rank=rank, world_size=world)
+        if outcome.tensors.get("preview") is not None:
+            self.store.write_preview(round_idx, outcome.tensors, rank=rank)
+        row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
+        strategy.barrier("lightning_curate.round_written")
+        if trainer.is_global_zero:
+            probe = self.store.read_preview(round_idx)
+            preview = probe.get("preview")
+            if preview is not None:
+                row["sw_distance"] = pl_module.sample_distance(preview, datamodule.real.heldout)
+                row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
+            if "probe_rewards" in probe:
+                row.update(self._theory_columns(trainer, pl_module, round_idx, probe))
+            # Exact quantities (KL to the ideal learner and to the RLHF optimum) for the exact learner.
+            row.update(pl_module.generator.round_metrics(
+                pl_module.reward, datamodule.source, beta=pl_module.beta, num_candidates=pl_module.num_candidates,
+                real_fraction=datamodule.real_fraction, round_idx=round_idx))
+            manifest = {
+                "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
+                "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
+                "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
+                "seed": self.seed, "round_seed": derive_seed(self.seed, "round", round_idx), "world_size": world,
+                "timings": dict(pl_module.timings), "row": row,
+            }
+            self.store.commit(round_idx, manifest)
+            self._previews[round_idx] = preview
+        strategy.barrier("lightning_curate.round_committed")
+        return row
+
+    def _theory_columns(self, trainer, pl_module, round_idx: int, probe: dict) -> dict[str, float]:
+        """What an ideal learner would make of this round (``predicted_*``, ``tilt_*``), and
+        docs/THEORY.md 4.2's monotone-improvement check against the previous round's bound."""
+        datamodule = trainer.datamodule
+        real = datamodule.real.train
+        if self._real_rewards is None:
+            self._real_rewards = pl_module.score(real.to(pl_module.device), round_idx).cpu()
+            labels = datamodule.label(real) if datamodule.class_names else None
+            self._real_labels = labels.cpu() if labels is not None else None
+        probe_labels = probe.get("probe_labels")
+        columns = predict_round(
+            probe["probe_rewards"], pl_module.beta, labels=probe_labels,
+            class_names=datamodule.class_names if probe_labels is not None else None,
+            num_winners=pl_module.num_winners, mode=pl_module.mode, real_fraction=datamodule.real_fraction,
+            real_rewards=self._real_rewards, real_labels=self._real_labels if probe_labels is not None else None,
+            round_idx=round_idx)
+        previous = self.rows.get(round_idx - 1)
+        if previous is not None:
+            columns.update(check_improvement(previous, columns))
+            if columns.get("improvement_violation") == 1.0:
+                rank_zero_warn(f"round {round_idx}: E[exp(beta r)] = {columns['exp_reward_mean']:.4g} is below the "
+                               f"ideal learner's lower bound {previous['exp_reward_lower_bound']:.4g} (docs/THEORY.md "
+                               "4.2): the generator may be under-trained")
+        return columns
+
+    # -- artifacts ----------------------------------------------------------
+    @property
+    def table_path(self) -> Path:
+        return self.run_dir / "rounds.csv"
+
+    def _write_table(self) -> None:
+        rows = [self.rows[t] for t in sorted(self.rows)]
+        columns = [c for c in ROW_ORDER if any(c in r for r in rows)]
+        seen = list(dict.fromkeys(c for r in rows for c in r if c not in columns))
+        columns += [c for c in seen if c.startswith("share_")]
+        columns += [c for c in seen if c.startswith("curated_share_")]
+        columns += [c for c in seen if not c.startswith(("share_", "curated_share_"))]
+        tmp = self.table_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.table_path)
+
+    def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = [self.rows[t] for t in sorted(self.rows)]
+        plots.plot_round_metrics(rows, self.run_dir / "round_metrics.png")
+        previews = [self._previews.get(t) for t in sorted(self.rows)]
+        if any(p is None for p in previews):
+            return
+        shape = tuple(pl_module.generator.data_shape)
+        titles = [f"round {t}" for t in sorted(self.rows)]
+        if shape == (2,):
+            datamodule = trainer.datamodule
+            labels = [datamodule.label(p) for p in previews] if datamodule.class_names else None
+            reward = pl_module.reward
+            device = pl_module.device
+
+            def reward_fn(x):
+                return reward(x.to(device)).float().cpu()
+
+            plots.plot_rounds_2d(previews, self.run_dir / "samples.png", reward_fn=reward_fn, titles=titles,
+                                 labels=labels)
+        elif len(shape) == 3:
+            plots.plot_image_grid(previews, self.run_dir / "samples.png", titles=titles)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.rows:
+            return
+        print(self.summary())
+
+    def summary(self) -> str:
+        """A short per-round table and where the artifacts are."""
+        rows = [self.rows[t] for t in sorted(self.rows)]
+        shares = [c for c in rows[-1] if c.startswith("share_")]
+        top = sorted(shares, key=lambda c: -rows[-1][c])[:3]
+        head = f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} " + " ".join(f"{c[6:]:>9}" for c in top)
+        lines = ["", "Curated retraining: per-round summary", head, "-" * len(head)]
+        for r in rows:
+            cur = r.get("curated_reward_mean", math.nan)
+            lines.append(f"{r['round']:>5} {r['reward_mean']:>9.4f} {cur:>9.4f} {100 * r.get('real_fraction', 0):>6.1f} "
+                         + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
+        lines += ["", f"Artifacts in {self.run_dir}:",
+                  f"  rounds.csv            per-round metrics ({len(rows)} rows)",
+                  "  round_metrics.png     reward and shares over rounds",
+                  "  samples.png           model samples of every round",
+                  "  rounds/round_NNN/     curated data + manifest of each round",
+                  "  config.yaml           the full config of this run",
+                  "  checkpoints/last.ckpt resume with --ckpt_path last", ""]
+        return "\n".join(lines)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

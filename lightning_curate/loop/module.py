@@ -1,0 +1,285 @@
+"""The LightningModule: a generative model trained by Lightning, and the curation of its samples.
+
+``training_step`` fits the generator (its own loss) on the round's data.
+``curate_round`` is one curation step of docs/THEORY.md section 1 at a round
+boundary: sample ``num_slots x num_candidates`` candidates block by block
+(bounded memory), score them with the reward model, keep ``num_winners`` per
+slot with :func:`lightning_curate.kchoice`, and measure the round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.profiler import record_function
+
+from lightning_curate.models.generator import Generator
+from lightning_curate.ops.kchoice import BACKENDS, MODES, kchoice
+from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
+from lightning_curate.utils.seeding import derive_seed
+from lightning_curate.utils.seeding import generator as make_generator
+from lightning_curate.utils.validation import check_beta, check_choice, check_float, check_int
+
+__all__ = ["PHASES", "SLOT_BLOCK", "CurationModule", "CurationOutcome"]
+
+# Randomness is keyed to fixed blocks of slots: the candidates and choices of a
+# block depend on (round seed, block index) only, so chunk_size never changes a round.
+SLOT_BLOCK = 512
+PHASES = ("generate", "reward", "curate", "store")
+
+
+@dataclass
+class CurationOutcome:
+    """What one curation step produced: tensors for the store and the round's metrics."""
+
+    tensors: dict[str, Tensor]
+    row: dict[str, float] = field(default_factory=dict)
+
+
+class CurationModule(L.LightningModule):
+    """Wraps a :class:`~lightning_curate.models.Generator` and a reward model.
+
+    Args:
+        generator: the generative model (e.g. ``FlowMatching``), trained with its own loss.
+        reward: any ``nn.Module`` mapping a batch ``[n, ...]`` to rewards ``[n]``; frozen.
+        num_slots: curation slots per round (``N``); each keeps ``num_winners`` samples.
+        num_candidates: candidates shown per slot (``K``).
+        beta: inverse temperature of the Bradley-Terry choice.
+        num_winners: samples kept per slot (``m``, Plackett-Luce order for ``m > 1``).
+        mode: ``softmax`` (Bradley-Terry), ``argmax`` (best-of-K) or ``uniform`` (no curation).
+        chunk_size: slots generated, scored and curated together (bounds memory only).
+        lr, weight_decay: AdamW settings for the generator.
+        preview_size: model samples kept per round for plots and the distance metric
+            (the first candidate of each slot, so at most ``num_slots``).
+        backend: ``kchoice`` backend (``auto``: Triton on CUDA, torch on CPU).
+    """
+
+    def __init__(self, generator: Generator, reward: nn.Module, num_slots: int = 2000,
+                 num_candidates: int = 4, beta: float = 1.0, num_winners: int = 1, mode: str = "softmax",
+                 chunk_size: int = 8192, lr: float = 1e-3, weight_decay: float = 0.0,
+                 preview_size: int = 2000, backend: str = "auto"):
+        super().__init__()
+        check_int("num_slots", num_slots, minimum=1)
+        check_int("num_candidates", num_candidates, minimum=1)
+        check_int("num_winners", num_winners, minimum=1)
+        check_int("chunk_size", chunk_size, minimum=1)
+        check_int("preview_size", preview_size, minimum=0)
+        if num_winners > num_candidates:
+            raise ValueError(f"num_winners ({num_winners}) must be <= num_candidates ({num_candidates})")
+        check_beta(beta)
+        check_choice("mode", mode, MODES)
+        check_choice("backend", backend, BACKENDS)
+        check_float("lr", lr, minimum=0.0, strict_minimum=True)
+        self.save_hyperparameters(ignore=["generator", "reward"])
+        self.generator = generator
+        self.reward = reward.requires_grad_(False).eval()
+        self.num_slots, self.num_candidates, self.num_winners = num_slots, num_candidates, num_winners
+        self.beta, self.mode, self.chunk_size = float(beta), mode, chunk_size
+        self.lr, self.weight_decay, self.preview_size, self.backend = lr, weight_decay, preview_size, backend
+        self.model_reward = RewardStats()
+        self.curated_reward = RewardStats()
+        self.selection_entropy = SelectionEntropy()
+        # Computed on one process from the merged preview (see RetrainingLoop), never synced.
+        self.distance = SlicedWasserstein(sync_on_compute=False)
+        self.model_shares: Optional[ModeShares] = None  # sized once the class names are known
+        self.curated_shares: Optional[ModeShares] = None
+        self.timings = dict.fromkeys(PHASES, 0.0)
+
+    def prepare_data(self) -> None:
+        # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
+        prepare = getattr(self.reward, "prepare", None)
+        if callable(prepare):
+            prepare()
+
+    # -- training -----------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        loss = self.generator.loss(x)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.generator.update_ema()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.reward.eval()  # the reward model is a fixed judge: never in training mode
+        return self
+
+    def configure_optimizers(self):
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # -- curation -----------------------------------------------------------
+    def score(self, x: Tensor, round_idx: int) -> Tensor:
+        """Rewards ``[n]`` of samples ``x``, checked: a bad reward model stops the run."""
+        with torch.inference_mode():
+            r = self.reward(x)
+        if not isinstance(r, Tensor) or tuple(r.shape) != (x.shape[0],):
+            shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+            raise ValueError(f"round {round_idx}: the reward model returned shape {shape} for {x.shape[0]} samples; "
+                             f"it must return one reward per sample, shape [{x.shape[0]}]")
+        bad = int((~torch.isfinite(r)).sum())
+        if bad:
+            raise ValueError(f"round {round_idx}: the reward model returned {bad} non-finite rewards (NaN or inf) "
+                             f"out of {x.shape[0]}")
+        return r.float().clone()
+
+    def _choice_scores(self, rewards: Tensor) -> Tensor:
+        """Log-weights of the choice law per slot, for its entropy (argmax: 0, uniform: 1)."""
+        if self.mode == "uniform":
+            return torch.zeros_like(rewards)
+        if self.mode == "argmax":
+            best = rewards.argmax(dim=1, keepdim=True)
+            return torch.full_like(rewards, -math.inf).scatter_(1, best, 0.0)
+        return self.beta * rewards
+
+    @torch.no_grad()
+    def curate_round(self, round_idx: int, seed: int,
+                     label_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
+                     class_names: Optional[list[str]] = None,
+                     sink: Optional[Callable[[dict[str, Tensor], int], None]] = None,
+                     rank: int = 0, world_size: int = 1) -> CurationOutcome:
+        """One curation step from the current model; see the module docstring.
+
+        Under DDP each rank curates the blocks ``b`` with ``b % world_size == rank``;
+        the draws of a block depend on (seed, block) only, so the round's data do
+        not depend on the number of ranks. With a ``sink``, each chunk's winners
+        are handed to it (``sink(tensors, chunk_index)``) instead of being kept,
+        so memory stays bounded by one chunk; the outcome then holds only the
+        preview. The metrics are torchmetrics states, reduced across ranks.
+        """
+        n_slots, k = self.num_slots, self.num_candidates
+        n_classes = len(class_names) if class_names and label_fn is not None else 0
+        self._reset_round_metrics(n_classes)
+        kept: list[dict[str, Tensor]] = []
+        preview: list[dict[str, Tensor]] = []
+        self.timings = dict.fromkeys(PHASES, 0.0)
+        my_blocks = list(range(rank, math.ceil(n_slots / SLOT_BLOCK), world_size))
+        chunk_blocks = max(1, math.ceil(self.chunk_size / SLOT_BLOCK))
+        for chunk_idx, first in enumerate(range(0, len(my_blocks), chunk_blocks)):
+            blocks = my_blocks[first:first + chunk_blocks]
+            sizes = [min(SLOT_BLOCK, n_slots - b * SLOT_BLOCK) for b in blocks]
+            with self._phase("generate"):
+                cands = torch.cat([
+                    self.generator.sample(nb * k, generator=make_generator(derive_seed(seed, "candidates", b)),
+                                          device=self.device)
+                    for b, nb in zip(blocks, sizes)])
+            with self._phase("reward"):
+                rewards = self.score(cands, round_idx)
+                labels = label_fn(cands) if n_classes else None
+            with self._phase("curate"):
+                part, probe = self._curate_blocks(blocks, sizes, cands, rewards, labels, seed)
+            if probe is not None:
+                preview.append(probe)
+            with self._phase("store"):
+                if sink is not None:
+                    sink(part, chunk_idx)
+                else:
+                    kept.append(part)
+            del cands, rewards, labels
+
+        tensors = _cat_parts(kept)
+        tensors.update(_cat_parts(preview))
+        row = self._round_row(class_names if n_classes else None)
+        return CurationOutcome(tensors=tensors, row=row)
+
+    def _curate_blocks(self, blocks, sizes, cands, rewards, labels, seed):
+        """Choose the winners of each block of a chunk; update the round's metrics."""
+        k, m = self.num_candidates, self.num_winners
+        shape = tuple(self.generator.data_shape)
+        out: dict[str, list[Tensor]] = {"x": [], "slot": [], "rewards": []}
+        probe: dict[str, list[Tensor]] = {"preview": [], "preview_slot": [], "probe_rewards": []}
+        if labels is not None:
+            out["labels"], probe["probe_labels"] = [], []
+        offset = 0
+        for b, nb in zip(blocks, sizes):
+            sl = slice(offset, offset + nb * k)
+            offset += nb * k
+            r_block = rewards[sl].view(nb, k)
+            block_cands = cands[sl].view(nb, k, *shape)
+            res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode, seed=derive_seed(seed, "choice", b),
+                          backend=self.backend, candidates=block_cands)
+            flat = (torch.arange(nb, device=res.index.device)[:, None] * k + res.index.view(nb, m)).reshape(-1)
+            slots = b * SLOT_BLOCK + torch.arange(nb)
+            out["x"].append(res.chosen.reshape(nb * m, *shape).cpu())
+            out["slot"].append(slots.repeat_interleave(m))
+            out["rewards"].append(r_block.reshape(-1)[flat].cpu())
+            self.model_reward.update(r_block.reshape(-1))
+            self.curated_reward.update(r_block.reshape(-1)[flat])
+            self.selection_entropy.update(self._choice_scores(r_block))
+            if labels is not None:
+                lab = labels[sl]
+                out["labels"].append(lab[flat].cpu())
+                self.model_shares.update(lab)
+                self.curated_shares.update(lab[flat])
+            # Slots below preview_size also keep their first candidate (an i.i.d. model
+            # sample) and all K rewards: for plots, distances and predictions.
+            n_probe = int((slots < self.preview_size).sum())
+            if n_probe:
+                probe["preview"].append(block_cands[:n_probe, 0].cpu())
+                probe["preview_slot"].append(slots[:n_probe])
+                probe["probe_rewards"].append(r_block[:n_probe].cpu())
+                if labels is not None:
+                    probe["probe_labels"].append(labels[sl].view(nb, k)[:n_probe].cpu())
+        part = {key: torch.cat(v) for key, v in out.items()}
+        probe_part = {key: torch.cat(v) for key, v in probe.items()} if probe["preview"] else None
+        return part, probe_part
+
+    def _reset_round_metrics(self, n_classes: int) -> None:
+        for metric in (self.model_reward, self.curated_reward, self.selection_entropy):
+            metric.reset()
+        if n_classes and (self.model_shares is None or self.model_shares.num_modes != n_classes):
+            self.model_shares = ModeShares(n_classes).to(self.device)
+            self.curated_shares = ModeShares(n_classes).to(self.device)
+        for metric in (self.model_shares, self.curated_shares):
+            if metric is not None:
+                metric.reset()
+
+    def _round_row(self, class_names: Optional[list[str]]) -> dict[str, float]:
+        """The round's metrics, reduced across ranks (every rank calls this)."""
+        model_stats = self.model_reward.compute()
+        curated_stats = self.curated_reward.compute()
+        row = {
+            "reward_mean": float(model_stats["mean"]),
+            "reward_std": float(model_stats["std"]),
+            "curated_reward_mean": float(curated_stats["mean"]),
+            "curated_reward_std": float(curated_stats["std"]),
+            "selection_entropy": float(self.selection_entropy.compute()),
+        }
+        if class_names:
+            model_shares = self.model_shares.compute().tolist()
+            curated_shares = self.curated_shares.compute().tolist()
+            for name, share, cshare in zip(class_names, model_shares, curated_shares):
+                row[f"share_{name}"] = share
+                row[f"curated_share_{name}"] = cshare
+        return row
+
+    def sample_distance(self, samples: Tensor, reference: Tensor) -> float:
+        """Sliced Wasserstein distance of model samples to held-out real data (this process only)."""
+        self.distance.reset()
+        self.distance.update(samples=samples.reshape(len(samples), -1).to(self.device),
+                             real=reference.reshape(len(reference), -1).to(self.device))
+        return float(self.distance.compute())
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Time a phase of the round, and name it for the profiler."""
+        start = time.perf_counter()
+        with record_function(f"curate_round/{name}"):
+            yield
+        self.timings[name] += time.perf_counter() - start
+
+
+def _cat_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    if not parts:
+        return {}
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+

@@ -1,0 +1,10 @@
+"""Generative models the loop trains and samples: the ``Generator`` interface and its implementations."""
+
+from lightning_curate.models.exact import ExactCategorical
+from lightning_curate.models.flow_matching import FlowMatching, ot_permutation
+from lightning_curate.models.generator import Generator
+from lightning_curate.models.mlp import MLPVelocity, SinusoidalTimeEmbedding
+from lightning_curate.models.unet import UNetVelocity
+
+__all__ = ["ExactCategorical", "FlowMatching", "Generator", "MLPVelocity", "SinusoidalTimeEmbedding", "UNetVelocity",
+           "ot_permutation"]

@@ -1,0 +1,165 @@
+"""The exact learner: a categorical model over a finite set of atoms, fitted by exact maximum likelihood.
+
+The ideal learner of the theory (``p_{t+1} = rho p_data + (1 - rho) q_t``,
+docs/THEORY.md section 2) assumes that retraining recovers the law of the
+training set exactly. A flow model only approximates that;
+:class:`ExactCategorical` does it exactly, and it runs in the *same* loop,
+DataModule and CLI as the flow model. A run of it is therefore the end-to-end
+check of the whole pipeline (sampling, reward, ``kchoice``, the round store,
+the blending DataModule) against the mathematics.
+
+A sample is the *index* of an atom, stored as a float32 tensor of shape
+``[n, 1]`` (``data_shape = (1,)``), so that the DataModule can concatenate real
+and synthetic rows like any other data. Its data source is
+:class:`lightning_curate.data.Atoms`, its reward
+:class:`lightning_curate.rewards.AtomReward` (``configs/discrete.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lightning_curate import theory
+from lightning_curate.models.generator import Generator
+from lightning_curate.utils.validation import atom_indices, check_int
+
+__all__ = ["ExactCategorical"]
+
+
+class ExactCategorical(Generator):
+    """A categorical distribution over ``num_atoms`` atoms whose training is exact maximum likelihood.
+
+    ``loss(x)`` counts the atoms of every training batch (in training mode only);
+    the next call to :meth:`sample` (or :meth:`finish_round`) sets the model to
+    the empirical frequencies of everything counted since the previous one. In
+    the retraining loop each epoch covers the round's training set exactly once
+    (the DataModule's sampler), and the round's first ``sample`` comes at the
+    round's end, so the model after round ``t`` is exactly the MLE of round
+    ``t``'s data. With several epochs per round the counts are multiples of one
+    epoch's, so the frequencies are the same. (``limit_train_batches < 1``
+    breaks that: the model then fits the batches it saw.)
+
+    The model is stored as integer counts (``p = counts / counts.sum()``), in
+    buffers, so checkpoints carry it and a resumed run continues exactly; being
+    integers, precision plugins never round them. A zero-valued dummy parameter
+    gives the optimizer something to hold; its gradient is 0, so it never moves.
+
+    Under DDP each training step sums its batch counts over the ranks (every rank
+    runs the same number of steps), so every rank holds the same model and may
+    sample any number of times. The DistributedSampler pads a round that does not
+    divide by the world size by repeating a few samples, which the counts then
+    include.
+
+    Args:
+        num_atoms: number of atoms; the model starts uniform over them.
+    """
+
+    def __init__(self, num_atoms: int) -> None:
+        super().__init__()
+        self.num_atoms = check_int("num_atoms", num_atoms, minimum=1)
+        self.data_shape = (1,)
+        # The fitted model: p = counts / counts.sum(). Starts uniform.
+        self.register_buffer("counts", torch.ones(num_atoms, dtype=torch.int64))
+        # Atoms seen in training since the last fit.
+        self.register_buffer("pending", torch.zeros(num_atoms, dtype=torch.int64))
+        # How many times the model was refitted (one per round in the loop).
+        self.register_buffer("fits", torch.zeros((), dtype=torch.int64))
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    @property
+    def probs(self) -> Tensor:
+        """The model's probabilities, float64 ``[num_atoms]`` (after folding in pending counts)."""
+        self.finish_round()
+        return self.counts.double() / self.counts.sum().double()
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Counts the batch (in training mode) and returns its mean negative log-likelihood under
+        the current model (floored at ``log(1e-12)`` for atoms the model gives no mass), with a
+        gradient path through the dummy parameter only."""
+        idx = atom_indices(x, self.num_atoms, type(self).__name__)
+        if self.training:
+            with torch.no_grad():
+                batch_counts = torch.bincount(idx, minlength=self.num_atoms).to(self.pending)
+                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                    # Every rank runs the same number of steps (the DistributedSampler
+                    # gives equal shards), so this collective is symmetric.
+                    dist.all_reduce(batch_counts)
+                self.pending += batch_counts
+        p = self.counts.double() / self.counts.sum().double()
+        nll = -torch.log(p[idx].clamp_min(1e-12)).mean() if idx.numel() else p.new_zeros(())
+        return nll.to(self.dummy.dtype) + 0.0 * self.dummy
+
+    @torch.no_grad()
+    def finish_round(self) -> bool:  # type: ignore[override]
+        """Refit the model to the atoms counted since the last fit; returns whether it changed.
+
+        :meth:`sample` calls it first, so the loop needs no extra hook. Idempotent:
+        with nothing counted it does nothing.
+        """
+        if int(self.pending.sum()) == 0:
+            return False
+        self.counts.copy_(self.pending)
+        self.pending.zero_()
+        self.fits += 1
+        return True
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: Optional[torch.Generator] = None,
+               device: Optional[torch.device | str] = None) -> Tensor:
+        """``n`` atom indices as float32 ``[n, 1]``, drawn by ``torch.multinomial`` with ``generator``.
+
+        Draws happen on the generator's device (the CPU for the loop's seeded
+        generators), so a seed gives the same atoms on every device.
+        """
+        check_int("n", n, minimum=0)
+        self.finish_round()
+        device = torch.device(device) if device is not None else self.counts.device
+        if n == 0:
+            return torch.zeros(0, 1, device=device)
+        draw_device = generator.device if generator is not None else self.counts.device
+        p = (self.counts.double() / self.counts.sum().double()).to(draw_device)
+        idx = torch.multinomial(p, n, replacement=True, generator=generator)
+        return idx.to(device=device, dtype=torch.float32).unsqueeze(1)
+
+    def round_metrics(self, reward: nn.Module, source: nn.Module, *, beta: float, num_candidates: int,
+                      real_fraction: float, round_idx: int) -> dict[str, float]:
+        """Exact quantities of round ``round_idx`` of this learner, for ``rounds.csv``.
+
+        Returns ``{}`` unless ``reward`` has a per-atom table (``values``, e.g.
+        :class:`~lightning_curate.rewards.AtomReward`) and ``source`` a ``p_data``
+        (e.g. :class:`~lightning_curate.data.Atoms`), both over this model's atoms.
+        Otherwise:
+
+        * ``exact_share_<name>``: the model's probabilities ``p_t`` (not a sample estimate);
+        * ``ideal_share_<name>``: the ideal-learner iteration from ``p_data`` after ``round_idx`` rounds;
+        * ``kl_to_ideal``: ``KL(p_t || ideal_t)``;
+        * ``kl_to_rlhf_optimum``: ``KL(p_t || p_data exp(t beta r) / Z)``, the optimum of
+          ``E_p[r] - (1 / (t beta)) KL(p || p_data)`` (docs/THEORY.md section 5; ``p_data`` at ``t = 0``);
+        * ``exact_reward_mean``, ``exact_exp_reward_mean``: ``E_{p_t}[r]`` and ``E_{p_t}[exp(beta r)]``.
+        """
+        values, p_data = getattr(reward, "values", None), getattr(source, "p_data", None)
+        if not isinstance(values, Tensor) or not isinstance(p_data, Tensor):
+            return {}
+        n = self.num_atoms
+        if values.numel() != n or p_data.numel() != n:
+            return {}
+        p_t = self.probs.cpu()
+        r = values.cpu()
+        ideal = theory.retraining_trajectory(p_data, r, num_candidates, beta, real_fraction, rounds=round_idx)[-1]
+        optimum = theory.rlhf_optimum(p_data, r, beta, round_idx)
+        row = {"kl_to_ideal": theory.kl_divergence(p_t, ideal),
+               "kl_to_rlhf_optimum": theory.kl_divergence(p_t, optimum),
+               "exact_reward_mean": float((p_t * r).sum()),
+               "exact_exp_reward_mean": theory.expected_exp_reward(p_t, r, beta)}
+        names = getattr(source, "class_names", None) or [f"atom{i}" for i in range(n)]
+        for name, pe, pi in zip(names, p_t.tolist(), ideal.tolist()):
+            row[f"exact_share_{name}"] = pe
+            row[f"ideal_share_{name}"] = pi
+        return row
+
+    def extra_repr(self) -> str:
+        return f"num_atoms={self.num_atoms}"

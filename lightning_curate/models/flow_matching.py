@@ -1,0 +1,266 @@
+"""The generative models that the curated retraining loop trains and samples.
+
+The loop needs only three things from a model, gathered in :class:`Generator`:
+a training loss on a batch of data, reproducible sampling, and a hook after
+each optimizer step (for weight averaging). :class:`FlowMatching` is the
+built-in model: conditional flow matching with a linear interpolant, sampled by
+integrating the learned velocity field with ``torchdiffeq``.
+
+These are plain ``nn.Module``\\ s, with no Lightning in them, so that custom
+trainers can use them as they are.
+"""
+
+import warnings
+from contextlib import nullcontext
+from typing import Callable, Optional
+
+import ot
+import torch
+from torch import Tensor, nn
+from lightning_curate.models.generator import Generator
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchdiffeq import odeint
+
+__all__ = ["AUTOCAST_DTYPES", "FlowMatching", "SOLVERS", "ot_permutation"]
+
+SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def ot_permutation(x0: Tensor, x1: Tensor) -> Tensor:
+    """Minibatch optimal-transport pairing: ``x1[perm]`` is the partner of ``x0``, row by row.
+
+    Solves the exact assignment (``ot.emd``, uniform marginals) on the squared
+    Euclidean cost between the flattened batches. Pairing source and data this
+    way straightens the flow's paths (Tong et al., 2023), so fewer ODE steps
+    are needed at sampling time.
+    """
+    if x0.shape[0] != x1.shape[0]:
+        raise ValueError(f"x0 and x1 must have the same batch size, got {x0.shape[0]} and {x1.shape[0]}")
+    n = x0.shape[0]
+    # Float64 on the CPU: the exact solver works there, and ties in float32 costs
+    # could otherwise turn an optimal plan into a non-permutation.
+    flat0 = x0.detach().reshape(n, -1).double().cpu()
+    flat1 = x1.detach().reshape(n, -1).double().cpu()
+    cost = torch.cdist(flat0, flat1) ** 2
+    uniform = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    plan = ot.emd(uniform, uniform, cost, numItermax=max(100_000, 50 * n * n))
+    perm = plan.argmax(dim=1)
+    if not torch.equal(perm.sort().values, torch.arange(n)):
+        raise RuntimeError(f"ot.emd did not return a permutation for a batch of {n}; use a smaller batch size")
+    return perm.to(x1.device)
+
+
+class FlowMatching(Generator):
+    """Conditional flow matching with the linear (rectified-flow) interpolant.
+
+    Training draws a source ``x0 ~ N(0, I)`` and a time ``t ~ U(0, 1)`` for each
+    data point ``x1``, forms ``x_t = (1 - t) x0 + t x1 (+ sigma * eps)`` and
+    regresses ``velocity(x_t, t)`` on ``x1 - x0`` (mean squared error over all
+    elements). Sampling integrates ``dx/dt = velocity(x, t)`` from ``t = 0`` to 1.
+
+    Args:
+        velocity: network called as ``velocity(x_t, t)`` with ``t`` of shape ``[B]``.
+        data_shape: shape of one sample, e.g. ``[2]`` or ``[1, 8, 8]``.
+        solver: ``euler``, ``midpoint``, ``rk4`` (fixed ``steps``) or ``dopri5`` (adaptive).
+        steps: number of steps of the fixed-step solvers.
+        rtol: relative tolerance of ``dopri5``.
+        atol: absolute tolerance of ``dopri5``.
+        sigma: standard deviation of Gaussian noise added to ``x_t`` in training.
+        ot_pairing: pair ``x0`` with ``x1`` by minibatch optimal transport.
+        ema_decay: decay of the exponential moving average of the velocity
+            weights used for sampling; 0 disables it.
+        sample_batch_size: samples integrated together, which bounds memory.
+        compile: sample with ``torch.compile`` of the velocity network. The
+            network is compiled lazily, on the first ``sample`` call, and
+            cached (one compiled wrapper for the live network, one for the
+            EMA copy); the registered modules are untouched, so ``state_dict``
+            keys and checkpoints are the same with or without it. Training
+            (``loss``) is never compiled.
+        autocast: ``"bfloat16"`` or ``"float16"``: run the velocity network
+            under ``torch.autocast`` of that dtype while sampling, on CUDA only
+            (the ODE state stays float32). Off by default; ignored, with one
+            warning, on other devices.
+    """
+
+    # Class-level defaults, so a FlowMatching pickled before these switches existed still samples.
+    compile_sampling: bool = False
+    autocast: Optional[str] = None
+    _autocast_warned: bool = False
+
+    def __init__(
+        self,
+        velocity: nn.Module,
+        data_shape: list[int],
+        solver: str = "euler",
+        steps: int = 50,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        sigma: float = 0.0,
+        ot_pairing: bool = False,
+        ema_decay: float = 0.999,
+        sample_batch_size: int = 65536,
+        compile: bool = False,
+        autocast: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        data_shape = tuple(data_shape)
+        if not data_shape or not all(isinstance(d, int) and d > 0 for d in data_shape):
+            raise ValueError(f"data_shape must be a non-empty list of positive ints, got {list(data_shape)}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if rtol <= 0:
+            raise ValueError(f"rtol must be > 0, got {rtol}")
+        if atol <= 0:
+            raise ValueError(f"atol must be > 0, got {atol}")
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if sample_batch_size < 1:
+            raise ValueError(f"sample_batch_size must be >= 1, got {sample_batch_size}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be true or false, got {compile!r}")
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be null or one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
+        self.velocity = velocity
+        self.data_shape = data_shape
+        self.solver = solver
+        self.steps = steps
+        self.rtol = rtol
+        self.atol = atol
+        self.sigma = sigma
+        self.ot_pairing = ot_pairing
+        self.ema_decay = ema_decay
+        self.sample_batch_size = sample_batch_size
+        # Not `self.compile`: that would hide nn.Module.compile().
+        self.compile_sampling = compile
+        self.autocast = autocast
+        # Compiled wrappers of the sampling networks, keyed by role ("live", "ema"):
+        # a plain dict, so they are never registered as submodules (state_dict unchanged).
+        self._compiled: dict[str, tuple[nn.Module, Callable[..., Tensor]]] = {}
+        self._autocast_warned = False
+        self.ema: Optional[AveragedModel] = None
+        if ema_decay > 0:
+            # A submodule, so it follows .to(device) and is saved in state_dict;
+            # frozen, so optimizers and parameter counts ignore it.
+            self.ema = AveragedModel(velocity, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Flow-matching loss on data ``x``; draws ``x0``, then ``t``, then the noise, from the global RNG."""
+        if tuple(x.shape[1:]) != self.data_shape:
+            expected = ", ".join(map(str, self.data_shape))
+            raise ValueError(f"expected a batch of shape [B, {expected}], got {list(x.shape)}")
+        x1 = x
+        x0 = torch.randn_like(x1)
+        if self.ot_pairing:
+            x1 = x1[ot_permutation(x0, x1)]
+        t = torch.rand(x1.shape[0], device=x1.device, dtype=x1.dtype)
+        t_ = t.reshape(-1, *([1] * len(self.data_shape)))
+        x_t = (1 - t_) * x0 + t_ * x1
+        if self.sigma > 0:
+            x_t = x_t + self.sigma * torch.randn_like(x_t)
+        return torch.mean((self.velocity(x_t, t) - (x1 - x0)) ** 2)
+
+    def update_ema(self) -> None:
+        """Move the averaged weights toward the live ones: ``ema = decay * ema + (1 - decay) * live``.
+
+        The first call copies the live weights (``AveragedModel``'s rule).
+        """
+        if self.ema is not None:
+            self.ema.update_parameters(self.velocity)
+
+    @property
+    def sampling_velocity(self) -> nn.Module:
+        """The network sampling integrates: the EMA once it has been updated, else the live one."""
+        if self.ema is not None and self.ema.n_averaged.item() > 0:
+            return self.ema.module
+        return self.velocity
+
+    def _sampling_callable(self, net: nn.Module) -> Callable[..., Tensor]:
+        """``net`` itself, or its cached ``torch.compile`` wrapper when ``compile`` is on."""
+        if not self.compile_sampling:
+            return net
+        role = "ema" if self.ema is not None and net is self.ema.module else "live"
+        cached = self._compiled.get(role)
+        if cached is None or cached[0] is not net:
+            cached = (net, torch.compile(net))
+            self._compiled[role] = cached
+        return cached[1]
+
+    def _autocast_context(self, device: torch.device):
+        """``torch.autocast`` for sampling on CUDA when ``autocast`` is set; otherwise nothing."""
+        if self.autocast is None:
+            return nullcontext()
+        if device.type != "cuda":
+            if not self._autocast_warned:
+                warnings.warn(f"FlowMatching(autocast={self.autocast!r}) applies to CUDA only; sampling on "
+                              f"{device.type} runs in float32", UserWarning, stacklevel=4)  # the caller of sample()
+                self._autocast_warned = True
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=AUTOCAST_DTYPES[self.autocast])
+
+    def __getstate__(self):
+        # Compiled wrappers do not pickle or deepcopy; they are rebuilt on the next sample.
+        state = dict(super().__getstate__())
+        state["_compiled"] = {}
+        return state
+
+    # no_grad rather than inference_mode: the samples become training data, and
+    # inference tensors cannot be saved for backward or edited in place later.
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: Optional[torch.Generator] = None,
+        device: Optional[torch.device | str] = None,
+    ) -> Tensor:
+        """``n`` float32 samples of shape ``[n, *data_shape]``, integrated in chunks of ``sample_batch_size``.
+
+        The source noise is drawn at once on the generator's device and then
+        moved, so a seeded CPU generator gives the same noise on every device
+        and the result does not depend on the chunk size (exactly so for the
+        fixed-step solvers; ``dopri5`` adapts its steps to each chunk).
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        net = self.sampling_velocity
+        device = torch.device(device) if device is not None else _module_device(net)
+        noise_device = generator.device if generator is not None else device
+        x = torch.randn(n, *self.data_shape, generator=generator, device=noise_device).to(device)
+        was_training = net.training
+        net.eval()
+        call = self._sampling_callable(net)
+        try:
+            with self._autocast_context(device):
+                for start in range(0, n, self.sample_batch_size):
+                    chunk = slice(start, start + self.sample_batch_size)
+                    x[chunk] = self._integrate(call, x[chunk])
+        finally:
+            net.train(was_training)
+        return x.float()
+
+    def _integrate(self, net: Callable[..., Tensor], x0: Tensor) -> Tensor:
+        def field(t: Tensor, x: Tensor) -> Tensor:
+            # float32 state under autocast: the solver's sums stay in full precision.
+            return net(x, t.expand(x.shape[0])).to(x.dtype)
+
+        span = torch.tensor([0.0, 1.0], device=x0.device, dtype=x0.dtype)
+        if self.solver == "dopri5":
+            return odeint(field, x0, span, method="dopri5", rtol=self.rtol, atol=self.atol)[-1]
+        # An explicit grid of exactly `steps` steps: torchdiffeq's
+        # options={"step_size": 1 / steps} adds a spurious extra step for some
+        # step counts (float rounding in its ceil), e.g. steps=61.
+        grid = torch.linspace(0.0, 1.0, self.steps + 1, device=x0.device, dtype=x0.dtype)
+        return odeint(field, x0, span, method=self.solver, options={"grid_constructor": lambda *_: grid})[-1]
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    """Where a module's weights live (the CPU for a module without any)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,231 @@
+"""The round store: every round's curated samples on disk, so nothing is lost.
+
+Layout under the run's log directory::
+
+    rounds/
+      round_000/                curated from the model after round 0 (trains round 1)
+        part_RRR_CCCCC.pt       tensors of chunk C of rank R: ``x`` (winners), ``slot``
+                                (their slot index), ``rewards``, optional ``labels``,
+                                ``preview`` / ``preview_slot`` (model samples for plots)
+        manifest.json           round, sizes, K, beta, seed, reward statistics, the
+                                round's metrics row and the sha256 of every part
+
+Parts are written into ``.tmp_round_NNN/`` as they are produced (each rank, each
+chunk: memory stays bounded), then the manifest is written and the folder
+renamed into place, so a crash leaves either the whole round or nothing (the
+partial folder is discarded and the round regenerated from its seed). A
+written round is never replaced; on resume it is read back and every checksum
+verified (a mismatch is an error, never a silent regeneration). Reading
+concatenates the parts in slot order, so a round reads the same whichever
+number of ranks or chunk size produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["RoundStore", "StoreError", "StoredRound"]
+
+MANIFEST = "manifest.json"
+SINGLE_PART = "part_000_00000.pt"
+PREVIEW_PREFIX = "preview_"
+# Tensors of a round indexed by slot; they are put back in slot order on read.
+_SLOT_KEYED = {"slot": ("x", "rewards", "labels"), "preview_slot": ("preview", "probe_rewards", "probe_labels")}
+
+
+class StoreError(RuntimeError):
+    """The round store on disk is missing, corrupt, or from another run."""
+
+
+class StoredRound(dict):
+    """``tensors`` and ``manifest`` of one round."""
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return self["tensors"]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self["manifest"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RoundStore:
+    """Append-only, checksummed storage of the curated data of each round."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, round_idx: int) -> Path:
+        return self.root / f"round_{round_idx:03d}"
+
+    def has(self, round_idx: int) -> bool:
+        return (self.path(round_idx) / MANIFEST).is_file()
+
+    def rounds(self) -> list[int]:
+        """Indices of the complete rounds on disk, in order."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            name = child.name
+            if name.startswith("round_") and name[6:].isdigit() and child == self.path(int(name[6:])) \
+                    and (child / MANIFEST).is_file():
+                found.append(int(name[6:]))
+        return sorted(found)
+
+    def _tmp(self, round_idx: int) -> Path:
+        return self.root / f".tmp_round_{round_idx:03d}"
+
+    def begin(self, round_idx: int) -> None:
+        """Start writing round ``round_idx`` (one process; the others wait at a barrier).
+
+        The write protocol is ``begin``, then any number of :meth:`write_part` (each
+        rank, each chunk) and at most one :meth:`write_preview` per rank, then one
+        :meth:`commit`; until the commit the round is invisible to readers.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.path(round_idx).exists():
+            raise StoreError(f"round {round_idx} already exists in {self.root}; a stored round is never overwritten")
+        tmp = self._tmp(round_idx)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+
+    def write_part(self, round_idx: int, tensors: dict[str, Tensor], rank: int = 0, chunk: int = 0) -> Path:
+        """Write one part (a chunk of one rank) of a round in progress."""
+        return self._save(self._tmp(round_idx) / f"part_{rank:03d}_{chunk:05d}.pt", tensors)
+
+    def write_preview(self, round_idx: int, tensors: dict[str, Tensor], rank: int = 0) -> Path:
+        """Write a rank's preview of a round in progress: model samples and all K rewards of its
+        first slots, kept for plots, distances and predictions (see :meth:`read_preview`)."""
+        return self._save(self._tmp(round_idx) / f"{PREVIEW_PREFIX}{rank:03d}.pt", tensors)
+
+    def read_preview(self, round_idx: int) -> dict[str, Tensor]:
+        """The previews of every rank of a round still being written, merged in slot order."""
+        paths = sorted(self._tmp(round_idx).glob(f"{PREVIEW_PREFIX}*.pt"))
+        return _merge_parts([torch.load(p, weights_only=True) for p in paths]) if paths else {}
+
+    @staticmethod
+    def _save(path: Path, tensors: dict[str, Tensor]) -> Path:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        return path
+
+    def commit(self, round_idx: int, manifest: dict[str, Any]) -> Path:
+        """Checksum the parts, write the manifest and move the round into place atomically."""
+        tmp, final = self._tmp(round_idx), self.path(round_idx)
+        parts = sorted(p.name for p in tmp.glob("part_*.pt")) + sorted(p.name for p in tmp.glob(f"{PREVIEW_PREFIX}*.pt"))
+        if not parts:
+            raise StoreError(f"round {round_idx}: no parts were written to {tmp}")
+        record = dict(manifest)
+        record["round"] = round_idx
+        record["parts"] = {name: _sha256(tmp / name) for name in parts}
+        try:
+            text = json.dumps(record, indent=2, sort_keys=True, default=_json_default)
+        except TypeError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"round {round_idx}: the manifest is not JSON serialisable ({err})") from err
+        with open(tmp / MANIFEST, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():
+            raise StoreError(f"round {round_idx} already exists in {self.root}; a stored round is never overwritten")
+        os.replace(tmp, final)
+        _fsync_dir(self.root)
+        return final
+
+    def write(self, round_idx: int, tensors: dict[str, Tensor], manifest: dict[str, Any]) -> Path:
+        """Write a whole round at once (one part), atomically; refuse to replace an existing round."""
+        self.begin(round_idx)
+        self.write_part(round_idx, tensors)
+        manifest = dict(manifest, sizes={k: list(v.shape) for k, v in tensors.items()})
+        return self.commit(round_idx, manifest)
+
+    def read_manifest(self, round_idx: int) -> dict[str, Any]:
+        path = self.path(round_idx) / MANIFEST
+        if not path.is_file():
+            raise StoreError(f"round {round_idx} is not in the store {self.root} (no {path})")
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except json.JSONDecodeError as err:
+            raise StoreError(f"the manifest {path} is not valid JSON ({err})") from err
+
+    def read(self, round_idx: int, map_location: str | torch.device = "cpu") -> StoredRound:
+        """Load a round after checking every part against the manifest's checksums."""
+        manifest = self.read_manifest(round_idx)
+        parts = manifest.get("parts")
+        if not isinstance(parts, dict) or not parts:
+            raise StoreError(f"round {round_idx}: the manifest {self.path(round_idx) / MANIFEST} lists no parts")
+        loaded = []
+        for name, expected in sorted(parts.items()):
+            path = self.path(round_idx) / name
+            if not path.is_file():
+                raise StoreError(f"round {round_idx}: {path} is missing but its manifest lists it")
+            actual = _sha256(path)
+            if actual != expected:
+                raise StoreError(
+                    f"round {round_idx}: checksum mismatch for {path} (manifest {expected}, file {actual}); "
+                    "the stored round was modified or corrupted. It is not regenerated silently: restore "
+                    "the file, or start a new run in another directory")
+            loaded.append(torch.load(path, map_location=map_location, weights_only=True))
+        return StoredRound(tensors=_merge_parts(loaded), manifest=manifest)
+
+    def clean_partial(self) -> list[Path]:
+        """Remove temporary folders left by a crash mid-write (never a complete round)."""
+        removed = []
+        if self.root.is_dir():
+            for child in self.root.glob(".tmp_round_*"):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+        return removed
+
+
+def _merge_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Concatenate parts; tensors keyed by a slot index are put in slot order."""
+    if len(parts) == 1:
+        merged = dict(parts[0])
+    else:
+        keys = dict.fromkeys(k for part in parts for k in part)
+        merged = {k: torch.cat([part[k] for part in parts if k in part]) for k in keys}
+    for slot_key, keyed in _SLOT_KEYED.items():
+        if slot_key in merged:
+            order = torch.sort(merged[slot_key], stable=True).indices
+            for k in (slot_key, *keyed):
+                if k in merged:
+                    merged[k] = merged[k][order]
+    return merged
+
+
+def _json_default(obj):
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

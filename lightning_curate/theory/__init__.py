@@ -1,0 +1,46 @@
+"""The mathematics of curated retraining (docs/THEORY.md): exact laws and ideal-learner predictions.
+
+Pure math on tensors: nothing here imports Lightning or the loop.
+"""
+
+from lightning_curate.theory.ideal_learner import (
+    DEFAULT_MAX_SUPPORT,
+    check_improvement,
+    empirical_curation_weights,
+    improvement_violated,
+    predict_round,
+)
+from lightning_curate.theory.laws import (
+    curated_distribution,
+    curated_share_map,
+    curation_weights,
+    expected_exp_reward,
+    improvement_lower_bound,
+    kl_divergence,
+    plackett_luce_law,
+    retraining_trajectory,
+    rlhf_coefficient,
+    rlhf_optimum,
+    tilted_distribution,
+    two_level_band,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SUPPORT",
+    "check_improvement",
+    "curated_distribution",
+    "curated_share_map",
+    "curation_weights",
+    "empirical_curation_weights",
+    "expected_exp_reward",
+    "improvement_lower_bound",
+    "improvement_violated",
+    "kl_divergence",
+    "plackett_luce_law",
+    "predict_round",
+    "retraining_trajectory",
+    "rlhf_coefficient",
+    "rlhf_optimum",
+    "tilted_distribution",
+    "two_level_band",
+]

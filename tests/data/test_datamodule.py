@@ -1,0 +1,243 @@
+"""BlendingDataModule: real data blended with the store's curated rounds, per policy."""
+
+import types
+
+import pytest
+import torch
+
+from lightning_curate.data.blending import BlendingDataModule
+from lightning_curate.data.toy2d import Toy2D
+from lightning_curate.store import rounds as store_mod
+from lightning_curate.store.rounds import RoundStore, StoreError
+
+SYN_BASE = 1000.0  # synthetic rows are >= 1000 in value; mog8 real points lie within radius ~6
+
+
+
+def synthetic_round(t: int, n: int) -> torch.Tensor:
+    """Rows that say where they come from: ``x[:, 0] = 1000 (t + 1) + i``."""
+    tag = SYN_BASE * (t + 1) + torch.arange(n, dtype=torch.float32)
+    return torch.stack([tag, -tag], dim=1)
+
+
+def make_store(tmp_path, sizes):
+    store = RoundStore(tmp_path / "rounds")
+    for t, n in enumerate(sizes):
+        store.write(t, {"x": synthetic_round(t, n)}, {"note": f"round {t}"})
+    return store
+
+
+def make_dm(store=None, round_of_epoch=lambda epoch: epoch, num_train=64, **kwargs):
+    kwargs.setdefault("batch_size", 8)
+    dm = BlendingDataModule(Toy2D(name="mog8", num_train=num_train, num_heldout=8), **kwargs)
+    if store is not None:
+        dm.attach(store, round_of_epoch)
+    return dm
+
+
+def split(data: torch.Tensor):
+    """(real rows, synthetic (round, index) pairs) of a blended training set."""
+    is_syn = data[:, 0] >= SYN_BASE
+    syn = data[is_syn]
+    tags = syn[:, 0].round().long()
+    pairs = sorted(zip((tags // 1000 - 1).tolist(), (tags % 1000).tolist()))
+    return data[~is_syn], pairs
+
+
+def sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows in a canonical order, to compare two sets of rows."""
+    x = x[torch.argsort(x[:, 1], stable=True)]
+    return x[torch.argsort(x[:, 0], stable=True)]
+
+
+def assert_rows_are_distinct_real(real_rows, real_train):
+    # Each row is a row of the real training set, and no row is used twice.
+    matches = (real_rows[:, None, :] == real_train[None, :, :]).all(dim=-1)
+    assert bool(matches.any(dim=1).all())
+    assert bool((matches.sum(dim=0) <= 1).all())
+    assert torch.unique(real_rows, dim=0).shape[0] == real_rows.shape[0]
+
+
+def test_round_zero_is_all_real(tmp_path):
+    store = make_store(tmp_path, [8])
+    dm = make_dm(store, lambda epoch: 0, real_fraction=0.0)  # rho only applies from round 1
+    dm.trainer = types.SimpleNamespace(current_epoch=0)
+    loader = dm.train_dataloader()
+    data = loader.dataset.tensors[0]
+    real, syn = split(data)
+    assert syn == []
+    assert torch.equal(sorted_rows(data), sorted_rows(dm.real.train))
+    assert dm.real.train.shape == (64, 2)
+    assert dm.composition[0] == {"n_real": 64, "n_synthetic": 0, "real_fraction": 1.0}
+
+
+def test_round_zero_needs_no_store():
+    dm = make_dm(real_fraction=0.0)
+    assert dm.trainer is None
+    data = dm.train_dataloader().dataset.tensors[0]
+    assert data.shape == (64, 2)
+    assert dm.composition[0]["n_synthetic"] == 0
+
+
+def test_later_round_without_store_is_a_clear_error():
+    dm = make_dm(real_fraction=0.0)
+    with pytest.raises(RuntimeError, match="no round store"):
+        dm.dataset_for_round(1)
+
+
+def test_replace_uses_only_the_previous_round(tmp_path):
+    store = make_store(tmp_path, [8, 9, 10])
+    dm = make_dm(store, policy="replace", real_fraction=0.0)
+    for t in (1, 2, 3):
+        data = dm.dataset_for_round(t).tensors[0]
+        real, pairs = split(data)
+        assert real.shape[0] == 0
+        n_prev = (8, 9, 10)[t - 1]
+        assert pairs == [(t - 1, i) for i in range(n_prev)]
+        assert torch.equal(sorted_rows(data), sorted_rows(synthetic_round(t - 1, n_prev)))
+        assert dm.composition[t] == {"n_real": 0, "n_synthetic": n_prev, "real_fraction": 0.0}
+
+
+def test_accumulate_uses_all_earlier_rounds(tmp_path):
+    store = make_store(tmp_path, [8, 9, 10, 11])  # round 3 exists but must not be used by round 3
+    dm = make_dm(store, policy="accumulate", real_fraction=0.0)
+    data = dm.dataset_for_round(3).tensors[0]
+    _, pairs = split(data)
+    assert pairs == [(t, i) for t, n in enumerate((8, 9, 10)) for i in range(n)]
+    assert dm.composition[3] == {"n_real": 0, "n_synthetic": 27, "real_fraction": 0.0}
+    data1 = dm.dataset_for_round(1).tensors[0]
+    assert split(data1)[1] == [(0, i) for i in range(8)]
+
+
+def test_accumulate_subsample_caps_and_is_deterministic(tmp_path):
+    store = make_store(tmp_path, [8, 8, 8])
+    dm = make_dm(store, policy="accumulate_subsample", synthetic_size=10, real_fraction=0.0)
+    data = dm.dataset_for_round(3).tensors[0]
+    _, pairs = split(data)
+    assert len(pairs) == 10 and len(set(pairs)) == 10  # 10 distinct rows ...
+    assert all(0 <= t <= 2 and 0 <= i < 8 for t, i in pairs)  # ... of the 24 curated so far
+    assert len({t for t, _ in pairs}) > 1  # drawn from the whole pool, not a prefix of round 0
+    assert dm.composition[3]["n_synthetic"] == 10
+
+    again = make_dm(store, policy="accumulate_subsample", synthetic_size=10, real_fraction=0.0)
+    assert torch.equal(again.dataset_for_round(3).tensors[0], data)
+    other = make_dm(store, policy="accumulate_subsample", synthetic_size=10, real_fraction=0.0, seed=1)
+    assert split(other.dataset_for_round(3).tensors[0])[1] != pairs
+
+    # A pool no larger than the cap is kept whole.
+    assert split(dm.dataset_for_round(1).tensors[0])[1] == [(0, i) for i in range(8)]
+
+
+def test_accumulate_subsample_default_size_is_one_round(tmp_path):
+    store = make_store(tmp_path, [8, 8, 6])
+    dm = make_dm(store, policy="accumulate_subsample", real_fraction=0.0)
+    _, pairs = split(dm.dataset_for_round(3).tensors[0])
+    assert len(pairs) == 6 and len(set(pairs)) == 6  # the size of round 2, the previous one
+
+
+def test_half_real_gives_equal_counts(tmp_path):
+    store = make_store(tmp_path, [16])
+    dm = make_dm(store, policy="replace", real_fraction=0.5)
+    data = dm.dataset_for_round(1).tensors[0]
+    real, pairs = split(data)
+    assert pairs == [(0, i) for i in range(16)]
+    assert real.shape == (16, 2)
+    assert_rows_are_distinct_real(real, dm.real.train)
+    assert dm.composition[1] == {"n_real": 16, "n_synthetic": 16, "real_fraction": 0.5}
+
+
+def test_quarter_real_fraction_is_exact(tmp_path):
+    store = make_store(tmp_path, [24])
+    dm = make_dm(store, policy="replace", real_fraction=0.25)
+    data = dm.dataset_for_round(1).tensors[0]
+    real, pairs = split(data)
+    assert real.shape[0] == 8 and len(pairs) == 24
+    assert real.shape[0] / data.shape[0] == 0.25
+    assert_rows_are_distinct_real(real, dm.real.train)
+    assert dm.composition[1] == {"n_real": 8, "n_synthetic": 24, "real_fraction": 0.25}
+
+
+@pytest.mark.parametrize("rho, n_syn_pool, expected_syn", [(0.5, 30, 10), (0.25, 100, 30)])
+def test_small_real_set_subsamples_the_synthetic_part(tmp_path, rho, n_syn_pool, expected_syn):
+    store = make_store(tmp_path, [n_syn_pool])
+    dm = make_dm(store, policy="replace", real_fraction=rho, num_train=10)
+    data = dm.dataset_for_round(1).tensors[0]
+    real, pairs = split(data)
+    assert torch.equal(sorted_rows(real), sorted_rows(dm.real.train))  # all 10 real rows, once each
+    assert len(pairs) == expected_syn and len(set(pairs)) == expected_syn
+    assert all(t == 0 and 0 <= i < n_syn_pool for t, i in pairs)
+    assert real.shape[0] / data.shape[0] == rho
+    assert dm.composition[1] == {"n_real": 10, "n_synthetic": expected_syn, "real_fraction": rho}
+
+
+def test_real_fraction_one_trains_on_real_only(tmp_path):
+    store = make_store(tmp_path, [8, 8])
+    dm = make_dm(store, policy="accumulate", real_fraction=1.0)
+    data = dm.dataset_for_round(2).tensors[0]
+    real, pairs = split(data)
+    assert pairs == []
+    assert torch.equal(sorted_rows(data), sorted_rows(dm.real.train))
+    assert dm.composition[2] == {"n_real": 64, "n_synthetic": 0, "real_fraction": 1.0}
+    # The store is not even needed.
+    empty = make_dm(RoundStore(tmp_path / "empty"), real_fraction=1.0)
+    assert empty.dataset_for_round(5).tensors[0].shape == (64, 2)
+
+
+def _epoch_order(dm, epoch):
+    dm.trainer = types.SimpleNamespace(current_epoch=epoch)
+    loader = dm.train_dataloader()
+    batches = [batch[0] for batch in loader]
+    assert all(b.shape[0] <= 8 for b in batches)
+    return torch.cat(batches)
+
+
+def test_shuffle_is_deterministic_per_epoch_and_differs_across_epochs(tmp_path):
+    store = make_store(tmp_path, [16])
+    schedule = lambda epoch: 0 if epoch < 2 else 1  # noqa: E731
+    dm = make_dm(store, schedule, real_fraction=0.5)
+    first = _epoch_order(dm, 3)
+    again = _epoch_order(dm, 3)
+    fresh = _epoch_order(make_dm(store, schedule, real_fraction=0.5), 3)
+    assert torch.equal(first, again)
+    assert torch.equal(first, fresh)
+    # The loader serves round 1's set, shuffled.
+    dataset = dm.dataset_for_round(1).tensors[0]
+    assert torch.equal(sorted_rows(first), sorted_rows(dataset))
+    assert not torch.equal(first, dataset)
+    # Another epoch of the same round: same rows, another order.
+    other = _epoch_order(dm, 4)
+    assert torch.equal(sorted_rows(other), sorted_rows(first))
+    assert not torch.equal(other, first)
+    # The schedule picks the round from the trainer's epoch.
+    early = _epoch_order(dm, 1)
+    assert split(early)[1] == [] and early.shape == (64, 2)
+
+
+def test_corrupted_round_raises_through_the_datamodule(tmp_path):
+    store = make_store(tmp_path, [8, 8])
+    samples = store.path(0) / store_mod.SINGLE_PART
+    data = bytearray(samples.read_bytes())
+    data[-20] ^= 0xFF
+    samples.write_bytes(bytes(data))
+    dm = make_dm(store, lambda epoch: 1, real_fraction=0.5)
+    dm.trainer = types.SimpleNamespace(current_epoch=0)
+    with pytest.raises(StoreError, match="checksum"):
+        dm.train_dataloader()
+    # Round 1 under replace reads round 0 only; round 2 needs the intact round 1 and works.
+    ok = make_dm(store, lambda epoch: 2, real_fraction=0.5, policy="replace")
+    ok.trainer = types.SimpleNamespace(current_epoch=0)
+    assert split(ok.train_dataloader().dataset.tensors[0])[1] == [(1, i) for i in range(8)]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("real_fraction", -0.1),
+    ("real_fraction", 1.5),
+    ("real_fraction", float("nan")),
+    ("policy", "bogus"),
+    ("batch_size", 0),
+    ("synthetic_size", 0),
+    ("num_workers", -1),
+])
+def test_bad_constructor_values(key, value):
+    with pytest.raises(ValueError, match=key):
+        BlendingDataModule(Toy2D(name="mog8", num_train=8, num_heldout=8), **{key: value})
