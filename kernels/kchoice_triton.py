@@ -2,7 +2,7 @@
 
 ``kchoice_triton`` is called by :func:`lightning_curate.ops.kchoice.kchoice` after it
 validated the inputs; it has the same semantics as the torch path
-(``_kchoice_torch``) except for the random stream.
+(``lightning_curate.ops.kchoice_torch``) except for the random stream.
 
 Design, and why:
 
@@ -201,7 +201,7 @@ def _gather(candidates: Tensor, index: Tensor, interpret: bool) -> Tensor:
         d *= size
     if bits is None or d == 0:
         # Not a plain 1/2/4/8-byte element (e.g. complex128), or nothing to copy.
-        from lightning_curate.ops.kchoice import gather_candidates
+        from lightning_curate.ops.kchoice_torch import gather_candidates
 
         return gather_candidates(candidates, index)
     # Trailing dims must be one contiguous run of D elements; dims 0/1 may have any stride.

@@ -20,8 +20,8 @@ from lightning_curate import kchoice
 from lightning_curate import theory
 from lightning_curate.ops.kchoice import KChoice
 
-# The module itself (the package's ``kchoice`` attribute is the function).
-kchoice_module = importlib.import_module("lightning_curate.ops.kchoice")
+# The torch path's module (its chunk sizes are patched below).
+kchoice_torch_module = importlib.import_module("lightning_curate.ops.kchoice_torch")
 
 try:
     from lightning_curate.kernels.kchoice_triton import kchoice_triton
@@ -366,8 +366,8 @@ def test_torch_draw_does_not_depend_on_chunking(monkeypatch, mode, m):
     candidates = torch.randn(n, k, 2, generator=gen)
     ref = kchoice(rewards, 0.9, num_winners=m, mode=mode, seed=31, candidates=candidates, backend="torch")
     for elements, rows in [(64, 1 << 17), (1 << 20, 5), (9, 1000), (1, 1)]:
-        monkeypatch.setattr(kchoice_module, "_TORCH_CHUNK_ELEMENTS", elements)
-        monkeypatch.setattr(kchoice_module, "_TORCH_CHUNK_ROWS", rows)
+        monkeypatch.setattr(kchoice_torch_module, "_TORCH_CHUNK_ELEMENTS", elements)
+        monkeypatch.setattr(kchoice_torch_module, "_TORCH_CHUNK_ROWS", rows)
         out = kchoice(rewards, 0.9, num_winners=m, mode=mode, seed=31, candidates=candidates, backend="torch")
         assert_same(out, ref)
     head = kchoice(rewards[:250], 0.9, num_winners=m, mode=mode, seed=31, backend="torch")
