@@ -235,7 +235,7 @@ def plot_theory_vs_observed(curves: dict, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lightning_curate.plots.figures import save_figure
+    from lightning_curate.plots import save_figure
 
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     FigureCanvasAgg(fig)

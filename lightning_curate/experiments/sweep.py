@@ -672,7 +672,7 @@ def plot_sweep(rows: Sequence[dict], out_dir, *, metrics: Optional[Sequence[str]
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from lightning_curate.plots.figures import save_figure
+    from lightning_curate.plots import save_figure
 
     out_dir = Path(out_dir)
     paths = []

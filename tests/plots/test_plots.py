@@ -16,11 +16,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_curate.plots import figures as plots  # noqa: E402
 from lightning_curate.plots import (  # noqa: E402
     build_image_grid_figure,
     build_round_metrics_figure,
     build_rounds_2d_figure,
+    common,  # noqa: E402
     plot_image_grid,
     plot_round_metrics,
     plot_rounds_2d,
@@ -58,7 +58,7 @@ def check_png(path, *, width=None, height=None):
 
 
 def expected_pixels(fig):
-    w, h = fig.get_size_inches() * plots.DPI
+    w, h = fig.get_size_inches() * common.DPI
     return round(w), round(h)
 
 
@@ -363,9 +363,9 @@ def test_failed_write_keeps_old_file_and_leaves_no_tmp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(plots.os, "replace", broken_replace)
+    monkeypatch.setattr(common.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         plot_round_metrics(SMALL_ROWS, target)
-    monkeypatch.setattr(plots.os, "replace", os.replace)
+    monkeypatch.setattr(common.os, "replace", os.replace)
     assert target.read_bytes() == before
     assert no_tmp_files(tmp_path)

@@ -1,0 +1,198 @@
+"""The per-round table as a figure: reward, distances to the real data, and mode shares over rounds.
+
+A run's ``round_metrics.png``, drawn from ``rounds.csv`` rows as they are (numbers,
+CSV strings, empty cells), so the same function serves a live run and a table
+read back from disk.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+
+from lightning_curate.plots.common import PathLike, new_figure, palette, save_figure
+
+__all__ = ["build_round_metrics_figure", "plot_round_metrics"]
+
+OTHER_COLOR = "#9a9a9a"  # shares that belong to no mode
+
+
+def _as_float(v) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, Tensor):
+        return float(v.detach().float().mean()) if v.numel() else math.nan
+    if isinstance(v, str):
+        v = v.strip()
+        if v == "" or v.lower() in ("nan", "none", "null"):
+            return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _is_distance_key(key: str) -> bool:
+    k = key.lower()
+    return k.endswith(("_distance", "_dist")) or k in ("w2", "wasserstein", "mmd", "swd", "fid", "kl", "tv")
+
+
+def _column(rows: Sequence[Mapping], key: str) -> np.ndarray:
+    return np.array([_as_float(r.get(key)) for r in rows], dtype=np.float64)
+
+
+def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "share_") -> Figure:
+    """The figure of :func:`plot_round_metrics` (same arguments), not saved."""
+    if not isinstance(rows, (list, tuple)):
+        raise ValueError(f"rows: expected a list of dicts (one per round), got {type(rows).__name__}")
+    if len(rows) == 0:
+        raise ValueError("rows: expected at least one round, got an empty list")
+    for i, r in enumerate(rows):
+        if not isinstance(r, Mapping):
+            raise ValueError(f"rows[{i}]: expected a dict, got {type(r).__name__}")
+
+    rounds = _column(rows, "round")
+    if not np.isfinite(rounds).all():
+        rounds = np.arange(len(rows), dtype=np.float64)
+    order = np.argsort(rounds, kind="stable")
+    rows = [rows[i] for i in order]
+    rounds = rounds[order]
+
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    share_keys = [k for k in keys if k.startswith(share_prefix) and np.isfinite(_column(rows, k)).any()]
+    dist_keys = [k for k in keys if _is_distance_key(k) and np.isfinite(_column(rows, k)).any()]
+
+    n_panels = 1 + bool(dist_keys) + bool(share_keys)
+    fig = new_figure(4.6 * n_panels + (1.4 if share_keys else 0.0), 3.6)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    single = len(rows) == 1
+
+    def _finish_x(ax):
+        if len(rounds) <= 12:
+            ax.set_xticks(rounds)
+            ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:g}")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+        lo, hi = float(rounds.min()), float(rounds.max())
+        pad = 0.5 if single else 0.03 * (hi - lo)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xlabel("round")
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+
+    # --- reward -------------------------------------------------------------
+    ax = axes[0]
+    ax.set_label("reward")
+    c_model, c_cur = palette(2)
+    mean, std, cur = _column(rows, "reward_mean"), _column(rows, "reward_std"), _column(rows, "curated_reward_mean")
+    drawn = False
+    if np.isfinite(mean).any():
+        ax.plot(rounds, mean, "-o", color=c_model, ms=4, lw=1.6, label="model samples (mean)")
+        if np.isfinite(std).any():
+            band = np.where(np.isfinite(std), std, 0.0)
+            ax.fill_between(rounds, mean - band, mean + band, color=c_model, alpha=0.18, linewidth=0,
+                            label="model samples (±1 std)")
+            if single:  # a band of zero width is invisible: show it as an error bar
+                ax.errorbar(rounds, mean, yerr=band, color=c_model, capsize=4, lw=1.2, fmt="none")
+        drawn = True
+    if np.isfinite(cur).any():
+        ax.plot(rounds, cur, "-s", color=c_cur, ms=4, lw=1.6, label="curated samples (mean)")
+        drawn = True
+    predicted = _column(rows, "predicted_reward_mean")
+    if np.isfinite(predicted).any():
+        # Row t predicts round t + 1: draw it where it can be compared with what was observed.
+        ax.plot(np.asarray(rounds) + 1, predicted, ":^", color="0.25", ms=4, lw=1.3,
+                label="ideal learner's prediction")
+        drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no reward recorded", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    else:
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    ax.set_title("Reward over rounds")
+    ax.set_ylabel("reward")
+    _finish_x(ax)
+
+    # --- distances to the real data -----------------------------------------
+    panel = 1
+    if dist_keys:
+        ax = axes[panel]
+        ax.set_label("distance")
+        panel += 1
+        for key, color in zip(dist_keys, palette(len(dist_keys))):
+            ax.plot(rounds, _column(rows, key), "-o", ms=4, lw=1.6, color=color, label=key.replace("_", " "))
+        ax.set_title("Distance to real data")
+        ax.set_ylabel("distance")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        _finish_x(ax)
+
+    # --- shares -------------------------------------------------------------
+    if share_keys:
+        ax = axes[panel]
+        ax.set_label("shares")
+        names = [k[len(share_prefix):] or k for k in share_keys]
+        shares = np.stack([_column(rows, k) for k in share_keys]) * 100.0  # [S, R], percent
+        colors = palette(len(share_keys))
+        if len(share_keys) <= 12:
+            vals = np.nan_to_num(shares, nan=0.0).clip(min=0.0)
+            other = (100.0 - vals.sum(axis=0)).clip(min=0.0)
+            series, labels_, cols = list(vals), list(names), list(colors)
+            if other.max() > 0.5:  # shares that do not add to 100%: show the rest
+                series.append(other)
+                labels_.append("other")
+                cols.append(OTHER_COLOR)
+            if single:
+                bottom = 0.0
+                for s, lab, col in zip(series, labels_, cols):
+                    ax.bar(rounds, s, bottom=bottom, width=0.5, color=col, label=lab, edgecolor="white", linewidth=0.5)
+                    bottom = bottom + s
+            else:
+                ax.stackplot(rounds, *series, labels=labels_, colors=cols, alpha=0.9, edgecolor="white", linewidth=0.4)
+            ax.set_ylim(0, max(100.0, float(np.sum(series, axis=0).max())))
+            handles, leg_labels = ax.get_legend_handles_labels()
+            # Top of the stack first, as on the chart.
+            ax.legend(handles[::-1], leg_labels[::-1], fontsize=8, loc="center left",
+                      bbox_to_anchor=(1.01, 0.5), frameon=False)
+        else:
+            for s, name, col in zip(shares, names, colors):
+                ax.plot(rounds, s, "-", marker="o" if single else None, ms=3, lw=1.2, color=col, label=name)
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+                      ncol=int(math.ceil(len(share_keys) / 20)))
+        ax.set_title("Mode / class shares")
+        ax.set_ylabel("share (%)")
+        _finish_x(ax)
+        ax.grid(True, axis="y", alpha=0.3, linewidth=0.6)
+    return fig
+
+
+def plot_round_metrics(rows: Sequence[Mapping], path: PathLike, *, share_prefix: str = "share_") -> Path:
+    """Plot the per-round table (``rounds.csv`` rows) and write a PNG.
+
+    Panels, left to right:
+
+    * reward: the model samples' mean with a ±std band (``reward_mean``,
+      ``reward_std``) and the curated samples' mean (``curated_reward_mean``);
+    * distance to the real data, when the rows have columns ending in
+      ``_distance`` or ``_dist`` (e.g. ``sw_distance``);
+    * shares: the ``share_<name>`` columns (fractions in [0, 1]) in percent,
+      a stacked area chart (plus an "other" band when they add to less than
+      100%), or lines when there are more than 12 of them.
+
+    Values may be numbers, strings as read from a CSV file, or empty / NaN
+    (round 0 has no curation, so its ``curated_reward_mean`` is NaN): missing
+    points are left out. A single round is drawn with markers and bars.
+
+    Raises:
+        ValueError: ``rows`` is empty or not a list of dicts.
+    """
+    return save_figure(build_round_metrics_figure(rows, share_prefix=share_prefix), path)
