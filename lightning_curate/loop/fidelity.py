@@ -1,0 +1,150 @@
+"""Learner fidelity: how far each round moved, against how far the ideal learner said it would.
+
+Row ``t`` of ``rounds.csv`` holds what the ideal learner predicts for round
+``t + 1`` (``predicted_*``, docs/THEORY.md section 2). Row ``t + 1`` then holds
+what the trained generator did. For a quantity ``m`` (the mean reward, a class
+share) the *fidelity* of round ``t + 1`` is
+
+    F = (m_{t+1} - m_t) / (predicted_t - m_t),
+
+1 for a learner that fits each curated round exactly, below 1 for one that
+lags (too few steps, an EMA that remembers earlier rounds), above 1 for one
+that overshoots. The ratio means something only where the predicted move is
+well above its noise: a round whose predicted move is within ``z`` standard
+errors of zero (late rounds near collapse, say) gets ``NaN`` and
+``fidelity_reliable = 0`` instead of a meaningless number.
+
+Standard errors come from the rows themselves: a class share ``s`` measured on
+``n`` candidates has ``sqrt(s (1 - s) / n)``; a mean reward ``reward_std /
+sqrt(n)``; a prediction its own ``predicted_*_stderr`` column when the row has
+one (else the same form on the probe's size).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+__all__ = ["DEFAULT_Z", "aggregate_fidelity", "fidelity_columns", "round_zero_quality"]
+
+DEFAULT_Z = 3.0
+_SHARE = "share_"
+_PREDICTED_SHARE = "predicted_share_"
+
+
+def _number(row: Mapping[str, Any], key: str) -> float:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _ratio(observed_move: float, predicted_move: float, se_observed: float, se_predicted: float,
+           z: float) -> tuple[float, float]:
+    """``(fidelity, its standard error)``, or ``(nan, nan)`` where the predicted move is noise."""
+    se_move = math.hypot(se_observed, se_predicted)
+    if not all(map(math.isfinite, (observed_move, predicted_move, se_move))):
+        return math.nan, math.nan
+    if abs(predicted_move) <= z * se_move or predicted_move == 0.0:
+        return math.nan, math.nan
+    fidelity = observed_move / predicted_move
+    # First-order error of a ratio of two noisy differences (both share round t's noise; ignored).
+    se = math.hypot(se_observed, fidelity * se_predicted) / abs(predicted_move)
+    return fidelity, se
+
+
+def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *, num_candidates: int,
+                     num_probe: Optional[int] = None, z: float = DEFAULT_Z) -> dict[str, float]:
+    """The fidelity columns of row ``current`` (round ``t + 1``) against row ``previous`` (round ``t``).
+
+    Args:
+        previous: round ``t``'s row, with ``reward_mean``, ``reward_std``, ``share_*`` and the
+            ideal learner's ``predicted_reward_mean`` / ``predicted_share_*``.
+        current: round ``t + 1``'s row (``reward_mean``, ``share_*``).
+        num_candidates: candidates a round's ``reward_mean`` and ``share_*`` are measured on
+            (``num_slots * K``).
+        num_probe: candidates the prediction was computed from (the preview slots times ``K``);
+            defaults to ``num_candidates``.
+        z: a ratio is reported only where the predicted move exceeds ``z`` standard errors.
+
+    Returns:
+        ``reward_fidelity`` (and ``_stderr``), ``share_fidelity_<name>`` for every class whose
+        predicted move is above noise, ``gain_share_fidelity`` for the total share of the
+        classes the ideal learner says grow (the rewarded set: mog8's two target modes,
+        digits' class 0), ``share_gap_l1`` (``sum |share_{t+1} - predicted_share_t|``) and
+        ``fidelity_reliable`` (1 when the reward's ratio is meaningful, else 0). Empty when
+        ``previous`` has no prediction.
+
+    Example:
+        >>> prev = {"reward_mean": 0.0, "reward_std": 1.0, "predicted_reward_mean": 1.0}
+        >>> fidelity_columns(prev, {"reward_mean": 0.5}, num_candidates=10_000)["reward_fidelity"]
+        0.5
+    """
+    if not math.isfinite(_number(previous, "predicted_reward_mean")):
+        return {}
+    n_obs = max(1, int(num_candidates))
+    n_pred = max(1, int(num_probe if num_probe is not None else num_candidates))
+    out: dict[str, float] = {}
+
+    r_prev, r_cur = _number(previous, "reward_mean"), _number(current, "reward_mean")
+    std = _number(previous, "reward_std")
+    se_pred = _number(previous, "predicted_reward_stderr")
+    if not math.isfinite(se_pred):
+        se_pred = std / math.sqrt(n_pred)
+    fid, fid_se = _ratio(r_cur - r_prev, _number(previous, "predicted_reward_mean") - r_prev,
+                         std * math.sqrt(2.0 / n_obs), se_pred, z)
+    out["reward_fidelity"], out["reward_fidelity_stderr"] = fid, fid_se
+    out["fidelity_reliable"] = float(math.isfinite(fid))
+
+    names = [k[len(_PREDICTED_SHARE):] for k in previous if k.startswith(_PREDICTED_SHARE)]
+    names = [n for n in names if f"{_SHARE}{n}" in previous and f"{_SHARE}{n}" in current]
+    if names:
+        gap, gain_prev, gain_cur, gain_pred = 0.0, 0.0, 0.0, 0.0
+        for name in names:
+            s_prev, s_cur = _number(previous, _SHARE + name), _number(current, _SHARE + name)
+            s_pred = _number(previous, _PREDICTED_SHARE + name)
+            gap += abs(s_cur - s_pred)
+            se_obs = math.sqrt(max(s_prev * (1 - s_prev), 0.0) / n_obs + max(s_cur * (1 - s_cur), 0.0) / n_obs)
+            se_p = math.sqrt(max(s_pred * (1 - s_pred), 0.0) / n_pred)
+            out[f"share_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
+            if s_pred > s_prev:
+                gain_prev, gain_cur, gain_pred = gain_prev + s_prev, gain_cur + s_cur, gain_pred + s_pred
+        out["share_gap_l1"] = gap
+        se_obs = math.sqrt(max(gain_prev * (1 - gain_prev), 0.0) / n_obs + max(gain_cur * (1 - gain_cur), 0.0) / n_obs)
+        se_p = math.sqrt(max(gain_pred * (1 - gain_pred), 0.0) / n_pred)
+        out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
+    return out
+
+
+def aggregate_fidelity(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") -> float:
+    """Mean of ``key`` over the rounds where it is meaningful (finite); ``nan`` if none is."""
+    values = [_number(r, key) for r in rows]
+    values = [v for v in values if math.isfinite(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def round_zero_quality(model_shares: Mapping[str, float], real_shares: Mapping[str, float],
+                       model_distance: float, real_distance: float) -> dict[str, float]:
+    """How well the round-0 model ``p_0`` fits ``p_data``, before anything is read into later rounds.
+
+    Args:
+        model_shares: class shares of ``p_0``'s samples.
+        real_shares: class shares of the real training data.
+        model_distance: a sample distance from ``p_0``'s samples to held-out real data.
+        real_distance: the same distance between two real samples of the same sizes (its noise floor).
+
+    Returns:
+        ``p0_share_error_<name>`` (model minus real), ``p0_share_error_max`` (largest absolute one),
+        and ``p0_distance_ratio`` (``model_distance / real_distance``: about 1 for a good fit).
+    """
+    out: dict[str, float] = {}
+    worst = 0.0
+    for name, real in real_shares.items():
+        err = float(model_shares.get(name, 0.0)) - float(real)
+        out[f"p0_share_error_{name}"] = err
+        worst = max(worst, abs(err))
+    if real_shares:
+        out["p0_share_error_max"] = worst
+    out["p0_distance_ratio"] = model_distance / real_distance if real_distance > 0 else math.nan
+    return out

@@ -1,0 +1,62 @@
+"""Fidelity columns: exact arithmetic on hand-made rows, and the noise rule."""
+
+import math
+
+import pytest
+
+from lightning_curate.loop.fidelity import aggregate_fidelity, fidelity_columns, round_zero_quality
+
+
+def test_reward_fidelity_is_the_ratio_of_observed_to_predicted_move():
+    prev = {"reward_mean": -2.0, "reward_std": 1.0, "predicted_reward_mean": -1.0}
+    out = fidelity_columns(prev, {"reward_mean": -1.5}, num_candidates=40_000)
+    assert out["reward_fidelity"] == 0.5
+    assert out["fidelity_reliable"] == 1.0
+    # se = hypot(1 * sqrt(2 / 4e4), 0.5 * 1 / sqrt(4e4)) / 1
+    assert out["reward_fidelity_stderr"] == pytest.approx(math.hypot(math.sqrt(2 / 4e4), 0.5 / 200))
+    # An overshooting learner reads above 1, a learner that went backwards below 0.
+    assert fidelity_columns(prev, {"reward_mean": -0.5}, num_candidates=40_000)["reward_fidelity"] == 1.5
+    assert fidelity_columns(prev, {"reward_mean": -2.5}, num_candidates=40_000)["reward_fidelity"] == -0.5
+
+
+def test_a_predicted_move_within_noise_gives_no_ratio():
+    # Predicted move 0.01 with reward_std 1 on 100 candidates: se ~ 0.17, far above the move.
+    prev = {"reward_mean": 0.0, "reward_std": 1.0, "predicted_reward_mean": 0.01}
+    out = fidelity_columns(prev, {"reward_mean": 0.5}, num_candidates=100)
+    assert math.isnan(out["reward_fidelity"]) and out["fidelity_reliable"] == 0.0
+    # The same move on 10^8 candidates is well above its noise.
+    assert fidelity_columns(prev, {"reward_mean": 0.005}, num_candidates=10**8)["reward_fidelity"] == pytest.approx(0.5)
+    # A row's own prediction standard error is used when it has one.
+    noisy = dict(prev, predicted_reward_stderr=1.0)
+    assert math.isnan(fidelity_columns(noisy, {"reward_mean": 0.005}, num_candidates=10**8)["reward_fidelity"])
+
+
+def test_share_columns_gain_set_and_l1_gap():
+    prev = {"reward_mean": 0.0, "reward_std": 1.0, "predicted_reward_mean": 1.0,
+            "share_a": 0.25, "share_b": 0.25, "share_c": 0.5,
+            "predicted_share_a": 0.45, "predicted_share_b": 0.35, "predicted_share_c": 0.2}
+    cur = {"reward_mean": 1.0, "share_a": 0.35, "share_b": 0.30, "share_c": 0.35}
+    out = fidelity_columns(prev, cur, num_candidates=10**6)
+    assert out["share_fidelity_a"] == pytest.approx(0.5)
+    assert out["share_fidelity_b"] == pytest.approx(0.5)
+    assert out["share_fidelity_c"] == pytest.approx(0.5)
+    # a and b are predicted to grow: 0.5 -> 0.8 predicted, 0.65 observed.
+    assert out["gain_share_fidelity"] == pytest.approx(0.5)
+    assert out["share_gap_l1"] == pytest.approx(0.10 + 0.05 + 0.15)
+
+
+def test_no_prediction_no_columns():
+    assert fidelity_columns({"reward_mean": 0.0}, {"reward_mean": 1.0}, num_candidates=10) == {}
+
+
+def test_aggregate_skips_rounds_without_a_meaningful_ratio():
+    rows = [{"round": 0}, {"reward_fidelity": 0.8}, {"reward_fidelity": math.nan}, {"reward_fidelity": 1.0}]
+    assert aggregate_fidelity(rows) == pytest.approx(0.9)
+    assert math.isnan(aggregate_fidelity([{"reward_fidelity": math.nan}]))
+
+
+def test_round_zero_quality():
+    out = round_zero_quality({"a": 0.3, "b": 0.7}, {"a": 0.5, "b": 0.5}, model_distance=0.3, real_distance=0.1)
+    assert out["p0_share_error_a"] == pytest.approx(-0.2) and out["p0_share_error_b"] == pytest.approx(0.2)
+    assert out["p0_share_error_max"] == pytest.approx(0.2)
+    assert out["p0_distance_ratio"] == pytest.approx(3.0)
