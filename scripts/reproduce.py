@@ -9,7 +9,7 @@ in ``<out>/<claim>/``:
 
 * ``mog8``: 2D mixture, reward = clipped distance to two of eight modes
   (configs/mog8.yaml): curated-only retraining collapses onto the rewarded
-  modes while the reward rises; with half real data (configs/mog8_real.yaml's
+  modes while the reward rises; with half real data (configs/overlays/mog8_real.yaml's
   setting) the reward still rises and every mode keeps a share.
 * ``discrete``: the exact learner (configs/discrete.yaml) follows docs/THEORY.md's
   ideal iteration, curated only and with half real data, within the sampling
@@ -18,8 +18,8 @@ in ``<out>/<claim>/``:
   share of the rewarded digit and the reward rise.
 * ``digits_confidence``: digits, reward = 5 max_i q_i(x): curated only skews
   the class proportions; with half real data they stay closer to the data
-  while the reward rises. Uses configs/digits_confidence.yaml when present,
-  else configs/digits.yaml with the reward swapped.
+  while the reward rises. Uses configs/digits.yaml with the reward of
+  configs/overlays/digits_confidence.yaml (or ConfidenceReward when it is missing).
 
 Finished runs are reused (the sweeps resume), so an interrupted reproduction
 continues where it stopped. Writes ``<out>/REPORT.md`` with a PASS/FAIL table
@@ -261,13 +261,13 @@ def _digits_base(name: str) -> tuple[Optional[dict], str, str]:
         if not class_path.is_file():
             return None, "configs/digits.yaml", "configs/digits.yaml is missing"
         return sweep.load_base_config(class_path), "configs/digits.yaml", ""
-    for path in sorted((REPO / "configs").glob("digits*.yaml")):
-        cfg = sweep.load_base_config(path)
-        reward = str(sweep.get_key(cfg, "model.init_args.reward.class_path", ""))
-        if reward.endswith("ConfidenceReward"):
-            return cfg, f"configs/{path.name}", ""
+    overlay = REPO / "configs/overlays/digits_confidence.yaml"
+    if class_path.is_file() and overlay.is_file():
+        cfg = sweep.load_base_config(class_path)
+        cfg["model"]["init_args"]["reward"] = sweep.load_base_config(overlay)["model"]["init_args"]["reward"]
+        return cfg, "configs/digits.yaml + configs/overlays/digits_confidence.yaml", ""
     if not class_path.is_file():
-        return None, "configs/digits_confidence.yaml", "no digits config with a ConfidenceReward, and no configs/digits.yaml"
+        return None, "configs/digits.yaml", "configs/digits.yaml is missing"
     cfg = sweep.load_base_config(class_path)
     reward = copy.deepcopy(sweep.get_key(cfg, "model.init_args.reward"))
     args = {k: v for k, v in (reward.get("init_args") or {}).items() if k not in ("target_class",)}

@@ -1,6 +1,6 @@
 """The science, end to end: what curated retraining does to a 2D mixture (docs/THEORY.md sections 3-5).
 
-Reduced versions of configs/mog8.yaml and configs/mog8_real.yaml: 8 Gaussians,
+Reduced versions of configs/mog8.yaml with and without configs/overlays/mog8_real.yaml: 8 Gaussians,
 reward = clipped distance to modes 0 and 1 (25% of the data), K = 4, six rounds.
 Fixed seeds make each run deterministic; the thresholds are the issue's claims.
 """
