@@ -29,6 +29,7 @@ from typing import Any, Optional
 __all__ = ["DEFAULT_Z", "aggregate_fidelity", "fidelity_columns", "round_zero_quality"]
 
 DEFAULT_Z = 3.0
+_ROUND_OFF = 1e-9
 _SHARE = "share_"
 _PREDICTED_SHARE = "predicted_share_"
 
@@ -40,13 +41,20 @@ def _number(row: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
+def _share_se(share: float, n: int) -> float:
+    """Binomial standard error of a share on ``n`` draws, floored at one draw's worth (``1 / n``):
+    a share of exactly 0 or 1 is still only known to that resolution."""
+    return max(math.sqrt(max(share * (1.0 - share), 0.0) / n), 1.0 / n)
+
+
 def _ratio(observed_move: float, predicted_move: float, se_observed: float, se_predicted: float,
            z: float) -> tuple[float, float]:
     """``(fidelity, its standard error)``, or ``(nan, nan)`` where the predicted move is noise."""
     se_move = math.hypot(se_observed, se_predicted)
     if not all(map(math.isfinite, (observed_move, predicted_move, se_move))):
         return math.nan, math.nan
-    if abs(predicted_move) <= z * se_move or predicted_move == 0.0:
+    # Below float round-off the prediction says "no move" (e.g. a collapsed round: every candidate alike).
+    if abs(predicted_move) <= z * se_move or abs(predicted_move) <= _ROUND_OFF * (1.0 + abs(observed_move)):
         return math.nan, math.nan
     fidelity = observed_move / predicted_move
     # First-order error of a ratio of two noisy differences (both share round t's noise; ignored).
@@ -105,14 +113,14 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
             s_prev, s_cur = _number(previous, _SHARE + name), _number(current, _SHARE + name)
             s_pred = _number(previous, _PREDICTED_SHARE + name)
             gap += abs(s_cur - s_pred)
-            se_obs = math.sqrt(max(s_prev * (1 - s_prev), 0.0) / n_obs + max(s_cur * (1 - s_cur), 0.0) / n_obs)
-            se_p = math.sqrt(max(s_pred * (1 - s_pred), 0.0) / n_pred)
+            se_obs = math.hypot(_share_se(s_prev, n_obs), _share_se(s_cur, n_obs))
+            se_p = _share_se(s_pred, n_pred)
             out[f"share_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
             if s_pred > s_prev:
                 gain_prev, gain_cur, gain_pred = gain_prev + s_prev, gain_cur + s_cur, gain_pred + s_pred
         out["share_gap_l1"] = gap
-        se_obs = math.sqrt(max(gain_prev * (1 - gain_prev), 0.0) / n_obs + max(gain_cur * (1 - gain_cur), 0.0) / n_obs)
-        se_p = math.sqrt(max(gain_pred * (1 - gain_pred), 0.0) / n_pred)
+        se_obs = math.hypot(_share_se(gain_prev, n_obs), _share_se(gain_cur, n_obs))
+        se_p = _share_se(gain_pred, n_pred)
         out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
     return out
 

@@ -60,3 +60,13 @@ def test_round_zero_quality():
     assert out["p0_share_error_a"] == pytest.approx(-0.2) and out["p0_share_error_b"] == pytest.approx(0.2)
     assert out["p0_share_error_max"] == pytest.approx(0.2)
     assert out["p0_distance_ratio"] == pytest.approx(3.0)
+
+
+def test_a_collapsed_round_reports_no_ratio():
+    # Every candidate alike: reward_std 0, shares exactly 1 / 0, and a prediction equal up to round-off.
+    prev = {"reward_mean": 5.0, "reward_std": 0.0, "predicted_reward_mean": 5.0 - 1e-13,
+            "share_a": 1.0, "share_b": 0.0, "predicted_share_a": 1.0 - 1e-13, "predicted_share_b": 1e-13}
+    out = fidelity_columns(prev, {"reward_mean": 5.0, "share_a": 1.0, "share_b": 0.0}, num_candidates=80_000)
+    assert math.isnan(out["reward_fidelity"]) and out["fidelity_reliable"] == 0.0
+    assert math.isnan(out["share_fidelity_a"]) and math.isnan(out["gain_share_fidelity"])
+    assert out["share_gap_l1"] == pytest.approx(2e-13)
