@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_curate.experiments import sweep
+from lightning_curate.experiments import runner, sweep
 from lightning_curate.cli import main as cli_main
 from lightning_curate.experiments.sweep import SweepError, parse_grid_spec, parse_seeds, plan_sweep, run_sweep, set_key
 
@@ -139,7 +139,7 @@ def test_two_by_two_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch):
         launched.append(cmd)
         return real_popen(cmd, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", counting_popen)
+    monkeypatch.setattr(runner.subprocess, "Popen", counting_popen)
     lines = []
     results = run_sweep(specs, jobs=2, timeout=300, say=lines.append)
     assert [r.status for r in results] == ["fresh", "fresh", "fresh", "resumed"], "\n".join(lines)

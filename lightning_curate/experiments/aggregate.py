@@ -1,0 +1,135 @@
+"""Aggregate a sweep: every run's ``rounds.csv`` into ``sweep.csv``, and the mean over seeds per round.
+
+The summaries (mean and 95% Student-t half-width per grid point and round) feed
+the figures, drawn by :mod:`lightning_curate.plots.sweep`.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lightning_curate.experiments.grid import RunSpec, format_value
+from lightning_curate.experiments.runner import read_table, table_path
+from lightning_curate.plots.sweep import plot_sweep_metric
+
+__all__ = ["NOT_METRICS", "TABLE_NAME", "aggregate", "metric_columns", "plot_sweep", "summarise"]
+
+TABLE_NAME = "sweep.csv"
+# Columns that are bookkeeping rather than metrics: no figure for them.
+NOT_METRICS = ("round", "epoch", "real_fraction", "n_real", "n_synthetic")
+
+
+def aggregate(specs: Sequence[RunSpec], out) -> tuple[Path, list[dict]]:
+    """Write ``<out>/sweep.csv``: one row per point x seed x round (runs without a table are left out).
+
+    Columns: ``point`` (its directory name), one column per grid key (named by the
+    key itself, e.g. ``data.init_args.real_fraction``, so it never clashes with a
+    metric), ``seed``, then the columns of ``rounds.csv``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for s in specs for k in s.values))
+    rows, metric_cols = [], []
+    for spec in specs:
+        path = table_path(spec.run_dir)
+        if path is None:
+            continue
+        for r in read_table(path):
+            r = {c: v for c, v in r.items() if c not in ("point", "seed", *keys)}
+            for c in r:
+                if c not in metric_cols:
+                    metric_cols.append(c)
+            rows.append({"point": spec.point, **{k: format_value(v) for k, v in spec.values.items()},
+                         "seed": spec.seed, **r})
+    columns = ["point", *keys, "seed", *metric_cols]
+    table = out / TABLE_NAME
+    tmp = table.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, table)
+    return table, rows
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _t_quantile(df: int) -> float:
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, df))
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return 1.96
+
+
+def metric_columns(rows: Sequence[dict], patterns: Optional[Sequence[str]] = None,
+                   exclude: Sequence[str] = ()) -> list[str]:
+    """Numeric per-round columns of the aggregated rows (bookkeeping, grid-key and ``exclude``
+    columns left out: grid keys are dotted config paths)."""
+    skip = {"point", "seed", *NOT_METRICS, *exclude}
+    cols = []
+    for r in rows:
+        for c in r:
+            if c not in cols and c not in skip and "." not in c:
+                cols.append(c)
+    numeric = []
+    for c in cols:
+        vals = [_float(r.get(c)) for r in rows]
+        if any(math.isfinite(v) for v in vals):
+            numeric.append(c)
+    if patterns:
+        numeric = [c for c in numeric if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    return numeric
+
+
+def summarise(rows: Sequence[dict], metric: str) -> dict[str, tuple[list[float], list[float], list[float], int]]:
+    """Per point: rounds, mean over seeds, 95% half-width, and the number of seeds."""
+    by_point: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        v, t = _float(r.get(metric)), _float(r.get("round"))
+        if math.isfinite(t):
+            by_point.setdefault(r["point"], {}).setdefault(t, [])
+            if math.isfinite(v):
+                by_point[r["point"]][t].append(v)
+    out = {}
+    for point, per_round in by_point.items():
+        rounds, means, halfs, n_max = [], [], [], 0
+        for t in sorted(per_round):
+            vals = per_round[t]
+            if not vals:
+                continue
+            n = len(vals)
+            mean = sum(vals) / n
+            half = 0.0
+            if n > 1:
+                sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+                half = _t_quantile(n - 1) * sd / math.sqrt(n)
+            rounds.append(t)
+            means.append(mean)
+            halfs.append(half)
+            n_max = max(n_max, n)
+        out[point] = (rounds, means, halfs, n_max)
+    return out
+
+
+
+def plot_sweep(rows: Sequence[dict], out_dir, *, metrics: Optional[Sequence[str]] = None,
+               point_order: Optional[Sequence[str]] = None) -> list[Path]:
+    """One PNG per metric in ``out_dir``: mean over seeds per round with a 95% band, a line per point."""
+    paths = []
+    for metric in metric_columns(rows, metrics):
+        summary = summarise(rows, metric)
+        if summary:
+            paths.append(plot_sweep_metric(metric, summary, out_dir, point_order=point_order))
+    return paths

@@ -1,0 +1,126 @@
+"""Dotted config keys of a sweep: read and set ``data.init_args.real_fraction``-style paths in a config.
+
+Keys are dotted paths into a LightningCLI config: ``data.init_args.real_fraction``;
+``init_args`` may be left out (``data.real_fraction``, ``model.num_candidates``);
+``loop.<arg>`` is the ``RetrainingLoop`` callback's argument (``loop.rounds``);
+list items take an index (``trainer.callbacks.0.init_args.seed``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_curate.utils.validation import check_int
+
+__all__ = ["LOOP_CLASS", "SweepError", "check_count", "get_key", "load_base_config", "loop_entry", "set_key"]
+
+LOOP_CLASS = "RetrainingLoop"
+
+
+class SweepError(ValueError):
+    """A bad sweep specification (grid, seeds, keys, base config)."""
+
+
+def check_count(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``, else a :class:`SweepError` naming ``name``."""
+    try:
+        return check_int(name, value, minimum=minimum)
+    except ValueError as err:
+        raise SweepError(str(err)) from None
+
+
+def loop_entry(config: dict) -> dict:
+    """The ``RetrainingLoop`` callback's entry under ``trainer.callbacks``; a sweep needs one."""
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    if isinstance(callbacks, dict):
+        callbacks = [callbacks]
+    for cb in callbacks:
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).split(".")[-1] == LOOP_CLASS:
+            return cb
+    raise SweepError(f"the base config has no {LOOP_CLASS} callback under trainer.callbacks "
+                     "(class_path: lightning_curate.loop.RetrainingLoop); a sweep runs curated-retraining runs")
+
+
+
+def _resolve(config: dict, key: str, create: bool) -> tuple[Any, Any]:
+    """The container holding ``key``'s last part, and that part (a str or an int index)."""
+    parts = key.split(".")
+    if parts[0] == "loop":
+        node: Any = loop_entry(config).setdefault("init_args", {})
+        parts, walked = parts[1:], ["loop"]
+        if not parts:
+            raise SweepError(f"key {key!r}: name an argument of the loop, e.g. loop.rounds")
+    else:
+        node, walked = config, []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            try:
+                idx = int(part)
+            except ValueError:
+                raise SweepError(f"key {key!r}: {'.'.join(walked) or 'the config'} is a list; "
+                                 f"index it with a number, not {part!r}") from None
+            if not -len(node) <= idx < len(node):
+                raise SweepError(f"key {key!r}: index {idx} out of range for {'.'.join(walked)} "
+                                 f"({len(node)} items)")
+            if last:
+                return node, idx
+            node, walked = node[idx], walked + [part]
+            continue
+        if not isinstance(node, dict):
+            raise SweepError(f"key {key!r}: {'.'.join(walked)} is a value ({node!r}), not a section")
+        if part not in node and part != "init_args" and "class_path" in node:
+            # `model.num_candidates` means `model.init_args.num_candidates`.
+            node = node.setdefault("init_args", {})
+            walked = walked + ["init_args"]
+        if last:
+            if part not in node and not create:
+                raise SweepError(f"key {key!r}: no {part!r} in {'.'.join(walked) or 'the config'}")
+            return node, part
+        if part not in node or node[part] is None:
+            if not create:
+                raise SweepError(f"key {key!r}: no {part!r} in {'.'.join(walked) or 'the config'}")
+            known = ", ".join(sorted(map(str, node))) or "nothing"
+            raise SweepError(f"key {key!r}: the base config has no section {'.'.join(walked + [part])!r} "
+                             f"({'.'.join(walked) or 'the top level'} holds: {known})")
+        node, walked = node[part], walked + [part]
+    raise SweepError(f"bad key {key!r}")  # pragma: no cover - parts is never empty
+
+
+def set_key(config: dict, key: str, value: Any) -> None:
+    """Set a dotted ``key`` (see the module docstring) in ``config``, in place.
+
+    A missing last part is created (a class argument the base config leaves at its
+    default); a missing section is an error naming what is there.
+    """
+    container, part = _resolve(config, key, create=True)
+    container[part] = copy.deepcopy(value)
+
+
+
+def get_key(config: dict, key: str, default: Any = None) -> Any:
+    """The value at a dotted ``key`` of ``config``, or ``default`` where the path does not exist."""
+    try:
+        container, part = _resolve(config, key, create=False)
+    except SweepError:
+        return default
+    return container[part]
+
+
+def load_base_config(path) -> dict:
+    """A LightningCLI config file as a dict, or a :class:`SweepError` saying what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"base config {str(path)!r} not found")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SweepError(f"base config {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise SweepError(f"base config {str(path)!r} must be a YAML mapping (a LightningCLI config)")
+    return config
+
