@@ -15,7 +15,7 @@ toward whatever the classifier is sure of) and :class:`LogProbabilityReward`
         gamma: 5.0
 
 The classifier is a :class:`~lightning_curate.classifiers.ClassifierModule`
-checkpoint (loaded by :func:`~lightning_curate.classifiers.classifier.load_classifier`)
+checkpoint (loaded by :func:`~lightning_curate.classifiers.load_classifier`)
 or a module given directly (``classifier=``). A checkpoint is read lazily, on
 the first call (or :meth:`ClassifierReward.check`): configs are parsed before
 a run has had the chance to train the classifier, and a missing file is then a
@@ -23,7 +23,7 @@ a run has had the chance to train the classifier, and a missing file is then a
 With ``train_config`` set, :meth:`ClassifierReward.prepare` (called by
 ``CurationModule.prepare_data``) trains a missing checkpoint first, running
 ``lightning-curate fit -c <train_config>`` in a subprocess
-(:func:`~lightning_curate.classifiers.classifier.ensure_checkpoint`), so a new user's
+(:func:`~lightning_curate.classifiers.ensure_checkpoint`), so a new user's
 first run is a single command.
 
 The classifier is a fixed judge, not part of the reward's learnable state: it
@@ -38,12 +38,12 @@ are not differentiable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from lightning_curate.classifiers.classifier import DEFAULT_TRAIN_HINT, ensure_checkpoint, load_classifier, train_command
+from lightning_curate.classifiers import DEFAULT_TRAIN_HINT, ensure_checkpoint, load_classifier, train_command
 from lightning_curate.rewards.base import RewardModel
 
 __all__ = ["ClassifierReward", "ClassProbabilityReward", "ConfidenceReward", "LogProbabilityReward"]
@@ -72,11 +72,13 @@ class ClassifierReward(RewardModel):
             ``lightning-curate fit -c <train_config>`` when ``train_config`` is set).
         train_config: the config that trains ``checkpoint``; :meth:`prepare` runs it when the
             checkpoint does not exist. ``None``: a missing checkpoint is an error naming ``train_hint``.
+        trusted_classes: class paths outside lightning_curate that the checkpoint may name (your own
+            net classes); anything else is refused (see :func:`~lightning_curate.classifiers.load_classifier`).
     """
 
     def __init__(self, checkpoint: Optional[str] = None, classifier: Optional[nn.Module] = None,
                  gamma: float = 1.0, batch_size: int = 4096, train_hint: Optional[str] = None,
-                 train_config: Optional[str] = None):
+                 train_config: Optional[str] = None, trusted_classes: Optional[list[str]] = None):
         super().__init__(gamma)
         if (checkpoint is None) == (classifier is None):
             raise ValueError(f"{type(self).__name__} needs exactly one of checkpoint (a path) and classifier "
@@ -97,6 +99,7 @@ class ClassifierReward(RewardModel):
         if train_hint is None:
             train_hint = train_command(self.train_config) if self.train_config is not None else DEFAULT_TRAIN_HINT
         self.train_hint = train_hint
+        self.trusted_classes = None if trusted_classes is None else list(trusted_classes)
         # Held outside the module tree (see the module docstring); _apply keeps it on the reward's device.
         self._set_classifier(None if classifier is None else classifier.eval().requires_grad_(False))
         # Follows .to()/.cuda()/.half() made before a lazy load; not saved (non-persistent, empty).
@@ -110,7 +113,8 @@ class ClassifierReward(RewardModel):
     def classifier(self) -> nn.Module:
         """The classifier (loading the checkpoint on first access)."""
         if self._classifier is None:
-            net = load_classifier(self.checkpoint, map_location="cpu", train_hint=self.train_hint)
+            net = load_classifier(self.checkpoint, map_location="cpu", train_hint=self.train_hint,
+                                  trusted_classes=self.trusted_classes)
             net.to(self._placement.device)
             if self._placement.dtype != torch.float32:
                 net.to(self._placement.dtype)
@@ -213,9 +217,10 @@ class ClassProbabilityReward(_TargetClassMixin, ClassifierReward):
 
     def __init__(self, checkpoint: Optional[str] = None, target_class: int = 0, gamma: float = 5.0,
                  classifier: Optional[nn.Module] = None, batch_size: int = 4096,
-                 train_hint: Optional[str] = None, train_config: Optional[str] = None):
+                 train_hint: Optional[str] = None, train_config: Optional[str] = None,
+                 trusted_classes: Optional[list[str]] = None):
         super().__init__(checkpoint=checkpoint, classifier=classifier, gamma=gamma, batch_size=batch_size,
-                         train_hint=train_hint, train_config=train_config)
+                         train_hint=train_hint, train_config=train_config, trusted_classes=trusted_classes)
         self._init_target(target_class)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
@@ -229,9 +234,10 @@ class ConfidenceReward(ClassifierReward):
     """Classifier confidence ``r(x) = gamma * max_i q_i(x)`` (bias toward what the classifier is sure of)."""
 
     def __init__(self, checkpoint: Optional[str] = None, gamma: float = 5.0, classifier: Optional[nn.Module] = None,
-                 batch_size: int = 4096, train_hint: Optional[str] = None, train_config: Optional[str] = None):
+                 batch_size: int = 4096, train_hint: Optional[str] = None, train_config: Optional[str] = None,
+                 trusted_classes: Optional[list[str]] = None):
         super().__init__(checkpoint=checkpoint, classifier=classifier, gamma=gamma, batch_size=batch_size,
-                         train_hint=train_hint, train_config=train_config)
+                         train_hint=train_hint, train_config=train_config, trusted_classes=trusted_classes)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
         return log_probs.amax(dim=1).exp()
@@ -242,9 +248,10 @@ class LogProbabilityReward(_TargetClassMixin, ClassifierReward):
 
     def __init__(self, checkpoint: Optional[str] = None, target_class: int = 0, gamma: float = 1.0,
                  classifier: Optional[nn.Module] = None, batch_size: int = 4096,
-                 train_hint: Optional[str] = None, train_config: Optional[str] = None):
+                 train_hint: Optional[str] = None, train_config: Optional[str] = None,
+                 trusted_classes: Optional[list[str]] = None):
         super().__init__(checkpoint=checkpoint, classifier=classifier, gamma=gamma, batch_size=batch_size,
-                         train_hint=train_hint, train_config=train_config)
+                         train_hint=train_hint, train_config=train_config, trusted_classes=trusted_classes)
         self._init_target(target_class)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from lightning_curate.classifiers.classifier import SmallCNN
+from lightning_curate.classifiers import SmallCNN
 from lightning_curate.metrics.image import FeatureExtractor, FeatureFID, PrecisionRecall, frechet_distance
 
 
