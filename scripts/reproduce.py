@@ -4,7 +4,7 @@
     python scripts/reproduce.py --quick         # fewer rounds, one seed (a smoke run)
     python scripts/reproduce.py --only discrete --only mog8 --jobs 2
 
-Claims (docs/THEORY.md sections 3-5), each run as a sweep (lightning_curate.sweep)
+Claims (docs/THEORY.md sections 3-5), each run as a sweep (lightning_curate.experiments.sweep)
 in ``<out>/<claim>/``:
 
 * ``mog8``: 2D mixture, reward = clipped distance to two of eight modes
@@ -40,11 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_curate import sweep  # noqa: E402
+from lightning_curate.experiments import sweep  # noqa: E402
 
 CLAIMS = ("mog8", "discrete", "digits_class", "digits_confidence")
 
@@ -117,6 +116,18 @@ def check(result: ClaimResult, what: str, passed: bool, numbers: str) -> None:
     result.checks.append(Check(result.name, what, bool(passed), numbers))
 
 
+def check_reward_rises(result: ClaimResult, rows: list[dict], point: Optional[str], rounds: int,
+                       prefix: str = "") -> Optional[list[int]]:
+    """Check that every round ran and the reward rose; the rounds, or None when some are missing."""
+    t, reward = series(rows, point, "reward_mean")
+    if len(t) < rounds + 1:
+        check(result, f"{prefix}every round ran", False, f"{len(t)}/{rounds + 1} rounds")
+        return None
+    check(result, f"{prefix}the reward rises (round 0 -> {t[-1]})", reward[-1] > reward[0],
+          f"{reward[0]:.3f} -> {reward[-1]:.3f}")
+    return t
+
+
 # --------------------------------------------------------------------------- #
 # running one claim's sweep
 # --------------------------------------------------------------------------- #
@@ -166,12 +177,9 @@ def claim_mog8(args, out: Path) -> ClaimResult:
     curated_only_top = None
     for rho in (0.0, 0.5):
         point = point_of(specs, **{"data.init_args.real_fraction": rho})
-        t, reward = series(rows, point, "reward_mean")
-        if len(t) < rounds + 1:
-            check(result, f"rho={rho}: every round ran", False, f"{len(t)}/{rounds + 1} rounds")
+        t = check_reward_rises(result, rows, point, rounds, f"rho={rho}: ")
+        if t is None:
             continue
-        check(result, f"rho={rho}: the reward rises (round 0 -> {t[-1]})", reward[-1] > reward[0],
-              f"{reward[0]:.3f} -> {reward[-1]:.3f}")
         top = [sum(series(rows, point, c)[1][i] for c in rewarded) for i in range(len(t))]
         if rho == 0.0:
             check(result, f"rho=0: the rewarded modes' share reaches >= {collapse_at:.0%} (collapse)",
@@ -232,14 +240,10 @@ def claim_discrete(args, out: Path) -> ClaimResult:
 
 
 def plot_theory_vs_observed(curves: dict, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from lightning_curate.plots import save_figure
+    from lightning_curate.plots.common import new_figure
 
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = (fig := new_figure(6.4, 4.0)).add_subplot()
     for (rho, (t, mean, ideal, se)), color in zip(curves.items(), ("#d62728", "#1f77b4")):
         rounds = list(range(len(ideal)))
         ax.plot(rounds, ideal, "--", color=color, lw=1.4, label=f"docs/THEORY.md, rho={rho}")
@@ -303,13 +307,9 @@ def claim_digits(args, out: Path, name: str) -> ClaimResult:
         point = point_of(specs, **{"data.init_args.real_fraction": 0.0})
         target = sweep.get_key(base, "model.init_args.reward.init_args.target_class", 0)
         column = shares[target]
-        t, reward = series(rows, point, "reward_mean")
-        if len(t) < rounds + 1:
-            check(result, "every round ran", False, f"{len(t)}/{rounds + 1} rounds")
+        if check_reward_rises(result, rows, point, rounds) is None:
             return result
         _, share = series(rows, point, column)
-        check(result, f"the reward rises (round 0 -> {t[-1]})", reward[-1] > reward[0],
-              f"{reward[0]:.3f} -> {reward[-1]:.3f}")
         check(result, f"the rewarded digit's share ({column}) rises", share[-1] > share[0],
               f"{share[0]:.1%} -> {share[-1]:.1%}")
         others = [c for c in shares if c != column]
@@ -319,12 +319,9 @@ def claim_digits(args, out: Path, name: str) -> ClaimResult:
     tvs = {}
     for rho in (0.0, 0.5):
         point = point_of(specs, **{"data.init_args.real_fraction": rho})
-        t, reward = series(rows, point, "reward_mean")
-        if len(t) < rounds + 1:
-            check(result, f"rho={rho}: every round ran", False, f"{len(t)}/{rounds + 1} rounds")
+        t = check_reward_rises(result, rows, point, rounds, f"rho={rho}: ")
+        if t is None:
             continue
-        check(result, f"rho={rho}: the reward rises (round 0 -> {t[-1]})", reward[-1] > reward[0],
-              f"{reward[0]:.3f} -> {reward[-1]:.3f}")
         first = [series(rows, point, c)[1][0] for c in shares]
         last = [series(rows, point, c)[1][-1] for c in shares]
         tvs[rho] = _tv(first, last)
