@@ -2,6 +2,7 @@
 
 from lightning_curate.utils.seeding import derive_seed, generator, seed_all
 from lightning_curate.utils.validation import (
+    MODES,
     atom_indices,
     check_beta,
     check_choice,
@@ -11,5 +12,5 @@ from lightning_curate.utils.validation import (
     is_int,
 )
 
-__all__ = ["atom_indices", "check_beta", "check_choice", "check_float", "check_int", "check_vector", "derive_seed",
-           "generator", "is_int", "seed_all"]
+__all__ = ["MODES", "atom_indices", "check_beta", "check_choice", "check_float", "check_int", "check_vector",
+           "derive_seed", "generator", "is_int", "seed_all"]

@@ -17,7 +17,11 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["atom_indices", "check_beta", "check_choice", "check_float", "check_int", "check_vector", "is_int"]
+__all__ = ["MODES", "atom_indices", "check_beta", "check_choice", "check_float", "check_int", "check_vector", "is_int"]
+
+# The K-choice rules (Bradley-Terry / Plackett-Luce, best-of-K, uniform): here so that
+# the op (ops) and its exact laws (theory) name them from one place.
+MODES = ("softmax", "argmax", "uniform")
 
 
 def is_int(value: Any) -> bool:
