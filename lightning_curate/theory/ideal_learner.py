@@ -39,7 +39,9 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from lightning_curate import theory
+from lightning_curate.theory.laws import rlhf_coefficient
+from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float, check_int
+
 __all__ = [
     "empirical_curation_weights",
     "predict_round",
@@ -73,15 +75,12 @@ def _f64(x, name: str) -> Tensor:
     return t
 
 
-def _check_choice(K: int, num_winners: int, mode: str, beta: float) -> None:
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"num_candidates must be an int >= 1, got {K!r}")
-    if isinstance(num_winners, bool) or not isinstance(num_winners, int) or not 1 <= num_winners <= K:
-        raise ValueError(f"num_winners must be an int in 1..{K}, got {num_winners!r}")
-    if mode not in ("softmax", "argmax", "uniform"):
-        raise ValueError(f"mode must be 'softmax', 'argmax' or 'uniform', got {mode!r}")
-    if not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be finite and >= 0, got {beta}")
+def _check_choice(K: int, num_winners: int, mode: str, beta: float) -> float:
+    """Check the curation op's settings as ``kchoice`` does; returns ``beta`` as a float."""
+    check_int("num_candidates", K, minimum=1)
+    check_int("num_winners", num_winners, minimum=1, maximum=K)
+    check_choice("mode", mode, MODES)
+    return check_beta(beta)
 
 
 def empirical_curation_weights(rewards, num_candidates: int, beta: float = 1.0, *, weights=None,
@@ -109,10 +108,9 @@ def empirical_curation_weights(rewards, num_candidates: int, beta: float = 1.0, 
     ``P(Binomial(K-1, 1 - phi(s)) < m) / m`` (the first ``m`` finishers of the race win).
     """
     r = _f64(rewards, "rewards")
-    K, m, beta = num_candidates, num_winners, float(beta)
-    _check_choice(K, m, mode, beta)
-    if isinstance(max_support, bool) or not isinstance(max_support, int) or max_support < 2:
-        raise ValueError(f"max_support must be an int >= 2, got {max_support!r}")
+    K, m = num_candidates, num_winners
+    beta = _check_choice(K, m, mode, beta)
+    check_int("max_support", max_support, minimum=2)
     if weights is None:
         pi = torch.full_like(r, 1.0 / r.numel())
     else:
@@ -287,11 +285,8 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
         raise ValueError(f"rewards must have shape [N, K], got {tuple(r_nk.shape)}")
     N, K = r_nk.shape
     r = _f64(r_nk, "rewards")
-    beta = float(beta)
-    _check_choice(K, num_winners, mode, beta)
-    rho = float(real_fraction)
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction}")
+    beta = _check_choice(K, num_winners, mode, beta)
+    rho = check_float("real_fraction", real_fraction, minimum=0.0, maximum=1.0)
     if rho > 0 and real_rewards is None:
         raise ValueError("real_fraction > 0: pass real_rewards (the rewards of the real training data) "
                          "to mix the prediction with the real data")
@@ -331,7 +326,7 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
         out["exp_reward_lower_bound"] = math.nan
         out["exp_reward_lower_bound_stderr"] = math.nan
     if round_idx is not None:
-        out["rlhf_coefficient"] = theory.rlhf_coefficient(round_idx, beta)
+        out["rlhf_coefficient"] = rlhf_coefficient(round_idx, beta)
     out["prediction_support"] = float(min(torch.unique(r).numel(), max_support)) if mode == "softmax" \
         else float(torch.unique(r).numel())
 
@@ -359,10 +354,6 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
         for c, name in enumerate(names):
             out[f"tilt_share_{name}"] = mix(float(real_shares[c]), float(tilt_shares[c]))
     return out
-
-
-# Keys of predict_round's dict that describe round t itself; all others predict round t + 1.
-
 
 
 def improvement_violated(observed: float, lower_bound: float, *, stderr: float = 0.0, z: float = 3.0) -> bool:

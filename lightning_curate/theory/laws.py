@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from lightning_curate.utils.validation import check_beta, check_float, check_int, is_int
 
 __all__ = [
     "curated_distribution",
@@ -42,7 +43,8 @@ def _as_f64(x, name: str) -> Tensor:
     return t
 
 
-def _check_law(p: Tensor, r: Tensor, beta: float) -> None:
+def _check_law(p: Tensor, r: Tensor, beta: float) -> float:
+    """Check a law ``p`` with rewards ``r`` (same length, ``p`` a probability vector); returns ``beta``."""
     if p.shape != r.shape:
         raise ValueError(f"p and r must have the same length, got {p.numel()} and {r.numel()}")
     if (p < 0).any() or not torch.isfinite(p).all():
@@ -51,8 +53,7 @@ def _check_law(p: Tensor, r: Tensor, beta: float) -> None:
         raise ValueError(f"p must sum to 1, got {float(p.sum())}")
     if not torch.isfinite(r).all():
         raise ValueError("r must be finite")
-    if not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be finite and >= 0, got {beta}")
+    return check_beta(beta)
 
 
 def curation_weights(p, r, K, beta: float = 1.0) -> Tensor:
@@ -61,12 +62,12 @@ def curation_weights(p, r, K, beta: float = 1.0) -> Tensor:
     ``q = p * H``. ``K`` may be ``math.inf`` (then ``H = w / E_p[w]``).
     """
     p, r = _as_f64(p, "p"), _as_f64(r, "r")
-    _check_law(p, r, beta)
+    beta = _check_law(p, r, beta)
     # Shift rewards by their max: H is invariant to a common factor in w.
     w = torch.exp(beta * (r - r.max()))
     if K == math.inf:
         return w / (p * w).sum()
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+    if not (is_int(K) and K >= 1):  # math.inf (the tilt limit) returned above
         raise ValueError(f"K must be an int >= 1 or math.inf, got {K!r}")
     if K == 1:
         return torch.ones_like(p)
@@ -170,8 +171,7 @@ def plackett_luce_law(scores, num_winners: int) -> dict[tuple[int, ...], float]:
     """Probability of every ordered choice of ``num_winners`` among candidates with
     the given scores (``beta * r``; ``-inf`` never wins), for small cases."""
     s = _as_f64(scores, "scores")
-    if not 1 <= num_winners <= s.numel():
-        raise ValueError(f"num_winners must be in 1..{s.numel()}, got {num_winners}")
+    check_int("num_winners", num_winners, minimum=1, maximum=s.numel())
     w = torch.exp(s - s.max()).tolist()
     law = {}
     for order in itertools.permutations(range(len(w)), num_winners):
@@ -189,8 +189,8 @@ def retraining_trajectory(p_data, r, K, beta: float = 1.0, real_fraction: float 
 
     Returns ``[rounds + 1, n]``: row 0 is ``p_data`` (the model after round 0).
     """
-    if not 0.0 <= real_fraction <= 1.0:
-        raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction}")
+    real_fraction = check_float("real_fraction", real_fraction, minimum=0.0, maximum=1.0)
+    check_int("rounds", rounds, minimum=0)
     p_data = _as_f64(p_data, "p_data")
     traj = [p_data]
     p = p_data
@@ -212,7 +212,8 @@ def improvement_lower_bound(p, r, K, beta: float = 1.0) -> float:
     """Paper's lower bound on ``E_{p_{t+1}}[w]`` for an ideal curated-only learner
     (docs/THEORY.md section 4.2): ``E_p[w] + ((K-1)/K) Var_p[w] / exp(beta r*)``."""
     p, r = _as_f64(p, "p"), _as_f64(r, "r")
-    _check_law(p, r, beta)
+    beta = _check_law(p, r, beta)
+    check_int("K", K, minimum=1)
     w = torch.exp(beta * r)
     mean = float((p * w).sum())
     var = float((p * (w - mean) ** 2).sum())
@@ -242,8 +243,7 @@ def rlhf_optimum(p0, r, beta: float = 1.0, rounds: int = 1) -> Tensor:
     docs/THEORY.md 4.1: ``rounds`` rounds of curation with ``K -> inf`` reach it exactly;
     ``rounds = 0`` gives ``p0``.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
+    check_int("rounds", rounds, minimum=0)
     p0 = _as_f64(p0, "p0")
     if rounds == 0:
         _check_law(p0, _as_f64(r, "r"), beta)
@@ -260,8 +260,7 @@ def curated_share_map(share: float, reward_top: float, reward_rest: float, K, be
     only: this returns ``rho * data_share + (1 - rho) * q(top)``. docs/THEORY.md's second
     worked example (class 0 of ten, ``r = 5 * 1{class 0}``) is this map iterated.
     """
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"share must be in [0, 1], got {share}")
+    check_float("share", share, minimum=0.0, maximum=1.0)
     q = curated_distribution([share, 1.0 - share], [reward_top, reward_rest], K, beta)
     return real_fraction * data_share + (1.0 - real_fraction) * float(q[0])
 
@@ -269,8 +268,8 @@ def curated_share_map(share: float, reward_top: float, reward_rest: float, K, be
 def two_level_band(top_share: float, reward_top: float, reward_rest: float, num_candidates: int,
                    beta: float = 1.0, real_fraction: float = 0.0, rounds: int = 10,
                    num_slots: int = 20000) -> tuple[list[float], list[float]]:
-    """The ideal learner's trajectory (docs/THEORY.md section 2) of a top level's share, and how far a run of the exact learner
-    may stray from it by sampling noise alone.
+    """The ideal learner's trajectory (docs/THEORY.md section 2) of a top level's share, and how far a
+    run of the exact learner may stray from it by sampling noise alone.
 
     For a reward with two values (``reward_top`` on a set of ``p_data`` mass ``top_share``),
     the share ``s_t`` of the top set follows ``s_{t+1} = rho top_share + (1 - rho) q(s_t)``

@@ -8,9 +8,13 @@ import math
 import pytest
 import torch
 
-from lightning_curate import kchoice
-from lightning_curate import theory
-from lightning_curate.theory.ideal_learner import check_improvement, empirical_curation_weights, improvement_violated, predict_round
+from lightning_curate import kchoice, theory
+from lightning_curate.theory.ideal_learner import (
+    check_improvement,
+    empirical_curation_weights,
+    improvement_violated,
+    predict_round,
+)
 
 WORKED_P, WORKED_R = [0.5, 0.3, 0.2], [0.0, 1.0, 2.0]
 
@@ -189,7 +193,15 @@ def test_bad_inputs():
         predict_round(torch.zeros(5), 1.0)
     with pytest.raises(ValueError, match="finite"):
         predict_round(torch.tensor([[0.0, math.nan]]), 1.0)
-    with pytest.raises(ValueError, match="num_winners"):
+    with pytest.raises(ValueError, match=r"num_winners must be an int in 1\.\.2, got 3"):
         predict_round(torch.zeros(3, 2), 1.0, num_winners=3)
+    with pytest.raises(ValueError, match=r"mode must be one of \('softmax', 'argmax', 'uniform'\), got 'best'"):
+        predict_round(torch.zeros(3, 2), 1.0, mode="best")
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0.0, got -1"):
+        predict_round(torch.zeros(3, 2), -1)
+    with pytest.raises(ValueError, match="real_fraction must be a finite number <= 1.0, got 2"):
+        predict_round(torch.zeros(3, 2), 1.0, real_fraction=2)
+    with pytest.raises(ValueError, match="max_support must be an int >= 2, got 1"):
+        predict_round(torch.zeros(3, 2), 1.0, max_support=1)
     with pytest.raises(ValueError, match="labels"):
         predict_round(torch.zeros(3, 2), 1.0, labels=torch.zeros(5), class_names=["a"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lightning_curate.theory import laws as theory
+
 P_EX = (0.5, 0.3, 0.2)
 R_EX = (0.0, 1.0, 2.0)
 
@@ -207,6 +208,9 @@ def test_plackett_luce_two_winners_by_hand():
     assert law[(0, 2)] == pytest.approx(1 / 6 * 3 / 5)
 
 
+HALF, STEP = (0.5, 0.5), (0.0, 1.0)  # a fair coin and a reward on its second side
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: theory.curated_distribution((0.5, 0.6), (0.0, 1.0), 2), "sum to 1"),
     (lambda: theory.curated_distribution((1.5, -0.5), (0.0, 1.0), 2), "non-negative"),
@@ -214,14 +218,18 @@ def test_plackett_luce_two_winners_by_hand():
     (lambda: theory.curated_distribution((0.5, 0.5), (0.0, math.nan), 2), "r must be finite"),
     (lambda: theory.curated_distribution((0.5, 0.5), (0.0, math.inf), 2), "r must be finite"),
     (lambda: theory.curated_distribution((), (), 2), "p must not be empty"),
-    (lambda: theory.curated_distribution((0.5, 0.5), (0.0, 1.0), 0), "K must be"),
-    (lambda: theory.curated_distribution((0.5, 0.5), (0.0, 1.0), 2.5), "K must be"),
-    (lambda: theory.curated_distribution((0.5, 0.5), (0.0, 1.0), True), "K must be"),
-    (lambda: theory.curated_distribution((0.5, 0.5), (0.0, 1.0), 2, -1.0), "beta"),
-    (lambda: theory.curated_distribution((0.5, 0.5), (0.0, 1.0), 2, math.nan), "beta"),
-    (lambda: theory.plackett_luce_law([0.0, 1.0], 3), "num_winners"),
-    (lambda: theory.plackett_luce_law([0.0, 1.0], 0), "num_winners"),
-    (lambda: theory.retraining_trajectory((0.5, 0.5), (0.0, 1.0), 2, real_fraction=1.5), "real_fraction"),
+    (lambda: theory.curated_distribution(HALF, STEP, 0), r"K must be an int >= 1 or math.inf, got 0"),
+    (lambda: theory.curated_distribution(HALF, STEP, 2.5), r"K must be an int >= 1 or math.inf, got 2.5"),
+    (lambda: theory.curated_distribution(HALF, STEP, True), r"K must be an int >= 1 or math.inf, got True"),
+    (lambda: theory.curated_distribution(HALF, STEP, 2, -1.0), r"beta must be a finite number >= 0.0, got -1.0"),
+    (lambda: theory.curated_distribution(HALF, STEP, 2, math.nan), r"beta must be a finite number, got nan"),
+    (lambda: theory.plackett_luce_law([0.0, 1.0], 3), r"num_winners must be an int in 1\.\.2, got 3"),
+    (lambda: theory.plackett_luce_law([0.0, 1.0], 0), r"num_winners must be an int in 1\.\.2, got 0"),
+    (lambda: theory.retraining_trajectory(HALF, STEP, 2, real_fraction=1.5),
+     r"real_fraction must be a finite number <= 1.0, got 1.5"),
+    (lambda: theory.retraining_trajectory(HALF, STEP, 2, rounds=-1), "rounds must be an int >= 0"),
+    (lambda: theory.rlhf_optimum(HALF, STEP, rounds=1.5), "rounds must be an int >= 0, got 1.5"),
+    (lambda: theory.curated_share_map(1.5, 1.0, 0.0, 2), "share must be a finite number <= 1.0"),
     (lambda: theory.improvement_lower_bound((0.5, 0.6), (0.0, 1.0), 2), "sum to 1"),
 ])
 def test_bad_inputs_raise(call, match):
