@@ -1,15 +1,40 @@
 """Fake data files in real formats, shared by tests that read them (nothing is downloaded)."""
 
 import pickle
+import struct
 
 import numpy as np
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+class _Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2's cPickle did for the real CIFAR-10 files: protocol 2, bytes as Python 2 ``str``.
+
+    Python 3 would pickle bytes at protocol 2 through ``_codecs.encode``, a
+    global the real files never name; Python 2 wrote them with the
+    (SHORT_)BINSTRING opcodes, which ``encoding="bytes"`` reads back as bytes.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
 def _write_pickle(path, obj):
+    """``obj`` pickled like the real CIFAR-10 files (Python 2, numpy 1.x global names)."""
     with open(path, "wb") as fh:
-        pickle.dump(obj, fh)
+        _Python2Pickler(fh, protocol=2).dump(obj)
+    raw = path.read_bytes().replace(b"cnumpy._core.multiarray\n_reconstruct\n",
+                                    b"cnumpy.core.multiarray\n_reconstruct\n")  # numpy 1.x's module name
+    path.write_bytes(raw)
 
 
 def make_fake_cifar(root, n=4, seed=0):

@@ -1,17 +1,18 @@
 """Image data sources: digits, the CIFAR-10 pickle reader (on a fake folder), a user's tensors, judge labels."""
 
 import pickle
+import pickletools
+import subprocess
 
 import numpy as np
 import pytest
 import torch
+from fakes import CIFAR_NAMES, _write_pickle, make_fake_cifar
 from torch import nn
 
-from fakes import CIFAR_NAMES, _write_pickle, make_fake_cifar
-from lightning_curate.data.images import CIFAR10, Digits, TensorImages, stratified_split
+from lightning_curate.data import CIFAR10, Digits, TensorImages
+from lightning_curate.data.images import stratified_split
 from lightning_curate.data.source import DataSource, RealData
-
-
 
 
 # -- digits ----------------------------------------------------------------------
@@ -130,6 +131,55 @@ def test_cifar_malformed_batch(tmp_path, bad):
         CIFAR10(str(folder)).load()
 
 
+class Payload:
+    """A classic malicious pickle: unpickling it runs ``touch <target>``."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return subprocess.call, (["touch", str(self.target)],)
+
+
+def test_fake_cifar_files_name_only_what_the_real_files_name(tmp_path):
+    """The fakes are Python-2-style pickles whose only globals are numpy's three array reconstructors."""
+    folder, _ = make_fake_cifar(tmp_path)
+    for path in folder.iterdir():
+        names = {arg for op, arg, _ in pickletools.genops(path.read_bytes()) if op.name == "GLOBAL"}
+        assert names == ({"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+                         if path.name != "batches.meta" else set()), path.name
+
+
+@pytest.mark.parametrize("hostile", ["payload_value", "payload_top", "object_array", "other_numpy_global"])
+def test_cifar_hostile_pickle_is_refused_and_runs_nothing(tmp_path, hostile):
+    folder, batches = make_fake_cifar(tmp_path / "data")
+    target = tmp_path / "X"
+    path = folder / "data_batch_2"
+    ok = {b"labels": [0, 1, 2, 3], b"data": np.zeros((4, 3072), np.uint8)}
+    if hostile == "payload_value":
+        obj, refused = {**ok, b"filenames": [Payload(target)]}, ".call, which"  # commands.call at protocol 2
+    elif hostile == "payload_top":
+        obj, refused = Payload(target), ".call, which"
+    elif hostile == "object_array":
+        obj, refused = {**ok, b"data": np.array([1, "a"], dtype=object)}, "array of Python objects"
+    else:
+        obj, refused = {**ok, b"data": np.ones(3).view(np.recarray)}, "numpy.rec"
+    _write_pickle(path, obj)
+    if hostile.startswith("payload"):  # the payload is live: plain unpickling of the same pickle runs it
+        proof = tmp_path / "proof"
+        _write_pickle(tmp_path / "proof.pickle", Payload(proof))
+        pickle.loads((tmp_path / "proof.pickle").read_bytes(), encoding="bytes")
+        assert proof.exists()
+    with pytest.raises(ValueError) as err:
+        CIFAR10(str(folder)).load()
+    message = str(err.value)
+    assert str(path) in message and "refused" in message and refused in message, message
+    assert not target.exists()
+    # The same folder with a real-format batch loads again.
+    _write_pickle(path, {b"labels": batches["data_batch_2"][1], b"data": batches["data_batch_2"][0]})
+    assert CIFAR10(str(folder)).load().train.shape == (20, 3, 32, 32)
+
+
 # -- a user's tensors -----------------------------------------------------------------
 def test_tensor_images_pt_dict(tmp_path):
     g = torch.Generator().manual_seed(0)
@@ -207,6 +257,27 @@ def test_tensor_images_errors(tmp_path):
                tmp_path / "label_count.pt")
     with pytest.raises(ValueError, match="10 labels"):
         TensorImages(str(tmp_path / "label_count.pt")).load()
+
+
+def test_tensor_images_refuse_pickles_and_name_the_file(tmp_path):
+    target = tmp_path / "X"
+    np.save(tmp_path / "objects.npy", np.array([1, "a", None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"objects\.npy as a numeric \.npy array \(object arrays are pickles"):
+        TensorImages(str(tmp_path / "objects.npy")).load()
+    np.save(tmp_path / "fine.npy", np.zeros((4, 1, 2, 2), np.uint8))
+    np.save(tmp_path / "fine_labels.npy", np.array([Payload(target)] * 4, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"fine_labels\.npy as a numeric \.npy array \(object arrays"):
+        TensorImages(str(tmp_path / "fine.npy")).load()
+    (tmp_path / "truncated.npy").write_bytes((tmp_path / "fine.npy").read_bytes()[:20])
+    with pytest.raises(ValueError, match=r"truncated\.npy"):
+        TensorImages(str(tmp_path / "truncated.npy")).load()
+    torch.save({"images": torch.zeros(4, 1, 2, 2), "labels": Payload(target)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"evil\.pt with torch\.load\(weights_only=True\)"):
+        TensorImages(str(tmp_path / "evil.pt")).load()
+    (tmp_path / "evil2.pt").write_bytes(pickle.dumps(Payload(target)))
+    with pytest.raises(ValueError, match=r"evil2\.pt with torch\.load\(weights_only=True\)"):
+        TensorImages(str(tmp_path / "evil2.pt")).load()
+    assert not target.exists()
 
 
 # -- labels from a judge ---------------------------------------------------------------
