@@ -21,6 +21,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from lightning_curate.utils.validation import check_float, check_int
+
 __all__ = ["MMD", "ModeShares", "RewardStats", "SelectionEntropy", "SlicedWasserstein"]
 
 
@@ -84,9 +86,7 @@ class ModeShares(Metric):
 
     def __init__(self, num_modes: int, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
-            raise ValueError(f"num_modes must be an int >= 1, got {num_modes!r}")
-        self.num_modes = num_modes
+        self.num_modes = check_int("num_modes", num_modes, minimum=1)
         self.add_state("counts", default=torch.zeros(num_modes, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, labels: Tensor) -> None:
@@ -166,9 +166,7 @@ class _TwoSampleMetric(Metric):
 
     def __init__(self, max_samples: int, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
-            raise ValueError(f"max_samples must be an int >= 2, got {max_samples!r}")
-        self.max_samples = max_samples
+        self.max_samples = check_int("max_samples", max_samples, minimum=2)
         self.add_state("samples", default=[], dist_reduce_fx="cat")
         self.add_state("real", default=[], dist_reduce_fx="cat")
 
@@ -213,9 +211,7 @@ class SlicedWasserstein(_TwoSampleMetric):
 
     def __init__(self, num_projections: int = 128, seed: int = 0, max_samples: int = 20000, **kwargs):
         super().__init__(max_samples, **kwargs)
-        if isinstance(num_projections, bool) or not isinstance(num_projections, int) or num_projections < 1:
-            raise ValueError(f"num_projections must be an int >= 1, got {num_projections!r}")
-        self.num_projections = num_projections
+        self.num_projections = check_int("num_projections", num_projections, minimum=1)
         self.seed = int(seed)
 
     def projections(self, dim: int) -> Tensor:
@@ -257,10 +253,9 @@ class MMD(_TwoSampleMetric):
     def __init__(self, bandwidths: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0), max_samples: int = 5000,
                  **kwargs):
         super().__init__(max_samples, **kwargs)
-        bandwidths = [float(h) for h in bandwidths]
-        if not bandwidths or not all(math.isfinite(h) and h > 0 for h in bandwidths):
-            raise ValueError(f"bandwidths must be a non-empty list of finite numbers > 0, got {bandwidths}")
-        self.bandwidths = bandwidths
+        if not bandwidths:
+            raise ValueError("bandwidths must be a non-empty list of finite numbers > 0, got none")
+        self.bandwidths = [check_float("bandwidths", h, minimum=0.0, strict_minimum=True) for h in bandwidths]
 
     def _kernel_sum(self, a: Tensor, b: Tensor) -> Tensor:
         """``sum_ij k(a_i, b_j)`` without building the full ``[len(a), len(b)]`` matrix at once."""

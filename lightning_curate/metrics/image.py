@@ -27,7 +27,6 @@ penultimate features; pass ``nn.Identity()`` to measure raw inputs.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -35,6 +34,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
+
+from lightning_curate.utils.validation import check_int, is_int
 
 __all__ = ["FeatureExtractor", "FeatureFID", "PrecisionRecall", "frechet_distance"]
 
@@ -62,8 +63,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"the feature extractor must be a torch.nn.Module, got {type(net).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, minimum=1)
         # Held outside the module tree: the extractor is a fixed judge, not state of whatever module holds
         # the metric (no copies in its state_dict); _apply still moves it with .to(device).
         object.__setattr__(self, "_net", net.eval().requires_grad_(False))
@@ -71,7 +71,7 @@ class FeatureExtractor(nn.Module):
         self._use_features = callable(getattr(net, "features", None)) and not isinstance(
             getattr(net, "features", None), nn.Module)
         own = getattr(net, "num_features", None)
-        if isinstance(own, int) and not isinstance(own, bool):
+        if is_int(own):
             num_features = own
         elif num_features is None:
             if input_shape is None:
@@ -80,9 +80,7 @@ class FeatureExtractor(nn.Module):
             device = next((t.device for t in (*net.parameters(), *net.buffers())), torch.device("cpu"))
             with torch.no_grad():
                 num_features = self._extract(torch.zeros(1, *input_shape, device=device)).shape[1]
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be an int >= 1, got {num_features!r}")
-        self.num_features = num_features
+        self.num_features = check_int("num_features", num_features, minimum=1)
 
     @property
     def net(self) -> nn.Module:
@@ -228,10 +226,9 @@ class PrecisionRecall(Metric):
                  batch_size: int = 1024, block_rows: int = 1024, num_features: Optional[int] = None,
                  input_shape: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(**kwargs)
-        for name, value, low in (("k", k, 1), ("max_samples", max_samples, 2), ("block_rows", block_rows, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        self.k, self.max_samples, self.block_rows = k, max_samples, block_rows
+        self.k = check_int("k", k, minimum=1)
+        self.max_samples = check_int("max_samples", max_samples, minimum=2)
+        self.block_rows = check_int("block_rows", block_rows, minimum=1)
         self.extractor = None if feature_extractor is None else _as_extractor(
             feature_extractor, num_features, input_shape, batch_size)
         self.add_state("real_features", default=[], dist_reduce_fx="cat")

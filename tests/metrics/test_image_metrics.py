@@ -94,6 +94,19 @@ def test_fid_uses_the_classifier_features_and_keeps_the_judge_out_of_its_state()
     torch.testing.assert_close(other.compute().double(), frechet_distance(m1, s1, m2, s2), rtol=1e-4, atol=1e-6)
 
 
+def test_counts_are_checked_by_name():
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        FeatureExtractor(nn.Identity(), num_features=2, batch_size=0)
+    with pytest.raises(ValueError, match="num_features must be an int >= 1, got 0"):
+        FeatureExtractor(nn.Identity(), num_features=0)
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        PrecisionRecall(k=0)
+    with pytest.raises(ValueError, match="max_samples must be an int >= 2, got 1"):
+        PrecisionRecall(max_samples=1)
+    with pytest.raises(ValueError, match="block_rows must be an int >= 1, got 2.0"):
+        PrecisionRecall(block_rows=2.0)
+
+
 def test_feature_extractor_needs_a_feature_count():
     with pytest.raises(ValueError, match="num_features or input_shape"):
         FeatureExtractor(nn.Identity())

@@ -83,7 +83,7 @@ def test_mode_shares_errors():
         ModeShares(3).update(torch.tensor([-1]))
     with pytest.raises(ValueError, match="integer"):
         ModeShares(3).update(torch.tensor([0.0]))
-    with pytest.raises(ValueError, match="num_modes"):
+    with pytest.raises(ValueError, match="num_modes must be an int >= 1, got 0"):
         ModeShares(0)
 
 
@@ -215,8 +215,14 @@ def test_two_sample_errors():
     metric.update(torch.zeros(3, 2), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="features"):
         metric.compute()
-    with pytest.raises(ValueError, match="bandwidths"):
+    with pytest.raises(ValueError, match=r"bandwidths must be a finite number > 0\.0, got 0\.0"):
         MMD(bandwidths=[1.0, 0.0])
+    with pytest.raises(ValueError, match="bandwidths must be a non-empty list"):
+        MMD(bandwidths=[])
+    with pytest.raises(ValueError, match="max_samples must be an int >= 2, got 1"):
+        MMD(max_samples=1)
+    with pytest.raises(ValueError, match="num_projections must be an int >= 1, got True"):
+        SlicedWasserstein(num_projections=True)
 
 
 # ---------------------------------------------------------------- MMD
