@@ -20,11 +20,11 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_curate.classifiers import classifier as classifier_module
-from lightning_curate.classifiers.classifier import ClassifierModule, SmallCNN, TrainedClassifier, ensure_checkpoint
+from lightning_curate.classifiers import trained as classifier_module
+from lightning_curate.classifiers import ClassifierModule, SmallCNN, TrainedClassifier, ensure_checkpoint
 from lightning_curate.cli import main
 from lightning_curate.rewards.classifier import ClassProbabilityReward
-from lightning_curate.data.images import CIFAR10, Digits
+from lightning_curate.data import CIFAR10, Digits
 from lightning_curate.store.rounds import RoundStore
 from run_configs import read_rows
 from fakes import make_fake_cifar

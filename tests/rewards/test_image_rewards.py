@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_curate.classifiers.classifier import ClassifierModule, SmallCNN, load_classifier
+from lightning_curate.classifiers import ClassifierModule, SmallCNN, load_classifier
 from lightning_curate.rewards.classifier import ClassProbabilityReward, ConfidenceReward, LogProbabilityReward
 from lightning_curate.rewards.base import RewardModel
 
