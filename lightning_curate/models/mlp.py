@@ -11,9 +11,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_curate.utils.validation import check_choice, check_float, check_int
+
 __all__ = ["MLPVelocity", "SinusoidalTimeEmbedding"]
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+def check_even(name: str, value: int) -> int:
+    """A sinusoidal embedding's width: an even int >= 2 (one sine and one cosine per frequency)."""
+    if check_int(name, value, minimum=2) % 2:
+        raise ValueError(f"{name} must be an even int >= 2, got {value!r}")
+    return value
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -25,12 +34,9 @@ class SinusoidalTimeEmbedding(nn.Module):
 
     def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> None:
         super().__init__()
-        if dim < 2 or dim % 2:
-            raise ValueError(f"dim must be a positive even integer, got {dim}")
-        if scale <= 0 or max_period <= 0:
-            raise ValueError(f"scale and max_period must be > 0, got scale={scale}, max_period={max_period}")
-        self.dim = dim
-        self.scale = scale
+        self.dim = check_even("dim", dim)
+        self.scale = check_float("scale", scale, minimum=0.0, strict_minimum=True)
+        max_period = check_float("max_period", max_period, minimum=0.0, strict_minimum=True)
         half = dim // 2
         frequencies = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("frequencies", frequencies, persistent=False)
@@ -58,17 +64,11 @@ class MLPVelocity(nn.Module):
         activation: str = "silu",
     ) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {hidden}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1 (number of hidden layers), got {depth}")
-        if time_dim < 2 or time_dim % 2:
-            raise ValueError(f"time_dim must be a positive even integer, got {time_dim}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        self.dim = dim
+        self.dim = check_int("dim", dim, minimum=1)
+        check_int("hidden", hidden, minimum=1)
+        check_int("depth (the number of hidden layers)", depth, minimum=1)
+        check_even("time_dim", time_dim)
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         self.time_embedding = SinusoidalTimeEmbedding(time_dim)
         layers: list[nn.Module] = []
         width = dim + time_dim

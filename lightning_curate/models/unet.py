@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_curate.models.mlp import SinusoidalTimeEmbedding
+from lightning_curate.models.mlp import SinusoidalTimeEmbedding, check_even
+from lightning_curate.utils.validation import check_float, check_int
 
 __all__ = ["UNetVelocity", "ResBlock", "SelfAttention", "num_parameters"]
 
@@ -107,18 +108,16 @@ class UNetVelocity(nn.Module):
         attention_heads: int = 4,
     ) -> None:
         super().__init__()
-        mults = list(channel_mults)
         for key, value in (("in_channels", in_channels), ("base_channels", base_channels),
                            ("num_res_blocks", num_res_blocks), ("groups", groups),
                            ("attention_heads", attention_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
-        if not mults or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mults):
-            raise ValueError(f"channel_mults must be a non-empty list of positive ints, got {channel_mults!r}")
-        if time_dim < 2 or time_dim % 2:
-            raise ValueError(f"time_dim must be a positive even integer, got {time_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            check_int(key, value, minimum=1)
+        mults = [check_int(f"channel_mults[{i}]", m, minimum=1) for i, m in enumerate(channel_mults)]
+        if not mults:
+            raise ValueError("channel_mults must be a non-empty list of ints >= 1, got []")
+        check_even("time_dim", time_dim)
+        if check_float("dropout", dropout, minimum=0.0) >= 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         widths = [base_channels * m for m in mults]
         bad = sorted({w for w in widths if w % groups})
         if bad:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lightning_curate.models.flow_matching import FlowMatching
+from lightning_curate.models.mlp import MLPVelocity, SinusoidalTimeEmbedding
 from lightning_curate.models.unet import UNetVelocity, num_parameters
-
 
 
 def _perturb_head(net):
@@ -71,10 +71,31 @@ def test_divisibility_and_config_errors():
         net(torch.randn(2, 1, 8, 8), torch.rand(3))
     with pytest.raises(ValueError, match="groups"):
         UNetVelocity(base_channels=12, groups=8)
-    with pytest.raises(ValueError, match="channel_mults"):
+    with pytest.raises(ValueError, match=r"channel_mults must be a non-empty list of ints >= 1, got \[\]"):
         UNetVelocity(channel_mults=[])
     with pytest.raises(ValueError, match="attention_heads"):
         UNetVelocity(base_channels=24, channel_mults=[1], groups=8, attention=True, attention_heads=5)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: UNetVelocity(in_channels=0), "in_channels must be an int >= 1, got 0"),
+    (lambda: UNetVelocity(num_res_blocks=True), "num_res_blocks must be an int >= 1, got True"),
+    (lambda: UNetVelocity(channel_mults=[1, 0]), r"channel_mults\[1\] must be an int >= 1, got 0"),
+    (lambda: UNetVelocity(channel_mults=[1, 2.0]), r"channel_mults\[1\] must be an int >= 1, got 2.0"),
+    (lambda: UNetVelocity(time_dim=7), "time_dim must be an even int >= 2, got 7"),
+    (lambda: UNetVelocity(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+    (lambda: UNetVelocity(dropout=-0.1), "dropout must be a finite number >= 0.0, got -0.1"),
+    (lambda: MLPVelocity(dim=0), "dim must be an int >= 1, got 0"),
+    (lambda: MLPVelocity(hidden=2.5), "hidden must be an int >= 1, got 2.5"),
+    (lambda: MLPVelocity(depth=0), r"depth \(the number of hidden layers\) must be an int >= 1, got 0"),
+    (lambda: MLPVelocity(time_dim=3), "time_dim must be an even int >= 2, got 3"),
+    (lambda: MLPVelocity(activation="swish"), r"activation must be one of \('gelu', 'relu', 'silu', 'tanh'\)"),
+    (lambda: SinusoidalTimeEmbedding(8, scale=0.0), "scale must be a finite number > 0.0, got 0.0"),
+])
+def test_velocity_net_arguments_are_checked_by_name(make, match):
+    """The UNet and the MLP velocity nets (they share the time embedding) name the bad argument."""
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 def test_time_conditioning_changes_the_output():
