@@ -118,6 +118,7 @@ class NetFileCheckpointIO(CheckpointIO):
         self.inner = inner
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        """Write the net file (when the checkpoint is a classifier's), then the checkpoint."""
         record = checkpoint.get(CHECKPOINT_KEY)
         state = checkpoint.get("state_dict")
         if isinstance(record, dict) and isinstance(state, dict):
@@ -126,13 +127,16 @@ class NetFileCheckpointIO(CheckpointIO):
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
+        """Load a checkpoint through the wrapped IO (Lightning's own resume path)."""
         return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
     def remove_checkpoint(self, path) -> None:
+        """Remove the checkpoint and its net file."""
         self.inner.remove_checkpoint(path)
         net_file_path(path).unlink(missing_ok=True)
 
     def teardown(self) -> None:
+        """Tear down the wrapped IO."""
         self.inner.teardown()
 
 

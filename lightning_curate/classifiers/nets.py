@@ -169,6 +169,7 @@ class SmallCNN(RebuildableNet):
         return self.body(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[n, num_classes]``."""
         return self.head(self.features(x))
 
 
@@ -201,6 +202,7 @@ class MLPClassifier(RebuildableNet):
         return self.body(x.reshape(x.shape[0], -1))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[n, num_classes]``."""
         return self.head(self.features(x))
 
 

@@ -180,6 +180,7 @@ class TrainedClassifier(nn.Module):
 
     @property
     def loaded(self) -> bool:
+        """Whether the checkpoint has been read."""
         return self._net is not None
 
     @property
@@ -194,10 +195,12 @@ class TrainedClassifier(nn.Module):
 
     @property
     def num_classes(self) -> Optional[int]:
+        """The net's number of classes (reads the checkpoint)."""
         return getattr(self.net, "num_classes", None)
 
     @property
     def num_features(self) -> Optional[int]:
+        """Width of :meth:`features` (reads the checkpoint)."""
         return getattr(self.net, "num_features", None)
 
     def _ready(self, x: Tensor) -> tuple[nn.Module, Tensor]:
@@ -212,11 +215,13 @@ class TrainedClassifier(nn.Module):
         return net, x
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[n, num_classes]``, without gradients, on ``x``'s device."""
         net, x = self._ready(x)
         with torch.no_grad():
             return net(x)
 
     def features(self, x: Tensor) -> Tensor:
+        """The net's penultimate features ``[n, num_features]``, without gradients."""
         net, x = self._ready(x)
         with torch.no_grad():
             return net.features(x)
@@ -228,10 +233,12 @@ class TrainedClassifier(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> "TrainedClassifier":
+        """Set the mode; the loaded net itself stays in eval mode."""
         super().train(mode)
         if self._net is not None:
             self._net.eval()  # a fixed judge: batch-norm statistics and dropout stay off
         return self
 
     def extra_repr(self) -> str:
+        """Checkpoint, training config and whether it is loaded."""
         return f"checkpoint={self.checkpoint!r}, train_config={self.train_config!r}, loaded={self.loaded}"

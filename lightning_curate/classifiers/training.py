@@ -70,6 +70,7 @@ class ClassifierModule(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:
+        """The net's logits."""
         return self.net(x)
 
     def _step(self, batch, stage: str, acc: MulticlassAccuracy) -> Tensor:
@@ -84,19 +85,24 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        """Cross-entropy on a batch ``(images, labels)``; logs ``train/loss`` and ``train/acc``."""
         return self._step(batch, "train", self.train_acc)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
+        """Held-out loss and accuracy (``val/*``)."""
         return self._step(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> Tensor:
+        """Test loss and accuracy (``test/*``)."""
         return self._step(batch, "test", self.test_acc)
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """Class probabilities ``[n, num_classes]`` (float32)."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return torch.softmax(self.net(x).float(), dim=1)
 
     def configure_optimizers(self):
+        """AdamW, with a per-step cosine schedule unless ``lr_schedule`` is constant."""
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
@@ -112,6 +118,7 @@ class ClassifierModule(L.LightningModule):
             strategy.checkpoint_io = NetFileCheckpointIO(strategy.checkpoint_io)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the net's JSON description (also written to the net file)."""
         checkpoint[CHECKPOINT_KEY] = describe_net(self.net, self.num_classes)
 
 
@@ -166,6 +173,7 @@ class ClassifierDataModule(L.LightningDataModule):
         self._aug_gen = torch.Generator().manual_seed(self.seed + 1)
 
     def setup(self, stage: Optional[str] = None) -> None:
+        """Read the source once and build the train / held-out datasets."""
         if self._train is not None:
             return
         data = self.source.load()
@@ -184,18 +192,22 @@ class ClassifierDataModule(L.LightningDataModule):
         self._heldout = TensorDataset(data.heldout.float(), data.heldout_labels.long())
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (order seeded by ``seed``)."""
         self.setup()
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, generator=gen)
 
     def val_dataloader(self) -> DataLoader:
+        """Held-out batches, in order."""
         self.setup()
         return DataLoader(self._heldout, batch_size=self.batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        """The held-out batches."""
         return self.val_dataloader()
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment training batches on their device (shifts, flips); others pass through."""
         trainer = self.trainer
         if trainer is None or not trainer.training or not (self.augment or self.hflip):
             return batch

@@ -203,6 +203,7 @@ class Digits(ImageSource):
 
     @property
     def data_shape(self) -> list[int]:
+        """``[1, 8, 8]``, known without reading the data."""
         return [1, 8, 8]
 
     def _read(self) -> RealData:

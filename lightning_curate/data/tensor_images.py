@@ -96,8 +96,9 @@ def _read_tensor_file(path: Path) -> tuple[Tensor, Optional[Tensor], Optional[li
             labels = None if labels is None else torch.as_tensor(labels)
             names = None if names is None else [str(n) for n in names]
             return images, labels, names
+        keys = f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else ""
         raise ValueError(f"{path} must hold a tensor of images or a dict with 'images' (and optional 'labels'), "
-                         f"got {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else ""))
+                         f"got {type(obj).__name__}{keys}")
     if suffix == ".npy":
         images = torch.from_numpy(_load_npy(path))
         label_path = path.with_name(f"{path.stem}_labels.npy")

@@ -153,6 +153,7 @@ class ClassifierReward(RewardModel):
         return self
 
     def train(self, mode: bool = True):
+        """Set the mode; the classifier itself stays in eval mode."""
         super().train(mode)
         if self._classifier is not None:
             self._classifier.eval()  # a fixed judge: dropout and batch-norm statistics stay off
@@ -160,6 +161,7 @@ class ClassifierReward(RewardModel):
 
     # -- scoring --------------------------------------------------------------
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
+        """Scores ``[n]`` from log-probabilities ``[n, C]``."""
         raise NotImplementedError(f"{type(self).__name__} must implement score_from_log_probs(log_probs) -> [n]")
 
     def score(self, x: Tensor) -> Tensor:
@@ -190,6 +192,7 @@ class ClassifierReward(RewardModel):
         return scores.to(device=x.device, dtype=torch.float32)
 
     def extra_repr(self) -> str:
+        """Where the classifier comes from, ``gamma`` and whether it is loaded."""
         source = f"checkpoint={self.checkpoint!r}" if self.checkpoint is not None else "classifier=<module>"
         if self.train_config is not None:
             source += f", train_config={self.train_config!r}"
@@ -224,9 +227,11 @@ class ClassProbabilityReward(_TargetClassMixin, ClassifierReward):
         self._init_target(target_class)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
+        """``q_c(x)``."""
         return log_probs[:, self.target_class].exp()
 
     def extra_repr(self) -> str:
+        """The target class, then the base reward's description."""
         return f"target_class={self.target_class}, " + super().extra_repr()
 
 
@@ -240,6 +245,7 @@ class ConfidenceReward(ClassifierReward):
                          train_hint=train_hint, train_config=train_config, trusted_classes=trusted_classes)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
+        """``max_i q_i(x)``."""
         return log_probs.amax(dim=1).exp()
 
 
@@ -255,7 +261,9 @@ class LogProbabilityReward(_TargetClassMixin, ClassifierReward):
         self._init_target(target_class)
 
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
+        """``log q_c(x)``."""
         return log_probs[:, self.target_class]
 
     def extra_repr(self) -> str:
+        """The target class, then the base reward's description."""
         return f"target_class={self.target_class}, " + super().extra_repr()
