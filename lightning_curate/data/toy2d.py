@@ -11,7 +11,6 @@ the first modes), so round-0 shares are exact rather than noisy.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import numpy as np
@@ -20,6 +19,7 @@ from sklearn.datasets import make_circles, make_moons
 from torch import Tensor, nn
 
 from lightning_curate.data.source import DataSource, RealData
+from lightning_curate.utils.validation import check_float, check_int
 
 __all__ = ["DATASETS", "ModeAssigner", "Toy2D", "make_2d", "mode_centers", "mode_names", "num_modes"]
 
@@ -97,14 +97,8 @@ def make_2d(name: str, n: int, seed: int, noise: Optional[float] = None) -> tupl
     so any prefix is a fair sample.
     """
     _check_name(name)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    n, seed = int(n), int(seed)
-    noise = _DEFAULT_NOISE[name] if noise is None else float(noise)
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be finite and >= 0, got {noise}")
+    n, seed = check_int("n", n, minimum=1), check_int("seed", seed)
+    noise = _DEFAULT_NOISE[name] if noise is None else check_float("noise", noise, minimum=0.0)
 
     counts = _mode_counts(n, _NUM_MODES[name])
     labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from lightning_curate.rewards.base import RewardModel
-from lightning_curate.utils.validation import atom_indices
+from lightning_curate.utils.validation import atom_indices, check_vector
 
 __all__ = ["AtomReward"]
 
@@ -20,13 +19,7 @@ class AtomReward(RewardModel):
 
     def __init__(self, rewards: list[float], gamma: float = 1.0) -> None:
         super().__init__(gamma)
-        try:
-            table = torch.as_tensor([float(v) for v in rewards], dtype=torch.float32)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"rewards must be a list of numbers, got {rewards!r}") from err
-        if table.numel() == 0 or not torch.isfinite(table).all():
-            raise ValueError(f"rewards must be a non-empty list of finite numbers, got {rewards!r}")
-        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("table", check_vector("rewards", rewards), persistent=False)
 
     @property
     def values(self) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_curate.rewards.base import RewardModel
-from lightning_curate.utils.validation import check_float, check_vector
+from lightning_curate.utils.validation import check_float, check_vector, is_int
 
 __all__ = ["ClippedDistanceReward", "LinearReward", "RadialReward"]
 
@@ -60,9 +60,7 @@ class ClippedDistanceReward(RewardModel):
             if len({r.numel() for r in rows}) != 1:
                 raise ValueError(f"all centres must have the same dimension, got {[r.numel() for r in rows]}")
             center_tensor = torch.stack(rows)
-        self.radius = check_float("radius", radius)
-        if self.radius < 0:
-            raise ValueError(f"radius must be >= 0, got {self.radius}")
+        self.radius = check_float("radius", radius, minimum=0.0)
         self.register_buffer("centers", center_tensor, persistent=False)
 
     @staticmethod
@@ -73,8 +71,7 @@ class ClippedDistanceReward(RewardModel):
         targets = list(targets)
         if not targets:
             raise ValueError("targets must list at least one mode")
-        bad = [t for t in targets if isinstance(t, bool) or not isinstance(t, int)
-               or not 0 <= t < all_centers.shape[0]]
+        bad = [t for t in targets if not (is_int(t) and 0 <= t < all_centers.shape[0])]
         if bad:
             raise ValueError(f"targets must be mode indices in 0..{all_centers.shape[0] - 1} "
                              f"for {dataset!r}, got {bad}")

@@ -131,10 +131,14 @@ def test_mode_assigner_rejects_wrong_shapes():
 def test_errors():
     with pytest.raises(ValueError, match="mog8, grid25, moons, circles"):
         make_2d("swissroll", 10, seed=0)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="n must be an int >= 1, got 0"):
         make_2d("mog8", 0, seed=0)
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match="seed must be an int, got 1.5"):
+        make_2d("mog8", 10, seed=1.5)
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0.0, got -1.0"):
         make_2d("mog8", 10, seed=0, noise=-1.0)
+    with pytest.raises(ValueError, match="noise must be a finite number, got nan"):
+        make_2d("mog8", 10, seed=0, noise=math.nan)
     with pytest.raises(ValueError, match="circles"):
         mode_centers("circles")
     with pytest.raises(ValueError, match="valid names"):

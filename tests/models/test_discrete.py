@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from run_configs import read_rows, store_digest, write_config
 
 from lightning_curate import theory
 from lightning_curate.cli import main
-from lightning_curate.rewards.atoms import AtomReward
 from lightning_curate.data.atoms import Atoms, proportional_counts
 from lightning_curate.models.exact import ExactCategorical
+from lightning_curate.rewards.atoms import AtomReward
+from lightning_curate.store.rounds import RoundStore
+from lightning_curate.theory.ideal_learner import check_improvement, predict_round
 from lightning_curate.theory.laws import two_level_band
 from lightning_curate.utils.seeding import generator as make_generator
-from lightning_curate.theory.ideal_learner import check_improvement, predict_round
-from lightning_curate.store.rounds import RoundStore
-from run_configs import read_rows, store_digest, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 GAMMA, K, DATA_SHARE = 5.0, 4, 0.1
@@ -114,6 +114,12 @@ def test_atoms_source_and_reward():
     reward = AtomReward([1.0, 0.0, -2.0], gamma=5.0)
     assert reward(torch.tensor([[0.0], [2.0], [1.0]])).tolist() == [5.0, -10.0, 0.0]
     assert reward.values.tolist() == [5.0, 0.0, -10.0]
+    with pytest.raises(ValueError, match="rewards must not be empty"):
+        AtomReward([])
+    with pytest.raises(ValueError, match=r"rewards must be finite, got \[1\.0, nan\]"):
+        AtomReward([1.0, math.nan])
+    with pytest.raises(ValueError, match="rewards must be a list of numbers"):
+        AtomReward(["high", "low"])
 
 
 def test_round_metrics_of_the_exact_learner():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lightning_curate.data.toy2d import mode_centers
-from lightning_curate.rewards.geometric import ClippedDistanceReward, LinearReward, RadialReward
 from lightning_curate.rewards.base import RewardModel
+from lightning_curate.rewards.geometric import ClippedDistanceReward, LinearReward, RadialReward
 
 
 def test_clipped_distance_hand_values():
@@ -79,15 +79,17 @@ def test_constructor_errors():
         ClippedDistanceReward()
     with pytest.raises(ValueError, match="needs centers"):
         ClippedDistanceReward(dataset="mog8")
-    with pytest.raises(ValueError, match="0..7"):
+    with pytest.raises(ValueError, match=r"targets must be mode indices in 0\.\.7 for 'mog8', got \[8\]"):
         ClippedDistanceReward(dataset="mog8", targets=[8])
+    with pytest.raises(ValueError, match=r"targets must be mode indices in 0\.\.7 for 'mog8', got \[True, 1\.0\]"):
+        ClippedDistanceReward(dataset="mog8", targets=[0, True, 1.0])
     with pytest.raises(ValueError, match="valid names"):
         ClippedDistanceReward(dataset="nope", targets=[0])
     with pytest.raises(ValueError, match="same dimension"):
         ClippedDistanceReward(centers=[[0.0, 0.0], [1.0]])
     with pytest.raises(ValueError, match="at least one"):
         ClippedDistanceReward(centers=[])
-    with pytest.raises(ValueError, match="radius"):
+    with pytest.raises(ValueError, match="radius must be a finite number >= 0.0, got -0.1"):
         ClippedDistanceReward(centers=[[0.0, 0.0]], radius=-0.1)
     with pytest.raises(ValueError, match="gamma"):
         ClippedDistanceReward(centers=[[0.0, 0.0]], gamma=math.inf)
