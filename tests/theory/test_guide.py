@@ -1,0 +1,174 @@
+"""The worked examples of docs/THEORY.md, recomputed with ``lightning_curate.theory``.
+
+Each test computes an example's numbers and checks that the guide prints them,
+formatted as the guide formats them, in the section that states the example:
+a wrong digit in the guide (or in the code) fails here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_curate import theory
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "THEORY.md"
+
+P = [0.5, 0.3, 0.2]
+R = [0.0, 1.0, 2.0]
+TEN = [0.1] * 10
+R_TEN = [5.0] + [0.0] * 9
+
+
+def section(number: str) -> str:
+    """Text of the guide under the heading numbered ``number``, up to the next heading of the same or a higher level."""
+    text = GUIDE.read_text()
+    heads = list(re.finditer(r"^(#{2,4}) (\d+(?:\.\d+)*)\.? ", text, flags=re.M))
+    for i, head in enumerate(heads):
+        if head.group(2) == number:
+            level = len(head.group(1))
+            end = next((h.start() for h in heads[i + 1:] if len(h.group(1)) <= level), len(text))
+            return text[head.start():end]
+    raise AssertionError(f"docs/THEORY.md has no section {number}")
+
+
+def example(number: int) -> str:
+    """The paragraph(s) of worked example ``number``, wherever it sits."""
+    text = GUIDE.read_text()
+    match = re.search(rf"\*\*Worked example {number}[.*( ]", text)
+    assert match, f"docs/THEORY.md has no worked example {number}"
+    nxt = re.search(r"\*\*Worked example \d+|^#{2,4} ", text[match.end():], flags=re.M)
+    return text[match.start(): match.end() + (nxt.start() if nxt else len(text))]
+
+
+def flat(text: str) -> str:
+    """The text with line breaks and runs of spaces collapsed, so numbers split over lines still match."""
+    return re.sub(r"\s+", " ", text)
+
+
+def fmt(values, digits: int) -> str:
+    return ", ".join(f"{float(v):.{digits}f}" for v in values)
+
+
+def assert_printed(text: str, *numbers: str) -> None:
+    body = flat(text)
+    for number in numbers:
+        assert number in body, f"{number!r} is not printed in:\n{body[:400]}"
+
+
+def test_worked_example_1_choice_probabilities():
+    probs = torch.softmax(torch.tensor(R, dtype=torch.float64), 0)
+    law = theory.plackett_luce_law(R, 2)
+    assert law[(2, 1)] == pytest.approx(float(probs[2]) * math.e / (1 + math.e), abs=1e-12)
+    text = section("1")
+    assert_printed(text, fmt(probs, 6), f"{law[(2, 1)]:.6f}", f"{float(probs[2]):.6f} x e / (1 + e)")
+    assert "Worked example 1" in text
+
+
+def test_worked_example_2_curated_law_table_and_tilt():
+    text = section("2")
+    body = flat(text)
+    for K in (1, 2, 3, 5, math.inf):
+        q = theory.curated_distribution(P, R, K)
+        label = "inf" if K == math.inf else str(K)
+        assert f"| {label} | {fmt(q, 6)} |" in body, f"row K={label}"
+    assert_printed(text, f"H = ({fmt(theory.curation_weights(P, R, 2), 6)})",
+                   f"E_p[w] = 0.5 + 0.3 e + 0.2 e^2 = {theory.expected_exp_reward(P, R):.6f}")
+    # The tilt row is p w / E[w], as the text says.
+    w = torch.exp(torch.tensor(R, dtype=torch.float64))
+    tilt = torch.tensor(P, dtype=torch.float64) * w / theory.expected_exp_reward(P, R)
+    assert torch.allclose(theory.tilted_distribution(P, R), tilt, atol=1e-12)
+
+
+def test_worked_example_3_one_step_of_ten_classes():
+    q0 = float(theory.curated_distribution(TEN, R_TEN, 4)[0])
+    assert_printed(example(3), f"from 0.1 to {q0:.6f}")
+    assert "Worked example 3" in section("2")
+
+
+def test_worked_example_4_iteration():
+    text = example(4)
+    assert "Worked example 4" in section("3")
+    collapse = theory.retraining_trajectory(TEN, R_TEN, 4, real_fraction=0.0, rounds=4)[1:, 0]
+    assert_printed(text, f"(curated only): {fmt(collapse, 3)}")
+    stable = theory.retraining_trajectory(TEN, R_TEN, 4, real_fraction=0.5, rounds=80)
+    assert_printed(text, f"(half real data): {fmt(stable[1:7, 0], 3)}", f"converging to {float(stable[-1, 0]):.4f}")
+    assert float(stable[1:, 1:].min()) > 0.05
+
+
+def test_worked_example_5_rlhf():
+    p = torch.tensor(P, dtype=torch.float64)
+    for _ in range(3):
+        p = theory.tilted_distribution(p, R)
+    optimum = theory.rlhf_optimum(P, R, 1.0, rounds=3)
+    assert torch.allclose(p, optimum, atol=1e-12)
+    text = example(5)
+    assert "Worked example 5" in section("4.1")
+    assert_printed(text, f"p_3 = ({fmt(p, 6)})", f"1 / (3 beta) = {theory.rlhf_coefficient(3, 1.0):.6f}")
+
+
+def test_worked_example_6_improvement_bound():
+    text = example(6)
+    assert "Worked example 6" in section("4.2")
+    w = torch.exp(torch.tensor(R, dtype=torch.float64))
+    p = torch.tensor(P, dtype=torch.float64)
+    mean = float((p * w).sum())
+    var = float((p * (w - mean) ** 2).sum())
+    assert_printed(text, f"E_p[w] = {mean:.6f}", f"Var_p[w] = {var:.6f}")
+    for K in (2, 4):
+        bound = theory.improvement_lower_bound(P, R, K)
+        reached = theory.expected_exp_reward(theory.curated_distribution(P, R, K), R)
+        assert bound == pytest.approx(mean + (K - 1) / K * var / math.exp(2.0), rel=1e-12)
+        assert reached >= bound  # the theorem, on this example
+        assert_printed(text, f"`K = {K}` the bound is {bound:.6f}", f"reaches {reached:.6f}")
+
+
+def test_worked_example_7_collapse():
+    text = example(7)
+    assert "Worked example 7" in section("4.3")
+    traj = theory.retraining_trajectory(P, R, 4, real_fraction=0.0, rounds=10)
+    r = torch.tensor(R, dtype=torch.float64)
+    variance = [float((q * (r - (q * r).sum()) ** 2).sum()) for q in traj]
+    top = traj[:, 2]
+    assert_printed(text, f"goes 0.2, {float(top[1]):.4f} (round 1)", f"{float(top[5]):.4f} (round 5)",
+                   f"{float(top[10]):.4f} (round 10)",
+                   f"variance goes {variance[0]:.2f}, {variance[1]:.5f}, {variance[5]:.5f}, {variance[10]:.5f}")
+    assert variance[10] < 1e-3 and float(top[10]) > 0.999
+
+
+def test_worked_example_8_stability():
+    text = example(8)
+    assert "Worked example 8" in section("4.4")
+    traj = theory.retraining_trajectory(TEN, R_TEN, 4, real_fraction=0.5, rounds=80)
+    data = torch.tensor(TEN, dtype=torch.float64)
+    kl12 = theory.kl_divergence(data, traj[12])
+    floor = float(traj[1:, 1:].min())
+    assert kl12 <= math.log(2) and floor >= 0.05  # the two consequences of section 4.4
+    assert all(theory.kl_divergence(data, p) <= math.log(2) + 1e-12 for p in traj)
+    tilt = theory.retraining_trajectory(TEN, R_TEN, math.inf, real_fraction=0.5, rounds=200)[-1]
+    w = torch.exp(torch.tensor(R_TEN, dtype=torch.float64))
+    fixed = 0.5 * data / (1 - 0.5 * w / float((tilt * w).sum()))
+    assert torch.allclose(fixed, tilt, atol=1e-7)  # the fixed-point formula of section 4.4
+    assert_printed(text, f"converges to {float(traj[-1, 0]):.4f}", f"above {floor:.6f}",
+                   f"KL(p_data || p_12) = {kl12:.6f}", f"class-0 share of {float(tilt[0]):.6f}")
+    assert_printed(section("4.4"), f"log 2 = {math.log(2):.6f}")
+
+
+def test_every_worked_example_is_checked():
+    """A new worked example in the guide needs a test here."""
+    numbers = sorted(int(n) for n in re.findall(r"\*\*Worked example (\d+)", GUIDE.read_text()))
+    assert numbers == list(range(1, 9))
+
+
+def test_the_checker_catches_a_wrong_digit(tmp_path, monkeypatch):
+    """The checks above read the guide: a guide with one digit changed fails them."""
+    wrong = tmp_path / "THEORY.md"
+    wrong.write_text(GUIDE.read_text().replace("0.354523, 0.341591, 0.303886", "0.354523, 0.341591, 0.303887"))
+    monkeypatch.setattr(sys.modules[__name__], "GUIDE", wrong)
+    with pytest.raises(AssertionError):
+        test_worked_example_2_curated_law_table_and_tilt()
