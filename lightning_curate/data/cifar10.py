@@ -103,8 +103,11 @@ class _CifarUnpickler(pickle.Unpickler):
     A CIFAR-10 batch (pickled by Python 2 with numpy 1.x) names exactly three
     globals, for its arrays: ``numpy.core.multiarray._reconstruct``,
     ``numpy.ndarray`` and ``numpy.dtype`` (``numpy._core...`` when re-pickled
-    with numpy 2). Those three are served by guarded stand-ins (an ndarray
-    only, no object dtypes); persistent ids are refused by ``pickle`` itself.
+    with numpy 2). Those three are served by guarded stand-ins: ``ndarray`` is
+    a name only ``_reconstruct`` accepts (it cannot be called or
+    instantiated), ``_reconstruct`` builds only an empty plain ndarray, as
+    numpy writes it, and ``dtype`` refuses object dtypes. Persistent ids are
+    refused by ``pickle`` itself.
     """
 
     def find_class(self, module: str, name: str) -> Any:
@@ -114,13 +117,27 @@ class _CifarUnpickler(pickle.Unpickler):
         return allowed
 
 
-def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
+class _NdarrayName:
+    """Stands for ``numpy.ndarray`` in a stream: only :func:`_reconstruct` accepts it, nothing can call it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("it calls numpy.ndarray directly, which numpy's pickles never do")
+
+
+_NDARRAY = _NdarrayName()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    """The ``_reconstruct`` of numpy, as every ndarray pickle calls it: ``(ndarray, (0,), b'b')``."""
+    if subtype is not _NDARRAY:
         raise pickle.UnpicklingError(f"it asks for an array of type {subtype!r}, not numpy.ndarray")
-    return _numpy_reconstruct(np.ndarray, shape, _dtype(dtype))
+    if tuple(shape) != (0,):  # numpy writes (0,); the real shape and data come with __setstate__, from the file
+        raise pickle.UnpicklingError(f"it asks for an empty array of shape {shape!r}, numpy writes (0,)")
+    return _multiarray._reconstruct(np.ndarray, (0,), _dtype(dtype))
 
 
 def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """``numpy.dtype`` from a type code (``'u1'``), refusing object dtypes."""
     if isinstance(spec, np.dtype):
         dtype = spec
     elif isinstance(spec, (str, bytes)):
@@ -133,14 +150,14 @@ def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
 
 
 try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct as _numpy_reconstruct
+    from numpy._core import multiarray as _multiarray
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _numpy_reconstruct
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _dtype,
 }
 
@@ -159,7 +176,8 @@ def read_cifar_pickle(path: Path) -> dict:
         raise ValueError(f"CIFAR-10 file {path} refused or malformed: {err}. Only dicts, lists, bytes, strings, "
                          f"numbers and numeric numpy arrays are read from these files; nothing in them is run"
                          ) from err
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError) as err:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError,
+            MemoryError) as err:
         raise ValueError(f"malformed CIFAR-10 file {path}: cannot unpickle it ({type(err).__name__}: {err})") from err
     if not isinstance(obj, dict):
         raise ValueError(f"malformed CIFAR-10 file {path}: expected a pickled dict, got {type(obj).__name__}")

@@ -150,7 +150,18 @@ def test_fake_cifar_files_name_only_what_the_real_files_name(tmp_path):
                          if path.name != "batches.meta" else set()), path.name
 
 
-@pytest.mark.parametrize("hostile", ["payload_value", "payload_top", "object_array", "other_numpy_global"])
+class Call:
+    """Pickles as a call of ``fn(*args)``: a way to write streams numpy itself never writes."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("hostile", ["payload_value", "payload_top", "object_array", "other_numpy_global",
+                                     "ndarray_call", "reconstruct_shape"])
 def test_cifar_hostile_pickle_is_refused_and_runs_nothing(tmp_path, hostile):
     folder, batches = make_fake_cifar(tmp_path / "data")
     target = tmp_path / "X"
@@ -162,8 +173,17 @@ def test_cifar_hostile_pickle_is_refused_and_runs_nothing(tmp_path, hostile):
         obj, refused = Payload(target), ".call, which"
     elif hostile == "object_array":
         obj, refused = {**ok, b"data": np.array([1, "a"], dtype=object)}, "array of Python objects"
-    else:
+    elif hostile == "other_numpy_global":
         obj, refused = {**ok, b"data": np.ones(3).view(np.recarray)}, "numpy.rec"
+    elif hostile == "ndarray_call":
+        obj, refused = {**ok, b"data": Call(np.ndarray, (4, 3072))}, "calls numpy.ndarray directly"
+    else:
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy 1.x
+            from numpy.core.multiarray import _reconstruct
+
+        obj, refused = {**ok, b"data": Call(_reconstruct, np.ndarray, (4, 3072), b"B")}, "shape (4, 3072)"
     _write_pickle(path, obj)
     if hostile.startswith("payload"):  # the payload is live: plain unpickling of the same pickle runs it
         proof = tmp_path / "proof"
