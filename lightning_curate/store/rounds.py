@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_curate.store.settings import settings_of_manifest
+
 __all__ = ["RoundStore", "StoreError", "StoredRound"]
 
 MANIFEST = "manifest.json"
@@ -63,6 +65,15 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _check_part_name(round_idx: int, manifest_path: Path, name: object) -> str:
+    """A part name from a manifest must name a file inside its round folder (no ``../``, no path)."""
+    if not isinstance(name, str) or not name.endswith(".pt") or name in ("", ".", "..") or "/" in name \
+            or "\\" in name or "\0" in name or os.path.isabs(name) or name.startswith(".") or name == MANIFEST:
+        raise StoreError(f"round {round_idx}: the manifest {manifest_path} lists the part {name!r}, which is not a "
+                         "file name inside the round folder; the manifest was modified or is hostile")
+    return name
 
 
 def _fsync_dir(path: Path) -> None:
@@ -131,9 +142,13 @@ class RoundStore:
 
     @staticmethod
     def _save(path: Path, tensors: dict[str, Tensor]) -> Path:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except (OSError, RuntimeError) as err:  # EFBIG, ENOSPC, EACCES; torch reports some as RuntimeError
+            raise StoreError(f"could not write {path}: {err} (file size limit, full disk or permissions?); "
+                             "the round is discarded and made again on resume") from err
         return path
 
     def commit(self, round_idx: int, manifest: dict[str, Any]) -> Path:
@@ -150,14 +165,20 @@ class RoundStore:
         except TypeError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"round {round_idx}: the manifest is not JSON serialisable ({err})") from err
-        with open(tmp / MANIFEST, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp / MANIFEST, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise StoreError(f"could not write {tmp / MANIFEST}: {err}; the round is made again on resume") from err
         if final.exists():
             raise StoreError(f"round {round_idx} already exists in {self.root}; a stored round is never overwritten")
-        os.replace(tmp, final)
-        _fsync_dir(self.root)
+        try:
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+        except OSError as err:
+            raise StoreError(f"could not move {tmp} to {final}: {err}") from err
         return final
 
     def write(self, round_idx: int, tensors: dict[str, Tensor], manifest: dict[str, Any]) -> Path:
@@ -173,33 +194,91 @@ class RoundStore:
             raise StoreError(f"round {round_idx} is not in the store {self.root} (no {path})")
         try:
             with open(path) as fh:
-                return json.load(fh)
-        except json.JSONDecodeError as err:
+                manifest = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise StoreError(f"the manifest {path} is not valid JSON ({err})") from err
+        except OSError as err:
+            raise StoreError(f"cannot read the manifest {path}: {err}") from err
+        if not isinstance(manifest, dict):
+            raise StoreError(f"the manifest {path} is not a JSON object")
+        return manifest
 
-    def read(self, round_idx: int, map_location: str | torch.device = "cpu") -> StoredRound:
-        """Load a round after checking every part against the manifest's checksums."""
+    def verify(self, round_idx: int) -> tuple[dict[str, Any], list[Path]]:
+        """Check a stored round without loading it: a valid manifest whose parts are files inside the
+        round folder with the recorded checksums. Returns the manifest and the part paths."""
         manifest = self.read_manifest(round_idx)
+        manifest_path = self.path(round_idx) / MANIFEST
+        if manifest.get("round") != round_idx:
+            raise StoreError(f"the manifest {manifest_path} says round {manifest.get('round')!r}, not {round_idx}")
         parts = manifest.get("parts")
         if not isinstance(parts, dict) or not parts:
-            raise StoreError(f"round {round_idx}: the manifest {self.path(round_idx) / MANIFEST} lists no parts")
-        loaded = []
+            raise StoreError(f"round {round_idx}: the manifest {manifest_path} lists no parts")
+        paths = []
         for name, expected in sorted(parts.items()):
-            path = self.path(round_idx) / name
+            path = self.path(round_idx) / _check_part_name(round_idx, manifest_path, name)
             if not path.is_file():
                 raise StoreError(f"round {round_idx}: {path} is missing but its manifest lists it")
-            actual = _sha256(path)
+            try:
+                actual = _sha256(path)
+            except OSError as err:
+                raise StoreError(f"round {round_idx}: cannot read {path}: {err}") from err
             if actual != expected:
                 raise StoreError(
                     f"round {round_idx}: checksum mismatch for {path} (manifest {expected}, file {actual}); "
                     "the stored round was modified or corrupted. It is not regenerated silently: restore "
                     "the file, or start a new run in another directory")
-            loaded.append(torch.load(path, map_location=map_location, weights_only=True))
+            paths.append(path)
+        return manifest, paths
+
+    def read(self, round_idx: int, map_location: str | torch.device = "cpu") -> StoredRound:
+        """Load a round after checking every part against the manifest's checksums."""
+        manifest, paths = self.verify(round_idx)
+        loaded = []
+        for path in paths:
+            try:
+                loaded.append(torch.load(path, map_location=map_location, weights_only=True))
+            except Exception as err:  # noqa: BLE001 - any unpickling failure: name the file
+                raise StoreError(f"round {round_idx}: cannot load {path}: {err}") from err
         return StoredRound(tensors=_merge_parts(loaded), manifest=manifest)
+
+    def check_whole(self) -> list[int]:
+        """Verify the whole store before a resume trusts it; returns the stored rounds ``0..t``.
+
+        Rounds must be contiguous from 0 (a missing round would silently drop out of the run's
+        table), every round folder must have its manifest, every part its checksum, and a change of
+        settings between two rounds must be one the later round records in ``settings_changed``.
+        """
+        stored = self.rounds()
+        if self.root.is_dir():
+            for child in sorted(self.root.iterdir()):
+                if child.name.startswith("round_") and child.is_dir() and not (child / MANIFEST).is_file():
+                    raise StoreError(f"{child} has no {MANIFEST}: the round is incomplete or was tampered with; "
+                                     "restore it, or start a new run in another directory")
+        missing = [t for t in range(stored[-1] + 1) if t not in stored] if stored else []
+        if missing:
+            names = ", ".join(self.path(t).name for t in missing)
+            raise StoreError(f"{names} missing from {self.root} (stored: {', '.join(self.path(t).name for t in stored)})"
+                             "; rounds must be contiguous from round_000. Restore the missing round, or start a "
+                             "new run in another directory")
+        previous = None
+        for t in stored:
+            manifest, _ = self.verify(t)
+            settings = settings_of_manifest(manifest)
+            if previous is not None:
+                changed = sorted(k for k in set(previous) & set(settings) if previous[k] != settings[k])
+                declared = manifest.get("settings_changed") or {}
+                undeclared = [k for k in changed if k not in declared]
+                if undeclared:
+                    raise StoreError(
+                        f"round {t} ({self.path(t) / MANIFEST}) was made with other settings than round {t - 1} "
+                        f"({', '.join(f'{k}: {previous[k]!r} -> {settings[k]!r}' for k in undeclared)}) and does "
+                        "not record the change: the store mixes two runs")
+            previous = settings
+        return stored
 
     def clean_partial(self) -> list[Path]:
         """Remove temporary folders left by a crash mid-write (never a complete round)."""
-        removed = []
+        removed: list[Path] = []
         if self.root.is_dir():
             for child in self.root.glob(".tmp_round_*"):
                 shutil.rmtree(child, ignore_errors=True)

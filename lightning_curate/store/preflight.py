@@ -1,0 +1,98 @@
+"""Checks of a run directory before a run writes anything into it.
+
+A refused start must leave the earlier run as it was, so these checks only
+read: the store is verified whole, the checkpoint to resume from is found and
+opened, and the config's science settings are compared with the stored
+rounds'. ``lightning-curate`` runs them right after instantiating the classes,
+before the config is saved and before the logger touches its folder;
+:class:`~lightning_curate.loop.RetrainingLoop` runs them in ``setup`` when it is
+used without the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from lightning_curate.store.rounds import RoundStore, StoreError
+from lightning_curate.store.settings import SettingsMismatch, diff_settings, mismatch_message, settings_of_manifest
+
+__all__ = ["check_checkpoint_file", "check_resume", "checkpoint_dirs", "find_last_checkpoint"]
+
+
+def checkpoint_dirs(trainer: Any, run_dir: Path) -> list[Path]:
+    """Where Lightning looks for ``last*.ckpt``: each ModelCheckpoint's folder (its default without one)."""
+    dirs = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    return dirs or [Path(run_dir) / "checkpoints"]
+
+
+def find_last_checkpoint(dirs: Iterable[str | os.PathLike]) -> Optional[Path]:
+    """The newest ``last*.ckpt`` in ``dirs`` (what Lightning's ``ckpt_path="last"`` resumes from)."""
+    found = [p for d in dirs if d and Path(d).is_dir() for p in Path(d).iterdir()
+             if p.name.startswith("last") and p.suffix == ".ckpt" and p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """Open a checkpoint's archive and check its CRCs, so a truncated or damaged file is named
+    here instead of failing inside ``torch.load`` with an error that names no file."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise StoreError(f"the checkpoint {path} is truncated or damaged ({err}); restore it, or resume from "
+                         "another checkpoint with --ckpt_path <file>") from err
+    if bad is not None:
+        raise StoreError(f"the checkpoint {path} is damaged (entry {bad} fails its CRC); restore it, or resume "
+                         "from another checkpoint with --ckpt_path <file>")
+
+
+def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Optional[str | os.PathLike],
+                 checkpoint_dirs: Iterable[str | os.PathLike] = (), allowed: tuple[str, ...] = (),
+                 checkpoint_loaded: bool = False) -> dict[str, list]:
+    """Refuse to start or resume in a directory that does not fit; return the allowed setting changes.
+
+    Args:
+        store: the run's round store.
+        settings: the current science settings (see ``RetrainingLoop.science_settings``).
+        ckpt_path: what the user asked to resume from (``"last"``, a file) or None for a fresh run.
+        checkpoint_dirs: where ``"last"`` is looked for.
+        allowed: keys whose change the user allows (``--allow_changed_settings``).
+        checkpoint_loaded: a checkpoint was already restored (the check runs after it, without the CLI).
+
+    Returns:
+        ``{key: [old, new]}`` of the allowed changes, for the next round's manifest.
+    """
+    checkpoint_dirs = [Path(d) for d in checkpoint_dirs]
+    stored = store.check_whole()
+    checkpoint = None
+    if ckpt_path == "last":
+        checkpoint = find_last_checkpoint(checkpoint_dirs)
+    elif ckpt_path is not None and str(ckpt_path) not in ("best", "hpc", "registry"):
+        checkpoint = Path(ckpt_path)
+        if not checkpoint.is_file():
+            raise StoreError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    if stored and ckpt_path is None and not checkpoint_loaded:
+        raise StoreError(
+            f"{store.root} already holds rounds {stored} of an earlier run. Resume it with `--ckpt_path last`, "
+            "or start a new run in another directory (--trainer.default_root_dir and the logger's save_dir); "
+            "stored rounds are never overwritten")
+    if stored and ckpt_path == "last" and checkpoint is None:
+        where = ", ".join(str(d) for d in checkpoint_dirs) or "the checkpoint folder"
+        raise StoreError(
+            f"--ckpt_path last: there is no last*.ckpt in {where}, but {store.root} holds rounds {stored}. "
+            "Without a checkpoint the generator that made them is gone and the run cannot continue: restore "
+            "the checkpoint (or pass --ckpt_path <file>), or start a new run in another directory "
+            "(--trainer.default_root_dir)")
+    if checkpoint is not None:
+        check_checkpoint_file(checkpoint)
+    if not stored:
+        return {}
+    old = settings_of_manifest(store.read_manifest(stored[-1]))
+    changes = diff_settings(old, settings)
+    if any(k not in allowed for k in changes):
+        raise SettingsMismatch(mismatch_message(f"in {store.root.parent}", changes, allowed))
+    return changes
