@@ -139,12 +139,10 @@ class ModeAssigner(nn.Module):
                  noise: Optional[float] = None, chunk_size: int = 2048):
         super().__init__()
         _check_name(name)
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = check_int("chunk_size", chunk_size, minimum=1)
         self.name = name
         self.num_modes = _NUM_MODES[name]
         self.names = mode_names(name)
-        self.chunk_size = int(chunk_size)
         reference, reference_labels = make_2d(name, num_reference, seed, noise)
         self.register_buffer("reference", reference, persistent=False)
         self.register_buffer("reference_labels", reference_labels, persistent=False)
@@ -175,13 +173,10 @@ class Toy2D(DataSource):
     def __init__(self, name: str = "mog8", num_train: int = 20000, num_heldout: int = 5000,
                  seed: int = 0, noise: Optional[float] = None):
         super().__init__()
-        if name not in DATASETS:
-            raise ValueError(f"data source name must be one of {DATASETS}, got {name!r}")
-        for key, value in (("num_train", num_train), ("num_heldout", num_heldout)):
-            if value < 1:
-                raise ValueError(f"{key} must be >= 1, got {value}")
-        self.name, self.num_train, self.num_heldout = name, num_train, num_heldout
-        self.seed, self.noise = seed, noise
+        self.name = _check_name(name)
+        self.num_train = check_int("num_train", num_train, minimum=1)
+        self.num_heldout = check_int("num_heldout", num_heldout, minimum=1)
+        self.seed, self.noise = check_int("seed", seed), noise
         self.class_names = mode_names(name)
         self.assigner = ModeAssigner(name, seed=seed + 7919, noise=noise)
 

@@ -21,6 +21,7 @@ from lightning_curate.plots.common import (
     save_figure,
     to_numpy,
 )
+from lightning_curate.utils.validation import check_int
 
 __all__ = ["build_image_grid_figure", "plot_image_grid"]
 
@@ -48,9 +49,7 @@ def build_image_grid_figure(
         )
     if len(images_per_round) == 0:
         raise ValueError("images_per_round: expected at least one round of images, got an empty list")
-    if int(nrow) < 1:
-        raise ValueError(f"nrow: expected a positive integer, got {nrow}")
-    nrow = int(nrow)
+    nrow = check_int("nrow", nrow, minimum=1)
     n_rounds = len(images_per_round)
     titles = check_titles(titles, n_rounds)
 

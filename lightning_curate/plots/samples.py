@@ -29,6 +29,7 @@ from lightning_curate.plots.common import (
     save_figure,
     to_numpy,
 )
+from lightning_curate.utils.validation import check_choice, check_int
 
 __all__ = ["build_rounds_2d_figure", "plot_rounds_2d"]
 
@@ -147,10 +148,9 @@ def build_rounds_2d_figure(
     clouds = [_points_2d(s, f"samples[{t}]") for t, s in enumerate(samples)]
     n_rounds = len(clouds)
     titles = check_titles(titles, n_rounds)
-    if max_points < 1:
-        raise ValueError(f"max_points: expected a positive integer, got {max_points}")
-    if real_panels not in ("first", "all"):
-        raise ValueError(f"real_panels: expected 'first' or 'all', got {real_panels!r}")
+    check_int("max_points", max_points, minimum=1)
+    check_int("grid_size", grid_size, minimum=2)
+    check_choice("real_panels", real_panels, ("first", "all"))
 
     label_arrays: Optional[list[np.ndarray]] = None
     if labels is not None:

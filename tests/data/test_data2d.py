@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lightning_curate.data.toy2d import DATASETS, ModeAssigner, make_2d, mode_centers, mode_names, num_modes
+from lightning_curate.data.toy2d import DATASETS, ModeAssigner, Toy2D, make_2d, mode_centers, mode_names, num_modes
 
 MIXTURE_STD = {"mog8": 0.3, "grid25": 0.15}
 
@@ -143,3 +143,9 @@ def test_errors():
         mode_centers("circles")
     with pytest.raises(ValueError, match="valid names"):
         ModeAssigner("nope")
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
+        ModeAssigner("mog8", chunk_size=0)
+    with pytest.raises(ValueError, match="unknown 2D dataset 'nope'; valid names are mog8, grid25, moons, circles"):
+        Toy2D("nope")
+    with pytest.raises(ValueError, match="num_heldout must be an int >= 1, got 0"):
+        Toy2D(num_heldout=0)

@@ -214,6 +214,9 @@ def test_rounds_2d_single_round(tmp_path):
         ([torch.randn(5, 2)], {"real": torch.randn(5, 3)}, r"^real: "),
         ([torch.randn(5, 2)], {"bounds": (1, 0, 0, 1)}, r"^bounds: "),
         ([torch.randn(5, 2)], {"reward_fn": lambda x: x}, r"^reward_fn: "),
+        ([torch.randn(5, 2)], {"max_points": 0}, r"^max_points must be an int >= 1, got 0$"),
+        ([torch.randn(5, 2)], {"grid_size": 1}, r"^grid_size must be an int >= 2, got 1$"),
+        ([torch.randn(5, 2)], {"real_panels": "last"}, r"^real_panels must be one of \('first', 'all'\), got 'last'$"),
     ],
 )
 def test_rounds_2d_bad_input_names_the_argument(tmp_path, samples, kwargs, match):
@@ -287,7 +290,8 @@ def test_round_metrics_many_shares_are_lines():
     fig.canvas.draw()
 
 
-@pytest.mark.parametrize("rows, match", [([], r"^rows: .*empty"), ({"round": 0}, r"^rows: "), ([1, 2], r"^rows\[0\]: ")])
+@pytest.mark.parametrize("rows, match",
+                         [([], r"^rows: .*empty"), ({"round": 0}, r"^rows: "), ([1, 2], r"^rows\[0\]: ")])
 def test_round_metrics_bad_input(tmp_path, rows, match):
     with pytest.raises(ValueError, match=match):
         plot_round_metrics(rows, tmp_path / "bad.png")
@@ -328,7 +332,7 @@ def test_image_grid_few_images_mixed_channels_and_3d_input(tmp_path):
         ([torch.zeros(4, 2, 8, 8)], {}, r"^images_per_round\[0\]: .*C = 1 or 3"),
         ([torch.zeros(4, 1, 8, 8), torch.zeros(8, 8)], {}, r"^images_per_round\[1\]: "),
         ([torch.zeros(0, 1, 8, 8)], {}, r"^images_per_round\[0\]: "),
-        ([torch.zeros(4, 1, 8, 8)], {"nrow": 0}, r"^nrow: "),
+        ([torch.zeros(4, 1, 8, 8)], {"nrow": 0}, r"^nrow must be an int >= 1, got 0$"),
         ([torch.zeros(4, 1, 8, 8)], {"titles": []}, r"^titles: "),
     ],
 )
