@@ -272,3 +272,28 @@ def test_a_trusted_path_must_be_a_module_class(tmp_path):
     with pytest.raises(ValueError, match=r"evil\.safetensors.*'os\.system' is not a torch\.nn\.Module class"):
         load_classifier(evil, trusted_classes=["os.system"])
     assert_never_created(target)
+
+
+def test_trusted_classes_come_from_yaml(tmp_path):
+    """A config gives the allow-list as a list of strings; jsonargparse builds the reward and the judge with it."""
+    from jsonargparse import ArgumentParser
+    from torch import nn
+
+    from lightning_curate.rewards import RewardModel
+
+    torch.manual_seed(0)
+    net = TinyNet(in_features=4, num_classes=3).eval()
+    save_classifier(net, tmp_path / "tiny.ckpt")
+    class_path = f"{TinyNet.__module__}.TinyNet"
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--reward", type=RewardModel)
+    parser.add_argument("--judge", type=nn.Module)
+    config = {"reward": {"class_path": "lightning_curate.rewards.ConfidenceReward",
+                         "init_args": {"checkpoint": str(tmp_path / "tiny.ckpt"), "gamma": 1.0,
+                                       "trusted_classes": [class_path]}},
+              "judge": {"class_path": "lightning_curate.classifiers.TrainedClassifier",
+                        "init_args": {"checkpoint": str(tmp_path / "tiny.ckpt"), "trusted_classes": [class_path]}}}
+    built = parser.instantiate_classes(parser.parse_object(config))
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(built.reward(x), torch.softmax(net(x), 1).amax(1))
+    torch.testing.assert_close(built.judge(x), net(x), rtol=0, atol=0)
