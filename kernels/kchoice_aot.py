@@ -1,0 +1,211 @@
+"""Ahead-of-time compilation of the K-choice kernels for a named GPU, with no GPU.
+
+Each variant the launchers can pick is specialised exactly as Triton's JIT would
+specialise it at launch (its own argument binder: pointer alignment, integer
+``== 1`` and divisibility-by-16 specialisation, the argument types), compiled
+by Triton's real compiler for ``GPUTarget("cuda", capability, 32)`` with the
+``ptxas`` shipped in the triton wheel, and its resource usage is read from the
+compiled cubin by the wheel's ``cuobjdump -res-usage``.
+
+Must run without ``TRITON_INTERPRET=1`` (the interpreter replaces the kernels):
+tests/ops/test_kchoice_compile.py runs it in a subprocess. As a command it
+prints the table of docs/readme/gpu.md::
+
+    python -m lightning_curate.kernels.kchoice_aot            # the test's variant set
+    python -m lightning_curate.kernels.kchoice_aot --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from typing import Optional
+
+__all__ = ["MAX_REGISTERS", "compile_variant", "default_variants", "nvidia_tools_missing", "variant_name"]
+
+MAX_REGISTERS = 128
+MODES = ("softmax", "argmax", "uniform")
+ARCHS = (80, 90)
+N_ROWS = 1_000_000  # the row count a variant is specialised for (divisible by 16, like most)
+SEED = (1 << 61) + 12345  # split into two 31-bit halves by the launcher
+
+
+def nvidia_tools_missing() -> Optional[str]:
+    """Why this triton wheel cannot compile for NVIDIA GPUs here (``None`` when it can)."""
+    try:
+        import triton
+        from triton.backends import backends
+    except ImportError as err:
+        return f"triton does not import: {err}"
+    if "nvidia" not in backends:
+        return f"this triton wheel has no NVIDIA backend (backends: {sorted(backends)})"
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for tool in ("ptxas", "cuobjdump"):
+        if not os.access(os.path.join(bin_dir, tool), os.X_OK):
+            return f"the triton wheel ships no {tool} in {bin_dir}"
+    return None
+
+
+def variant_name(v: dict) -> str:
+    """A variant's one-line name (its test id and table row)."""
+    if v["kernel"] == "gather":
+        return f"gather {v['bytes']}B D={v['d']} {v['block_r']}x{v['block_d']} w{v['num_warps']} sm_{v['arch']}"
+    return (f"{v['mode']} m={v['m']} K={v['k']} {v['dtype']} {v['block_n']}x{v['block_k']} "
+            f"w{v['num_warps']} sm_{v['arch']}")
+
+
+def default_variants() -> list[dict]:
+    """Every launch configuration the CUDA launchers can pick, over representative shapes.
+
+    The whole autotune set for each shape. sm_90: modes x m in {1, 4} x K in
+    {1, 2, 5, 16, 64, 300, 4096} with fp32 rewards, softmax with fp16/bf16/fp64
+    rewards at K in {2, 16, 300}; sm_80: modes x m x K in {2, 16, 300}, fp32; both:
+    the gather for 1/2/4/8-byte candidates at D in {1, 3, 64, 3072}.
+    """
+    from lightning_curate.kernels.gather_triton import GATHER_NUM_WARPS, gather_blocks
+    from lightning_curate.kernels.kchoice_triton import GPU_CONFIGS, gpu_block_k
+
+    def kchoice_variants(arch, ks, dtype, modes):
+        for k in ks:
+            for mode in modes:
+                for m in (1, 4):
+                    if m > k:
+                        continue
+                    bk = gpu_block_k(k)
+                    for tile, warps in GPU_CONFIGS:
+                        yield {"kernel": "topm" if m > 1 else "one", "mode": mode, "m": m, "k": k,
+                               "dtype": dtype, "block_n": max(1, tile // bk), "block_k": bk,
+                               "num_warps": warps, "arch": arch}
+
+    out = []
+    for arch in ARCHS:
+        if arch == 90:
+            out += kchoice_variants(arch, (1, 2, 5, 16, 64, 300, 4096), "float32", MODES)
+            for dtype in ("float16", "bfloat16", "float64"):
+                out += kchoice_variants(arch, (2, 16, 300), dtype, ("softmax",))
+        else:
+            out += kchoice_variants(arch, (2, 16, 300), "float32", MODES)
+        for nbytes in (1, 2, 4, 8):
+            for d in (1, 3, 64, 3072):
+                block_r, block_d = gather_blocks(N_ROWS, d, interpret=False)
+                out.append({"kernel": "gather", "bytes": nbytes, "d": d, "block_r": block_r,
+                            "block_d": block_d, "num_warps": GATHER_NUM_WARPS, "arch": arch})
+    return out
+
+
+class _Ptr:
+    """Stands for a CUDA tensor in Triton's binder: a dtype and a 16-byte-aligned address."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    @staticmethod
+    def data_ptr():
+        return 1 << 20
+
+
+def _launch_args(v: dict):
+    import torch
+
+    from lightning_curate.kernels import gather_triton as gt
+    from lightning_curate.kernels import kchoice_triton as kt
+
+    if v["kernel"] == "gather":
+        bits = gt._BIT_VIEWS[v["bytes"]]
+        k = 4
+        args = (_Ptr(bits), _Ptr(torch.int64), _Ptr(bits), N_ROWS, 1, v["d"], k * v["d"], v["d"])
+        return gt._gather_kernel, args, {"BLOCK_R": v["block_r"], "BLOCK_D": v["block_d"]}
+    half = kt._SEED_HALF
+    args = [_Ptr(getattr(torch, v["dtype"])), _Ptr(torch.int64), _Ptr(torch.float32), _Ptr(torch.float32),
+            N_ROWS, v["k"], v["k"], 1, 1.5, SEED & ((1 << half) - 1), SEED >> half]
+    if v["m"] > 1:
+        args.append(v["m"])
+    fn = kt._kchoice_topm_kernel if v["m"] > 1 else kt._kchoice_one_kernel
+    return fn, tuple(args), {"MODE": kt._MODE_CODES[v["mode"]], "BLOCK_N": v["block_n"], "BLOCK_K": v["block_k"]}
+
+
+def compile_variant(v: dict) -> dict:
+    """Compile one variant; returns it with ``regs``, ``stack``, ``local``, ``shared`` (bytes) added."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn, args, consts = _launch_args(v)
+    target = GPUTarget("cuda", v["arch"], 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, opts = binder(*args, num_warps=v["num_warps"], **consts)
+    options, signature, constexprs, attrs = fn._pack_args(backend, opts, bound, spec, opts)
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    kernel = triton.compile(src, target=target, options=options.__dict__)
+    usage = _res_usage(kernel.asm["cubin"])
+    return {**v, **usage, "name": variant_name(v)}
+
+
+def _res_usage(cubin: bytes) -> dict:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    if "REG" not in fields:
+        raise RuntimeError(f"cuobjdump -res-usage printed no register count:\n{text}")
+    return {"regs": int(fields["REG"]), "stack": int(fields.get("STACK", 0)),
+            "local": int(fields.get("LOCAL", 0)), "shared": int(fields.get("SHARED", 0))}
+
+
+def problems(result: dict) -> list[str]:
+    """What is wrong with a compiled variant: local-memory spills, too many registers."""
+    out = []
+    if result["stack"] or result["local"]:
+        out.append(f"spills to local memory (stack {result['stack']} B, local {result['local']} B)")
+    if result["regs"] > MAX_REGISTERS:
+        out.append(f"{result['regs']} registers per thread > {MAX_REGISTERS}")
+    return out
+
+
+def compile_all(variants: list[dict], jobs: int = 1) -> list[dict]:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("unset TRITON_INTERPRET: the interpreter replaces the kernels being compiled")
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            return list(pool.map(compile_variant, variants, chunksize=4))
+    return [compile_variant(v) for v in variants]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
+    reason = nvidia_tools_missing()
+    if reason:
+        print(f"cannot compile for NVIDIA GPUs: {reason}", file=sys.stderr)
+        return 2
+    results = compile_all(default_variants(), args.jobs)
+    bad = 0
+    for r in results:
+        issues = problems(r)
+        bad += bool(issues)
+        print(f"{r['name']:55s} regs {r['regs']:3d}  stack {r['stack']:3d} B  shared {r['shared']:5d} B"
+              + (f"  FAIL: {'; '.join(issues)}" if issues else ""))
+    print(f"{len(results)} variants, {bad} over budget (> {MAX_REGISTERS} registers or spills)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
