@@ -107,6 +107,7 @@ def ensure_checkpoint(checkpoint: Union[str, Path], train_config: Optional[Union
     except OSError as err:
         raise RuntimeError(f"cannot start the training of the {what} (`{command}`): {err}") from err
     with proc:
+        assert proc.stdout is not None  # stdout=PIPE
         for raw in proc.stdout:  # pass the child's output through, keep its tail for an error message
             line = raw.decode(errors="replace")
             tail.append(line.rstrip())
@@ -156,6 +157,9 @@ class TrainedClassifier(nn.Module):
             net classes); see :func:`load_classifier`.
     """
 
+    _net: Optional[nn.Module]  # set with object.__setattr__: outside the module tree
+    _placement: Tensor
+
     def __init__(self, checkpoint: str, train_config: Optional[str] = None, train_hint: Optional[str] = None,
                  trusted_classes: Optional[list[str]] = None):
         super().__init__()
@@ -186,12 +190,13 @@ class TrainedClassifier(nn.Module):
     @property
     def net(self) -> nn.Module:
         """The classifier network (the checkpoint is read on first access)."""
-        if self._net is None:
+        net = self._net
+        if net is None:
             net = load_classifier(self.checkpoint, map_location="cpu", train_hint=self.train_hint,
                                   trusted_classes=self.trusted_classes)
             net.to(self._placement.device)
             object.__setattr__(self, "_net", net)
-        return self._net
+        return net
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -224,7 +229,7 @@ class TrainedClassifier(nn.Module):
         """The net's penultimate features ``[n, num_features]``, without gradients."""
         net, x = self._ready(x)
         with torch.no_grad():
-            return net.features(x)
+            return net.features(x)  # type: ignore[operator]
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)

@@ -55,7 +55,7 @@ class ClassifierModule(L.LightningModule):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         if num_classes is None:
             num_classes = getattr(net, "num_classes", None)
-        if not is_int(num_classes) or num_classes < 2:
+        if num_classes is None or not is_int(num_classes) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2 (give it, or use a net with a num_classes "
                              f"attribute), got {num_classes!r}")
         check_float("lr", lr, minimum=0.0, strict_minimum=True)
@@ -76,7 +76,7 @@ class ClassifierModule(L.LightningModule):
     def _step(self, batch, stage: str, acc: MulticlassAccuracy) -> Tensor:
         x, y = batch
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams["label_smoothing"] if stage == "train" else 0.0)
         acc.update(logits.detach(), y)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "train",
@@ -194,12 +194,14 @@ class ClassifierDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (order seeded by ``seed``)."""
         self.setup()
+        assert self._train is not None
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, generator=gen)
 
     def val_dataloader(self) -> DataLoader:
         """Held-out batches, in order."""
         self.setup()
+        assert self._heldout is not None
         return DataLoader(self._heldout, batch_size=self.batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:

@@ -149,9 +149,9 @@ def _as_nchw(images: Tensor, path: Path) -> Tensor:
     if images.dtype == torch.bool or images.is_complex():
         raise ValueError(f"{path}: images must be uint8 in 0..255 or float in [-1, 1], got dtype {images.dtype}")
     if not images.is_floating_point():
-        lo, hi = int(images.min()), int(images.max())
-        if lo < 0 or hi > 255:
-            raise ValueError(f"{path}: integer images must lie in 0..255, got values in {lo}..{hi}")
+        imin, imax = int(images.min()), int(images.max())
+        if imin < 0 or imax > 255:
+            raise ValueError(f"{path}: integer images must lie in 0..255, got values in {imin}..{imax}")
         return to_unit_range(images).contiguous()
     images = images.to(torch.float32)
     if not torch.isfinite(images).all():

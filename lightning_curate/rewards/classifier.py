@@ -76,6 +76,9 @@ class ClassifierReward(RewardModel):
             net classes); anything else is refused (see :func:`~lightning_curate.classifiers.load_classifier`).
     """
 
+    _classifier: Optional[nn.Module]  # set with object.__setattr__: outside the module tree
+    _placement: Tensor
+
     def __init__(self, checkpoint: Optional[str] = None, classifier: Optional[nn.Module] = None,
                  gamma: float = 1.0, batch_size: int = 4096, train_hint: Optional[str] = None,
                  train_config: Optional[str] = None, trusted_classes: Optional[list[str]] = None):
@@ -112,7 +115,9 @@ class ClassifierReward(RewardModel):
     @property
     def classifier(self) -> nn.Module:
         """The classifier (loading the checkpoint on first access)."""
-        if self._classifier is None:
+        net = self._classifier
+        if net is None:
+            assert self.checkpoint is not None  # exactly one of checkpoint / classifier (checked in __init__)
             net = load_classifier(self.checkpoint, map_location="cpu", train_hint=self.train_hint,
                                   trusted_classes=self.trusted_classes)
             net.to(self._placement.device)
@@ -120,7 +125,7 @@ class ClassifierReward(RewardModel):
                 net.to(self._placement.dtype)
             self._set_classifier(net)
             self._validate_num_classes(getattr(net, "num_classes", None), f"the classifier in {self.checkpoint!r}")
-        return self._classifier
+        return net
 
     @property
     def loaded(self) -> bool:
@@ -134,6 +139,7 @@ class ClassifierReward(RewardModel):
         ``train_config`` raises the ``FileNotFoundError`` naming the command that trains it.
         """
         if self._classifier is None:
+            assert self.checkpoint is not None  # no classifier given: then a checkpoint was
             ensure_checkpoint(self.checkpoint, self.train_config, what="reward classifier",
                               train_hint=self.train_hint)
         return self.check()
@@ -201,6 +207,7 @@ class ClassifierReward(RewardModel):
 
 class _TargetClassMixin:
     target_class: int
+    _classifier: Optional[nn.Module]
 
     def _init_target(self, target_class: int) -> None:
         if isinstance(target_class, bool) or not isinstance(target_class, int) or target_class < 0:
