@@ -37,13 +37,13 @@ def section(number: str) -> str:
     raise AssertionError(f"docs/THEORY.md has no section {number}")
 
 
-def example(number: int) -> str:
-    """The paragraph(s) of worked example ``number``, wherever it sits."""
+def example(label: str) -> str:
+    """The paragraph(s) that start with ``**<label>``, up to the next example or heading."""
     text = GUIDE.read_text()
-    match = re.search(rf"\*\*Worked example {number}[.*( ]", text)
-    assert match, f"docs/THEORY.md has no worked example {number}"
-    nxt = re.search(r"\*\*Worked example \d+|^#{2,4} ", text[match.end():], flags=re.M)
-    return text[match.start(): match.end() + (nxt.start() if nxt else len(text))]
+    start = text.find(f"**{label}")
+    assert start >= 0, f"docs/THEORY.md has no {label!r}"
+    nxt = re.search(r"\*\*(Worked example|Example)|^#{2,4} ", text[start + 2:], flags=re.M)
+    return text[start: start + 2 + (nxt.start() if nxt else len(text))]
 
 
 def flat(text: str) -> str:
@@ -61,17 +61,18 @@ def assert_printed(text: str, *numbers: str) -> None:
         assert number in body, f"{number!r} is not printed in:\n{body[:400]}"
 
 
-def test_worked_example_1_choice_probabilities():
+def test_example_one_slot_choice_probabilities():
     probs = torch.softmax(torch.tensor(R, dtype=torch.float64), 0)
     law = theory.plackett_luce_law(R, 2)
     assert law[(2, 1)] == pytest.approx(float(probs[2]) * math.e / (1 + math.e), abs=1e-12)
     text = section("1")
     assert_printed(text, fmt(probs, 6), f"{law[(2, 1)]:.6f}", f"{float(probs[2]):.6f} x e / (1 + e)")
-    assert "Worked example 1" in text
+    assert "**Example: one slot.**" in text
 
 
-def test_worked_example_2_curated_law_table_and_tilt():
+def test_worked_example_1_curated_law_table_and_tilt():
     text = section("2")
+    assert "**Worked example 1.**" in text
     body = flat(text)
     for K in (1, 2, 3, 5, math.inf):
         q = theory.curated_distribution(P, R, K)
@@ -85,15 +86,15 @@ def test_worked_example_2_curated_law_table_and_tilt():
     assert torch.allclose(theory.tilted_distribution(P, R), tilt, atol=1e-12)
 
 
-def test_worked_example_3_one_step_of_ten_classes():
+def test_worked_example_2_one_step_of_ten_classes():
     q0 = float(theory.curated_distribution(TEN, R_TEN, 4)[0])
-    assert_printed(example(3), f"from 0.1 to {q0:.6f}")
-    assert "Worked example 3" in section("2")
+    assert_printed(example("Worked example 2**"), f"from 0.1 to {q0:.6f}")
+    assert "**Worked example 2**" in section("2")
 
 
-def test_worked_example_4_iteration():
-    text = example(4)
-    assert "Worked example 4" in section("3")
+def test_worked_example_2_iterated():
+    text = example("Worked example 2, iterated.")
+    assert "**Worked example 2, iterated.**" in section("3")
     collapse = theory.retraining_trajectory(TEN, R_TEN, 4, real_fraction=0.0, rounds=4)[1:, 0]
     assert_printed(text, f"(curated only): {fmt(collapse, 3)}")
     stable = theory.retraining_trajectory(TEN, R_TEN, 4, real_fraction=0.5, rounds=80)
@@ -101,20 +102,20 @@ def test_worked_example_4_iteration():
     assert float(stable[1:, 1:].min()) > 0.05
 
 
-def test_worked_example_5_rlhf():
+def test_worked_example_3_rlhf():
     p = torch.tensor(P, dtype=torch.float64)
     for _ in range(3):
         p = theory.tilted_distribution(p, R)
     optimum = theory.rlhf_optimum(P, R, 1.0, rounds=3)
     assert torch.allclose(p, optimum, atol=1e-12)
-    text = example(5)
-    assert "Worked example 5" in section("4.1")
+    text = example("Worked example 3.")
+    assert "**Worked example 3.**" in section("4.1")
     assert_printed(text, f"p_3 = ({fmt(p, 6)})", f"1 / (3 beta) = {theory.rlhf_coefficient(3, 1.0):.6f}")
 
 
-def test_worked_example_6_improvement_bound():
-    text = example(6)
-    assert "Worked example 6" in section("4.2")
+def test_worked_example_4_improvement_bound():
+    text = example("Worked example 4.")
+    assert "**Worked example 4.**" in section("4.2")
     w = torch.exp(torch.tensor(R, dtype=torch.float64))
     p = torch.tensor(P, dtype=torch.float64)
     mean = float((p * w).sum())
@@ -128,9 +129,9 @@ def test_worked_example_6_improvement_bound():
         assert_printed(text, f"`K = {K}` the bound is {bound:.6f}", f"reaches {reached:.6f}")
 
 
-def test_worked_example_7_collapse():
-    text = example(7)
-    assert "Worked example 7" in section("4.3")
+def test_worked_example_5_collapse():
+    text = example("Worked example 5.")
+    assert "**Worked example 5.**" in section("4.3")
     traj = theory.retraining_trajectory(P, R, 4, real_fraction=0.0, rounds=10)
     r = torch.tensor(R, dtype=torch.float64)
     variance = [float((q * (r - (q * r).sum()) ** 2).sum()) for q in traj]
@@ -141,9 +142,9 @@ def test_worked_example_7_collapse():
     assert variance[10] < 1e-3 and float(top[10]) > 0.999
 
 
-def test_worked_example_8_stability():
-    text = example(8)
-    assert "Worked example 8" in section("4.4")
+def test_worked_example_6_stability():
+    text = example("Worked example 6.")
+    assert "**Worked example 6.**" in section("4.4")
     traj = theory.retraining_trajectory(TEN, R_TEN, 4, real_fraction=0.5, rounds=80)
     data = torch.tensor(TEN, dtype=torch.float64)
     kl12 = theory.kl_divergence(data, traj[12])
@@ -161,8 +162,9 @@ def test_worked_example_8_stability():
 
 def test_every_worked_example_is_checked():
     """A new worked example in the guide needs a test here."""
-    numbers = sorted(int(n) for n in re.findall(r"\*\*Worked example (\d+)", GUIDE.read_text()))
-    assert numbers == list(range(1, 9))
+    labels = re.findall(r"\*\*((?:Worked example|Example)[^*]*)\*\*", GUIDE.read_text())
+    assert labels == ["Example: one slot.", "Worked example 1.", "Worked example 2", "Worked example 2, iterated.",
+                      *[f"Worked example {n}." for n in range(3, 7)]]
 
 
 def test_the_checker_catches_a_wrong_digit(tmp_path, monkeypatch):
@@ -171,4 +173,4 @@ def test_the_checker_catches_a_wrong_digit(tmp_path, monkeypatch):
     wrong.write_text(GUIDE.read_text().replace("0.354523, 0.341591, 0.303886", "0.354523, 0.341591, 0.303887"))
     monkeypatch.setattr(sys.modules[__name__], "GUIDE", wrong)
     with pytest.raises(AssertionError):
-        test_worked_example_2_curated_law_table_and_tilt()
+        test_worked_example_1_curated_law_table_and_tilt()
