@@ -300,6 +300,15 @@ def test_tensor_images_refuse_pickles_and_name_the_file(tmp_path):
     assert not target.exists()
 
 
+def test_tensor_images_pt_needs_a_torch_whose_weights_only_holds(tmp_path, monkeypatch):
+    torch.save(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), tmp_path / "fine.pt")
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")  # weights_only=True can be bypassed before 2.6
+    with pytest.raises(RuntimeError, match=r"fine\.pt: reading \.pt files safely needs torch >= 2\.6"):
+        TensorImages(str(tmp_path / "fine.pt")).load()
+    monkeypatch.setattr(torch, "__version__", "2.6.0")
+    assert TensorImages(str(tmp_path / "fine.pt")).load().train.shape[1:] == (1, 2, 2)
+
+
 # -- labels from a judge ---------------------------------------------------------------
 class MeanJudge(nn.Module):
     """Logits favour class 1 for bright images, class 0 for dark ones (10 classes)."""
