@@ -13,6 +13,8 @@ import random
 import numpy as np
 import torch
 
+__all__ = ["derive_seed", "generator", "seed_all"]
+
 _MASK = (1 << 63) - 1
 
 
