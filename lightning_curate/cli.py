@@ -4,24 +4,76 @@
 experiment; ``--ckpt_path last`` resumes it. Configs name their classes by
 ``class_path`` (your own module, generator, reward or data source work the
 same way) and may use omegaconf interpolation (``${trainer.default_root_dir}``).
+
+Before anything is written the run directory is locked and checked (stored
+rounds, the checkpoint, the science settings), so a refused start leaves the
+earlier run byte for byte as it was. Exit status: 0 when every round finished;
+1 when the run stopped early or failed; 2 when it was refused before starting
+(bad config value, locked directory, stored rounds, changed settings, damaged
+store or checkpoint); 130 after SIGINT, 143 after SIGTERM.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_curate.loop.callback import RetrainingLoop
+from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
+from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs
+from lightning_curate.store.rounds import StoreError
+from lightning_curate.store.settings import SettingsMismatch, normalise, parse_allowed
+
+__all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "CurateCLI", "main"]
+
+EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+# Errors that explain themselves: printed as one line (LIGHTNING_CURATE_DEBUG=1 shows the traceback).
+_REFUSALS = (RunLockError, StoreError, SettingsMismatch)
+
+
+@dataclass
+class _RunState:
+    """What ``main`` needs after the CLI returns or raises: held locks, the loop, how far it got."""
+
+    locks: list[RunLock] = field(default_factory=list)
+    loop: Optional[RetrainingLoop] = None
+    trainer: Any = None
+    fitting: bool = False
 
 
 class CurateCLI(LightningCLI):
-    """``LightningCLI`` with omegaconf interpolation and the config saved in the run directory."""
+    """``LightningCLI`` with omegaconf interpolation, a locked and checked run directory, and the
+    config saved in it (only after the checks pass)."""
+
+    def __init__(self, *args, run_state: Optional[_RunState] = None, **kwargs):
+        self.run_state = run_state if run_state is not None else _RunState()
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         # Small models on a few shared CPU cores run several times faster on one thread.
         parser.add_argument("--torch_num_threads", type=Optional[int], default=None,
                             help="torch.set_num_threads for this run (default: torch's own choice)")
+        parser.add_argument("--allow_changed_settings", type=Optional[str], default=None,
+                            help="comma-separated science settings a resume may change deliberately "
+                                 "(e.g. beta,num_candidates); recorded in the next round's manifest")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI unpickles an explicit checkpoint here: name a truncated file before it does.
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_checkpoint_file(ckpt_path)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -30,24 +82,110 @@ class CurateCLI(LightningCLI):
             if threads < 1:
                 raise ValueError(f"torch_num_threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
+        parse_allowed(config.get("allow_changed_settings"))
+        if self.subcommand and is_rank_zero_env():
+            # Before anything is instantiated or written: the logger, the config save, the store.
+            root = config.get("trainer", {}).get("default_root_dir") or os.getcwd()
+            self._lock(Path(root))
+
+    def _lock(self, run_dir: Path) -> None:
+        if held_lock_for(run_dir) is None:
+            self.run_state.locks.append(RunLock(run_dir).acquire())
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.run_state.trainer = self.trainer
+        loop = next((c for c in self.trainer.callbacks if isinstance(c, RetrainingLoop)), None)
+        if loop is None or self.subcommand != "fit":
+            return
+        self.run_state.loop = loop
+        config = self.config[self.subcommand]
+        loop.allow_changed_settings = tuple(dict.fromkeys(
+            loop.allow_changed_settings + parse_allowed(config.get("allow_changed_settings"))))
+        reward = config.get("model", {}).get("init_args", {}).get("reward")
+        if reward is not None and hasattr(reward, "as_dict"):
+            loop.reward_config = normalise(reward.as_dict())
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if is_rank_zero_env():
+            self._lock(run_dir)
+        if run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+            # The CSV logger would warn that "previous log files will be deleted" about our lock file alone.
+            warnings.filterwarnings("ignore", message=f"Experiment logs directory {re.escape(str(run_dir))}")
+        # Reads only: a refusal here leaves config.yaml, metrics.csv and the store untouched.
+        loop.check_run_dir(run_dir, self.model, self.datamodule, ckpt_path=config.get("ckpt_path"),
+                           checkpoint_dirs=checkpoint_dirs(self.trainer, run_dir))
+
+    def after_instantiate_classes(self) -> None:
+        self.run_state.fitting = True
+
+
+def _short_error(err: BaseException) -> str:
+    """The message of a config error without jsonargparse's listing of every Union alternative."""
+    text = str(err)
+    reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")
+               and "Expected a <class 'NoneType'>" not in line]
+    return "; ".join(reasons) if "Errors:" in text and reasons else text
+
+
+def _resume_hint(state: _RunState, how: str, args: list[str]) -> str:
+    loop = state.loop
+    done = sorted(loop.rows) if loop is not None else []
+    where = f"after round {done[-1]} of {loop.rounds}" if done else "before round 0 finished"
+    callback = getattr(state.trainer, "checkpoint_callback", None)
+    last = getattr(callback, "last_model_path", "") or ""
+    kept = f"; the last checkpoint is {last}" if last and Path(last).is_file() else ""
+    command = [a for i, a in enumerate(args) if a != "--ckpt_path" and not a.startswith("--ckpt_path=")
+               and (i == 0 or args[i - 1] != "--ckpt_path")]
+    return (f"\n{how}: the run stopped {where}{kept}. Stored rounds are kept. Resume with:\n"
+            f"  lightning-curate {' '.join(command)} --ckpt_path last\n")
 
 
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``lightning-curate`` and ``python -m lightning_curate``; tests call it with ``args``.
 
-    Returns nothing, so the console script exits with status 0 on success.
+    Returns only when every round finished (exit status 0); otherwise raises ``SystemExit`` with the
+    codes in the module docstring.
     """
-    CurateCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        # "omegaconf+": interpolation is resolved on the final config, so a
-        # command-line --trainer.default_root_dir moves the logger and checkpoints too.
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        save_config_kwargs={"overwrite": True},
-    )
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = os.environ.get("LIGHTNING_CURATE_DEBUG") == "1"
+    state = _RunState()
+    try:
+        CurateCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            # "omegaconf+": interpolation is resolved on the final config, so a
+            # command-line --trainer.default_root_dir moves the logger and checkpoints too.
+            parser_kwargs={"parser_mode": "omegaconf+"},
+            save_config_kwargs={"overwrite": True},
+            run_state=state,
+        )
+    except SIGTERMException:  # Lightning's way out after SIGTERM: a SystemExit with status 0
+        sys.stderr.write(_resume_hint(state, "SIGTERM", argv))
+        raise SystemExit(EXIT_SIGTERM) from None
+    except SystemExit:
+        if state.loop is not None and isinstance(state.loop.stopped_by, KeyboardInterrupt):
+            sys.stderr.write(_resume_hint(state, "SIGINT", argv))
+            raise SystemExit(EXIT_SIGINT) from None
+        raise
+    except KeyboardInterrupt:  # before or after fit: Lightning did not see it
+        sys.stderr.write(_resume_hint(state, "SIGINT", argv))
+        raise SystemExit(EXIT_SIGINT) from None
+    except Exception as err:  # noqa: BLE001 - sorted below; anything unexpected keeps its traceback
+        refusal = isinstance(err, _REFUSALS) or (not state.fitting and isinstance(err, (ValueError, TypeError)))
+        if debug or not refusal:
+            raise
+        sys.stderr.write(f"error: {_short_error(err)}\n")
+        raise SystemExit(EXIT_FAILED if state.fitting else EXIT_REFUSED) from None
+    finally:
+        for lock in state.locks:
+            lock.release()
+    loop = state.loop
+    if loop is not None and state.fitting and not loop.complete:
+        sys.stderr.write(_resume_hint(state, "incomplete", argv))
+        raise SystemExit(EXIT_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,11 +13,17 @@ Lightning reloads the train dataloader at the next epoch, before
 ``on_train_epoch_start``, so the data for round ``t + 1`` is curated at the end
 of round ``t``. Every draw is seeded from (seed, round) or (seed, epoch), so a
 run resumed from any checkpoint repeats exactly what the uninterrupted run does.
+
+Before anything is written the run directory is locked (one run per
+directory, :mod:`lightning_curate.store.lock`) and checked: a fresh run never
+starts over stored rounds, and a resume must use the stored rounds' science
+settings (:mod:`lightning_curate.store.settings`) unless a change is allowed.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 from pathlib import Path
@@ -28,10 +34,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate import plots
+from lightning_curate.ops.kchoice import triton_unavailable_reason
+from lightning_curate.store.lock import RunLock, held_lock_for
+from lightning_curate.store.preflight import check_resume, checkpoint_dirs
+from lightning_curate.store.rounds import RoundStore, StoreError
+from lightning_curate.store.settings import fingerprint, normalise, parse_allowed
 from lightning_curate.theory.ideal_learner import check_improvement, predict_round
 from lightning_curate.utils.seeding import derive_seed, seed_all
 from lightning_curate.utils.validation import check_int
-from lightning_curate.store.rounds import RoundStore, StoreError
 
 __all__ = ["RetrainingLoop"]
 
@@ -48,10 +58,13 @@ class RetrainingLoop(Callback):
         initial_epochs: epochs of round 0 on real data (default: ``epochs_per_round``).
         seed: run seed; every round's draws are derived from it.
         plots: write PNG figures after every round.
+        allow_changed_settings: science settings (e.g. ``["beta"]`` or ``"beta,num_candidates"``) a
+            resume may change deliberately; the change is recorded in the next round's manifest.
+            Any other difference from the stored rounds refuses the resume.
     """
 
     def __init__(self, rounds: int = 10, epochs_per_round: int = 1, initial_epochs: Optional[int] = None,
-                 seed: int = 0, plots: bool = True):
+                 seed: int = 0, plots: bool = True, allow_changed_settings: Optional[list[str] | str] = None):
         super().__init__()
         check_int("rounds", rounds, minimum=0)
         check_int("epochs_per_round", epochs_per_round, minimum=1)
@@ -62,6 +75,13 @@ class RetrainingLoop(Callback):
         self.initial_epochs = initial_epochs if initial_epochs is not None else epochs_per_round
         self.seed = seed
         self.make_plots = plots
+        self.allow_changed_settings = parse_allowed(allow_changed_settings)
+        self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
+        self.settings: Optional[dict[str, Any]] = None
+        self.settings_changed: dict[str, list] = {}
+        self.checked_dir: Optional[Path] = None  # set once check_run_dir passed for this directory
+        self.stopped_by: Optional[BaseException] = None
+        self._lock: Optional[RunLock] = None
         self.rows: dict[int, dict[str, Any]] = {}
         self.store: Optional[RoundStore] = None
         self.run_dir: Optional[Path] = None
@@ -93,14 +113,50 @@ class RetrainingLoop(Callback):
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "attach"):
             raise TypeError("RetrainingLoop needs a BlendingDataModule (the `data` section of the config)")
+        if getattr(pl_module, "backend", None) == "triton":
+            reason = triton_unavailable_reason(trainer.strategy.root_device)
+            if reason is not None:
+                raise ValueError(f"backend: 'triton' cannot run here: {reason}. Use backend: auto or torch")
         trainer.fit_loop.max_epochs = self.total_epochs
         trainer.reload_dataloaders_every_n_epochs = 1
-        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero and held_lock_for(run_dir) is None:
+            self._lock = RunLock(run_dir).acquire()  # without the CLI: lock here
+        self.run_dir = run_dir
         self.store = RoundStore(self.run_dir / "rounds")
         datamodule.attach(self.store, self.round_of_epoch)
 
+    def science_settings(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
+        """What makes two runs the same experiment; every manifest records it and its fingerprint."""
+        reward = pl_module.reward
+        reward_config = self.reward_config or {"class_path": _qualname(reward), "init_args": _init_args(reward)}
+        return normalise({
+            "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates, "beta": pl_module.beta,
+            "num_winners": pl_module.num_winners, "mode": pl_module.mode,
+            "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
+            "reward": reward_config, "generator": _qualname(pl_module.generator),
+            "seed": self.seed, "epochs_per_round": self.epochs_per_round, "initial_epochs": self.initial_epochs,
+        })
+
+    def check_run_dir(self, run_dir: Path, pl_module: L.LightningModule, datamodule: L.LightningDataModule, *,
+                      ckpt_path: Optional[str], checkpoint_dirs: list[Path], checkpoint_loaded: bool = False) -> None:
+        """Refuse a directory this run must not write (reads only; see :mod:`lightning_curate.store.preflight`).
+
+        ``lightning-curate`` calls it before anything is written; used without the CLI, the loop calls
+        it at fit start, after the checkpoint is restored (``checkpoint_loaded``).
+        """
+        self.settings = self.science_settings(pl_module, datamodule)
+        self.settings_changed = check_resume(RoundStore(Path(run_dir) / "rounds"), self.settings,
+                                             ckpt_path=ckpt_path, checkpoint_dirs=checkpoint_dirs,
+                                             allowed=self.allow_changed_settings, checkpoint_loaded=checkpoint_loaded)
+        self.checked_dir = Path(run_dir).resolve()
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Checkpoint state (load_state_dict) is restored before this hook.
+        if self.checked_dir != self.run_dir.resolve():
+            self.check_run_dir(self.run_dir, pl_module, trainer.datamodule, ckpt_path=None,
+                               checkpoint_dirs=checkpoint_dirs(trainer, self.run_dir),
+                               checkpoint_loaded=self._restored)
         stored = self.store.rounds()
         if stored and not self._restored:
             raise StoreError(
@@ -109,6 +165,19 @@ class RetrainingLoop(Callback):
                 "and the logger's save_dir); stored rounds are never overwritten")
         if trainer.is_global_zero:
             self.store.clean_partial()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.stopped_by = exception
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every round of the schedule finished (the CLI exits non-zero otherwise)."""
+        return all(t in self.rows for t in range(self.rounds + 1))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After a resume, rebuild the table from the store (checksums verified on read).
@@ -132,9 +201,11 @@ class RetrainingLoop(Callback):
 
     # -- one round ----------------------------------------------------------
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        # Keyed on the step: a run resumed from any checkpoint draws what the
-        # uninterrupted run drew (epoch hooks are skipped on some restarts).
-        seed_all(derive_seed(self.seed, "step", trainer.global_step, trainer.global_rank))
+        # Keyed on the epoch, at its first batch (not in on_train_epoch_start: epoch
+        # hooks are skipped on some restarts): a run resumed from an epoch-end
+        # checkpoint draws what the uninterrupted run drew, with one reseed per epoch.
+        if batch_idx == 0:
+            seed_all(derive_seed(self.seed, "epoch", trainer.current_epoch, trainer.global_rank))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -191,9 +262,14 @@ class RetrainingLoop(Callback):
                 "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
                 "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
                 "seed": self.seed, "round_seed": derive_seed(self.seed, "round", round_idx), "world_size": world,
+                "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
+                "settings": self.settings, "fingerprint": fingerprint(self.settings),
                 "timings": dict(pl_module.timings), "row": row,
             }
+            if self.settings_changed:
+                manifest["settings_changed"] = self.settings_changed
             self.store.commit(round_idx, manifest)
+            self.settings_changed = {}
             self._previews[round_idx] = preview
         strategy.barrier("lightning_curate.round_committed")
         return row
@@ -268,9 +344,10 @@ class RetrainingLoop(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.rows:
             return
-        print(self.summary())
+        checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        print(self.summary(Path(checkpoint) if checkpoint else None))
 
-    def summary(self) -> str:
+    def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""
         rows = [self.rows[t] for t in sorted(self.rows)]
         shares = [c for c in rows[-1] if c.startswith("share_")]
@@ -285,10 +362,33 @@ class RetrainingLoop(Callback):
                   f"  rounds.csv            per-round metrics ({len(rows)} rows)",
                   "  round_metrics.png     reward and shares over rounds",
                   "  samples.png           model samples of every round",
-                  "  rounds/round_NNN/     curated data + manifest of each round",
-                  "  config.yaml           the full config of this run",
-                  "  checkpoints/last.ckpt resume with --ckpt_path last", ""]
-        return "\n".join(lines)
+                  "  rounds/round_NNN/     curated data + manifest of each round"]
+        if (self.run_dir / "config.yaml").is_file():
+            lines.append("  config.yaml           the full config of this run")
+        if last_checkpoint is not None and last_checkpoint.is_file():
+            name = os.path.relpath(last_checkpoint, self.run_dir)
+            lines.append(f"  {name:<21} resume with --ckpt_path last")
+        return "\n".join(lines + [""])
+
+
+def _qualname(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _init_args(module: Any) -> dict[str, Any]:
+    """Best-effort constructor arguments of an object built without a config: the attributes named
+    like its ``__init__`` parameters that hold plain values (the CLI records the config's instead)."""
+    try:
+        params = inspect.signature(type(module).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    plain = (bool, int, float, str, type(None))
+    args = {}
+    for name in params:
+        value = getattr(module, name, None) if name != "self" else None
+        if isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value)):
+            args[name] = value
+    return args
 
 
 def _is_number(value: Any) -> bool:

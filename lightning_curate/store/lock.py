@@ -121,6 +121,7 @@ class RunLock:
         self.stale_after_s = float(stale_after_s)
         self.heartbeat_s = float(heartbeat_s)
         self.info: dict[str, Any] = {}
+        self._created_dir = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -128,6 +129,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         """Take the lock or raise :class:`RunLockError` naming its live holder."""
         try:
+            self._created_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunLockError(f"cannot create the run directory {self.run_dir}: {err}") from err
@@ -249,6 +251,11 @@ class RunLock:
         current = self._read(self.path)
         if current is not None and current.get("token") == self.info["token"]:
             self.path.unlink(missing_ok=True)
+        if self._created_dir:
+            try:
+                self.run_dir.rmdir()  # a refused start leaves no empty folder behind
+            except OSError:
+                pass
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
