@@ -301,7 +301,7 @@ def test_tensor_images_refuse_pickles_and_name_the_file(tmp_path):
 
 
 def test_tensor_images_pt_needs_a_torch_whose_weights_only_holds(tmp_path, monkeypatch):
-    torch.save(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), tmp_path / "fine.pt")
+    torch.save(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), tmp_path / "fine.pt")
     monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")  # weights_only=True can be bypassed before 2.6
     with pytest.raises(RuntimeError, match=r"fine\.pt: reading \.pt files safely needs torch >= 2\.6"):
         TensorImages(str(tmp_path / "fine.pt")).load()
