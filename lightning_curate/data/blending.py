@@ -10,27 +10,87 @@ synthetic samples from the round store, chosen by ``policy``:
 
 Datasets are built lazily in ``train_dataloader()`` (Lightning reloads it at
 each epoch; the set is cached per round), because a restored run only knows
-its epoch after ``setup()``. Shuffling is seeded from (seed, epoch), so a
-resumed run sees the same batches as an uninterrupted one.
+its epoch after ``setup()``. Batches are drawn by index straight from the
+round's tensor (:class:`IndexBatches`: no per-sample ``__getitem__``, no
+collate). Shuffling is seeded from (seed, epoch) exactly as a
+``DistributedSampler`` would shuffle, so a resumed run sees the same batches
+as an uninterrupted one, and under DDP each rank takes its own shard.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_curate.utils.seeding import derive_seed, generator
 from lightning_curate.data.source import DataSource, RealData
 from lightning_curate.store.rounds import RoundStore
+from lightning_curate.utils.validation import check_int
 
-__all__ = ["BlendingDataModule", "POLICIES"]
+__all__ = ["BlendingDataModule", "IndexBatches", "POLICIES"]
 
 POLICIES = ("replace", "accumulate", "accumulate_subsample")
+
+
+class IndexBatches:
+    """One epoch of shuffled batches of the rows of ``data``, drawn by index.
+
+    The order is ``torch.utils.data.DistributedSampler``'s (shuffle, no
+    ``drop_last``): a permutation from ``seed + epoch``, padded by wrapping
+    around to a multiple of ``world_size``, rank ``r`` taking every
+    ``world_size``-th index from ``r``. Each batch is ``data[indices]``: one
+    indexing call per batch instead of a ``__getitem__`` per sample and a
+    collate, with the same batches a ``DataLoader`` over that sampler gives.
+
+    Args:
+        data: the rows, ``[n, ...]``.
+        batch_size: rows per batch (the last batch may be smaller).
+        seed: shuffling seed; the epoch is added to it.
+        epoch: the epoch this order is for.
+        rank: this process's rank.
+        world_size: number of processes sharing the rows.
+    """
+
+    def __init__(self, data: Tensor, batch_size: int, seed: int, epoch: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("world_size", world_size, minimum=1)
+        check_int("rank", rank, minimum=0)
+        if rank >= world_size:
+            raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
+        if data.shape[0] == 0:
+            raise ValueError("IndexBatches needs at least one row")
+        self.data, self.batch_size, self.seed, self.epoch = data, batch_size, seed, epoch
+        self.rank, self.world_size = rank, world_size
+        self.num_samples = math.ceil(data.shape[0] / world_size)
+
+    @property
+    def dataset(self) -> TensorDataset:
+        """The rows as a ``TensorDataset`` (what a ``DataLoader`` would hold)."""
+        return TensorDataset(self.data)
+
+    def indices(self) -> Tensor:
+        """This rank's row indices for the epoch, in order."""
+        n = self.data.shape[0]
+        gen = generator(self.seed + self.epoch)
+        order = torch.randperm(n, generator=gen)
+        total = self.num_samples * self.world_size
+        if total > n:
+            order = order.repeat(math.ceil(total / n))[:total]
+        return order[self.rank:total:self.world_size]
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        order = self.indices()
+        for start in range(0, order.shape[0], self.batch_size):
+            yield self.data[order[start:start + self.batch_size]]
 
 
 class BlendingDataModule(L.LightningDataModule):
@@ -43,6 +103,9 @@ class BlendingDataModule(L.LightningDataModule):
         synthetic_size: size of the synthetic part under ``accumulate_subsample``
             (default: the size of one round's curated data).
         batch_size: training batch size.
+        num_workers: kept for configs that set it; batches are indexed from an
+            in-memory tensor in the training process, where workers would only
+            add inter-process copies, so it must be 0 or more and is not used.
         seed: seeds the shuffling and the subsampling.
     """
 
@@ -150,15 +213,13 @@ class BlendingDataModule(L.LightningDataModule):
         self._round_sets = {round_idx: TensorDataset(data)}  # keep one round in memory
         return self._round_sets[round_idx]
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> IndexBatches:
+        """This epoch's batches: the round's set, shuffled from (seed, epoch), this rank's shard."""
         trainer = self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
         dataset = self.dataset_for_round(self.round_of_epoch(epoch))
-        # A DistributedSampler even on one process: its order depends only on
-        # (seed, epoch), which Lightning sets each epoch, so a resumed run sees
-        # the batches an uninterrupted run sees; under DDP it shards the round.
-        sampler = DistributedSampler(dataset, num_replicas=getattr(trainer, "world_size", 1),
-                                     rank=getattr(trainer, "global_rank", 0), shuffle=True,
-                                     seed=derive_seed(self.seed, "shuffle") % (1 << 31))
-        sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        # Not a DataLoader, so Lightning injects no sampler: the order depends only
+        # on (seed, epoch), and under DDP each rank indexes its own shard.
+        return IndexBatches(dataset.tensors[0], self.batch_size, seed=derive_seed(self.seed, "shuffle") % (1 << 31),
+                            epoch=epoch, rank=getattr(trainer, "global_rank", 0),
+                            world_size=getattr(trainer, "world_size", 1))

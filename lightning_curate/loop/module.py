@@ -91,6 +91,8 @@ class CurationModule(L.LightningModule):
         self.model_shares: Optional[ModeShares] = None  # sized once the class names are known
         self.curated_shares: Optional[ModeShares] = None
         self.timings = dict.fromkeys(PHASES, 0.0)
+        self._loss_sum: Optional[Tensor] = None  # running sample-weighted loss sum of the epoch
+        self._loss_count = 0
 
     def prepare_data(self) -> None:
         # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
@@ -100,10 +102,31 @@ class CurationModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        """The generator's loss on a batch (a tensor, or a one-tensor list or tuple).
+
+        ``train/loss_step`` is logged only on the steps the logger writes
+        (every ``log_every_n_steps``), and ``train/loss_epoch`` (the
+        sample-weighted mean) once per epoch from a running sum: no per-step
+        logging machinery and no per-step device sync.
+        """
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         loss = self.generator.loss(x)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        n = x.shape[0]
+        detached = loss.detach()
+        if self._loss_sum is None:
+            self._loss_sum, self._loss_count = detached * n, n
+        else:
+            self._loss_sum, self._loss_count = self._loss_sum + detached * n, self._loss_count + n
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if every and (self.global_step + 1) % every == 0:
+            self.log("train/loss_step", detached, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_sum is not None:
+            self.log("train/loss_epoch", self._loss_sum / self._loss_count, prog_bar=True, on_step=False,
+                     on_epoch=True)
+        self._loss_sum, self._loss_count = None, 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.generator.update_ema()

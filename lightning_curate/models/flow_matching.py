@@ -143,6 +143,8 @@ class FlowMatching(Generator):
         self._compiled: dict[str, tuple[nn.Module, Callable[..., Tensor]]] = {}
         self._autocast_warned = False
         self.ema: Optional[AveragedModel] = None
+        self._ema_groups: Optional[list] = None  # (averaged, live, floating) tensor lists, see update_ema
+        self._ema_started: Optional[bool] = None  # None: read n_averaged
         if ema_decay > 0:
             # A submodule, so it follows .to(device) and is saved in state_dict;
             # frozen, so optimizers and parameter counts ignore it.
@@ -168,10 +170,44 @@ class FlowMatching(Generator):
     def update_ema(self) -> None:
         """Move the averaged weights toward the live ones: ``ema = decay * ema + (1 - decay) * live``.
 
-        The first call copies the live weights (``AveragedModel``'s rule).
+        The first call copies the live weights. The result is ``AveragedModel.update_parameters``'s,
+        bit for bit (the same ``torch._foreach_lerp_`` on parameters and buffers), without its
+        per-call list building, grouping and device sync: the tensor lists are built once (again
+        after ``.to()`` or a checkpoint load) and whether averaging has started is kept in Python.
         """
-        if self.ema is not None:
-            self.ema.update_parameters(self.velocity)
+        ema = self.ema
+        if ema is None:
+            return
+        groups = self._ema_groups
+        if groups is None:
+            groups = self._ema_groups = _ema_tensor_groups(ema.module, self.velocity)
+            if groups is None:  # live and averaged weights on different devices: the general path
+                ema.update_parameters(self.velocity)
+                self._ema_started = True
+                return
+        if self._ema_started is None:
+            self._ema_started = bool(ema.n_averaged.item() > 0)
+        with torch.no_grad():
+            for averaged, live, floating in groups:
+                if not self._ema_started:
+                    torch._foreach_copy_(averaged, live)
+                elif floating:
+                    torch._foreach_lerp_(averaged, live, 1.0 - self.ema_decay)
+                else:  # get_ema_multi_avg_fn's rule for integer buffers
+                    for a, b in zip(averaged, live):
+                        a.copy_(a * self.ema_decay + b * (1.0 - self.ema_decay))
+            ema.n_averaged += 1
+        self._ema_started = True
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .cuda() / .half() replace buffers (and may replace parameters): rebuild the lists.
+        self._ema_groups = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # A checkpoint sets n_averaged (and load_state_dict(assign=True) replaces tensors): look again.
+        self._ema_started, self._ema_groups = None, None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     @property
     def sampling_velocity(self) -> nn.Module:
@@ -207,6 +243,7 @@ class FlowMatching(Generator):
         # Compiled wrappers do not pickle or deepcopy; they are rebuilt on the next sample.
         state = dict(super().__getstate__())
         state["_compiled"] = {}
+        state["_ema_groups"] = None
         return state
 
     # no_grad rather than inference_mode: the samples become training data, and
@@ -257,6 +294,28 @@ class FlowMatching(Generator):
         # step counts (float rounding in its ceil), e.g. steps=61.
         grid = torch.linspace(0.0, 1.0, self.steps + 1, device=x0.device, dtype=x0.dtype)
         return odeint(field, x0, span, method=self.solver, options={"grid_constructor": lambda *_: grid})[-1]
+
+
+def _ema_tensor_groups(averaged: nn.Module, live: nn.Module) -> Optional[list[tuple[list[Tensor], list[Tensor], bool]]]:
+    """Parameters and buffers of the two networks, paired and grouped by (device, dtype).
+
+    ``None`` when a pair is on different devices or the two do not match (``update_ema`` then
+    takes ``AveragedModel``'s general path).
+    """
+    pairs_a = [*averaged.parameters(), *averaged.buffers()]
+    pairs_b = [*live.parameters(), *live.buffers()]
+    if len(pairs_a) != len(pairs_b):
+        return None
+    groups: dict[tuple, tuple[list[Tensor], list[Tensor], bool]] = {}
+    for a, b in zip(pairs_a, pairs_b):
+        if a.device != b.device or a.shape != b.shape:
+            return None
+        floating = a.is_floating_point() or a.is_complex()
+        key = (a.device, a.dtype, b.dtype)
+        groups.setdefault(key, ([], [], floating))
+        groups[key][0].append(a.detach())
+        groups[key][1].append(b.detach())
+    return list(groups.values())
 
 
 def _module_device(module: nn.Module) -> torch.device:

@@ -5,7 +5,9 @@ import types
 import pytest
 import torch
 
-from lightning_curate.data.blending import BlendingDataModule
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_curate.data.blending import BlendingDataModule, IndexBatches
 from lightning_curate.data.toy2d import Toy2D
 from lightning_curate.store import rounds as store_mod
 from lightning_curate.store.rounds import RoundStore, StoreError
@@ -186,7 +188,8 @@ def test_real_fraction_one_trains_on_real_only(tmp_path):
 def _epoch_order(dm, epoch):
     dm.trainer = types.SimpleNamespace(current_epoch=epoch)
     loader = dm.train_dataloader()
-    batches = [batch[0] for batch in loader]
+    batches = list(loader)
+    assert all(isinstance(b, torch.Tensor) for b in batches)  # whole batches, no collate
     assert all(b.shape[0] <= 8 for b in batches)
     return torch.cat(batches)
 
@@ -241,3 +244,36 @@ def test_corrupted_round_raises_through_the_datamodule(tmp_path):
 def test_bad_constructor_values(key, value):
     with pytest.raises(ValueError, match=key):
         BlendingDataModule(Toy2D(name="mog8", num_train=8, num_heldout=8), **{key: value})
+
+
+@pytest.mark.parametrize("n, batch_size, world_size", [(37, 8, 1), (37, 8, 3), (5, 4, 4), (64, 64, 2), (3, 2, 5)])
+def test_index_batches_are_a_dataloader_over_a_distributed_sampler(n, batch_size, world_size):
+    # The oracle: what the DataLoader + DistributedSampler this replaces gave, batch for batch, every rank.
+    data = torch.arange(n * 2, dtype=torch.float32).view(n, 2)
+    for epoch in (0, 5):
+        for rank in range(world_size):
+            sampler = DistributedSampler(TensorDataset(data), num_replicas=world_size, rank=rank, shuffle=True,
+                                         seed=1234)
+            sampler.set_epoch(epoch)
+            expected = [b[0] for b in DataLoader(TensorDataset(data), batch_size=batch_size, sampler=sampler)]
+            got = list(IndexBatches(data, batch_size, seed=1234, epoch=epoch, rank=rank, world_size=world_size))
+            assert len(got) == len(expected) == len(IndexBatches(data, batch_size, 1234, epoch, rank, world_size))
+            assert all(torch.equal(g, e) for g, e in zip(got, expected))
+
+
+def test_index_batches_shard_the_rows_between_ranks():
+    data = torch.arange(12, dtype=torch.float32).view(12, 1)
+    shards = [torch.cat(list(IndexBatches(data, 5, seed=0, epoch=2, rank=r, world_size=3))) for r in range(3)]
+    assert sorted(torch.cat(shards).view(-1).tolist()) == list(range(12))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_size=0), "batch_size"), (dict(world_size=0), "world_size"), (dict(rank=-1), "rank"),
+    (dict(rank=2, world_size=2), "rank must be < world_size"),
+])
+def test_index_batches_bad_arguments(kwargs, match):
+    args = dict(data=torch.zeros(4, 2), batch_size=2, seed=0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        IndexBatches(**args)
+    with pytest.raises(ValueError, match="at least one row"):
+        IndexBatches(torch.zeros(0, 2), 2, 0)

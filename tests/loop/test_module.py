@@ -293,6 +293,51 @@ def test_training_step_returns_a_differentiable_finite_loss():
     assert any(bool(g.abs().sum() > 0) for g in grads)
 
 
+def test_training_logs_the_loss_on_logging_steps_and_the_weighted_epoch_mean(tmp_path):
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = build()
+    seen: list[tuple[float, int]] = []
+    step = module.training_step
+
+    def recording_step(batch, batch_idx):
+        loss = step(batch, batch_idx)
+        seen.append((float(loss), batch.shape[0]))
+        return loss
+
+    module.training_step = recording_step
+    gen = torch.Generator().manual_seed(0)
+
+    class Batches:  # an iterable of whole tensor batches, as BlendingDataModule serves them
+        items = [torch.randn(n, 2, generator=gen) * 4 for n in (16, 16, 16, 16, 16, 5)]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __iter__(self):
+            return iter(self.items)
+
+    batches = Batches()
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=2,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, train_dataloaders=batches)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    step_rows = [r for r in rows if r.get("train/loss_step")]
+    assert [int(r["step"]) for r in step_rows] == [1, 3, 5]  # steps 2, 4, 6 (0-based 1, 3, 5)
+    for r in step_rows:
+        assert float(r["train/loss_step"]) == pytest.approx(seen[int(r["step"])][0], rel=1e-6)
+    epoch_rows = [r for r in rows if r.get("train/loss_epoch")]
+    assert len(epoch_rows) == 1
+    expected = sum(loss * n for loss, n in seen) / sum(n for _, n in seen)
+    assert float(epoch_rows[0]["train/loss_epoch"]) == pytest.approx(expected, rel=1e-6)
+
+
 def test_reward_model_is_a_frozen_judge():
     judge = LearnedReward()
     module = build(judge)

@@ -319,6 +319,65 @@ def test_state_dict_round_trip_restores_the_ema():
     assert torch.equal(restored.sample(8, generator=seeded(15)), model.sample(8, generator=seeded(15)))
 
 
+class NormedVelocity(nn.Module):
+    """A velocity net with float and integer buffers (BatchNorm), to average both kinds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = MLPVelocity(dim=2, hidden=8, depth=1)
+        self.norm = nn.BatchNorm1d(2)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.norm(self.mlp(x, t))
+
+
+def test_ema_update_is_averaged_model_bit_for_bit_through_training_and_a_reload():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = FlowMatching(NormedVelocity(), [2], ema_decay=0.95)
+    oracle = AveragedModel(model.velocity, multi_avg_fn=get_ema_multi_avg_fn(0.95), use_buffers=True)
+    opt = torch.optim.AdamW(model.velocity.parameters(), lr=0.05)
+
+    def step(m, opt):
+        loss = m.loss(torch.randn(32, 2) * 3)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for i in range(6):
+        step(model, opt)
+        model.update_ema()
+        oracle.update_parameters(model.velocity)
+        if i == 2:
+            model.to(torch.float32)  # .to() replaces buffers: the update must follow them
+    assert model.ema.n_averaged.item() == 6
+    for (key, a), b in zip(model.ema.state_dict().items(), oracle.state_dict().values()):
+        assert torch.equal(a, b), key
+    # A reloaded model (a resume) continues exactly.
+    torch.manual_seed(1)
+    restored = FlowMatching(NormedVelocity(), [2], ema_decay=0.95)
+    restored.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in restored.velocity.parameters():
+            p.add_(0.25)
+    restored.update_ema()
+    oracle.update_parameters(restored.velocity)
+    for (key, a), b in zip(restored.ema.state_dict().items(), oracle.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+def test_first_ema_update_after_loading_an_unstarted_ema_copies():
+    model = ema_model(0.5)
+    fresh = ema_model(0.5)
+    model.update_ema()
+    model.load_state_dict(fresh.state_dict())  # n_averaged back to 0
+    with torch.no_grad():
+        model.velocity.net[0].weight.add_(1.0)
+    model.update_ema()
+    assert torch.equal(model.ema.module.net[0].weight, model.velocity.net[0].weight)
+
+
 def test_zero_decay_disables_ema():
     model = ema_model(0.0)
     model.update_ema()
