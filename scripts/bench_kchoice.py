@@ -31,12 +31,23 @@ and method, comparing the peak RSS after allocating the inputs and after the cal
 (``VmHWM`` with the peak reset through /proc/self/clear_refs on Linux, since a
 child's ``ru_maxrss`` there starts at its parent's peak; ``ru_maxrss`` elsewhere).
 
+Roofline (CUDA; ``--roofline auto`` runs it first, ``only`` runs nothing else):
+at 1e6 x 16, 1e7 x 4, 1e5 x 256 (one winner) and 1e6 x 16 with m = 4, float32
+rewards, no candidates: the bytes one call must move (rewards read once; index,
+log_prob and logsumexp written), ``kchoice``'s achieved GB/s and percent of the
+card's peak DRAM bandwidth (a table of known cards by ``torch.cuda.get_device_name``;
+an unknown card says so, or pass ``--peak-gbps``), beside ``softmax +
+torch.multinomial``, eager Gumbel-argmax (top-m for m > 1) and ``torch.compile``d
+Gumbel-argmax on the same tensors. Without a GPU it says so and runs the CPU
+comparison.
+
 Examples::
 
     python scripts/bench_kchoice.py --quick
     python scripts/bench_kchoice.py                         # the full grid
     python scripts/bench_kchoice.py --n 10000 1000000 --k 4 16 --memory --json out.json
     python scripts/bench_kchoice.py --device cuda           # Triton kernel, fp16 candidates
+    python scripts/bench_kchoice.py --roofline only --json roofline.json   # the roofline table alone
 """
 
 from __future__ import annotations
@@ -197,17 +208,46 @@ def kchoice_bytes(n: int, k: int, d: int, device: torch.device) -> int:
     return n * k * 4 + n * (8 + 4 + 4) + cand
 
 
-def peak_bandwidth_gbps(device: torch.device, override: Optional[float]) -> Optional[float]:
+# Peak DRAM bandwidth (GB/s, vendor figures) by a substring of torch.cuda.get_device_name;
+# the first match wins, so the more specific names come first.
+PEAK_GBPS = (
+    ("GH200", 4000.0), ("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0),
+    ("H800", 3350.0), ("B200", 8000.0), ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0),
+    ("A100-PCIE-80GB", 1935.0), ("A100", 1555.0), ("A800", 2039.0), ("L40S", 864.0), ("L40", 864.0),
+    ("L4", 300.0), ("A10G", 600.0), ("A10", 600.0), ("T4", 320.0), ("V100", 900.0),
+    ("RTX 4090", 1008.0), ("RTX 3090", 936.0), ("RTX A6000", 768.0),
+)
+
+
+def known_peak_gbps(device_name: str) -> Optional[float]:
+    """The peak DRAM bandwidth of a card from ``PEAK_GBPS``; ``None`` for a card not in it."""
+    for key, gbps in PEAK_GBPS:
+        if key.lower() in device_name.lower():
+            return gbps
+    return None
+
+
+def peak_bandwidth(device: torch.device, override: Optional[float]) -> tuple[Optional[float], str]:
+    """``(GB/s, where it came from)``: --peak-gbps, the table of known cards, or Triton's estimate."""
     if override:
-        return override
+        return override, "--peak-gbps"
     if device.type != "cuda":
-        return None
+        return None, "no GPU"
+    name = torch.cuda.get_device_name(device)
+    known = known_peak_gbps(name)
+    if known:
+        return known, f"table entry for {name}"
     try:
         from triton.testing import get_dram_gbps
 
-        return float(get_dram_gbps(device.index if device.index is not None else torch.cuda.current_device()))
+        return float(get_dram_gbps(device.index if device.index is not None else torch.cuda.current_device())), \
+            f"{name} is not in the table: Triton's estimate from the device's memory clock and bus width"
     except Exception:  # pragma: no cover - depends on the Triton version
-        return None
+        return None, f"unknown card {name}: peak bandwidth unknown (pass --peak-gbps)"
+
+
+def peak_bandwidth_gbps(device: torch.device, override: Optional[float]) -> Optional[float]:
+    return peak_bandwidth(device, override)[0]
 
 
 # --------------------------------------------------------------------------- memory
@@ -301,6 +341,103 @@ def measure_cpu_memory(method: str, n: int, k: int, d: int, beta: float, threads
     if proc.returncode != 0:
         raise RuntimeError(f"memory subprocess for {spec} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- roofline (CUDA)
+
+ROOFLINE_SHAPES = ((1_000_000, 16, 1), (10_000_000, 4, 1), (100_000, 256, 1), (1_000_000, 16, 4))
+ROOFLINE_BANDWIDTH_SHAPES = ((1_000_000, 16, 1), (10_000_000, 4, 1))  # target: >= 70% of peak
+ROOFLINE_SPEEDUP_SHAPE = (1_000_000, 16, 1)                          # target: >= 5x softmax + multinomial
+
+
+def roofline_bytes(n: int, k: int, m: int, reward_bytes: int = 4) -> int:
+    """The least one kchoice call moves: rewards read once; index (int64) and
+    log_prob (float32) per winner and logsumexp (float32) per row written."""
+    return n * k * reward_bytes + n * m * (8 + 4) + n * 4
+
+
+def _gumbel_topm(rewards, beta: float, m: int):
+    g = -torch.log(-torch.log(torch.rand_like(rewards).clamp_(1e-20, 1.0 - 1e-7)))
+    key = beta * rewards + g
+    return key.argmax(dim=1) if m == 1 else torch.topk(key, m, dim=1).indices
+
+
+def roofline_methods(beta: float, m: int) -> Dict[str, Callable]:
+    compiled = torch.compile(_gumbel_topm, dynamic=False)
+    return {
+        "kchoice": lambda r: kchoice(r, beta, num_winners=m, seed=SEED, backend=BACKEND),
+        "multinomial": lambda r: torch.multinomial(torch.softmax(beta * r, -1), m),
+        "gumbel_eager": lambda r: _gumbel_topm(r, beta, m),
+        "gumbel_compiled": lambda r: compiled(r, beta, m),
+    }
+
+
+def run_roofline(device: torch.device, beta: float, peak: Optional[float], shapes=ROOFLINE_SHAPES) -> List[dict]:
+    """One row per shape: each method's median time, kchoice's GB/s and % of peak."""
+    name = torch.cuda.get_device_name(device)
+    rows = []
+    for n, k, m in shapes:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(0)
+        rewards = torch.randn(n, k, device=device, generator=gen)
+        row: Dict[str, object] = {"device_name": name, "N": n, "K": k, "m": m,
+                                  "bytes": roofline_bytes(n, k, m)}
+        for method, fn in roofline_methods(beta, m).items():
+            fn(rewards)  # compile / autotune / warm up outside the timing
+            sync(device)
+            row[f"{method}_ms"] = time_cuda(lambda fn=fn, r=rewards: fn(r))["median_ms"]
+        row["gbps"] = row["bytes"] / (row["kchoice_ms"] * 1e-3) / 1e9
+        row["roofline_ms"] = row["bytes"] / (peak * 1e9) * 1e3 if peak else None
+        row["peak_fraction"] = row["gbps"] / peak if peak else None
+        for method in ("multinomial", "gumbel_eager", "gumbel_compiled"):
+            row[f"speedup_{method}"] = row[f"{method}_ms"] / row["kchoice_ms"]
+        rows.append(row)
+        del rewards
+        torch.cuda.empty_cache()
+        print(f"  roofline N={n} K={k} m={m}: kchoice {fmt_ms(row['kchoice_ms'])} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_roofline(rows: List[dict], peak: Optional[float], peak_source: str) -> None:
+    name = rows[0]["device_name"] if rows else "?"
+    print(f"Roofline on {name} (float32 rewards, no candidates; median of triton.testing.do_bench; "
+          + (f"peak {peak:.0f} GB/s, {peak_source})" if peak else f"{peak_source})"))
+    headers = ["N", "K", "m", "MB moved", "roofline us", "kchoice us", "GB/s", "% peak",
+               "softmax+multinom us", "gumbel eager us", "gumbel compiled us", "x multinom", "x compiled"]
+    table = [[f"{r['N']:.0e}", str(r["K"]), str(r["m"]), fmt(r["bytes"] / 1e6, ".1f"),
+              fmt(None if r["roofline_ms"] is None else 1e3 * r["roofline_ms"], ".1f"),
+              fmt(1e3 * r["kchoice_ms"], ".1f"), fmt(r["gbps"], ".0f"),
+              fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
+              fmt(1e3 * r["multinomial_ms"], ".1f"), fmt(1e3 * r["gumbel_eager_ms"], ".1f"),
+              fmt(1e3 * r["gumbel_compiled_ms"], ".1f"), fmt_ratio(r["speedup_multinomial"]),
+              fmt_ratio(r["speedup_gumbel_compiled"])] for r in rows]
+    print_table(headers, table)
+    print()
+
+
+def roofline_targets(rows: List[dict], peak: Optional[float]) -> List[Dict[str, str]]:
+    out = []
+    by_shape = {(r["N"], r["K"], r["m"]): r for r in rows}
+    for shape in ROOFLINE_BANDWIDTH_SHAPES:
+        r = by_shape.get(shape)
+        name = f"CUDA: kchoice >= 70% of peak DRAM bandwidth at N={shape[0]}, K={shape[1]}"
+        if r is None:
+            out.append({"name": name, "status": "SKIP", "detail": "shape not run"})
+        elif not peak:
+            out.append({"name": name, "status": "SKIP", "detail": f"{r['gbps']:.0f} GB/s; peak unknown"})
+        else:
+            out.append({"name": name, "status": "PASS" if r["peak_fraction"] >= 0.7 else "FAIL",
+                        "detail": f"{100 * r['peak_fraction']:.1f}% ({r['gbps']:.0f} of {peak:.0f} GB/s) "
+                                  f"on {r['device_name']}"})
+    r = by_shape.get(ROOFLINE_SPEEDUP_SHAPE)
+    n, k, _ = ROOFLINE_SPEEDUP_SHAPE
+    name = f"CUDA: kchoice >= 5x softmax + torch.multinomial at N={n}, K={k}"
+    if r is None:
+        out.append({"name": name, "status": "SKIP", "detail": "shape not run"})
+    else:
+        out.append({"name": name, "status": "PASS" if r["speedup_multinomial"] >= 5 else "FAIL",
+                    "detail": f"{r['speedup_multinomial']:.1f}x on {r['device_name']}"})
+    return out
 
 
 # --------------------------------------------------------------------------- printing
@@ -398,6 +535,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--peak-gbps", type=float, default=None,
                    help="peak memory bandwidth in GB/s (default on CUDA: from Triton's device properties)")
+    p.add_argument("--roofline", choices=("auto", "only", "off"), default="auto",
+                   help="CUDA roofline table: auto = before the comparison, only = nothing else "
+                        "(without a GPU both say so and run the CPU comparison)")
     p.add_argument("--quick", action="store_true",
                    help="small shapes, 3 repeats, memory of kchoice on one small shape: a smoke test")
     p.add_argument("--json", metavar="PATH", help="also write machine, rows and targets as JSON here")
@@ -450,7 +590,7 @@ def main(argv=None) -> int:
     budget = int(args.mem_budget_gib * GIB)
     cdtype = candidate_dtype(device)
     csize = torch.empty((), dtype=cdtype).element_size()
-    peak = peak_bandwidth_gbps(device, args.peak_gbps)
+    peak, peak_source = peak_bandwidth(device, args.peak_gbps)
     info = machine_info(device)
 
     print("kchoice benchmark")
@@ -458,7 +598,7 @@ def main(argv=None) -> int:
           f"torch {info['torch']} ({info['torch_threads']} threads) | triton {info['triton']} | "
           f"python {info['python']}")
     print(f"  device  : {device} = {info['device_name']}"
-          + (f" | peak DRAM {peak:.0f} GB/s" if peak else ""))
+          + (f" | peak DRAM {peak:.0f} GB/s ({peak_source})" if peak else f" | {peak_source}"))
     print(f"  setup   : beta={args.beta} | rewards float32 | candidates {str(cdtype).replace('torch.', '')} "
           f"| budget {args.mem_budget_gib:g} GiB | "
           + ("timing: triton.testing.do_bench, median" if cuda else
@@ -467,6 +607,28 @@ def main(argv=None) -> int:
     print(f"  methods : kchoice = lightning_curate.kchoice (backend {args.backend}) | "
           "(a) = torch.multinomial(softmax(beta*r), 1) + gather | (b) = per-slot Python loop")
     print(flush=True)
+
+    roof_rows: List[dict] = []
+    roof_targets: List[Dict[str, str]] = []
+    if args.roofline != "off":
+        if cuda:
+            roof_rows = run_roofline(device, args.beta, peak)
+            print_roofline(roof_rows, peak, peak_source)
+            roof_targets = roofline_targets(roof_rows, peak)
+        else:
+            print("Roofline: no GPU here (it needs a CUDA device; this run is on the CPU): "
+                  "skipped, running the CPU comparison.\n", flush=True)
+    if cuda and args.roofline == "only":
+        print("Targets")
+        for t in roof_targets:
+            print(f"  {t['status']:4s}  {t['name']}: {t['detail']}")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"machine": info, "peak_gbps": peak, "peak_source": peak_source,
+                                                   "roofline": roof_rows, "targets": roof_targets},
+                                                  indent=2, default=str))
+            print(f"\nwrote {args.json}")
+        return 1 if args.strict and any(t["status"] == "FAIL" for t in roof_targets) else 0
 
     rows: List[Dict[str, object]] = []
     mem_rows: List[Dict[str, object]] = []
@@ -569,13 +731,14 @@ def main(argv=None) -> int:
         print()
 
     # ---- targets
-    targets = evaluate_targets(rows, mem_rows, cuda, peak)
+    targets = roof_targets + evaluate_targets(rows, mem_rows, cuda, peak)
     print("Targets")
     for t in targets:
         print(f"  {t['status']:4s}  {t['name']}: {t['detail']}")
 
     if args.json:
         payload = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "memory_child"},
+                   "peak_gbps": peak, "peak_source": peak_source, "roofline": roof_rows,
                    "rows": rows, "memory": mem_rows, "targets": targets}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
