@@ -208,3 +208,43 @@ def test_adversarial_grid_rewards():
     assert (hr[1:] < hr[:-1]).all() and (ar[1:] > ar[:-1]).all()
     # Real data keeps every class above rho * p_data.
     assert float(out["law"][:, 1].min()) >= 0.05
+
+
+def test_k2_sharper_minority_wins():
+    # 60% curators at beta = 1 against 40% at beta = 3: 0.6 tanh(0.5) = 0.277 < 0.4 tanh(1.5) = 0.362.
+    closed = two_curator_fixed_points_k2(0.6, math.tanh(0.5), math.tanh(1.5))
+    assert closed["winner"] == "b"
+    crowd = two_curator_population(0.6, 1.0, 3.0, num_candidates=2)
+    stable = [(p["a"], p["b"]) for p in two_curator_fixed_points(crowd) if p["stable"]]
+    assert stable == [(0.0, 1.0)]
+
+
+def test_k4_weighted_polarisation_worked_example():
+    # docs/readme/theory_populations.md: K = 4, beta = 2, pi_a = 0.6.
+    crowd = two_curator_population(0.6, 2.0, 2.0, num_candidates=4)
+    stable = [p for p in two_curator_fixed_points(crowd) if p["stable"]]
+    assert len(stable) == 1 and (stable[0]["a"], stable[0]["b"]) == pytest.approx((0.7483, 0.2517), abs=1e-4)
+    real = [p for p in two_curator_fixed_points(crowd, 0.5, 0.125, 0.125) if p["stable"]]
+    assert (real[0]["a"], real[0]["b"]) == pytest.approx((0.2713, 0.1756), abs=1e-4)
+    # The iteration from the data reaches it.
+    a, b = 0.125, 0.125
+    for _ in range(200):
+        a, b = two_curator_map(a, b, crowd, 0.5, 0.125, 0.125)
+    assert (a, b) == pytest.approx((real[0]["a"], real[0]["b"]), abs=1e-9)
+
+
+def test_mog8_target_threshold_bracket():
+    # Eight modes as atoms at their centres (configs/mog8.yaml's reward), adversaries pull to mode 4.
+    from lightning_curate.data.toy2d import mode_centers
+    from lightning_curate.rewards import ClippedDistanceReward
+
+    centres = mode_centers("mog8")
+    honest = ClippedDistanceReward(dataset="mog8", targets=[0, 1], radius=0.5)(centres).double()
+    target = ClippedDistanceReward(dataset="mog8", targets=[4], radius=0.5)(centres).double()
+    p8 = torch.full((8,), 0.125, dtype=torch.float64)
+    grows = lambda pT, p0: float(pT[4]) > float(p0[4])  # noqa: E731
+    th = adversarial_threshold(p8, honest, grows, 0.0, 10, "target", target, tol=1e-3, num_candidates=4)
+    assert th == pytest.approx(0.305, abs=2e-3)
+    for eps, expected in [(th, True), (th - 1e-3, False)]:
+        crowd = adversarial_population(honest, eps, "target", target, num_candidates=4)
+        assert grows(population_trajectory(p8, crowd, 0.0, 10)[-1], p8) == expected
