@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import math
 import os
 import platform
 import sys
@@ -44,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_curate.experiments import sweep  # noqa: E402
+from lightning_curate.experiments.aggregate import as_float  # noqa: E402
 
 CLAIMS = ("mog8", "discrete", "digits_class", "digits_confidence")
 
@@ -72,13 +72,6 @@ class ClaimResult:
 # --------------------------------------------------------------------------- #
 
 
-def _f(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def series(rows: list[dict], point: str, column: str) -> tuple[list[int], list[float]]:
     """Mean over seeds of ``column`` per round, for one grid point."""
     summary = sweep.summarise([r for r in rows if r["point"] == point], column)
@@ -92,7 +85,7 @@ def per_seed(rows: list[dict], point: str, column: str) -> dict[int, dict[int, f
     out: dict[int, dict[int, float]] = {}
     for r in rows:
         if r["point"] == point:
-            out.setdefault(int(r["seed"]), {})[int(_f(r["round"]))] = _f(r.get(column))
+            out.setdefault(int(r["seed"]), {})[int(as_float(r["round"]))] = as_float(r.get(column))
     return out
 
 

@@ -17,7 +17,7 @@ from lightning_curate.experiments.grid import RunSpec, format_value
 from lightning_curate.experiments.runner import read_table, table_path
 from lightning_curate.plots.sweep import plot_sweep_metric
 
-__all__ = ["NOT_METRICS", "TABLE_NAME", "aggregate", "metric_columns", "plot_sweep", "summarise"]
+__all__ = ["NOT_METRICS", "TABLE_NAME", "aggregate", "as_float", "metric_columns", "plot_sweep", "summarise"]
 
 TABLE_NAME = "sweep.csv"
 # Columns that are bookkeeping rather than metrics: no figure for them.
@@ -57,7 +57,8 @@ def aggregate(specs: Sequence[RunSpec], out) -> tuple[Path, list[dict]]:
     return table, rows
 
 
-def _float(v) -> float:
+def as_float(v) -> float:
+    """A table cell as a float; NaN for an empty or non-numeric cell."""
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -85,7 +86,7 @@ def metric_columns(rows: Sequence[dict], patterns: Optional[Sequence[str]] = Non
                 cols.append(c)
     numeric = []
     for c in cols:
-        vals = [_float(r.get(c)) for r in rows]
+        vals = [as_float(r.get(c)) for r in rows]
         if any(math.isfinite(v) for v in vals):
             numeric.append(c)
     if patterns:
@@ -97,7 +98,7 @@ def summarise(rows: Sequence[dict], metric: str) -> dict[str, tuple[list[float],
     """Per point: rounds, mean over seeds, 95% half-width, and the number of seeds."""
     by_point: dict[str, dict[float, list[float]]] = {}
     for r in rows:
-        v, t = _float(r.get(metric)), _float(r.get("round"))
+        v, t = as_float(r.get(metric)), as_float(r.get("round"))
         if math.isfinite(t):
             by_point.setdefault(r["point"], {}).setdefault(t, [])
             if math.isfinite(v):

@@ -16,7 +16,8 @@ import yaml
 
 from lightning_curate.utils.validation import check_int
 
-__all__ = ["LOOP_CLASS", "SweepError", "check_count", "get_key", "load_base_config", "loop_entry", "set_key"]
+__all__ = ["LOOP_CLASS", "SweepError", "check_count", "get_key", "load_base_config", "loop_entry", "read_yaml_mapping",
+           "set_key"]
 
 LOOP_CLASS = "RetrainingLoop"
 
@@ -111,16 +112,24 @@ def get_key(config: dict, key: str, default: Any = None) -> Any:
     return container[part]
 
 
-def load_base_config(path) -> dict:
-    """A LightningCLI config file as a dict, or a :class:`SweepError` saying what is wrong with it."""
+def read_yaml_mapping(path, what: str, expected: str) -> dict:
+    """The YAML mapping in the file ``path`` (an empty file is ``{}``); a :class:`SweepError` naming
+    ``what`` (e.g. ``"base config"``) when it is missing, not YAML, or not a mapping (``expected``)."""
     path = Path(path)
     if not path.is_file():
-        raise SweepError(f"base config {str(path)!r} not found")
+        raise SweepError(f"{what} {str(path)!r} not found")
     try:
-        config = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise SweepError(f"base config {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(config, dict):
-        raise SweepError(f"base config {str(path)!r} must be a YAML mapping (a LightningCLI config)")
-    return config
+        raise SweepError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SweepError(f"{what} {str(path)!r} must be {expected}")
+    return data
+
+
+def load_base_config(path) -> dict:
+    """A LightningCLI config file as a dict, or a :class:`SweepError` saying what is wrong with it."""
+    return read_yaml_mapping(path, "base config", "a YAML mapping (a LightningCLI config)")
 

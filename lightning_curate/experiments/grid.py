@@ -50,11 +50,7 @@ def _yaml_value(text: str, what: str) -> Any:
 def parse_grid_spec(spec: str) -> tuple[str, list]:
     """``"data.init_args.real_fraction=0,0.5"`` -> ``("data.init_args.real_fraction", [0, 0.5])``."""
     example = "e.g. --grid data.init_args.real_fraction=0,0.5"
-    if not isinstance(spec, str) or "=" not in spec:
-        raise SweepError(f"bad grid spec {spec!r}: expected KEY=VALUE1,VALUE2,... ({example})")
-    key, _, values = spec.partition("=")
-    key = key.strip()
-    _check_key(key, spec)
+    key, values = _key_and_text(spec, f"bad grid spec {spec!r}: expected KEY=VALUE1,VALUE2,... ({example})")
     items = _split_values(values)
     if not values.strip() or any(item == "" for item in items):
         raise SweepError(f"bad grid spec {spec!r}: empty value in {values!r} ({example})")
@@ -62,6 +58,16 @@ def parse_grid_spec(spec: str) -> tuple[str, list]:
     _check_distinct(key, parsed)
     return key, parsed
 
+
+
+def _key_and_text(spec: Any, malformed: str) -> tuple[str, str]:
+    """``"KEY=TEXT"`` -> ``(KEY, TEXT)`` with KEY checked; ``malformed`` is the error without an ``=``."""
+    if not isinstance(spec, str) or "=" not in spec:
+        raise SweepError(malformed)
+    key, _, text = spec.partition("=")
+    key = key.strip()
+    _check_key(key, spec)
+    return key, text
 
 
 def _check_key(key: str, where: str) -> None:
@@ -80,11 +86,7 @@ def _check_distinct(key: str, values: list) -> None:
 
 def parse_set_spec(spec: str) -> tuple[str, Any]:
     """``"loop.rounds=3"`` -> ``("loop.rounds", 3)`` (one value, applied to every run)."""
-    if not isinstance(spec, str) or "=" not in spec:
-        raise SweepError(f"bad --set {spec!r}: expected KEY=VALUE, e.g. --set loop.rounds=3")
-    key, _, value = spec.partition("=")
-    key = key.strip()
-    _check_key(key, spec)
+    key, value = _key_and_text(spec, f"bad --set {spec!r}: expected KEY=VALUE, e.g. --set loop.rounds=3")
     if not value.strip():
         raise SweepError(f"bad --set {spec!r}: empty value")
     return key, _yaml_value(value.strip(), f"--set {spec!r}")

@@ -42,10 +42,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-import yaml
-
 from lightning_curate.experiments.aggregate import aggregate, metric_columns, plot_sweep, summarise
-from lightning_curate.experiments.config_keys import SweepError, check_count, get_key, load_base_config, set_key
+from lightning_curate.experiments.config_keys import (
+    SweepError,
+    check_count,
+    get_key,
+    load_base_config,
+    read_yaml_mapping,
+    set_key,
+)
 from lightning_curate.experiments.grid import RunSpec, parse_grid_spec, parse_seeds, parse_set_spec, plan_sweep
 from lightning_curate.experiments.runner import RunResult, run_status, run_sweep
 
@@ -78,14 +83,7 @@ def load_sweep_file(path) -> dict:
     (mapping key -> list of values), ``seeds``, ``out``, optional ``set`` (key -> value),
     ``jobs``, ``metrics`` (column patterns to plot)."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file {str(path)!r} not found")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SweepError(f"sweep file {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(spec, dict):
-        raise SweepError(f"sweep file {str(path)!r} must be a mapping with base, grid, seeds, out")
+    spec = read_yaml_mapping(path, "sweep file", "a mapping with base, grid, seeds, out")
     unknown = set(spec) - {"base", "grid", "seeds", "out", "set", "jobs", "metrics", "timeout"}
     if unknown:
         raise SweepError(f"sweep file {str(path)!r}: unknown keys {sorted(unknown)} "

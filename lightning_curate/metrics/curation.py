@@ -26,22 +26,26 @@ from lightning_curate.utils.validation import check_float, check_int
 __all__ = ["MMD", "ModeShares", "RewardStats", "SelectionEntropy", "SlicedWasserstein"]
 
 
+class _RoundMetric(Metric):
+    """What every metric of a round shares: no gradients, and ``update`` needs no global state."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
     """float64 for sums (cancellation in the variance), except where the device lacks it."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-class RewardStats(Metric):
+class RewardStats(_RoundMetric):
     """Mean, std (unbiased, ``correction=1``), min and max of all rewards seen.
 
     Keeps count, sum and sum of squares (float64), min and max: five numbers,
     whatever the number of rewards, each reduced across ranks by sum/min/max.
     Non-finite rewards propagate (a ``-inf`` reward gives a ``-inf`` mean).
     """
-
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -74,15 +78,11 @@ class RewardStats(Metric):
                 "min": self.min_value.to(f32), "max": self.max_value.to(f32)}
 
 
-class ModeShares(Metric):
+class ModeShares(_RoundMetric):
     """Share of samples per mode/class label in ``0..num_modes-1`` (float32, sums to 1).
 
     Counts are summed across ranks; before any update every share is 0.
     """
-
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = False
 
     def __init__(self, num_modes: int, **kwargs):
         super().__init__(**kwargs)
@@ -104,7 +104,7 @@ class ModeShares(Metric):
         return self.counts.to(torch.float64) / self.counts.sum().clamp_min(1)
 
 
-class SelectionEntropy(Metric):
+class SelectionEntropy(_RoundMetric):
     """Mean entropy of the K-choice law ``softmax(beta * r)`` per slot, divided by ``log K``.
 
     1 means the choice is uniform (no curation pressure), 0 deterministic
@@ -112,10 +112,6 @@ class SelectionEntropy(Metric):
     marks a candidate that can never win (it contributes no entropy), as in
     ``kchoice``. ``K = 1`` gives 0: there is no choice.
     """
-
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -157,12 +153,10 @@ def _flat_rows(x: Tensor, what: str) -> Tensor:
     return x.detach().reshape(x.shape[0], -1).to(torch.float32)
 
 
-class _TwoSampleMetric(Metric):
+class _TwoSampleMetric(_RoundMetric):
     """Keeps up to ``max_samples`` rows of generated (``samples``) and reference (``real``) data."""
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
 
     def __init__(self, max_samples: int, **kwargs):
         super().__init__(**kwargs)

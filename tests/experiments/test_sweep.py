@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_curate.experiments import runner, sweep
 from lightning_curate.cli import main as cli_main
+from lightning_curate.experiments import runner, sweep
 from lightning_curate.experiments.sweep import SweepError, parse_grid_spec, parse_seeds, plan_sweep, run_sweep, set_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +99,18 @@ def test_console_errors_are_clear(tmp_path, capsys):
     bad_file.write_text(yaml.safe_dump({"base": str(base), "grid": {"data.real_fraction": 0.5}}))
     assert sweep.main([str(bad_file)]) == 2
     assert "must list its values" in capsys.readouterr().err
+    not_yaml = tmp_path / "not_yaml.yaml"
+    not_yaml.write_text("base: [unclosed\n")
+    assert sweep.main([str(not_yaml)]) == 2
+    assert f"sweep file {str(not_yaml)!r} is not valid YAML" in capsys.readouterr().err
+    a_list = tmp_path / "list.yaml"
+    a_list.write_text("- 1\n- 2\n")
+    assert sweep.main(["--config", str(a_list)]) == 2
+    assert f"base config {str(a_list)!r} must be a YAML mapping (a LightningCLI config)" in capsys.readouterr().err
+    assert sweep.main(["--config", str(base), "--set", "loop.rounds"]) == 2
+    assert "bad --set 'loop.rounds': expected KEY=VALUE" in capsys.readouterr().err
+    assert sweep.main(["--config", str(base), "--jobs", "0"]) == 2
+    assert "--jobs must be an int >= 1, got 0" in capsys.readouterr().err
 
 
 def test_a_failing_run_is_reported(tmp_path):
