@@ -131,6 +131,8 @@ def test_k4_symmetric_polarises_at_one_half():
 def test_argmax_invasion_rate_is_pi_k():
     crowd = two_curator_population(0.5, 1.0, 1.0, num_candidates=3, mode="argmax")
     assert invasion_rate(crowd, 0) == 1.5 and invasion_rate(crowd, 1) == 1.5
+    stable = [(p["a"], p["b"]) for p in two_curator_fixed_points(crowd) if p["stable"]]
+    assert len(stable) == 1 and stable[0] == pytest.approx((0.5, 0.5), abs=1e-9)
 
 
 def test_invasion_rate_predicts_consensus_or_polarisation():
@@ -224,6 +226,7 @@ def test_k4_weighted_polarisation_worked_example():
     crowd = two_curator_population(0.6, 2.0, 2.0, num_candidates=4)
     stable = [p for p in two_curator_fixed_points(crowd) if p["stable"]]
     assert len(stable) == 1 and (stable[0]["a"], stable[0]["b"]) == pytest.approx((0.7483, 0.2517), abs=1e-4)
+    assert (invasion_rate(crowd, 0), invasion_rate(crowd, 1)) == pytest.approx((1.776, 1.242), abs=1e-3)
     real = [p for p in two_curator_fixed_points(crowd, 0.5, 0.125, 0.125) if p["stable"]]
     assert (real[0]["a"], real[0]["b"]) == pytest.approx((0.2713, 0.1756), abs=1e-4)
     # The iteration from the data reaches it.
@@ -248,3 +251,14 @@ def test_mog8_target_threshold_bracket():
     for eps, expected in [(th, True), (th - 1e-3, False)]:
         crowd = adversarial_population(honest, eps, "target", target, num_candidates=4)
         assert grows(population_trajectory(p8, crowd, 0.0, 10)[-1], p8) == expected
+
+
+def test_mixture_is_not_the_law_of_the_averaged_reward():
+    # docs/readme/theory_populations.md section 1.
+    crowd = [Curator([1.0, 0.0], num_candidates=2, weight=0.6), Curator([0.0, 1.0], num_candidates=2, weight=0.4)]
+    q_each = 0.5 * (1 + math.tanh(0.5) / 2)
+    mix = population_curated_distribution([0.5, 0.5], crowd)
+    assert float(mix[0]) == pytest.approx(0.6 * q_each + 0.4 * (1 - q_each), abs=1e-12)
+    assert float(mix[0]) == pytest.approx(0.5231, abs=1e-4)
+    averaged = curated_distribution([0.5, 0.5], [0.6, 0.4], 2, 1.0)
+    assert float(averaged[0]) == pytest.approx(0.5249, abs=1e-4)
