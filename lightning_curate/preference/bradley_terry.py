@@ -57,6 +57,7 @@ class RewardMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Scores ``[N]`` of a batch ``[N, *s]``."""
         return self.net(x.reshape(x.shape[0], -1).float()).squeeze(-1)
 
 
@@ -73,6 +74,7 @@ class AtomScores(nn.Module):
         self.scores = nn.Parameter(torch.zeros(num_atoms))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Scores ``[N]`` of atom indices ``[N, 1]``."""
         return self.scores[atom_indices(x, self.num_atoms, "AtomScores")]
 
 
@@ -120,7 +122,8 @@ def _check_logs(candidates: Tensor, chosen: Tensor) -> Tensor:
         raise ValueError(f"chosen must hold integer indices, got dtype {chosen.dtype}")
     chosen = chosen.long()
     if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= k):
-        raise ValueError(f"chosen indices must be in 0..{k - 1} (K = {k}), got {int(chosen.min())}..{int(chosen.max())}")
+        raise ValueError(f"chosen indices must be in 0..{k - 1} (K = {k}), "
+                         f"got {int(chosen.min())}..{int(chosen.max())}")
     if chosen.dim() == 2 and chosen.shape[1] > 1:
         srt = chosen.sort(dim=1).values
         if (srt[:, 1:] == srt[:, :-1]).any():

@@ -84,8 +84,11 @@ def _store_and_rounds(round_dir: Path, rounds: Optional[str]) -> tuple[RoundStor
 
 
 def load_choice_logs(store: RoundStore, rounds: Sequence[int]) -> dict[str, Any]:
-    """The choice logs of ``rounds`` concatenated: ``candidates``, ``chosen`` (``[n]`` for one pick),
-    ``rewards`` (``[n, K]`` or ``None``), ``round`` / ``slot`` per row and the manifests."""
+    """The choice logs of ``rounds``, concatenated.
+
+    Returns ``candidates``, ``chosen`` (``[n]`` for one pick), ``rewards`` (``[n, K]`` or
+    ``None``), ``round`` / ``slot`` per row and the ``manifests``.
+    """
     cands, chosen, rewards, origin, slots, manifests = [], [], [], [], [], []
     for t in rounds:
         record = store.read(t)
@@ -111,7 +114,8 @@ def load_choice_logs(store: RoundStore, rounds: Sequence[int]) -> dict[str, Any]
             "round": torch.cat(origin), "slot": torch.cat(slots), "manifests": manifests}
 
 
-def build_model(kind: str, sample_shape: Sequence[int], hidden: int = 64, depth: int = 2, seed: int = 0) -> tuple[nn.Module, dict]:
+def build_model(kind: str, sample_shape: Sequence[int], hidden: int = 64, depth: int = 2,
+                seed: int = 0) -> tuple[nn.Module, dict]:
     """A reward network for samples of ``sample_shape`` and the spec that rebuilds it.
 
     ``kind``: ``"mlp"`` (:class:`RewardMLP` on the flattened sample), ``"cnn"`` (the
@@ -229,11 +233,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             if reward is not None:
                 truth = score_candidates(reward.eval(), held).flatten().float()
     betas = sorted({m.get("beta") for m in logs["manifests"] if m.get("beta") is not None})
+    picks = 1 if chosen.dim() == 1 else int(chosen.shape[1])
     report: dict[str, Any] = {
         "rounds": rounds, "slots": int(cands.shape[0]), "num_candidates": int(cands.shape[1]),
-        "picks_per_slot": 1 if chosen.dim() == 1 else int(chosen.shape[1]), "model": spec,
+        "picks_per_slot": picks, "model": spec,
         "epochs": len(fit.history), "best_epoch": fit.best_epoch, "heldout_nll": fit.val_nll,
-        "uniform_nll": float(sum(math.log(cands.shape[1] - j) for j in range(1 if chosen.dim() == 1 else chosen.shape[1]))),
+        "uniform_nll": float(sum(math.log(cands.shape[1] - j) for j in range(picks))),
         "heldout_slots": int(fit.val_index.numel()), "loop_beta": betas[0] if len(betas) == 1 else betas or None,
     }
     if truth is not None and float(truth.std()) > 0:

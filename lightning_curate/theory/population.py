@@ -183,8 +183,11 @@ def expected_reward(p, rewards) -> float:
 
 def two_curator_population(weight_a: float, beta_a: float, beta_b: float, num_candidates: int = 4,
                            mode: str = "softmax", gap_a: float = 1.0, gap_b: float = 1.0) -> list[Curator]:
-    """The reduced population on the three atoms ``(A, B, C)``: curator ``a`` (weight ``weight_a``)
-    gives ``gap_a`` to ``A`` and 0 elsewhere; curator ``b`` (weight ``1 - weight_a``) gives ``gap_b`` to ``B``."""
+    """The reduced two-curator population on the three atoms ``(A, B, C)``.
+
+    Curator ``a`` (weight ``weight_a``) gives ``gap_a`` to ``A`` and 0 elsewhere;
+    curator ``b`` (weight ``1 - weight_a``) gives ``gap_b`` to ``B``.
+    """
     w = check_float("weight_a", weight_a, minimum=0.0, maximum=1.0)
     return [Curator([gap_a, 0.0, 0.0], beta_a, mode, num_candidates, w, "a"),
             Curator([0.0, gap_b, 0.0], beta_b, mode, num_candidates, 1.0 - w, "b")]
@@ -207,8 +210,10 @@ def two_curator_map(a: float, b: float, curators: Sequence[Curator], real_fracti
 
 
 def _jacobian(f: Callable[[float, float], tuple[float, float]], a: float, b: float, h: float = 1e-6) -> Tensor:
-    """Jacobian of ``f`` at ``(a, b)`` from one-sided differences along two directions that stay
-    in the triangle (at a corner the coordinate axes may leave it)."""
+    """Jacobian of ``f`` at ``(a, b)`` by one-sided differences.
+
+    The two directions stay in the triangle (at a corner the coordinate axes may leave it).
+    """
     def inside(x: float, y: float) -> bool:
         return x >= 0 and y >= 0 and x + y <= 1
     dirs = [(h, 0.0), (-h, 0.0), (0.0, h), (0.0, -h), (h, -h), (-h, h)]
@@ -265,9 +270,11 @@ def _k2_delta(curator: Curator, gap: float) -> float:
 
 
 def two_curator_fixed_points_k2(weight_a: float, delta_a: float, delta_b: float) -> dict:
-    """Closed form for ``K = 2``, no real data: the map is ``a' = a (1 + alpha (1 - a) - beta' b)``,
-    ``b' = b (1 + beta' (1 - b) - alpha a)`` with ``alpha = pi_a delta_a``, ``beta' = pi_b delta_b``
-    (``delta = tanh(beta gap / 2)`` for softmax).
+    """Fixed points of the two-curator map in closed form for ``K = 2`` and no real data.
+
+    The map is ``a' = a (1 + alpha (1 - a) - beta' b)``, ``b' = b (1 + beta' (1 - b) - alpha a)``
+    with ``alpha = pi_a delta_a``, ``beta' = pi_b delta_b`` and ``delta = tanh(beta gap / 2)``
+    (softmax), 1 (argmax) or 0 (uniform).
 
     Fixed points: ``(0, 0)``, ``(1, 0)``, ``(0, 1)``, and the whole segment ``a + b = 1`` when
     ``alpha = beta'``. ``(1, 0)`` is stable iff ``alpha > beta'``: the larger ``pi delta`` takes all.
@@ -284,8 +291,10 @@ def two_curator_fixed_points_k2(weight_a: float, delta_a: float, delta_b: float)
 
 
 def invasion_rate(curators: Sequence[Curator], invader: int) -> float:
-    """Growth factor per round of the set favoured by ``curators[invader]`` (of 2) when it is
-    rare and the other curator's set holds all the mass (no real data).
+    """Growth factor per round of a rare favourite set (no real data).
+
+    The set favoured by ``curators[invader]`` (of 2) is rare and the other curator's
+    set holds all the mass.
 
     ``lambda = pi_inv K w_inv / (w_inv + K - 1) + pi_res K / (1 + (K - 1) w_res)`` for softmax
     (``w = exp(beta gap)``; argmax: ``pi_inv K``). Consensus on the resident's set is
