@@ -1,0 +1,351 @@
+#!/usr/bin/env python
+"""The GPU half of lightning_curate, checked on a CUDA machine in one command.
+
+    python scripts/gpu_check.py --out runs/gpu_check
+
+Four steps, each timed; every figure is recorded with the card's name:
+
+1. tests: ``tests/ops/test_kchoice_cuda.py`` with the Triton kernels compiled
+   (``TRITON_INTERPRET=0``): large-N law checks against the exact oracle,
+   fp16/bf16/fp64 rewards, exact log-probs and argmax, tile independence, gather.
+2. roofline: ``scripts/bench_kchoice.py --roofline only`` (bytes per call, GB/s,
+   % of the card's peak, beside softmax + multinomial and Gumbel-argmax).
+3. runs: two short rounds of ``configs/digits.yaml`` (its classifiers trained
+   first, into the output folder) and of a CIFAR-shaped run (random 3x32x32
+   images through ``TensorImages``; nothing downloads), on CUDA with bf16
+   autocast and ``compile: true``, through ``lightning_curate.cli.main``: round 1
+   runs, then a resume (``--ckpt_path last``) extends it to round 2; checks
+   rounds.csv (rows 0, 1, 2, finite rewards) and records peak GPU memory. The
+   digits run's class-0 share per round is compared with the CPU run's.
+4. summary: ``gpu_check.json`` and ``gpu_check.md`` in ``--out``.
+
+Exit status 0 when every check passed, 1 when one failed, 2 when there is no
+CUDA device (the script refuses to run rather than skip). Performance targets
+(>= 70% of peak bandwidth, >= 5x multinomial, the digits trajectory) are
+reported as PASS/FAIL in the summary without changing the exit status. About
+5 minutes on one H100 (estimate; nothing has run on a GPU yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+# class-0 share (judge) per round of configs/digits.yaml on the CPU (README).
+DIGITS_CPU_SHARE0 = (0.105, 0.297, 0.719)
+DIGITS_SHARE_TOLERANCE = 0.10
+
+
+def fail_without_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.stderr.write("gpu_check: FAILED: no CUDA device here (torch.cuda.is_available() is False; torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda}). This script checks the GPU "
+                         "half of lightning_curate and needs a CUDA machine; it does not skip.\n")
+        raise SystemExit(2)
+
+
+# --------------------------------------------------------------------------- configs
+
+def _load(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+def _write(path: Path, config: dict) -> Path:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _callback(config: dict, suffix: str) -> dict:
+    return next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith(suffix))
+
+
+def classifier_config(name: str, ckpt_dir: Path, run_dir: Path, accelerator: str, max_epochs: int) -> dict:
+    """A shipped classifier config writing its checkpoint into ``ckpt_dir``."""
+    cfg = _load(name)
+    cfg["trainer"].update({"accelerator": accelerator, "default_root_dir": str(run_dir), "max_epochs": max_epochs,
+                           "enable_progress_bar": False})
+    _callback(cfg, "ModelCheckpoint")["init_args"]["dirpath"] = str(ckpt_dir)
+    return cfg
+
+
+def run_config(cfg: dict, run_dir: Path, *, rounds: int, accelerator: str, precision: str, compile_: bool,
+               autocast: str | None, trainer_overrides: dict | None = None) -> dict:
+    """A retraining config on ``accelerator`` with ``rounds`` rounds, writing into ``run_dir``."""
+    cfg = copy.deepcopy(cfg)
+    trainer = cfg["trainer"]
+    trainer.update({"accelerator": accelerator, "devices": 1, "precision": precision,
+                    "default_root_dir": str(run_dir), "enable_progress_bar": False,
+                    "enable_model_summary": False, **(trainer_overrides or {})})
+    trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("RoundProgressBar")]
+    _callback(cfg, "RetrainingLoop")["init_args"]["rounds"] = rounds
+    cfg["model"]["init_args"]["generator"]["init_args"].update({"compile": compile_, "autocast": autocast})
+    cfg.pop("torch_num_threads", None)
+    return cfg
+
+
+def digits_config(out: Path, rounds: int, accelerator: str = "gpu", compile_: bool = True,
+                  autocast: str | None = "bfloat16", classifier_epochs: int | None = None) -> dict:
+    """configs/digits.yaml (its epochs and sizes) with its classifiers trained into ``out/checkpoints``."""
+    ckpt = out / "checkpoints"
+    cfg = _load("digits.yaml")
+    for key, name in (("reward", "digits_classifier"), ("judge", "digits_judge")):
+        ccfg = _load(f"{name}.yaml")
+        epochs = classifier_epochs or ccfg["trainer"]["max_epochs"]
+        path = _write(out / "configs" / f"{name}.yaml",
+                      classifier_config(f"{name}.yaml", ckpt, out / "runs" / name, accelerator, epochs))
+        target = (cfg["model"]["init_args"]["reward"] if key == "reward"
+                  else cfg["data"]["init_args"]["source"]["init_args"]["judge"])
+        target["init_args"].update({"checkpoint": str(ckpt / f"{name}.ckpt"), "train_config": str(path)})
+    return run_config(cfg, out / "runs" / "digits", rounds=rounds, accelerator=accelerator, precision="32-true",
+                      compile_=compile_, autocast=autocast)
+
+
+def write_cifar_like(path: Path, n: int = 2048, seed: int = 0) -> Path:
+    """Random uint8 images [n, 3, 32, 32] saved as a .pt for ``TensorImages`` (nothing downloads)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": images}, path)
+    return path
+
+
+def cifar_like_config(out: Path, rounds: int, accelerator: str = "gpu", compile_: bool = True,
+                      autocast: str | None = "bfloat16", precision: str = "bf16-mixed", small: bool = False) -> dict:
+    """configs/cifar10.yaml's generator on random 3x32x32 images, rewarded by an untrained SmallCNN's q_0."""
+    cfg = _load("cifar10.yaml")
+    data = write_cifar_like(out / "data" / "cifar_like.pt", n=256 if small else 2048)
+    vel = cfg["model"]["init_args"]["generator"]["init_args"]["velocity"]["init_args"]
+    if small:
+        vel.update({"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "time_dim": 32, "groups": 8})
+    else:  # the paper's UNet, one residual block per level: a shorter compile
+        vel.update({"num_res_blocks": 1})
+    gen_args = cfg["model"]["init_args"]["generator"]["init_args"]
+    gen_args.update({"steps": 4 if small else 20, "sample_batch_size": 256 if small else 2048})
+    cfg["model"]["init_args"].update({
+        "reward": {"class_path": "lightning_curate.rewards.ClassProbabilityReward",
+                   "init_args": {"classifier": {"class_path": "lightning_curate.classifiers.SmallCNN",
+                                                "init_args": {"in_channels": 3, "num_classes": 10, "width": 16,
+                                                              "image_size": 32}},
+                                 "target_class": 0, "gamma": 5.0}},
+        "num_slots": 64 if small else 1024, "chunk_size": 256 if small else 2048, "preview_size": 64 if small else 512,
+    })
+    cfg["data"]["init_args"]["source"] = {"class_path": "lightning_curate.data.TensorImages",
+                                          "init_args": {"path": str(data), "heldout_fraction": 0.1, "seed": 0}}
+    loop = _callback(cfg, "RetrainingLoop")["init_args"]
+    loop.update({"initial_epochs": 1, "epochs_per_round": 1})
+    return run_config(cfg, out / "runs" / "cifar_like", rounds=rounds, accelerator=accelerator,
+                      precision=precision, compile_=compile_, autocast=autocast,
+                      trainer_overrides={"limit_train_batches": 2 if small else 20, "log_every_n_steps": 1})
+
+
+def read_rounds(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "rounds.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def check_rounds(rows: list[dict], rounds: int) -> list[str]:
+    """What is wrong with a finished run's rounds.csv (empty: nothing)."""
+    problems = []
+    got = [int(r["round"]) for r in rows]
+    if got != list(range(rounds + 1)):
+        problems.append(f"rounds.csv holds rounds {got}, expected 0..{rounds}")
+    for r in rows:
+        value = r.get("reward_mean", "")
+        if value == "" or not math.isfinite(float(value)):
+            problems.append(f"round {r.get('round')}: reward_mean is {value!r}")
+    return problems
+
+
+# --------------------------------------------------------------------------- steps
+
+def step_tests(out: Path) -> dict:
+    xml = out / "tests.xml"
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                           f"--junitxml={xml}", "tests/ops/test_kchoice_cuda.py"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    (out / "tests.log").write_text(proc.stdout + proc.stderr)
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    if xml.is_file():
+        suite = ET.parse(xml).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in counts}
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    # One skip is expected: the subprocess re-run, which only runs under TRITON_INTERPRET=1.
+    ok = proc.returncode == 0 and passed > 0 and counts["skipped"] <= 1
+    return {"ok": ok, "passed": passed, **counts, "log": str(out / "tests.log"),
+            "tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []}
+
+
+def step_roofline(out: Path) -> dict:
+    path = out / "roofline.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_kchoice.py"), "--roofline", "only",
+                           "--device", "cuda", "--json", str(path)],
+                          cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "0"}, capture_output=True, text=True,
+                          timeout=1200)
+    (out / "roofline.log").write_text(proc.stdout + proc.stderr)
+    print(proc.stdout, flush=True)
+    if proc.returncode != 0 or not path.is_file():
+        return {"ok": False, "error": proc.stderr[-3000:]}
+    payload = json.loads(path.read_text())
+    table = proc.stdout[proc.stdout.find("Roofline on"):proc.stdout.find("Targets")].strip()
+    return {"ok": True, "rows": payload["roofline"], "targets": payload["targets"], "peak_gbps": payload["peak_gbps"],
+            "peak_source": payload["peak_source"], "table": table}
+
+
+def _fit(config_path: Path, *extra: str) -> None:
+    from lightning_curate.cli import main
+
+    main(["fit", "-c", str(config_path), *extra])
+
+
+def step_run(name: str, cfg_round1: dict, cfg_round2: dict, out: Path) -> dict:
+    """Round 1, then a resume (--ckpt_path last) extending the run to round 2; rounds.csv and peak memory."""
+    import torch
+
+    run_dir = Path(cfg_round1["trainer"]["default_root_dir"])
+    first = _write(out / "configs" / f"{name}_1.yaml", cfg_round1)
+    second = _write(out / "configs" / f"{name}_2.yaml", cfg_round2)
+    result: dict = {"run_dir": str(run_dir)}
+    peaks = []
+    for label, path, extra in (("first", first, ()), ("resume", second, ("--ckpt_path", "last"))):
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        _fit(path, *extra)
+        result[f"{label}_s"] = round(time.perf_counter() - t0, 1)
+        peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        if label == "first":
+            result["after_first"] = [int(r["round"]) for r in read_rounds(run_dir)]
+    rows = read_rounds(run_dir)
+    problems = check_rounds(rows, 2)
+    if result["after_first"] != [0, 1]:
+        problems.append(f"after the first run rounds.csv held {result['after_first']}, expected [0, 1]")
+    if min(peaks) <= 0:
+        problems.append("no CUDA memory was allocated: the run did not use the GPU")
+    result.update({"ok": not problems, "problems": problems, "peak_gib": [round(p, 2) for p in peaks],
+                   "reward_mean": [float(r["reward_mean"]) for r in rows]})
+    if "share_0" in rows[0]:
+        result["share_0"] = [float(r["share_0"]) for r in rows]
+    return result
+
+
+def digits_target(run: dict) -> dict:
+    name = (f"digits class-0 share per round within {DIGITS_SHARE_TOLERANCE:.2f} of the CPU run "
+            f"{list(DIGITS_CPU_SHARE0)}")
+    shares = run.get("share_0")
+    if not shares:
+        return {"name": name, "status": "SKIP", "detail": "no share_0 column"}
+    diffs = [abs(a - b) for a, b in zip(shares, DIGITS_CPU_SHARE0)]
+    return {"name": name, "status": "PASS" if max(diffs) <= DIGITS_SHARE_TOLERANCE else "FAIL",
+            "detail": f"CUDA {[round(s, 3) for s in shares]}"}
+
+
+# --------------------------------------------------------------------------- summary
+
+def write_summary(out: Path, summary: dict) -> None:
+    (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
+    dev = summary["device_name"]
+    lines = [f"# gpu_check on {dev}", "",
+             f"`{summary['command']}`, {summary['date']}, torch {summary['torch']}, triton {summary['triton']}, "
+             f"CUDA {summary['cuda']}.", "", "| step | result | time (s) |", "|---|---|---|"]
+    for step in ("tests", "roofline", "digits", "cifar_like"):
+        s = summary["steps"].get(step)
+        if s is None:
+            lines.append(f"| {step} | not run | |")
+            continue
+        detail = "ok" if s.get("ok") else "FAILED: " + "; ".join(s.get("problems", []) or [s.get("error", "")])
+        if step == "tests":
+            detail += f" ({s.get('passed')} passed, {s.get('skipped')} skipped, {s.get('failures')} failed)"
+        if step in ("digits", "cifar_like") and "peak_gib" in s:
+            detail += f"; peak GPU memory {max(s['peak_gib']):.2f} GiB on {dev}"
+        lines.append(f"| {step} | {detail} | {s.get('seconds', '')} |")
+    roof = summary["steps"].get("roofline", {})
+    if roof.get("table"):
+        lines += ["", "```", roof["table"], "```"]
+    lines += ["", "Targets (on " + dev + "):", ""]
+    lines += [f"- {t['status']} {t['name']}: {t['detail']}" for t in summary["targets"]]
+    (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/gpu_check", help="folder for the summary, logs and runs")
+    p.add_argument("--skip", nargs="*", default=[], choices=("tests", "roofline", "digits", "cifar_like"),
+                   help="steps to leave out")
+    args = p.parse_args(argv)
+    os.environ["TRITON_INTERPRET"] = "0"  # the kernels must compile, not be interpreted
+    fail_without_cuda()
+    import torch
+    import triton
+
+    out = Path(args.out).resolve()
+    if (out / "runs").exists():
+        sys.stderr.write(f"gpu_check: {out / 'runs'} exists; pass a new --out\n")
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.cuda.get_device_name()
+    summary = {"device_name": dev, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "triton": triton.__version__,
+               "cuda": torch.version.cuda, "steps": {}, "targets": []}
+    print(f"gpu_check on {dev} -> {out}", flush=True)
+    steps = {
+        "tests": lambda: step_tests(out),
+        "roofline": lambda: step_roofline(out),
+        "digits": lambda: step_run("digits", digits_config(out, 1), digits_config(out, 2), out),
+        "cifar_like": lambda: step_run("cifar_like", cifar_like_config(out, 1), cifar_like_config(out, 2), out),
+    }
+    for name, fn in steps.items():
+        if name in args.skip:
+            continue
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+        except BaseException as err:  # noqa: BLE001 - a failed step is recorded, the others still run
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            result = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        result["device_name"] = dev
+        summary["steps"][name] = result
+        print(f"== {name}: {'ok' if result['ok'] else 'FAILED'} in {result['seconds']} s "
+              + ("" if result["ok"] else str(result.get("problems") or result.get("error"))), flush=True)
+    summary["targets"] = list(summary["steps"].get("roofline", {}).get("targets", []))
+    if "digits" in summary["steps"]:
+        summary["targets"].append(digits_target(summary["steps"]["digits"]))
+    write_summary(out, summary)
+    failed = [n for n, s in summary["steps"].items() if not s["ok"]]
+    print(f"\nwrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
+    for t in summary["targets"]:
+        print(f"  {t['status']:4s}  {t['name']}: {t['detail']}")
+    if failed:
+        print(f"gpu_check: FAILED steps: {', '.join(failed)} (see {out})", file=sys.stderr)
+        return 1
+    print(f"gpu_check: all steps passed on {dev}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
