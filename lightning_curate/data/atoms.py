@@ -86,6 +86,7 @@ class Atoms(DataSource):
 
     @property
     def num_atoms(self) -> int:
+        """Number of atoms ``n`` (samples are indices ``0..n-1``)."""
         return self.p_data.numel()
 
     def _draw(self, n: int, tag: str) -> tuple[Tensor, Tensor]:
@@ -95,11 +96,13 @@ class Atoms(DataSource):
         return idx.float().unsqueeze(1), idx
 
     def load(self) -> RealData:
+        """Train and held-out atom indices ``[n, 1]`` in the exact proportions of ``p_data``, shuffled."""
         x, y = self._draw(self.num_train, "train")
         hx, hy = self._draw(self.num_heldout, "heldout")
         return RealData(train=x, heldout=hx, train_labels=y, heldout_labels=hy)
 
     def label(self, x: Tensor) -> Tensor:
+        """The atom index of each sample: a sample's class is its atom."""
         return atom_indices(x, self.num_atoms, type(self).__name__)
 
     def sample_metrics(self, samples: Tensor, reference: Tensor) -> dict[str, float]:

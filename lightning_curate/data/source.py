@@ -39,9 +39,11 @@ class DataSource(nn.Module):
     class_names: Optional[list[str]] = None
 
     def load(self) -> RealData:
+        """The real data: train and held-out samples, with labels where the data has classes."""
         raise NotImplementedError(f"{type(self).__name__} must implement load() -> RealData")
 
     def label(self, x: Tensor) -> Optional[Tensor]:
+        """Labels ``[N]`` (int64) of samples ``x``, or ``None`` when the data has no classes."""
         return None
 
     def prepare(self) -> None:

@@ -181,10 +181,12 @@ class Toy2D(DataSource):
         self.assigner = ModeAssigner(name, seed=seed + 7919, noise=noise)
 
     def load(self) -> RealData:
+        """Train and held-out points with their mode labels, from ``seed`` and ``seed + 1``."""
         x, y = make_2d(self.name, self.num_train, self.seed, self.noise)
         hx, hy = make_2d(self.name, self.num_heldout, self.seed + 1, self.noise)
         return RealData(train=x, heldout=hx, train_labels=y, heldout_labels=hy)
 
     @torch.no_grad()
     def label(self, x: Tensor) -> Tensor:
+        """The mode of each point: that of its nearest reference point."""
         return self.assigner(x.reshape(x.shape[0], -1).float())

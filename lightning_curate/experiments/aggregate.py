@@ -76,8 +76,11 @@ def _t_quantile(df: int) -> float:
 
 def metric_columns(rows: Sequence[dict], patterns: Optional[Sequence[str]] = None,
                    exclude: Sequence[str] = ()) -> list[str]:
-    """Numeric per-round columns of the aggregated rows (bookkeeping, grid-key and ``exclude``
-    columns left out: grid keys are dotted config paths)."""
+    """Numeric per-round columns of the aggregated rows, the ones worth a figure.
+
+    Bookkeeping, grid-key (dotted config paths) and ``exclude`` columns are left out;
+    ``patterns`` (shell-style) keep only the columns that match one of them.
+    """
     skip = {"point", "seed", *NOT_METRICS, *exclude}
     cols = []
     for r in rows:

@@ -113,8 +113,11 @@ def get_key(config: dict, key: str, default: Any = None) -> Any:
 
 
 def read_yaml_mapping(path, what: str, expected: str) -> dict:
-    """The YAML mapping in the file ``path`` (an empty file is ``{}``); a :class:`SweepError` naming
-    ``what`` (e.g. ``"base config"``) when it is missing, not YAML, or not a mapping (``expected``)."""
+    """The YAML mapping in the file ``path`` (an empty file is ``{}``).
+
+    Raises a :class:`SweepError` naming ``what`` (e.g. ``"base config"``) when the file
+    is missing, not YAML, or not a mapping (``expected`` says what it must be).
+    """
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"{what} {str(path)!r} not found")

@@ -146,6 +146,7 @@ class RunSpec:
 
     @property
     def label(self) -> str:
+        """The run as text for progress lines: its grid values (short keys) and its seed."""
         names = _short_names(list(self.values))
         return " ".join(f"{names[k]}={format_value(v)}" for k, v in self.values.items()) + f" seed={self.seed}"
 

@@ -77,8 +77,11 @@ def _last_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def run_status(spec: RunSpec) -> str:
-    """``finished`` (every round in rounds.csv), ``resumable`` (a checkpoint), ``stale``
-    (stored rounds but no checkpoint: cannot resume) or ``fresh``."""
+    """Where a run stands: ``finished``, ``resumable``, ``stale`` or ``fresh``.
+
+    ``finished``: every round is in rounds.csv; ``resumable``: it has a checkpoint;
+    ``stale``: stored rounds but no checkpoint, so it cannot resume; ``fresh``: nothing yet.
+    """
     if _rounds_done(spec.run_dir) >= spec.rounds + 1:
         return "finished"
     if _last_checkpoint(spec.run_dir) is not None:
@@ -111,6 +114,7 @@ def finished_but_changed(spec: RunSpec) -> bool:
 
 
 def run_command(spec: RunSpec, config_path: Path, resume: bool, python: str = sys.executable) -> list[str]:
+    """The command line of one run: ``python -m lightning_curate fit`` on its config, resumed if asked."""
     cmd = [python, "-m", "lightning_curate", "fit", "-c", str(config_path),
            "--trainer.default_root_dir", str(spec.run_dir), "--seed_everything", str(spec.seed)]
     if resume:

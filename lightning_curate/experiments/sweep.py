@@ -1,4 +1,4 @@
-"""``lightning-curate-sweep``: run a grid of curated-retraining runs over seeds, resumably, and aggregate them.
+r"""``lightning-curate-sweep``: run a grid of curated-retraining runs over seeds, resumably, and aggregate them.
 
 ::
 
@@ -79,9 +79,12 @@ __all__ = [
 
 
 def load_sweep_file(path) -> dict:
-    """A sweep file: ``base`` (config path, relative to the cwd or to the file), ``grid``
-    (mapping key -> list of values), ``seeds``, ``out``, optional ``set`` (key -> value),
-    ``jobs``, ``metrics`` (column patterns to plot)."""
+    """Read and check a sweep file, the YAML form of the command line.
+
+    Keys: ``base`` (config path, relative to the cwd or to the file), ``grid`` (mapping
+    key -> list of values), ``seeds``, ``out``, optional ``set`` (key -> value), ``jobs``,
+    ``metrics`` (column patterns to plot), ``timeout``.
+    """
     path = Path(path)
     spec = read_yaml_mapping(path, "sweep file", "a mapping with base, grid, seeds, out")
     unknown = set(spec) - {"base", "grid", "seeds", "out", "set", "jobs", "metrics", "timeout"}

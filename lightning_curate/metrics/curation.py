@@ -56,6 +56,7 @@ class RewardStats(_RoundMetric):
         self.add_state("max_value", default=torch.tensor(-math.inf), dist_reduce_fx="max")
 
     def update(self, rewards: Tensor) -> None:
+        """Add a batch of rewards (any shape)."""
         rewards = rewards.detach().reshape(-1)
         if rewards.numel() == 0:
             return
@@ -67,6 +68,7 @@ class RewardStats(_RoundMetric):
         self.max_value = torch.maximum(self.max_value, rewards.max().to(self.max_value.dtype))
 
     def compute(self) -> dict[str, Tensor]:
+        """``mean``, ``std``, ``min`` and ``max`` of the rewards seen (the mean is NaN before any)."""
         n = self.count.to(self.total.dtype)
         mean = self.total / n
         if self.count > 1:
@@ -90,6 +92,7 @@ class ModeShares(_RoundMetric):
         self.add_state("counts", default=torch.zeros(num_modes, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, labels: Tensor) -> None:
+        """Count a batch of integer labels in ``0..num_modes-1``."""
         labels = labels.detach().reshape(-1)
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
@@ -101,6 +104,7 @@ class ModeShares(_RoundMetric):
         self.counts += torch.bincount(labels.to(torch.int64), minlength=self.num_modes)
 
     def compute(self) -> Tensor:
+        """Share of each mode ``[num_modes]`` (all 0 before any update)."""
         return self.counts.to(torch.float64) / self.counts.sum().clamp_min(1)
 
 
@@ -119,6 +123,7 @@ class SelectionEntropy(_RoundMetric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, scaled_rewards: Tensor) -> None:
+        """Add the choice entropies of a batch of slots ``[N, K]`` of scaled rewards."""
         s = scaled_rewards.detach()
         if s.dim() != 2:
             raise ValueError(f"scaled_rewards must have shape [N, K], got {tuple(s.shape)}")
@@ -144,6 +149,7 @@ class SelectionEntropy(_RoundMetric):
         self.entropy_sum += entropy.sum().to(self.entropy_sum.dtype)
 
     def compute(self) -> Tensor:
+        """Mean normalised entropy over the slots seen, in ``[0, 1]``."""
         return (self.entropy_sum / self.count).to(torch.float32)
 
 
@@ -215,6 +221,7 @@ class SlicedWasserstein(_TwoSampleMetric):
         return (theta / theta.norm(dim=1, keepdim=True)).to(torch.float32)
 
     def compute(self) -> Tensor:
+        """The sliced 2-Wasserstein distance between the generated and the reference rows kept."""
         x, y = self._both()
         theta = self.projections(x.shape[1]).to(x.device)
         px = torch.sort(x @ theta.T, dim=0).values  # [n, P] quantiles of each projection
@@ -264,6 +271,7 @@ class MMD(_TwoSampleMetric):
         return total / len(self.bandwidths)
 
     def compute(self) -> Tensor:
+        """The unbiased squared MMD between the generated and the reference rows kept."""
         x, y = self._both()
         acc = _accumulator_dtype(x.device)
         x, y = x.to(acc), y.to(acc)

@@ -93,6 +93,7 @@ class FeatureExtractor(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
+        """Stay in eval mode whatever ``mode`` says: the feature space is fixed."""
         super().train(False)  # a fixed feature space: batch-norm statistics and dropout stay off
         self._net.eval()
         return self
@@ -102,6 +103,7 @@ class FeatureExtractor(nn.Module):
         return out.reshape(out.shape[0], -1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Features ``[n, num_features]`` (float32) of ``x``, in batches, on ``x``'s device."""
         if not isinstance(x, Tensor) or x.dim() < 1:
             raise TypeError(f"expected a tensor [n, ...], got {type(x).__name__}")
         device = next((t.device for t in (*self.net.parameters(), *self.net.buffers())), x.device)
@@ -179,6 +181,7 @@ class FeatureFID(FrechetInceptionDistance):
 
     @property
     def num_features(self) -> int:
+        """Width of the feature space the distance is measured in."""
         return self.inception.num_features
 
     def update(self, real: Optional[Tensor] = None, fake: Optional[Tensor] = None) -> None:  # type: ignore[override]
@@ -190,6 +193,7 @@ class FeatureFID(FrechetInceptionDistance):
                 super().update(batch, real=is_real)
 
     def compute(self) -> Tensor:
+        """The Frechet distance between the real and generated features seen."""
         if self.real_features_num_samples < 2 or self.fake_features_num_samples < 2:
             raise ValueError(f"FeatureFID needs at least 2 real and 2 generated samples, got "
                              f"{int(self.real_features_num_samples)} and {int(self.fake_features_num_samples)}")
@@ -283,6 +287,7 @@ class PrecisionRecall(Metric):
         return torch.cat(out)
 
     def compute(self) -> dict[str, Tensor]:
+        """``precision`` and ``recall`` of the generated features against the real ones."""
         n_real, n_fake = self._stored(self.real_features), self._stored(self.fake_features)
         if n_real <= self.k or n_fake <= self.k:
             raise ValueError(f"PrecisionRecall with k={self.k} needs more than {self.k} real and generated samples, "

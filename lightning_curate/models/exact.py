@@ -77,9 +77,11 @@ class ExactCategorical(Generator):
         return self.counts.double() / self.counts.sum().double()
 
     def loss(self, x: Tensor) -> Tensor:
-        """Counts the batch (in training mode) and returns its mean negative log-likelihood under
-        the current model (floored at ``log(1e-12)`` for atoms the model gives no mass), with a
-        gradient path through the dummy parameter only."""
+        """Count the batch (in training mode) and return its mean negative log-likelihood.
+
+        The likelihood is the current model's, floored at ``log(1e-12)`` for atoms the model
+        gives no mass, with a gradient path through the dummy parameter only.
+        """
         idx = atom_indices(x, self.num_atoms, type(self).__name__)
         if self.training:
             with torch.no_grad():
@@ -162,4 +164,5 @@ class ExactCategorical(Generator):
         return row
 
     def extra_repr(self) -> str:
+        """The number of atoms, for ``print(model)``."""
         return f"num_atoms={self.num_atoms}"

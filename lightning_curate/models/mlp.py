@@ -79,6 +79,7 @@ class MLPVelocity(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Velocity shaped like ``x`` ``[B, *s]`` at times ``t`` ``[B]``."""
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
             raise ValueError(f"MLPVelocity(dim={self.dim}) got input of shape {tuple(x.shape)}")

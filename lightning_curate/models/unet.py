@@ -43,6 +43,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """``skip(x) + block(x)``: two convolutions, the time embedding scaling and shifting between them."""
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.time_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
@@ -61,6 +62,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` plus multi-head self-attention over its spatial positions."""
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
         # [b, heads, pixels, head_dim]
@@ -181,6 +183,7 @@ class UNetVelocity(nn.Module):
         nn.init.zeros_(self.out_conv.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Velocity ``[B, C, H, W]`` of images ``x`` at times ``t`` ``[B]``."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNetVelocity(in_channels={self.in_channels}) expects x of shape "
                              f"[B, {self.in_channels}, H, W], got {list(x.shape)}")

@@ -23,8 +23,11 @@ Summary = Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float], 
 
 
 def build_sweep_figure(metric: str, summary: Summary, *, point_order: Optional[Sequence[str]] = None) -> Figure:
-    """The figure of ``metric`` over rounds: a line per point of ``summary`` (``point_order`` first,
-    the others sorted), a band where a point has more than one seed."""
+    """The figure of ``metric`` over rounds, a line per grid point.
+
+    Points in ``point_order`` come first, the others sorted; a point with more than one
+    seed gets its 95% band.
+    """
     order = [p for p in (point_order or []) if p in summary]
     order += sorted(p for p in summary if p not in order)
     cmap = colormaps["tab10" if len(order) <= 10 else "tab20"]

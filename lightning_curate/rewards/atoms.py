@@ -27,7 +27,9 @@ class AtomReward(RewardModel):
         return self.gamma * self.table.double()
 
     def score(self, x: Tensor) -> Tensor:
+        """``rewards[x]`` for atom indices ``x`` ``[n, 1]``."""
         return self.table[atom_indices(x, self.table.numel(), type(self).__name__).to(self.table.device)]
 
     def extra_repr(self) -> str:
+        """The number of atoms and ``gamma``, for ``print(reward)``."""
         return f"num_atoms={self.table.numel()}, gamma={self.gamma}"

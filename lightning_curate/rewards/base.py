@@ -40,7 +40,9 @@ class RewardModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement score(x) -> [N]")
 
     def forward(self, x: Tensor) -> Tensor:
+        """``gamma * score(x)`` as float32 ``[N]``: the reward the curation sees."""
         return (self.gamma * self.score(x)).to(torch.float32)
 
     def extra_repr(self) -> str:
+        """``gamma``, for ``print(reward)``."""
         return f"gamma={self.gamma}"

@@ -1,5 +1,4 @@
-"""Geometric rewards of 2D points: the paper's clipped distance to target centres, linear, radial.
-"""
+"""Geometric rewards of 2D points: the paper's clipped distance to target centres, linear, radial."""
 
 from __future__ import annotations
 
@@ -84,12 +83,14 @@ class ClippedDistanceReward(RewardModel):
         return cls(radius=radius, gamma=gamma, dataset=dataset, targets=list(targets))
 
     def score(self, x: Tensor) -> Tensor:
+        """``min(radius - d, 0)``, ``d`` the distance to the nearest centre: 0 within ``radius`` of one."""
         x = _check_points(x, self.centers.shape[1], type(self).__name__)
         # Exact differences ([N, C, D], C is a handful of targets): a point on a centre scores exactly 0.
         nearest = (x[:, None, :] - self.centers[None, :, :]).norm(dim=-1).amin(dim=1)
         return (self.radius - nearest).clamp_max(0.0)
 
     def extra_repr(self) -> str:
+        """The number of centres, the radius and ``gamma``, for ``print(reward)``."""
         return f"num_centers={self.centers.shape[0]}, radius={self.radius}, gamma={self.gamma}"
 
 
@@ -109,6 +110,7 @@ class LinearReward(RewardModel):
         self.register_buffer("direction", vec / norm, persistent=False)
 
     def score(self, x: Tensor) -> Tensor:
+        """``<x, direction>`` for points ``x`` ``[N, D]``."""
         x = _check_points(x, self.direction.shape[0], type(self).__name__)
         return x @ self.direction
 
@@ -121,5 +123,6 @@ class RadialReward(RewardModel):
         self.register_buffer("center", check_vector("center", center), persistent=False)
 
     def score(self, x: Tensor) -> Tensor:
+        """Minus the distance to ``center``."""
         x = _check_points(x, self.center.shape[0], type(self).__name__)
         return -(x - self.center).norm(dim=-1)

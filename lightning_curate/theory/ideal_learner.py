@@ -357,8 +357,11 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
 
 
 def improvement_violated(observed: float, lower_bound: float, *, stderr: float = 0.0, z: float = 3.0) -> bool:
-    """Whether the next round's observed ``E[exp(beta r)]`` falls below docs/THEORY.md 4.2's bound
-    by more than ``z`` standard errors (``stderr``: of the difference). NaNs never flag."""
+    """Whether the next round's observed ``E[exp(beta r)]`` falls below the improvement bound.
+
+    It must fall below docs/THEORY.md 4.2's bound by more than ``z`` standard errors
+    (``stderr``: of the difference) to count. NaNs never flag.
+    """
     if not (math.isfinite(observed) and math.isfinite(lower_bound)):
         return False
     se = stderr if math.isfinite(stderr) else 0.0
@@ -367,9 +370,10 @@ def improvement_violated(observed: float, lower_bound: float, *, stderr: float =
 
 def check_improvement(previous: Mapping[str, float], current: Mapping[str, float], *,
                       z: float = 3.0) -> dict[str, float]:
-    """Compare round ``t + 1``'s ``exp_reward_mean`` (``current``: its :func:`predict_round`
-    dict or ``rounds.csv`` row) with the bound that round ``t`` predicted (``previous``: a dict
-    with ``exp_reward_lower_bound`` and ``exp_reward_lower_bound_stderr``).
+    """Compare round ``t + 1``'s ``exp_reward_mean`` with the bound that round ``t`` predicted.
+
+    ``current`` is round ``t + 1``'s :func:`predict_round` dict or ``rounds.csv`` row;
+    ``previous`` a dict with ``exp_reward_lower_bound`` and ``exp_reward_lower_bound_stderr``.
 
     Returns ``improvement_margin`` (observed minus bound, in standard errors of the
     difference: both are sample estimates) and ``improvement_violation`` (1.0 when the

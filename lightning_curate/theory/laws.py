@@ -150,8 +150,9 @@ def _gauss_legendre(order: int) -> tuple[Tensor, Tensor]:
 
 
 def curated_distribution(p, r, K, beta: float = 1.0) -> Tensor:
-    """Law of the kept sample when the best of ``K`` i.i.d. draws from ``p`` is chosen
-    by Bradley-Terry with ``w = exp(beta * r)`` (docs/THEORY.md section 2).
+    """Law of the kept sample when one of ``K`` i.i.d. draws from ``p`` is chosen by Bradley-Terry.
+
+    The choice weights are ``w = exp(beta * r)`` (docs/THEORY.md section 2).
 
     ``p``: probabilities of the atoms; ``r``: their rewards; ``K``: candidates per
     slot (an int >= 1, or ``math.inf`` for the exponential-tilt limit).
@@ -168,8 +169,10 @@ def tilted_distribution(p, r, beta: float = 1.0) -> Tensor:
 
 
 def plackett_luce_law(scores, num_winners: int) -> dict[tuple[int, ...], float]:
-    """Probability of every ordered choice of ``num_winners`` among candidates with
-    the given scores (``beta * r``; ``-inf`` never wins), for small cases."""
+    """Probability of every ordered choice of ``num_winners`` among candidates, for small cases.
+
+    ``scores`` are ``beta * r``; a ``-inf`` score never wins.
+    """
     s = _as_f64(scores, "scores")
     check_int("num_winners", num_winners, minimum=1, maximum=s.numel())
     w = torch.exp(s - s.max()).tolist()
@@ -201,16 +204,20 @@ def retraining_trajectory(p_data, r, K, beta: float = 1.0, real_fraction: float 
 
 
 def rlhf_coefficient(rounds: int, beta: float) -> float:
-    """KL-regularisation coefficient that ``t`` rounds of curation match in the tilt limit:
-    ``p_t`` maximises ``E_p[r] - (1 / (t beta)) KL(p || p_0)`` (docs/THEORY.md section 4.1)."""
+    """KL-regularisation coefficient that ``t`` rounds of curation match in the tilt limit.
+
+    ``p_t`` maximises ``E_p[r] - (1 / (t beta)) KL(p || p_0)`` (docs/THEORY.md section 4.1).
+    """
     if rounds <= 0 or beta <= 0:
         return math.inf
     return 1.0 / (rounds * beta)
 
 
 def improvement_lower_bound(p, r, K, beta: float = 1.0) -> float:
-    """Paper's lower bound on ``E_{p_{t+1}}[w]`` for an ideal curated-only learner
-    (docs/THEORY.md section 4.2): ``E_p[w] + ((K-1)/K) Var_p[w] / exp(beta r*)``."""
+    """Paper's lower bound on ``E_{p_{t+1}}[w]`` for an ideal curated-only learner.
+
+    ``E_p[w] + ((K-1)/K) Var_p[w] / exp(beta r*)`` (docs/THEORY.md section 4.2).
+    """
     p, r = _as_f64(p, "p"), _as_f64(r, "r")
     beta = _check_law(p, r, beta)
     check_int("K", K, minimum=1)
@@ -268,8 +275,10 @@ def curated_share_map(share: float, reward_top: float, reward_rest: float, K, be
 def two_level_band(top_share: float, reward_top: float, reward_rest: float, num_candidates: int,
                    beta: float = 1.0, real_fraction: float = 0.0, rounds: int = 10,
                    num_slots: int = 20000) -> tuple[list[float], list[float]]:
-    """The ideal learner's trajectory (docs/THEORY.md section 2) of a top level's share, and how far a
-    run of the exact learner may stray from it by sampling noise alone.
+    """The ideal learner's trajectory of a top level's share, and a run's sampling noise around it.
+
+    The trajectory is docs/THEORY.md section 2's; the noise says how far a run of the exact
+    learner may stray from it by sampling alone.
 
     For a reward with two values (``reward_top`` on a set of ``p_data`` mass ``top_share``),
     the share ``s_t`` of the top set follows ``s_{t+1} = rho top_share + (1 - rho) q(s_t)``

@@ -90,7 +90,7 @@ def test_fid_uses_the_classifier_features_and_keeps_the_judge_out_of_its_state()
     assert abs(float(fid.compute())) < 1e-9 * float(torch.cov(feats.T).trace())
     other = FeatureFID(judge)
     other.update(real=images[:20], fake=images[20:])
-    (m1, s1), (m2, s2) = empirical(judge.features(images[:20]).detach()), empirical(judge.features(images[20:]).detach())
+    (m1, s1), (m2, s2) = (empirical(judge.features(half).detach()) for half in (images[:20], images[20:]))
     torch.testing.assert_close(other.compute().double(), frechet_distance(m1, s1, m2, s2), rtol=1e-4, atol=1e-6)
 
 
