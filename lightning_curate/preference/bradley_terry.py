@@ -16,7 +16,7 @@ Example:
     >>> cands = torch.tensor([[[0.0], [1.0]]] * 8)        # 8 slots, atoms 0 and 1
     >>> fit = fit_bradley_terry(cands, torch.tensor([1, 1, 1, 0] * 2), AtomScores(2), max_epochs=300,
     ...                         lr=0.1, val_fraction=0.0)
-    >>> round(float(fit.model(torch.tensor([[1.0]])) - fit.model(torch.tensor([[0.0]]))), 2)  # log 3
+    >>> round(float((fit.model.scores[1] - fit.model.scores[0]).detach()), 2)  # log 3
     1.1
 """
 
@@ -184,7 +184,8 @@ def fit_bradley_terry(candidates: Tensor, chosen: Tensor, model: Optional[nn.Mod
     if model is None:
         if candidates.dim() != 3:
             raise ValueError("the default RewardMLP needs vector samples [n, K, D]; pass a model for images "
-                             f"(e.g. SmallCNN(num_classes=1)), got candidates of shape {tuple(candidates.shape)}")
+                             "(e.g. preference.cli.build_model('cnn', shape)[0]), got candidates of shape "
+                             f"{tuple(candidates.shape)}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = RewardMLP(candidates.shape[2])

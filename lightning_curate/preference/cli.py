@@ -119,7 +119,7 @@ def build_model(kind: str, sample_shape: Sequence[int], hidden: int = 64, depth:
     """A reward network for samples of ``sample_shape`` and the spec that rebuilds it.
 
     ``kind``: ``"mlp"`` (:class:`RewardMLP` on the flattened sample), ``"cnn"`` (the
-    classifier :class:`~lightning_curate.classifiers.SmallCNN` with one output, for
+    classifier :class:`~lightning_curate.classifiers.SmallCNN`, logit difference as score, for
     ``[C, H, W]`` images) or ``"auto"`` (cnn for 3-D samples, mlp otherwise).
     """
     sample_shape = tuple(int(s) for s in sample_shape)
@@ -143,19 +143,23 @@ def _from_spec(spec: dict) -> nn.Module:
         return RewardMLP(spec["in_features"], spec["hidden"], spec["depth"])
     from lightning_curate.classifiers import SmallCNN
 
-    return _ScalarHead(SmallCNN(in_channels=spec["in_channels"], num_classes=1, width=spec["width"],
+    return _ScalarHead(SmallCNN(in_channels=spec["in_channels"], num_classes=2, width=spec["width"],
                                 image_size=spec["image_size"]))
 
 
 class _ScalarHead(nn.Module):
-    """A one-logit classifier as a scalar reward ``[N]``."""
+    """A two-class classifier as a scalar reward ``[N]``.
+
+    The score is the difference of its two logits, a linear function of its features.
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x):
-        return self.net(x)[:, 0]
+        logits = self.net(x)
+        return logits[:, 1] - logits[:, 0]
 
 
 def load_reward_model(path: str | Path) -> nn.Module:

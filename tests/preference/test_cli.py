@@ -89,3 +89,21 @@ def test_errors(tmp_path, run_dir):
     with pytest.raises(ValueError, match="--rounds must be"):
         parse_rounds("one", [0])
     assert parse_rounds("all", [0, 2]) == [0, 2] and parse_rounds("0,2", [0, 1, 2]) == [0, 2]
+
+
+def test_image_logs_use_the_classifier_cnn(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(48, 2, 1, 8, 8, generator=gen)
+    brightness = images.mean(dim=(2, 3, 4))
+    tensors = {"choice_candidates": images, "choice_index": brightness.argmax(1)[:, None],
+               "choice_slot": torch.arange(48)}
+    RoundStore(tmp_path / "rounds").write(0, tensors, {"beta": 1.0})
+    out = tmp_path / "img.pt"
+    report = main(["--round-dir", str(tmp_path / "rounds" / "round_000"), "--out", str(out), "--hidden", "4",
+                   "--max-epochs", "2", "--batch-size", "16"])
+    assert report["model"] == {"kind": "cnn", "in_channels": 1, "image_size": 8, "width": 4}
+    model = load_reward_model(out)
+    assert model(images[:5, 0]).shape == (5,)
+    with pytest.raises(SystemExit):
+        main(["--round-dir", str(tmp_path / "rounds"), "--out", str(out), "--model", "cnn", "--rounds", "0",
+              "--max-epochs", "1", "--no-config-reward", "--val-fraction", "0.99"])
