@@ -125,15 +125,20 @@ def make_2d(name: str, n: int, seed: int, noise: Optional[float] = None) -> tupl
 
 
 class ModeAssigner(nn.Module):
-    """Label any 2D point with the mode of its nearest labelled real point (1-NN).
+    """Label any 2D point with the mode it belongs to.
 
-    One mechanism for every dataset: on the mixtures it agrees with "nearest
-    centre" wherever the modes are well separated, and it also works for the
-    moons and circles, which have no centres. The reference sample is drawn
-    from a fixed seed (rebuilt, not checkpointed). Queries are processed in
-    chunks of ``chunk_size`` rows so memory stays at ``chunk_size x
-    num_reference`` distances, whatever the number of points.
+    The mixtures (``mog8``, ``grid25``) know their modes: a point gets its
+    nearest centre, the Bayes rule of an equal-weight isotropic mixture, at 8
+    or 25 distances a point. The moons and circles have no centres: a point
+    gets the mode of its nearest labelled real point (1-NN) in a reference
+    sample of ``num_reference`` points drawn from a fixed seed. Both are
+    rebuilt, not checkpointed. Queries are processed in chunks of
+    ``chunk_size`` rows so memory stays at ``chunk_size`` x references
+    distances, whatever the number of points.
     """
+
+    reference: Tensor
+    reference_labels: Tensor
 
     def __init__(self, name: str, num_reference: int = 4096, seed: int = 12345,
                  noise: Optional[float] = None, chunk_size: int = 2048):
@@ -143,7 +148,10 @@ class ModeAssigner(nn.Module):
         self.name = name
         self.num_modes = _NUM_MODES[name]
         self.names = mode_names(name)
-        reference, reference_labels = make_2d(name, num_reference, seed, noise)
+        if name in ("mog8", "grid25"):
+            reference, reference_labels = mode_centers(name), torch.arange(self.num_modes)
+        else:
+            reference, reference_labels = make_2d(name, num_reference, seed, noise)
         self.register_buffer("reference", reference, persistent=False)
         self.register_buffer("reference_labels", reference_labels, persistent=False)
 
@@ -167,7 +175,7 @@ class ModeAssigner(nn.Module):
 class Toy2D(DataSource):
     """A labelled 2D dataset generated from a seed (``mog8``, ``grid25``, ``moons``, ``circles``).
 
-    Generated samples are labelled with the mode of their nearest real point.
+    Generated samples are labelled by :class:`ModeAssigner` (nearest centre for the mixtures).
     """
 
     def __init__(self, name: str = "mog8", num_train: int = 20000, num_heldout: int = 5000,

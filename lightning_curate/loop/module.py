@@ -91,8 +91,7 @@ class CurationModule(L.LightningModule):
         self.model_shares: Optional[ModeShares] = None  # sized once the class names are known
         self.curated_shares: Optional[ModeShares] = None
         self.timings = dict.fromkeys(PHASES, 0.0)
-        self._loss_sum: Optional[Tensor] = None  # running sample-weighted loss sum of the epoch
-        self._loss_count = 0
+        self._epoch_loss: list = [None, 0]  # the epoch's sample-weighted loss sum and sample count
 
     def prepare_data(self) -> None:
         # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
@@ -113,20 +112,19 @@ class CurationModule(L.LightningModule):
         loss = self.generator.loss(x)
         n = x.shape[0]
         detached = loss.detach()
-        if self._loss_sum is None:
-            self._loss_sum, self._loss_count = detached * n, n
-        else:
-            self._loss_sum, self._loss_count = self._loss_sum + detached * n, self._loss_count + n
+        running = self._epoch_loss  # a plain list: no nn.Module.__setattr__ per step
+        running[0] = detached * n if running[0] is None else running[0] + detached * n
+        running[1] += n
         every = self.trainer.log_every_n_steps if self._trainer is not None else 1
         if every and (self.global_step + 1) % every == 0:
             self.log("train/loss_step", detached, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self._loss_sum is not None:
-            self.log("train/loss_epoch", self._loss_sum / self._loss_count, prog_bar=True, on_step=False,
-                     on_epoch=True)
-        self._loss_sum, self._loss_count = None, 0
+        total, count = self._epoch_loss
+        if total is not None:
+            self.log("train/loss_epoch", total / count, prog_bar=True, on_step=False, on_epoch=True)
+        self._epoch_loss[:] = [None, 0]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.generator.update_ema()

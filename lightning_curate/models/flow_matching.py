@@ -197,7 +197,8 @@ class FlowMatching(Generator):
                     for a, b in zip(averaged, live):
                         a.copy_(a * self.ema_decay + b * (1.0 - self.ema_decay))
             ema.n_averaged += 1
-        self._ema_started = True
+        if not self._ema_started:
+            self._ema_started = True
 
     def _apply(self, fn, recurse: bool = True):
         # .to() / .cuda() / .half() replace buffers (and may replace parameters): rebuild the lists.

@@ -149,3 +149,10 @@ def test_errors():
         Toy2D("nope")
     with pytest.raises(ValueError, match="num_heldout must be an int >= 1, got 0"):
         Toy2D(num_heldout=0)
+
+
+@pytest.mark.parametrize("name", ["mog8", "grid25"])
+def test_mode_assigner_labels_mixtures_by_the_nearest_centre(name):
+    x = (torch.rand(5000, 2, generator=torch.Generator().manual_seed(3)) - 0.5) * 14  # between the modes too
+    expected = torch.cdist(x.double(), mode_centers(name).double()).argmin(dim=1)
+    assert torch.equal(ModeAssigner(name, chunk_size=777)(x), expected)

@@ -1,0 +1,302 @@
+#!/usr/bin/env python
+"""What lightning_curate costs over a bare PyTorch loop doing the same work.
+
+For each size it writes two programs into a temporary folder and runs each in
+its own process, one after the other, with one torch thread:
+
+* ``bare_loop.py``: a plain PyTorch script. 8 Gaussians on a ring, the same
+  MLP velocity network (sinusoidal time embedding, SiLU layers), flow matching
+  with AdamW and an EMA of the weights, pre-training epochs on the real data,
+  then rounds: ``num_slots * K`` candidates by Euler steps from the EMA net
+  (2,048 at a time, which on a CPU is faster than all at once),
+  the clipped-distance reward and nearest-centre mode labels, Bradley-Terry
+  curation by Gumbel-max, the winners saved with ``torch.save``, and
+  ``epochs_per_round`` epochs on the winners. Every epoch shuffles and walks
+  the whole set in batches, so it takes as many optimizer steps as the package.
+* ``package.yaml``: ``configs/mog8.yaml`` with the same sizes, run through
+  ``lightning_curate.cli.main`` (what ``lightning-curate fit`` runs), with its
+  progress bar, CSV logger and a checkpoint every epoch as configured; only
+  the per-round plots are off (the bare loop draws none).
+
+Both time their own work from after the imports (``seconds``), and each
+process's wall time is printed too. Phases: ``train`` (the training epochs),
+``generate``, ``reward``, ``curate``, ``store`` (the package's from its round
+manifests' ``timings``) and ``other`` (everything else: the package's setup,
+checkpoints, logging, the per-round metrics and table). It prints a table per
+size and, with ``--json``, one JSON line with every number.
+
+Sizes: ``main`` is ``configs/mog8.yaml`` as shipped (2,000 slots, 24 Euler
+steps, batch 256, 8,000 real points, 40 + 10 x 8 epochs); ``large`` is the
+10,000-slot job of the performance issue (20 steps, batch 512, 20,000 real
+points, 37 + 10 x 20 epochs). ``tiny`` is a few-second smoke size for tests.
+
+Examples::
+
+    python scripts/bench_overhead.py                 # main and large
+    python scripts/bench_overhead.py --sizes tiny --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN_CONFIG = REPO / "configs" / "mog8.yaml"
+PHASES = ("train", "generate", "reward", "curate", "store", "other")
+
+__all__ = ["SIZES", "bare_loop_source", "package_config", "run_size", "main"]
+
+# The work of each size: what both programs do.
+SIZES = {
+    "main": dict(num_slots=2000, num_candidates=4, steps=24, batch_size=256, num_train=8000,
+                 initial_epochs=40, epochs_per_round=8, rounds=10),
+    "large": dict(num_slots=10000, num_candidates=4, steps=20, batch_size=512, num_train=20000,
+                  initial_epochs=37, epochs_per_round=20, rounds=10),
+    "tiny": dict(num_slots=256, num_candidates=4, steps=4, batch_size=128, num_train=512,
+                 initial_epochs=2, epochs_per_round=1, rounds=2),
+}
+
+BARE_LOOP = '''
+"""A bare PyTorch loop: curated self-consuming retraining of flow matching on 8 Gaussians."""
+import json, math, sys, tempfile, time
+import torch
+from torch import nn
+
+work = json.loads(sys.argv[1])
+torch.set_num_threads(work["threads"])
+torch.manual_seed(0)
+N, K, STEPS, BS = work["num_slots"], work["num_candidates"], work["steps"], work["batch_size"]
+BETA, DECAY, LR, CHUNK = 1.0, 0.99, 0.002, 2048
+angles = torch.arange(8) * (2 * math.pi / 8)
+centers = 4.0 * torch.stack([angles.cos(), angles.sin()], 1)
+targets = centers[[0, 1]]
+real = centers[torch.arange(work["num_train"]) % 8] + 0.3 * torch.randn(work["num_train"], 2)
+
+
+class Velocity(nn.Module):
+    def __init__(self, hidden=128, depth=3, time_dim=32):
+        super().__init__()
+        half = time_dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / half))
+        layers, width = [], 2 + time_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(width, 2))
+
+    def forward(self, x, t):
+        a = (t * 1000.0)[:, None] * self.freqs[None]
+        return self.net(torch.cat([x, a.sin(), a.cos()], 1))
+
+
+net = Velocity()
+ema = Velocity().requires_grad_(False)
+ema.load_state_dict(net.state_dict())
+opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0)
+live_p, ema_p = list(net.parameters()), list(ema.parameters())
+times = dict.fromkeys(("train", "generate", "reward", "curate", "store"), 0.0)
+out_dir = tempfile.mkdtemp()
+
+
+def train(data, epochs):
+    start = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(data.shape[0])
+        for i in range(0, data.shape[0], BS):
+            x1 = data[perm[i:i + BS]]
+            x0 = torch.randn_like(x1)
+            t = torch.rand(x1.shape[0])
+            xt = (1 - t[:, None]) * x0 + t[:, None] * x1
+            loss = ((net(xt, t) - (x1 - x0)) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_p, live_p, 1 - DECAY)
+    times["train"] += time.perf_counter() - start
+
+
+begin = time.perf_counter()
+train(real, work["initial_epochs"])
+rows = []
+for rnd in range(work["rounds"] + 1):
+    with torch.no_grad():
+        start = time.perf_counter()
+        x = torch.randn(N * K, 2)
+        for c in range(0, N * K, CHUNK):  # cache-sized chunks: faster than all at once
+            xc = x[c:c + CHUNK]
+            for i in range(STEPS):
+                xc = xc + ema(xc, torch.full((xc.shape[0],), i / STEPS)) / STEPS
+            x[c:c + CHUNK] = xc
+        times["generate"] += time.perf_counter() - start
+        start = time.perf_counter()
+        r = -(torch.cdist(x, targets).min(1).values - 0.5).clamp_min(0)
+        labels = torch.cdist(x, centers).argmin(1)
+        shares = torch.bincount(labels, minlength=8) / labels.numel()
+        times["reward"] += time.perf_counter() - start
+        start = time.perf_counter()
+        gumbel = -torch.empty(N, K).exponential_().log()
+        pick = (BETA * r.view(N, K) + gumbel).argmax(1)
+        winners = x.view(N, K, 2)[torch.arange(N), pick]
+        times["curate"] += time.perf_counter() - start
+        start = time.perf_counter()
+        torch.save({"x": winners, "rewards": r.view(N, K)[torch.arange(N), pick]}, f"{out_dir}/round_{rnd}.pt")
+        times["store"] += time.perf_counter() - start
+    rows.append({"round": rnd, "reward_mean": float(r.mean()), "share_mode0": float(shares[0])})
+    if rnd < work["rounds"]:
+        train(winners, work["epochs_per_round"])
+seconds = time.perf_counter() - begin
+times["other"] = seconds - sum(times.values())
+print(json.dumps({"seconds": seconds, "phases": times, "rows": rows}))
+'''
+
+TIMER = '''
+"""Times the package's training epochs (the first callback: its epoch end runs before the round)."""
+import time
+from lightning.pytorch.callbacks import Callback
+
+
+class EpochTimer(Callback):
+    seconds = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        EpochTimer.seconds += time.perf_counter() - self._start
+'''
+
+PACKAGE_RUNNER = '''
+import json, sys, time
+from pathlib import Path
+from lightning_curate.cli import main
+import bench_timer
+
+cfg, root = sys.argv[1], Path(sys.argv[2])
+start = time.perf_counter()
+main(["fit", "-c", cfg])
+seconds = time.perf_counter() - start
+phases = {"train": bench_timer.EpochTimer.seconds, "generate": 0.0, "reward": 0.0, "curate": 0.0, "store": 0.0}
+for manifest in sorted(root.glob("rounds/round_*/manifest.json")):
+    for key, value in json.loads(manifest.read_text())["timings"].items():
+        phases[key] = phases.get(key, 0.0) + value
+phases["other"] = seconds - sum(phases.values())
+print(json.dumps({"seconds": seconds, "phases": phases}))
+'''
+
+
+def bare_loop_source() -> str:
+    """The bare PyTorch program, as written to ``bare_loop.py``."""
+    return textwrap.dedent(BARE_LOOP).lstrip()
+
+
+def package_config(work: dict, root: Path, threads: int) -> dict:
+    """``configs/mog8.yaml`` with the sizes of ``work``, its run in ``root`` and no per-round plots."""
+    cfg = copy.deepcopy(yaml.safe_load(MAIN_CONFIG.read_text()))
+    cfg["torch_num_threads"] = threads
+    trainer = cfg["trainer"]
+    trainer["default_root_dir"] = str(root)
+    for callback in trainer["callbacks"]:
+        if callback["class_path"].endswith("RetrainingLoop"):
+            callback["init_args"].update(rounds=work["rounds"], epochs_per_round=work["epochs_per_round"],
+                                         initial_epochs=work["initial_epochs"], plots=False)
+    trainer["callbacks"].insert(0, {"class_path": "bench_timer.EpochTimer"})
+    model = cfg["model"]["init_args"]
+    model.update(num_slots=work["num_slots"], num_candidates=work["num_candidates"])
+    model["generator"]["init_args"]["steps"] = work["steps"]
+    data = cfg["data"]["init_args"]
+    data["batch_size"] = work["batch_size"]
+    data["source"]["init_args"]["num_train"] = work["num_train"]
+    return cfg
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[dict, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def run_size(name: str, threads: int = 1, timeout: float = 1800) -> dict:
+    """Run the bare loop, then the package, on size ``name``; both results and the ratios."""
+    work = {**SIZES[name], "threads": threads}
+    with tempfile.TemporaryDirectory(prefix=f"bench_overhead_{name}_") as tmp:
+        tmp = Path(tmp)
+        (tmp / "bare_loop.py").write_text(bare_loop_source())
+        (tmp / "bench_timer.py").write_text(textwrap.dedent(TIMER).lstrip())
+        (tmp / "run_package.py").write_text(textwrap.dedent(PACKAGE_RUNNER).lstrip())
+        root = tmp / "run"
+        (tmp / "package.yaml").write_text(yaml.safe_dump(package_config(work, root, threads), sort_keys=False))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "PYTHONPATH": os.pathsep.join([str(tmp), str(REPO), os.environ.get("PYTHONPATH", "")])}
+        bare, bare_wall = _run([sys.executable, "bare_loop.py", json.dumps(work)], tmp, env, timeout)
+        package, package_wall = _run([sys.executable, "run_package.py", "package.yaml", str(root)], tmp, env,
+                                     timeout)
+    steps = _optimizer_steps(work)
+    return {
+        "size": name, "work": work, "optimizer_steps": steps,
+        "bare": {**bare, "wall": bare_wall}, "package": {**package, "wall": package_wall},
+        "ratio": package["seconds"] / bare["seconds"], "ratio_wall": package_wall / bare_wall,
+    }
+
+
+def _optimizer_steps(work: dict) -> int:
+    per_epoch = lambda n: -(-n // work["batch_size"])  # noqa: E731
+    return (work["initial_epochs"] * per_epoch(work["num_train"])
+            + work["rounds"] * work["epochs_per_round"] * per_epoch(work["num_slots"]))
+
+
+def format_result(result: dict) -> str:
+    """A small table: seconds per phase for both programs, and the ratio."""
+    w = result["work"]
+    lines = [f"size {result['size']}: {w['num_slots']} slots x K={w['num_candidates']}, {w['steps']} Euler steps, "
+             f"batch {w['batch_size']}, {result['optimizer_steps']} optimizer steps, {w['rounds']} rounds, "
+             f"{w['threads']} thread(s)",
+             f"{'phase':>9} {'bare s':>9} {'package s':>10} {'ratio':>7}"]
+    for phase in PHASES + ("total",):
+        b = result["bare"]["seconds"] if phase == "total" else result["bare"]["phases"].get(phase, 0.0)
+        p = result["package"]["seconds"] if phase == "total" else result["package"]["phases"].get(phase, 0.0)
+        ratio = f"{p / b:7.2f}" if b > 1e-3 else f"{'-':>7}"
+        lines.append(f"{phase:>9} {b:9.2f} {p:10.2f} {ratio}")
+    lines.append(f"{'wall':>9} {result['bare']['wall']:9.2f} {result['package']['wall']:10.2f} "
+                 f"{result['ratio_wall']:7.2f}   (whole processes, imports included)")
+    lines.append(f"package / bare = {result['ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["main", "large"], choices=sorted(SIZES))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of both programs")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line with every number")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    results = []
+    for name in args.sizes:
+        result = run_size(name, threads=args.threads)
+        results.append(result)
+        print(format_result(result), flush=True)
+        print(flush=True)
+    if args.json:
+        print(json.dumps(results), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
