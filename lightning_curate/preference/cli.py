@@ -34,7 +34,7 @@ from lightning_curate.preference.bradley_terry import RewardMLP, fit_bradley_ter
 from lightning_curate.preference.evaluate import recovered_scale, spearman
 from lightning_curate.store import RoundStore, StoreError
 
-__all__ = ["build_model", "load_choice_logs", "load_reward_model", "main", "parse_rounds"]
+__all__ = ["build_model", "load_choice_logs", "load_reward_model", "main", "parse_rounds", "run"]
 
 LOG_KEYS = ("choice_candidates", "choice_index", "choice_slot")
 POPULATION_NOTE = ("the choices come from a population of curators: a single Bradley-Terry model recovers only "
@@ -213,7 +213,13 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point (``lightning-curate-reward``): run the command, exit status 0."""
+    run(argv)
+    return 0
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the command; returns the report (also printed as JSON and saved in ``--out``)."""
     args = _parser().parse_args(argv)
     try:
@@ -257,4 +263,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())
