@@ -17,7 +17,7 @@ import torch
 
 from lightning_curate import theory
 
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "THEORY.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs/THEORY.md"
 
 P = [0.5, 0.3, 0.2]
 R = [0.0, 1.0, 2.0]
@@ -169,7 +169,7 @@ def test_every_worked_example_is_checked():
 
 def test_the_checker_catches_a_wrong_digit(tmp_path, monkeypatch):
     """The checks above read the guide: a guide with one digit changed fails them."""
-    wrong = tmp_path / "THEORY.md"
+    wrong = tmp_path / "guide.md"
     wrong.write_text(GUIDE.read_text().replace("0.354523, 0.341591, 0.303886", "0.354523, 0.341591, 0.303887"))
     monkeypatch.setattr(sys.modules[__name__], "GUIDE", wrong)
     with pytest.raises(AssertionError):
