@@ -25,7 +25,9 @@ __all__ = ["RunSpec", "format_value", "parse_grid_spec", "parse_seeds", "parse_s
 
 def _split_values(text: str) -> list[str]:
     """Split on commas that are not inside brackets or braces."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "[{(":
             depth += 1

@@ -30,7 +30,7 @@ class _RoundMetric(Metric):
     """What every metric of a round shares: no gradients, and ``update`` needs no global state."""
 
     is_differentiable = False
-    higher_is_better = None
+    higher_is_better: Optional[bool] = None
     full_state_update = False
 
 
@@ -46,6 +46,12 @@ class RewardStats(_RoundMetric):
     whatever the number of rewards, each reduced across ranks by sum/min/max.
     Non-finite rewards propagate (a ``-inf`` reward gives a ``-inf`` mean).
     """
+
+    count: Tensor
+    total: Tensor
+    total_sq: Tensor
+    min_value: Tensor
+    max_value: Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -86,6 +92,8 @@ class ModeShares(_RoundMetric):
     Counts are summed across ranks; before any update every share is 0.
     """
 
+    counts: Tensor
+
     def __init__(self, num_modes: int, **kwargs):
         super().__init__(**kwargs)
         self.num_modes = check_int("num_modes", num_modes, minimum=1)
@@ -116,6 +124,9 @@ class SelectionEntropy(_RoundMetric):
     marks a candidate that can never win (it contributes no entropy), as in
     ``kchoice``. ``K = 1`` gives 0: there is no choice.
     """
+
+    entropy_sum: Tensor
+    count: Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -161,6 +172,9 @@ def _flat_rows(x: Tensor, what: str) -> Tensor:
 
 class _TwoSampleMetric(_RoundMetric):
     """Keeps up to ``max_samples`` rows of generated (``samples``) and reference (``real``) data."""
+
+    samples: list[Tensor]
+    real: list[Tensor]
 
     higher_is_better = False
 

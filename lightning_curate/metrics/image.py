@@ -27,7 +27,7 @@ penultimate features; pass ``nn.Identity()`` to measure raw inputs.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +57,8 @@ class FeatureExtractor(nn.Module):
     else ``num_features`` if given, else found by running the net on one
     zero input of shape ``input_shape``.
     """
+
+    _net: nn.Module
 
     def __init__(self, net: nn.Module, num_features: Optional[int] = None,
                  input_shape: Optional[Sequence[int]] = None, batch_size: int = 1024):
@@ -99,7 +101,7 @@ class FeatureExtractor(nn.Module):
         return self
 
     def _extract(self, x: Tensor) -> Tensor:
-        out = self.net.features(x) if self._use_features else self.net(x)
+        out = cast(Callable[[Tensor], Tensor], self.net.features)(x) if self._use_features else self.net(x)
         return out.reshape(out.shape[0], -1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -172,6 +174,8 @@ class FeatureFID(FrechetInceptionDistance):
     two of each.
     """
 
+    inception: FeatureExtractor
+
     def __init__(self, feature_extractor: nn.Module, num_features: Optional[int] = None,
                  input_shape: Optional[Sequence[int]] = None, reset_real_features: bool = True,
                  batch_size: int = 1024, **kwargs):
@@ -221,6 +225,9 @@ class PrecisionRecall(Metric):
             flattened inputs are the features.
         max_samples, batch_size, block_rows: memory bounds.
     """
+
+    real_features: list[Tensor]
+    fake_features: list[Tensor]
 
     is_differentiable = False
     higher_is_better = True

@@ -58,6 +58,10 @@ class ExactCategorical(Generator):
         num_atoms: number of atoms; the model starts uniform over them.
     """
 
+    counts: Tensor
+    pending: Tensor
+    fits: Tensor
+
     def __init__(self, num_atoms: int) -> None:
         super().__init__()
         self.num_atoms = check_int("num_atoms", num_atoms, minimum=1)

@@ -32,6 +32,8 @@ class SinusoidalTimeEmbedding(nn.Module):
     it the low frequencies would barely change over the whole interval.
     """
 
+    frequencies: Tensor
+
     def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> None:
         super().__init__()
         self.dim = check_even("dim", dim)

@@ -17,7 +17,7 @@ Sizes, set from the config:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +180,7 @@ class UNetVelocity(nn.Module):
         self.out_norm = nn.GroupNorm(groups, ch)
         self.out_conv = nn.Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
-        nn.init.zeros_(self.out_conv.bias)
+        nn.init.zeros_(self.out_conv.bias)  # type: ignore[arg-type]  # a Conv2d made with bias
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Velocity ``[B, C, H, W]`` of images ``x`` at times ``t`` ``[B]``."""
@@ -200,7 +200,7 @@ class UNetVelocity(nn.Module):
 
         h = self.stem(x)
         hs = [h]
-        for level, stage in enumerate(self.down):
+        for level, stage in enumerate(cast("list[_Level]", self.down)):
             for blk, att in zip(stage.blocks, stage.attns):
                 h = att(blk(h, emb))
                 hs.append(h)
@@ -210,7 +210,7 @@ class UNetVelocity(nn.Module):
 
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
 
-        for i, stage in enumerate(self.up):
+        for i, stage in enumerate(cast("list[_Level]", self.up)):
             for blk, att in zip(stage.blocks, stage.attns):
                 h = att(blk(torch.cat([h, hs.pop()], dim=1), emb))
             if i < len(self.upsample):

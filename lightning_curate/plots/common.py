@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from torch import Tensor
 
 __all__ = ["DPI", "ArrayLike", "PathLike", "check_titles", "grid_shape", "new_figure", "palette", "save_figure",
@@ -53,8 +54,8 @@ def save_figure(fig: Figure, path: PathLike, *, dpi: int = DPI) -> Path:
 
 def new_figure(width: float, height: float) -> Figure:
     """A constrained-layout figure on an Agg canvas (no pyplot), ``width`` x ``height`` inches."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    fig.get_layout_engine().set(w_pad=4 / 72, h_pad=6 / 72)  # a little air around the panels
+    # A little air around the panels (4 and 6 points).
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=ConstrainedLayoutEngine(w_pad=4 / 72, h_pad=6 / 72))
     FigureCanvasAgg(fig)
     return fig
 

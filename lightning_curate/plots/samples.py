@@ -75,8 +75,8 @@ def _module_device(fn) -> torch.device:
     if isinstance(fn, torch.nn.Module):
         for t in fn.parameters():
             return t.device
-        for t in fn.buffers():
-            return t.device
+        for b in fn.buffers():
+            return b.device
     return torch.device("cpu")
 
 
@@ -166,16 +166,17 @@ def build_rounds_2d_figure(
 
     real_arr = _points_2d(real, "real") if real is not None else None
 
+    box: tuple[float, ...]
     if bounds is None:
-        bounds = _default_bounds(clouds + ([real_arr] if real_arr is not None else []))
+        box = _default_bounds(clouds + ([real_arr] if real_arr is not None else []))
     else:
-        bounds = tuple(float(b) for b in bounds)
-        if len(bounds) != 4 or not (bounds[0] < bounds[1] and bounds[2] < bounds[3]):
+        box = tuple(float(b) for b in bounds)
+        if len(box) != 4 or not (box[0] < box[1] and box[2] < box[3]):
             raise ValueError(f"bounds: expected (xmin, xmax, ymin, ymax) with xmin < xmax and ymin < ymax, "
-                             f"got {bounds}")
-    xmin, xmax, ymin, ymax = bounds
+                             f"got {box}")
+    xmin, xmax, ymin, ymax = box
 
-    grid = _reward_on_grid(reward_fn, bounds, grid_size) if reward_fn is not None else None
+    grid = _reward_on_grid(reward_fn, box, grid_size) if reward_fn is not None else None
 
     nrows, ncols = grid_shape(n_rounds)
     aspect = (ymax - ymin) / (xmax - xmin)
@@ -248,7 +249,8 @@ def build_rounds_2d_figure(
         cbar = fig.colorbar(filled, ax=panels, shrink=0.85 if nrows > 1 else 0.9, pad=0.02, aspect=25 * nrows)
         cbar.set_label("reward")
         cbar.ax.tick_params(labelsize=8)
-        cbar.solids.set_alpha(0.6)
+        if cbar.solids is not None:
+            cbar.solids.set_alpha(0.6)
 
     handles = []
     if label_arrays is not None:

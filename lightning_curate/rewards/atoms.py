@@ -17,6 +17,8 @@ class AtomReward(RewardModel):
     ``gamma = 5`` (a perfect classifier's class-0 probability, scaled).
     """
 
+    table: Tensor
+
     def __init__(self, rewards: list[float], gamma: float = 1.0) -> None:
         super().__init__(gamma)
         self.register_buffer("table", check_vector("rewards", rewards), persistent=False)

@@ -34,6 +34,8 @@ class ClippedDistanceReward(RewardModel):
     dataset (``dataset`` + ``targets``, e.g. ``"mog8"``, ``[0, 1]``), not both.
     """
 
+    centers: Tensor
+
     def __init__(
         self,
         centers: Optional[list[list[float]]] = None,
@@ -101,6 +103,8 @@ class LinearReward(RewardModel):
     along ``u`` round after round instead of settling.
     """
 
+    direction: Tensor
+
     def __init__(self, direction: list[float], gamma: float = 1.0):
         super().__init__(gamma)
         vec = check_vector("direction", direction)
@@ -117,6 +121,8 @@ class LinearReward(RewardModel):
 
 class RadialReward(RewardModel):
     """``r(x) = -gamma * |x - center|``: a single peak, no flat top level set."""
+
+    center: Tensor
 
     def __init__(self, center: Sequence[float] = (0.0, 0.0), gamma: float = 1.0):
         super().__init__(gamma)

@@ -84,7 +84,7 @@ def _weights_exact(p: Tensor, w: Tensor, K: int, support: Tensor) -> Tensor:
     log_fact = [math.lgamma(i + 1) for i in range(K)]
     H = torch.zeros_like(p)
     for combo in itertools.combinations_with_replacement(range(len(ps)), K - 1):
-        counts = {}
+        counts: dict[int, int] = {}
         for i in combo:
             counts[i] = counts.get(i, 0) + 1
         log_prob = log_fact[K - 1] + sum(c * math.log(ps[i]) - log_fact[c] for i, c in counts.items())
