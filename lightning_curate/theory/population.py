@@ -49,7 +49,7 @@ __all__ = [
     "adversarial_threshold",
     "classify_long_run",
     "curator_weights",
-    "expected_reward",
+    "empirical_population_weights",
     "invasion_rate",
     "population_curated_distribution",
     "population_trajectory",
@@ -149,6 +149,24 @@ def population_curated_distribution(p, curators: Sequence[Curator]) -> Tensor:
     return q / q.sum()
 
 
+def empirical_population_weights(rewards: Tensor, curators: Sequence[Curator], weights=None) -> Tensor:
+    """``sum_u pi_u H_u`` at every point of an empirical law, e.g. a round's ``N x K`` candidates.
+
+    ``rewards [U, M]``: curator ``u``'s reward of each of the ``M`` points (the curators'
+    own ``rewards`` vectors are not used, only their ``beta``, ``mode``, ``K`` and weight);
+    ``weights``: the points' masses (default uniform). ``q = weights * H`` is the population's
+    curated law of the round, the ideal learner's next model before real data is mixed in.
+    """
+    rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    if rewards.dim() != 2 or rewards.shape[0] != len(curators):
+        raise ValueError(f"rewards must have shape [U, M] with U = {len(curators)} curators, "
+                         f"got {tuple(rewards.shape)}")
+    pi = _weights_of([Curator(r, c.beta, c.mode, c.num_candidates, c.weight) for r, c in zip(rewards, curators)],
+                     rewards.shape[1])
+    return sum(float(w) * empirical_curation_weights(r, c.num_candidates, c.beta, weights=weights, mode=c.mode)
+               for w, r, c in zip(pi, rewards, curators) if w > 0)
+
+
 def population_trajectory(p_data, curators: Sequence[Curator], real_fraction: float = 0.0, rounds: int = 10,
                           p_init=None) -> Tensor:
     """Ideal learner ``p_{t+1} = rho p_data + (1 - rho) q_t`` for a population: ``[rounds + 1, n]``.
@@ -169,14 +187,6 @@ def population_trajectory(p_data, curators: Sequence[Curator], real_fraction: fl
         p = rho * p_data + (1 - rho) * population_curated_distribution(p, curators)
         traj.append(p)
     return torch.stack(traj)
-
-
-def expected_reward(p, rewards) -> float:
-    """``E_p[r]``."""
-    p, r = _law(p), torch.as_tensor(rewards, dtype=torch.float64).flatten()
-    if r.shape != p.shape:
-        raise ValueError(f"rewards must have one value per atom ({p.numel()}), got {r.numel()}")
-    return float((p * r).sum())
 
 
 # -- two curators with disjoint favourite sets ------------------------------------------------
@@ -260,13 +270,6 @@ def two_curator_fixed_points(curators: Sequence[Curator], real_fraction: float =
         radius = float(torch.linalg.eigvals(_jacobian(f, a, b)).abs().max())
         points.append({"a": a, "b": b, "spectral_radius": radius, "stable": radius < 1 - 1e-9})
     return points
-
-
-def _k2_delta(curator: Curator, gap: float) -> float:
-    """``2 P(favoured wins a pair) - 1``: ``tanh(beta gap / 2)`` (softmax), 1 (argmax), 0 (uniform)."""
-    if curator.mode == "uniform":
-        return 0.0
-    return 1.0 if curator.mode == "argmax" else math.tanh(curator.beta * gap / 2)
 
 
 def two_curator_fixed_points_k2(weight_a: float, delta_a: float, delta_b: float) -> dict:

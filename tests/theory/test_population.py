@@ -262,3 +262,19 @@ def test_mixture_is_not_the_law_of_the_averaged_reward():
     assert float(mix[0]) == pytest.approx(0.5231, abs=1e-4)
     averaged = curated_distribution([0.5, 0.5], [0.6, 0.4], 2, 1.0)
     assert float(averaged[0]) == pytest.approx(0.5249, abs=1e-4)
+
+
+def test_empirical_population_weights_match_the_exact_law():
+    # A round's candidates whose empirical law is p = (0.5, 0.3, 0.2) on three atoms.
+    from lightning_curate.theory.population import empirical_population_weights
+
+    atoms = torch.tensor([0] * 5 + [1] * 3 + [2] * 2)
+    crowd = [Curator([0.0, 1.0, 2.0], beta=1.0, num_candidates=3, weight=0.7),
+             Curator([2.0, 0.0, 0.0], mode="argmax", num_candidates=2, weight=0.3)]
+    rewards = torch.stack([c.r[atoms] for c in crowd])
+    H = empirical_population_weights(rewards, crowd)
+    q = torch.zeros(3, dtype=torch.float64).index_add_(0, atoms, H / atoms.numel())
+    expected = population_curated_distribution([0.5, 0.3, 0.2], crowd)
+    assert torch.allclose(q, expected, atol=1e-9)
+    with pytest.raises(ValueError, match="U = 2 curators"):
+        empirical_population_weights(rewards[:1], crowd)
