@@ -20,10 +20,12 @@ from lightning_curate.plots import (  # noqa: E402
     build_image_grid_figure,
     build_round_metrics_figure,
     build_rounds_2d_figure,
-    common,  # noqa: E402
+    build_sweep_figure,
+    common,
     plot_image_grid,
     plot_round_metrics,
     plot_rounds_2d,
+    plot_sweep_metric,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -373,3 +375,28 @@ def test_failed_write_keeps_old_file_and_leaves_no_tmp(tmp_path, monkeypatch):
     monkeypatch.setattr(common.os, "replace", os.replace)
     assert target.read_bytes() == before
     assert no_tmp_files(tmp_path)
+
+
+# --------------------------------------------------------------------------- #
+# sweep figures
+# --------------------------------------------------------------------------- #
+
+
+def test_sweep_figure_lines_bands_and_order(tmp_path):
+    summary = {
+        "rho=0.5": ([0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [0.1, 0.2, 0.3], 3),
+        "rho=0": ([0.0, 1.0, 2.0], [1.0, 1.5, 1.7], [0.0, 0.0, 0.0], 1),
+    }
+    fig = build_sweep_figure("reward_mean", summary, point_order=["rho=0.5"])
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["rho=0.5", "rho=0"]  # point_order first
+    assert list(ax.lines[0].get_ydata()) == [1.0, 2.0, 3.0]
+    assert len(ax.collections) == 1  # a band for the point with three seeds only
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(0.9) and band[:, 1].max() == pytest.approx(3.3)
+    assert ax.get_title() == "reward_mean (mean over 3 seeds, 95% band)" and ax.get_legend() is not None
+    path = plot_sweep_metric("share_mode0/x", summary, tmp_path)
+    assert path == tmp_path / "share_mode0_x.png"
+    check_png(path)
+    alone = build_sweep_figure("w2", {"base": ([0.0, 1.0], [0.5, 0.4], [0.0, 0.0], 1)})
+    assert alone.axes[0].get_legend() is None and alone.axes[0].get_title() == "w2 (one seed)"
