@@ -42,21 +42,10 @@ from lightning_curate.theory.laws import curation_weights
 from lightning_curate.utils.validation import check_beta, check_choice, check_float, check_int
 
 __all__ = [
-    "Curator",
-    "LONG_RUN",
-    "adversarial_grid",
-    "adversarial_population",
-    "adversarial_threshold",
-    "classify_long_run",
-    "curator_weights",
-    "empirical_population_weights",
-    "invasion_rate",
-    "population_curated_distribution",
-    "population_trajectory",
-    "two_curator_fixed_points",
-    "two_curator_fixed_points_k2",
-    "two_curator_map",
-    "two_curator_population",
+    "Curator", "LONG_RUN", "adversarial_grid", "adversarial_population", "adversarial_threshold",
+    "classify_long_run", "curator_weights", "empirical_population_weights", "invasion_rate",
+    "population_curated_distribution", "population_trajectory", "two_curator_fixed_points",
+    "two_curator_fixed_points_k2", "two_curator_map", "two_curator_population",
 ]
 
 MODES = ("softmax", "argmax", "uniform")
