@@ -33,6 +33,11 @@ class _RoundMetric(Metric):
     higher_is_better: Optional[bool] = None
     full_state_update = False
 
+    def _add_sums(self, **dtypes: torch.dtype) -> None:
+        """Zero scalar states, one per keyword, each summed across ranks."""
+        for name, dtype in dtypes.items():
+            self.add_state(name, default=torch.zeros((), dtype=dtype), dist_reduce_fx="sum")
+
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
     """float64 for sums (cancellation in the variance), except where the device lacks it."""
@@ -55,9 +60,7 @@ class RewardStats(_RoundMetric):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self._add_sums(count=torch.int64, total=torch.float64, total_sq=torch.float64)
         self.add_state("min_value", default=torch.tensor(math.inf), dist_reduce_fx="min")
         self.add_state("max_value", default=torch.tensor(-math.inf), dist_reduce_fx="max")
 
@@ -130,8 +133,7 @@ class SelectionEntropy(_RoundMetric):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.add_state("entropy_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self._add_sums(entropy_sum=torch.float64, count=torch.int64)
 
     def update(self, scaled_rewards: Tensor) -> None:
         """Add the choice entropies of a batch of slots ``[N, K]`` of scaled rewards."""
