@@ -294,6 +294,13 @@ class FlowMatching(Generator):
         # options={"step_size": 1 / steps} adds a spurious extra step for some
         # step counts (float rounding in its ceil), e.g. steps=61.
         grid = torch.linspace(0.0, 1.0, self.steps + 1, device=x0.device, dtype=x0.dtype)
+        if self.solver == "euler":
+            # torchdiffeq's Euler step, bit for bit (x + dt * v(x, t0) on the same grid),
+            # without its per-step bookkeeping.
+            x = x0
+            for t0, t1 in zip(grid[:-1], grid[1:]):
+                x = x + (t1 - t0) * field(t0, x)
+            return x
         return odeint(field, x0, span, method=self.solver, options={"grid_constructor": lambda *_: grid})[-1]
 
 

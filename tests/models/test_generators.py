@@ -210,6 +210,21 @@ def test_solvers_pass_the_time_of_each_stage():
     torch.testing.assert_close(midpoint.sample(3, generator=seeded(9)), x0 + 0.5)
 
 
+@pytest.mark.parametrize("steps", [1, 7, 24, 61])
+def test_euler_is_torchdiffeqs_euler_bit_for_bit(steps):
+    from torchdiffeq import odeint
+
+    torch.manual_seed(0)
+    net = MLPVelocity(dim=2, hidden=16, depth=2).eval()
+    x0 = torch.randn(64, 2)
+    grid = torch.linspace(0.0, 1.0, steps + 1)
+    with torch.no_grad():
+        expected = odeint(lambda t, x: net(x, t.expand(x.shape[0])), x0, torch.tensor([0.0, 1.0]),
+                          method="euler", options={"grid_constructor": lambda *_: grid})[-1]
+        got = flow(net, steps=steps)._integrate(net, x0)
+    assert torch.equal(got, expected)
+
+
 def test_fixed_step_solver_takes_exactly_steps_steps():
     """torchdiffeq's step_size option would take 62 steps here; the explicit grid takes 61."""
     recorder = Recorder()
