@@ -164,7 +164,7 @@ class _ScalarHead(nn.Module):
 
 def load_reward_model(path: str | Path) -> nn.Module:
     """Rebuild the reward model that ``lightning-curate-reward`` saved (eval mode)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     model = _from_spec(saved["architecture"])
     model.load_state_dict(saved["state_dict"])
     return model.eval()
