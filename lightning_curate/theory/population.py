@@ -52,7 +52,7 @@ MODES = ("softmax", "argmax", "uniform")
 LONG_RUN = ("consensus_a", "consensus_b", "polarised", "oscillation", "neither")
 
 
-@dataclass
+@dataclass(eq=False)
 class Curator:
     """One kind of curator: a reward per atom, a choice rule and a population weight.
 
