@@ -100,6 +100,7 @@ class CurateCLI(LightningCLI):
             return
         self.run_state.loop = loop
         config = self.config[self.subcommand]
+        loop.check_backend(self.trainer, self.model)
         loop.allow_changed_settings = tuple(dict.fromkeys(
             loop.allow_changed_settings + parse_allowed(config.get("allow_changed_settings"))))
         reward = config.get("model", {}).get("init_args", {}).get("reward")
@@ -129,7 +130,7 @@ def _short_error(err: BaseException) -> str:
 
 def _resume_hint(state: _RunState, how: str, args: list[str]) -> str:
     loop = state.loop
-    done = sorted(loop.rows) if loop is not None else []
+    done = sorted(set(loop.rows) | set(loop.store.rounds() if loop.store else [])) if loop is not None else []
     where = f"after round {done[-1]} of {loop.rounds}" if done else "before round 0 finished"
     callback = getattr(state.trainer, "checkpoint_callback", None)
     last = getattr(callback, "last_model_path", "") or ""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import yaml
 from lightning.pytorch.callbacks import Callback
+
+from lightning_curate.rewards import ClippedDistanceReward
 
 
 def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, policy: str = "replace",
@@ -62,6 +67,12 @@ def read_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def tree_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` by relative name: equal digests mean nothing was touched."""
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
 def store_digest(run_dir: Path) -> dict[str, str]:
     rounds = sorted((run_dir / "rounds").glob("round_*"))
     return {r.name: json.loads((r / "manifest.json").read_text())["parts"] for r in rounds}
@@ -78,3 +89,22 @@ class CrashAtEpoch(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
+
+
+class GatedReward(ClippedDistanceReward):
+    """``ClippedDistanceReward`` that can hold a run still at a chosen point, for fault injection.
+
+    While the file named by ``$LC_TEST_GATE`` exists (and, if set, the file ``$LC_TEST_GATE_AFTER``
+    exists too, e.g. a round's first part), a call writes ``<gate>.reached`` and waits until the gate
+    file is removed. Without the variables it is ``ClippedDistanceReward`` exactly, so a gated run
+    and an ungated one store the same rounds. Configs name it ``run_configs.GatedReward``.
+    """
+
+    def forward(self, x):
+        gate, after = os.environ.get("LC_TEST_GATE"), os.environ.get("LC_TEST_GATE_AFTER")
+        if gate and os.path.exists(gate) and (not after or os.path.exists(after)):
+            Path(gate + ".reached").touch()
+            deadline = time.time() + 300
+            while os.path.exists(gate) and time.time() < deadline:
+                time.sleep(0.02)
+        return super().forward(x)

@@ -113,10 +113,7 @@ class RetrainingLoop(Callback):
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "attach"):
             raise TypeError("RetrainingLoop needs a BlendingDataModule (the `data` section of the config)")
-        if getattr(pl_module, "backend", None) == "triton":
-            reason = triton_unavailable_reason(trainer.strategy.root_device)
-            if reason is not None:
-                raise ValueError(f"backend: 'triton' cannot run here: {reason}. Use backend: auto or torch")
+        self.check_backend(trainer, pl_module)
         trainer.fit_loop.max_epochs = self.total_epochs
         trainer.reload_dataloaders_every_n_epochs = 1
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -125,6 +122,14 @@ class RetrainingLoop(Callback):
         self.run_dir = run_dir
         self.store = RoundStore(self.run_dir / "rounds")
         datamodule.attach(self.store, self.round_of_epoch)
+
+    @staticmethod
+    def check_backend(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """``backend: triton`` where Triton cannot run fails now, not after round 0's training."""
+        if getattr(pl_module, "backend", None) == "triton":
+            reason = triton_unavailable_reason(trainer.strategy.root_device)
+            if reason is not None:
+                raise ValueError(f"backend: 'triton' cannot run here: {reason}. Use backend: auto or torch")
 
     def science_settings(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
         """What makes two runs the same experiment; every manifest records it and its fingerprint."""
@@ -384,8 +389,10 @@ def _init_args(module: Any) -> dict[str, Any]:
         return {}
     plain = (bool, int, float, str, type(None))
     args = {}
-    for name in params:
-        value = getattr(module, name, None) if name != "self" else None
+    for name, param in params.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or not hasattr(module, name):
+            continue
+        value = getattr(module, name)
         if isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value)):
             args[name] = value
     return args

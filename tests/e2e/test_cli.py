@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from lightning_curate.cli import main
-from lightning_curate.store.rounds import StoreError
-from run_configs import read_rows, store_digest, tiny_config, write_config
+from run_configs import read_rows, store_digest, tiny_config, tree_digest, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,17 +90,23 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert read_rows(crash_run) == read_rows(ref_run)
 
 
-def test_fresh_run_refuses_a_directory_with_stored_rounds(tmp_path):
+def test_fresh_run_refuses_a_directory_with_stored_rounds(tmp_path, capsys):
+    """Issue 11's replay: the refusal comes before the config save and the logger, so config.yaml and
+    metrics.csv are byte-identical afterwards (a refused start used to overwrite both)."""
     run = tmp_path / "run"
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config(run, rounds=1))
     main(["fit", "-c", str(cfg)])
-    before = store_digest(run)
-    with pytest.raises(StoreError, match="already holds rounds"):
-        main(["fit", "-c", str(cfg)])
-    assert store_digest(run) == before
+    before = tree_digest(run)
+    other = tiny_config(run, rounds=1, beta=3.0)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(write_config(tmp_path / "other.yaml", other))])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {run / 'rounds'} already holds rounds [0, 1]" in err and "Traceback" not in err
+    assert tree_digest(run) == before
 
 
-def test_resume_with_a_tampered_round_is_an_error(tmp_path):
+def test_resume_with_a_tampered_round_is_an_error(tmp_path, capsys):
     run = tmp_path / "run"
     cfg_dict = tiny_config(run, rounds=1)
     cfg = write_config(tmp_path / "cfg.yaml", cfg_dict)
@@ -111,8 +116,12 @@ def test_resume_with_a_tampered_round_is_an_error(tmp_path):
     data[-20] ^= 0xFF
     samples.write_bytes(bytes(data))
     cfg_dict["trainer"]["callbacks"][0]["init_args"]["rounds"] = 2  # extend the run
-    with pytest.raises(StoreError, match="checksum mismatch"):
+    before = tree_digest(run)
+    with pytest.raises(SystemExit) as info:
         main(["fit", "-c", str(write_config(tmp_path / "more.yaml", cfg_dict)), "--ckpt_path", "last"])
+    assert info.value.code == 2
+    assert f"checksum mismatch for {samples}" in capsys.readouterr().err
+    assert tree_digest(run) == before
     assert hashlib.sha256(samples.read_bytes()).hexdigest() != store_digest(run)["round_000"][samples.name]
 
 
@@ -134,10 +143,11 @@ def test_bad_config_values_stop_before_training(tmp_path, capsys, section, key, 
     cfg = tiny_config(run)
     target = (cfg["trainer"]["callbacks"][0] if section == "loop" else cfg[section])["init_args"]
     target[key] = value
-    with pytest.raises((ValueError, SystemExit)) as info:
+    with pytest.raises(SystemExit) as info:
         main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
-    message = str(info.value) + capsys.readouterr().err
-    assert key in message
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
     assert not (run / "rounds").exists() and not (run / "checkpoints").exists()
 
 

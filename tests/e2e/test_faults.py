@@ -1,0 +1,374 @@
+"""Fault injection on a tiny run: every fault ends in an honest exit code and a message naming the problem,
+and the stored rounds are byte-identical to what they were before the fault (or absent).
+
+Cheap refusals run ``main`` in-process; kills, signals, two concurrent runs and resource limits run it
+in a forked child (the imports are done once, so the file stays within a couple of minutes; the console
+script itself is run by tests/e2e/test_cli.py). ``run_configs.GatedReward`` holds a child at a chosen
+point so that nothing depends on timing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_curate.cli import main
+from lightning_curate.store.lock import LOCK_NAME
+from lightning_curate.store.rounds import RoundStore
+from run_configs import read_rows, store_digest, tiny_config, tree_digest, write_config
+
+TESTS = Path(__file__).resolve().parents[1]
+REWARD = {"class_path": "run_configs.GatedReward", "init_args": {"dataset": "mog8", "targets": [0, 1], "radius": 0.5}}
+
+
+def _config(tmp_path: Path, run: Path, name: str = "cfg.yaml", *, rounds: int = 1, **overrides) -> Path:
+    cfg = tiny_config(run, rounds=rounds, reward=overrides.pop("reward", REWARD), **overrides)
+    return write_config(tmp_path / name, cfg)
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    try:
+        main(["fit", *map(str, args)])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+class _Child:
+    """``lightning-curate fit ARGS`` in a forked child: its own PID, signals, limits and exit status."""
+
+    def __init__(self, tmp_path: Path, args, name: str, env=None, setup=None):
+        self.err = tmp_path / f"{name}.err"
+        self.returncode = None
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                sys.stdout = open(os.devnull, "w")
+                sys.stderr = open(self.err, "w", buffering=1)
+                os.dup2(sys.stderr.fileno(), 2)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.environ.update(env or {})
+                if setup is not None:
+                    setup()
+                try:
+                    main(["fit", *map(str, args)])
+                    code = 0
+                except SystemExit as exit_:
+                    code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.time() + timeout
+        while self.poll() is None:
+            if time.time() > deadline:
+                raise TimeoutError(f"the run {self.pid} did not end within {timeout} s")
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _wait_for(path: Path, proc: _Child, timeout: float = 150) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {path} appeared"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _finish(proc: _Child, timeout: float = 150) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def _same_rounds(run: Path, reference: Path) -> bool:
+    """The same rounds, tensor for tensor (however many parts each was written in)."""
+    mine, theirs = RoundStore(run / "rounds"), RoundStore(reference / "rounds")
+    if mine.rounds() != theirs.rounds():
+        return False
+    for t in mine.rounds():
+        a, b = mine.read(t).tensors, theirs.read(t).tensors
+        if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A finished 1-round run: the rounds every faulty run must end with (or keep untouched)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    run = tmp / "run"
+    main(["fit", "-c", str(_config(tmp, run))])
+    return run
+
+
+@pytest.fixture
+def finished(reference, tmp_path):
+    """A copy of the finished reference run, to break."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    return run
+
+
+# -- resumes that change the science settings ------------------------------------------------------
+@pytest.mark.parametrize("section, key, value, old", [
+    ("model", "num_slots", 500, 600), ("model", "num_candidates", 3, 4), ("model", "beta", 3.0, 1.0),
+    ("model", "num_winners", 2, 1), ("model", "mode", "argmax", "softmax"), ("data", "real_fraction", 0.5, 0.0),
+    ("data", "policy", "accumulate_subsample", "replace"), ("reward", "radius", 0.7, None),
+    ("loop", "seed", 1, 0),
+])
+def test_resume_with_a_changed_science_setting_is_refused(finished, tmp_path, capsys, section, key, value, old):
+    cfg = tiny_config(finished, rounds=2, reward=json.loads(json.dumps(REWARD)))
+    target = {"model": cfg["model"]["init_args"], "data": cfg["data"]["init_args"],
+              "reward": cfg["model"]["init_args"]["reward"]["init_args"],
+              "loop": cfg["trainer"]["callbacks"][0]["init_args"]}[section]
+    target[key] = value
+    before = tree_digest(finished)
+    code, err = _main(capsys, "-c", write_config(tmp_path / "changed.yaml", cfg), "--ckpt_path", "last")
+    assert code == 2
+    name = "reward" if section == "reward" else key
+    assert f"{name}: stored " in err and "Traceback" not in err
+    if old is not None:
+        assert f"{key}: stored {old!r}, config {value!r}" in err
+    if key == "seed":
+        assert "--allow_changed_settings" not in err  # the seed can never change within a run
+    else:
+        assert f"--allow_changed_settings {name}" in err
+    assert tree_digest(finished) == before
+
+
+def test_an_allowed_change_is_made_and_recorded_in_the_next_round(finished, tmp_path, capsys):
+    before = store_digest(finished)
+    cfg = _config(tmp_path, finished, rounds=2, beta=3.0)
+    code, err = _main(capsys, "-c", cfg, "--ckpt_path", "last", "--allow_changed_settings", "beta")
+    assert code == 0, err
+    after = store_digest(finished)
+    assert {k: after[k] for k in before} == before
+    manifests = [json.loads((finished / "rounds" / f"round_{t:03d}" / "manifest.json").read_text())
+                 for t in range(3)]
+    assert [m["settings"]["beta"] for m in manifests] == [1.0, 1.0, 3.0]
+    assert "settings_changed" not in manifests[1] and manifests[2]["settings_changed"] == {"beta": [1.0, 3.0]}
+    assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"] != manifests[2]["fingerprint"]
+
+
+# -- a damaged or hostile store, a damaged checkpoint ----------------------------------------------
+def _break_manifest(run: Path, edit) -> Path:
+    path = run / "rounds" / "round_001" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def _hostile(run):
+    (run / "secret.pt").write_bytes(b"outside the round")
+    _break_manifest(run, lambda m: m["parts"].update({"../../secret.pt": "0" * 64}))
+    return "'../../secret.pt', which is not a file name inside the round folder"
+
+
+def _missing_round(run):
+    shutil.rmtree(run / "rounds" / "round_000")
+    return "round_000 missing from"
+
+
+def _missing_part(run):
+    (run / "rounds" / "round_001" / "part_000_00000.pt").unlink()
+    return f"{run / 'rounds' / 'round_001' / 'part_000_00000.pt'} is missing"
+
+
+def _bad_json(run):
+    path = run / "rounds" / "round_001" / "manifest.json"
+    path.write_text(path.read_text()[:-40])
+    return f"the manifest {path} is not valid JSON"
+
+
+def _flipped_part(run):
+    path = run / "rounds" / "round_000" / "preview_000.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return f"checksum mismatch for {path}"
+
+
+def _truncated_checkpoint(run):
+    path = run / "checkpoints" / "last.ckpt"
+    path.write_bytes(path.read_bytes()[:5000])
+    return f"the checkpoint {path} is truncated or damaged"
+
+
+def _no_checkpoint(run):
+    shutil.rmtree(run / "checkpoints")
+    return "--ckpt_path last: there is no last*.ckpt in"
+
+
+@pytest.mark.parametrize("fault", [_hostile, _missing_round, _missing_part, _bad_json, _flipped_part,
+                                   _truncated_checkpoint, _no_checkpoint])
+def test_a_damaged_run_is_refused_naming_the_file(finished, tmp_path, capsys, fault):
+    message = fault(finished)
+    before = tree_digest(finished)
+    code, err = _main(capsys, "-c", _config(tmp_path, finished, rounds=2), "--ckpt_path", "last")
+    assert code == 2 and message in err, err
+    assert "Resume it with" not in err and "Traceback" not in err
+    assert tree_digest(finished) == before
+
+
+def test_an_explicit_truncated_checkpoint_is_named(finished, tmp_path, capsys):
+    path = finished / "checkpoints" / "last.ckpt"
+    path.write_bytes(path.read_bytes()[:5000])
+    before = tree_digest(finished)
+    code, err = _main(capsys, "-c", _config(tmp_path, finished, rounds=2), "--ckpt_path", path)
+    assert code == 2 and f"the checkpoint {path} is truncated or damaged" in err
+    assert tree_digest(finished) == before
+
+
+def test_triton_without_cuda_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, err = _main(capsys, "-c", _config(tmp_path, tmp_path / "run", backend="triton"))
+    assert code == 2 and "backend: 'triton' cannot run here" in err
+    assert not (tmp_path / "run").exists()
+
+
+# -- kill -9, SIGTERM, SIGINT ---------------------------------------------------------------------
+def test_kill_9_mid_write_of_a_round_then_resume(reference, tmp_path, capsys):
+    """Killed between two parts of round 0: no round appears; the resume discards the partial folder."""
+    run = tmp_path / "run"
+    gate = tmp_path / "gate"
+    gate.touch()
+    first_part = run / "rounds" / ".tmp_round_000" / "part_000_00000.pt"
+    cfg = _config(tmp_path, run, chunk_size=128)  # 5 parts per round; the chunk size never changes a round
+    proc = _Child(tmp_path, ["-c", cfg], "run", env={"LC_TEST_GATE": str(gate), "LC_TEST_GATE_AFTER": str(first_part)})
+    _wait_for(Path(str(gate) + ".reached"), proc)
+    proc.kill()
+    _finish(proc)
+    assert first_part.is_file() and not (run / "rounds" / "round_000").exists()
+    code, err = _main(capsys, "-c", cfg, "--ckpt_path", "last")
+    assert code == 0, err
+    assert _same_rounds(run, reference) and read_rows(run) == read_rows(reference)
+    assert not (run / "rounds" / ".tmp_round_000").exists()
+
+
+# kill -9 right after a round's commit: tests/e2e/test_cli.py::test_kill_9_mid_run_then_resume_matches_uninterrupted
+@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_run_stopped_after_a_round_keeps_it_and_resumes(reference, tmp_path, capsys, how, code):
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, run)
+    proc = _Child(tmp_path, ["-c", cfg], "run")
+    _wait_for(run / "rounds" / "round_000" / "manifest.json", proc)
+    proc.send_signal(getattr(signal, how))
+    assert _finish(proc) == code
+    err = (tmp_path / "run.err").read_text()
+    assert f"{how}: the run stopped after round 0 of 1" in err
+    assert f"lightning-curate fit -c {cfg} --ckpt_path last" in err
+    assert not (run / LOCK_NAME).exists()
+    assert store_digest(run)["round_000"] == store_digest(reference)["round_000"]
+    if how == "SIGINT":
+        return  # resumes like SIGTERM: one resume of a signal-stopped run is enough for the suite
+    code, err = _main(capsys, "-c", cfg, "--ckpt_path", "last")
+    assert code == 0, err
+    assert store_digest(run) == store_digest(reference) and read_rows(run) == read_rows(reference)
+
+
+# -- two runs, one directory ------------------------------------------------------------------------
+def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(reference, tmp_path):
+    run = tmp_path / "run"
+    gate = tmp_path / "gate"
+    gate.touch()
+    first = _Child(tmp_path, ["-c", _config(tmp_path, run)], "first", env={"LC_TEST_GATE": str(gate)})
+    _wait_for(Path(str(gate) + ".reached"), first)  # the first run is curating round 0
+    config_before = (run / "config.yaml").read_bytes()
+    second = _Child(tmp_path, ["-c", _config(tmp_path, run, "beta3.yaml", beta=3.0)], "second")
+    assert _finish(second) == 2
+    err = (tmp_path / "second.err").read_text()
+    assert f"the run directory {run} is in use by another run: PID {first.pid} on host" in err
+    assert (run / "config.yaml").read_bytes() == config_before
+    gate.unlink()
+    assert _finish(first) == 0, (tmp_path / "first.err").read_text()[-2000:]
+    assert store_digest(run) == store_digest(reference)
+    for t in (0, 1):
+        assert json.loads((run / "rounds" / f"round_{t:03d}" / "manifest.json").read_text())["beta"] == 1.0
+
+
+# -- the filesystem refuses -------------------------------------------------------------------------
+def _fsize_limit():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, resource.RLIM_INFINITY))
+
+
+def test_a_file_size_limit_names_the_part_and_stores_no_round(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(run, rounds=1, reward=REWARD)
+    cfg["trainer"]["callbacks"] = cfg["trainer"]["callbacks"][:1]  # no checkpoints: the part is the big write
+    cfg["trainer"]["enable_checkpointing"] = False
+    proc = _Child(tmp_path, ["-c", write_config(tmp_path / "cfg.yaml", cfg)], "run", setup=_fsize_limit)
+    assert _finish(proc) == 1
+    err = (tmp_path / "run.err").read_text()
+    assert f"error: could not write {run / 'rounds' / '.tmp_round_000' / 'part_000_00000.pt'}" in err
+    assert not (run / "rounds" / "round_000").exists() and not (run / LOCK_NAME).exists()
+
+
+def _read_only(path: Path):
+    """A child-side setup that makes ``path`` read-only for the child alone."""
+    def setup():
+        if os.geteuid() != 0:
+            for p in [path, *path.rglob("*")]:
+                p.chmod(p.stat().st_mode & ~0o222)
+            return
+        # root ignores permissions: a read-only bind mount in a private mount namespace of the child.
+        libc = ctypes.CDLL(None, use_errno=True)
+        steps = [["mount", "--make-rprivate", "/"], ["mount", "--bind", str(path), str(path)],
+                 ["mount", "-o", "remount,ro,bind", str(path), str(path)]]
+        if libc.unshare(0x00020000) != 0 or any(  # CLONE_NEWNS
+                subprocess.run(step, capture_output=True).returncode for step in steps):
+            os._exit(77)
+    return setup
+
+
+def test_a_read_only_run_directory_is_refused(finished, tmp_path):
+    cfg = _config(tmp_path, finished, rounds=2)
+    before = tree_digest(finished)
+    try:
+        code = _finish(_Child(tmp_path, ["-c", cfg, "--ckpt_path", "last"], "run", setup=_read_only(finished)))
+    finally:
+        for path in [finished, *finished.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    if code == 77:
+        pytest.skip("root without mount namespaces: cannot make a directory read-only")
+    err = (tmp_path / "run.err").read_text()
+    assert code == 2, err[-2000:]
+    assert f"error: cannot lock the run directory {finished}" in err and "Read-only file system" in err
+    assert tree_digest(finished) == before

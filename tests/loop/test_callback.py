@@ -1,0 +1,95 @@
+"""RetrainingLoop on its own: the round schedule, the resume checks, the settings it records."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_curate.loop.callback import RetrainingLoop
+
+
+@pytest.mark.parametrize("rounds, per_round, initial", [(3, 2, 3), (0, 1, 1), (4, 1, None), (2, 5, 1)])
+def test_round_schedule_matches_an_epoch_by_epoch_oracle(rounds, per_round, initial):
+    loop = RetrainingLoop(rounds=rounds, epochs_per_round=per_round, initial_epochs=initial)
+    first = initial if initial is not None else per_round
+    # The oracle: list every epoch's round explicitly.
+    schedule = [0] * first + [t for t in range(1, rounds + 1) for _ in range(per_round)]
+    assert loop.total_epochs == len(schedule)
+    assert [loop.round_of_epoch(e) for e in range(len(schedule))] == schedule
+    for t in range(rounds + 1):
+        last = max(e for e, r in enumerate(schedule) if r == t)
+        assert loop.last_epoch_of_round(t) == last
+
+
+def test_schedule_of_the_tiny_config():
+    loop = RetrainingLoop(rounds=3, epochs_per_round=2, initial_epochs=3)
+    assert loop.total_epochs == 9
+    assert [loop.round_of_epoch(e) for e in range(9)] == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+    assert [loop.last_epoch_of_round(t) for t in range(4)] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("key, value", [("seed", 1), ("epochs_per_round", 3), ("initial_epochs", 4)])
+def test_resume_from_a_checkpoint_with_another_schedule_is_refused(key, value):
+    saved = RetrainingLoop(rounds=3, epochs_per_round=2, initial_epochs=3, seed=0).state_dict()
+    saved[key] = value
+    loop = RetrainingLoop(rounds=3, epochs_per_round=2, initial_epochs=3, seed=0)
+    with pytest.raises(ValueError, match=f"cannot resume: the checkpoint was made with {key}={value!r}, "
+                                         f"the config now says"):
+        loop.load_state_dict(saved)
+    assert not loop._restored
+
+
+def test_resume_with_more_rounds_is_allowed():
+    saved = RetrainingLoop(rounds=3, epochs_per_round=2, initial_epochs=3).state_dict()
+    loop = RetrainingLoop(rounds=5, epochs_per_round=2, initial_epochs=3)
+    loop.load_state_dict(saved)
+    assert loop._restored and loop.total_epochs == 13
+
+
+def test_complete_only_when_every_round_is_there():
+    loop = RetrainingLoop(rounds=2)
+    loop.rows = {0: {}, 1: {}}
+    assert not loop.complete
+    loop.rows[2] = {}
+    assert loop.complete
+
+
+def test_allow_changed_settings_is_validated():
+    assert RetrainingLoop(allow_changed_settings="beta,mode").allow_changed_settings == ("beta", "mode")
+    with pytest.raises(ValueError, match="allow_changed_settings: 'seed' cannot change"):
+        RetrainingLoop(allow_changed_settings=["seed"])
+
+
+class _Reward(nn.Module):
+    def __init__(self, gamma: float = 2.0, targets=(0, 1)):
+        super().__init__()
+        self.gamma, self.targets = gamma, list(targets)
+
+    def forward(self, x):
+        return x.sum(-1)
+
+
+class _Module(nn.Module):
+    num_slots, num_candidates, beta, num_winners, mode = 10, 4, 1.5, 1, "softmax"
+
+    def __init__(self):
+        super().__init__()
+        self.reward, self.generator = _Reward(), nn.Linear(1, 1)
+
+
+class _Data:
+    real_fraction, policy = 0.5, "replace"
+
+
+def test_science_settings_record_every_key():
+    loop = RetrainingLoop(rounds=2, epochs_per_round=2, initial_epochs=3, seed=7)
+    settings = loop.science_settings(_Module(), _Data())
+    assert settings == {
+        "num_slots": 10, "num_candidates": 4, "beta": 1.5, "num_winners": 1, "mode": "softmax",
+        "real_fraction": 0.5, "policy": "replace", "generator": "torch.nn.modules.linear.Linear",
+        "reward": {"class_path": f"{__name__}._Reward", "init_args": {"gamma": 2.0, "targets": [0, 1]}},
+        "seed": 7, "epochs_per_round": 2, "initial_epochs": 3,
+    }
+    # With the CLI the reward's config (class_path and init_args as written) is recorded instead.
+    loop.reward_config = {"class_path": "pkg.R", "init_args": {"gamma": 5.0}}
+    assert loop.science_settings(_Module(), _Data())["reward"] == loop.reward_config
+    assert torch.is_tensor(torch.zeros(1))  # keeps torch imported for the modules above
