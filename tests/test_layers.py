@@ -129,6 +129,23 @@ def test_imports_follow_the_layers():
     assert not bad, "imports against the layers:\n" + "\n".join(bad)
 
 
+# Subpackages that must run without Lightning (pure math, the op, the store, the figures).
+NO_LIGHTNING = {"utils", "kernels", "ops", "theory", "store", "plots"}
+LIGHTNING_MODULES = ("lightning", "pytorch_lightning", "torchmetrics")
+
+
+def test_lower_layers_need_no_lightning():
+    bad = []
+    for module, path in modules():
+        if layer_of(module) not in NO_LIGHTNING:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{rel(path)} imports {n}" for n in names if n.split(".")[0] in LIGHTNING_MODULES]
+    assert not bad, "Lightning in a layer that must not need it:\n" + "\n".join(bad)
+
+
 def test_no_import_cycles_between_subpackages():
     graph: dict[str, set[str]] = {}
     for _, source, _, target in edges():
