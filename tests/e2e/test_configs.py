@@ -142,3 +142,25 @@ def test_no_reference_to_a_replaced_config():
             if pattern.search(line):
                 stale.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not stale, "\n".join(stale)
+
+
+def documented_fit_commands() -> set[tuple[str, ...]]:
+    """The ``-c`` lists of every ``lightning-curate fit`` command the README and the configs' comments give."""
+    texts = [(REPO / "README.md").read_text(), *(p.read_text() for p in CONFIGS.rglob("*.yaml"))]
+    found = set()
+    for text in texts:
+        for match in re.finditer(r"lightning-curate fit((?:\s+-c\s+\S+)+)", text):
+            found.add(tuple(re.findall(r"-c\s+([^\s`]+)", match.group(1))))
+    return found
+
+
+def test_every_documented_fit_command_parses():
+    """Each config chain a user is told to run is a valid, complete config."""
+    commands = documented_fit_commands()
+    assert ("configs/mog8.yaml", "configs/overlays/mog8_real.yaml") in commands
+    assert len(commands) >= 10, commands
+    for files in sorted(commands):
+        paths = [REPO / f for f in files]
+        missing = [f for f, p in zip(files, paths) if not p.is_file()]
+        assert not missing, f"{files}: no such config {missing}"
+        print_config(paths)
