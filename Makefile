@@ -8,7 +8,7 @@
 #     created with $(PYTHON) when it does not exist;
 #   * torch, only when it cannot be imported there: pip install $(TORCH_SPEC).
 #     GPU users choose their own build by installing it first into the venv, or
-#     with e.g.  make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+#     with e.g.  make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/<cuda tag>"
 #     On Linux, a plain torch==2.13.0 from PyPI is the CUDA build; for a small
 #     CPU-only one use  TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 #   * the package with its test extra (pip install -e ".[test]"), again only
