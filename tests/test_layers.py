@@ -215,3 +215,14 @@ def test_the_checker_sees_imports():
     found = {(file, name) for file, _, name, _ in edges()}
     assert ("lightning_curate/data/blending.py", "lightning_curate.store.rounds.RoundStore") in found
     assert ("lightning_curate/rewards/geometric.py", "lightning_curate.data.toy2d.mode_centers") in found  # lazy
+
+
+@pytest.mark.parametrize("package", sorted({module.rsplit(".", 1)[0] for module, path in modules()
+                                            if path.name == "__init__.py"}))
+def test_package_exports_resolve(package):
+    """Every name a package's ``__all__`` promises imports from it."""
+    import importlib
+
+    mod = importlib.import_module(package)
+    missing = [name for name in mod.__all__ if not hasattr(mod, name)]
+    assert not missing, f"{package}.__all__ names what it does not define: {missing}"
