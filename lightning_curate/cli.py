@@ -52,14 +52,17 @@ class _RunState:
 
 
 class CurateCLI(LightningCLI):
-    """``LightningCLI`` with omegaconf interpolation, a locked and checked run directory, and the
-    config saved in it (only after the checks pass)."""
+    """``LightningCLI`` with omegaconf interpolation and a locked, checked run directory.
+
+    The config is saved in the run directory only after the checks pass.
+    """
 
     def __init__(self, *args, run_state: Optional[_RunState] = None, **kwargs):
         self.run_state = run_state if run_state is not None else _RunState()
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
+        """``--torch_num_threads`` and ``--allow_changed_settings``."""
         # Small models on a few shared CPU cores run several times faster on one thread.
         parser.add_argument("--torch_num_threads", type=Optional[int], default=None,
                             help="torch.set_num_threads for this run (default: torch's own choice)")
@@ -76,6 +79,7 @@ class CurateCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        """Set the thread count and lock the run directory, before anything is built or written."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         threads = config.get("torch_num_threads")
         if threads is not None:
@@ -93,6 +97,7 @@ class CurateCLI(LightningCLI):
             self.run_state.locks.append(RunLock(run_dir).acquire())
 
     def instantiate_classes(self) -> None:
+        """Build the classes, then check the run directory (reads only) before fit writes anything."""
         super().instantiate_classes()
         self.run_state.trainer = self.trainer
         loop = next((c for c in self.trainer.callbacks if isinstance(c, RetrainingLoop)), None)
@@ -117,6 +122,7 @@ class CurateCLI(LightningCLI):
                            checkpoint_dirs=checkpoint_dirs(self.trainer, run_dir))
 
     def after_instantiate_classes(self) -> None:
+        """From here on, errors are failures of the run (exit 1), not refusals (exit 2)."""
         self.run_state.fitting = True
 
 

@@ -281,7 +281,8 @@ class RetrainingLoop(Callback):
 
     def _theory_columns(self, trainer, pl_module, round_idx: int, probe: dict) -> dict[str, float]:
         """What an ideal learner would make of this round (``predicted_*``, ``tilt_*``), and
-        docs/THEORY.md 4.2's monotone-improvement check against the previous round's bound."""
+        docs/THEORY.md 4.2's monotone-improvement check against the previous round's bound.
+        """
         datamodule = trainer.datamodule
         real = datamodule.real.train
         if self._real_rewards is None:
@@ -381,8 +382,11 @@ def _qualname(obj: Any) -> str:
 
 
 def _init_args(module: Any) -> dict[str, Any]:
-    """Best-effort constructor arguments of an object built without a config: the attributes named
-    like its ``__init__`` parameters that hold plain values (the CLI records the config's instead)."""
+    """Best-effort constructor arguments of an object built without a config.
+
+    They are the attributes named like its ``__init__`` parameters that hold plain values (the CLI
+    records the config's arguments instead).
+    """
     try:
         params = inspect.signature(type(module).__init__).parameters
     except (TypeError, ValueError):

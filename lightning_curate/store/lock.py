@@ -240,6 +240,7 @@ class RunLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds its lock now."""
         return _HELD.get(self.run_dir) is self
 
     def release(self) -> None:

@@ -36,8 +36,11 @@ def find_last_checkpoint(dirs: Iterable[str | os.PathLike]) -> Optional[Path]:
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:
-    """Open a checkpoint's archive and check its CRCs, so a truncated or damaged file is named
-    here instead of failing inside ``torch.load`` with an error that names no file."""
+    """Open a checkpoint's archive and check its CRCs.
+
+    A truncated or damaged file is named here instead of failing inside ``torch.load`` with an
+    error that names no file.
+    """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:

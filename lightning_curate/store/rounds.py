@@ -132,7 +132,8 @@ class RoundStore:
 
     def write_preview(self, round_idx: int, tensors: dict[str, Tensor], rank: int = 0) -> Path:
         """Write a rank's preview of a round in progress: model samples and all K rewards of its
-        first slots, kept for plots, distances and predictions (see :meth:`read_preview`)."""
+        first slots, kept for plots, distances and predictions (see :meth:`read_preview`).
+        """
         return self._save(self._tmp(round_idx) / f"{PREVIEW_PREFIX}{rank:03d}.pt", tensors)
 
     def read_preview(self, round_idx: int) -> dict[str, Tensor]:
@@ -204,8 +205,10 @@ class RoundStore:
         return manifest
 
     def verify(self, round_idx: int) -> tuple[dict[str, Any], list[Path]]:
-        """Check a stored round without loading it: a valid manifest whose parts are files inside the
-        round folder with the recorded checksums. Returns the manifest and the part paths."""
+        """Check a stored round without loading it; returns the manifest and the part paths.
+
+        The manifest must be valid and every part a file inside the round folder with its checksum.
+        """
         manifest = self.read_manifest(round_idx)
         manifest_path = self.path(round_idx) / MANIFEST
         if manifest.get("round") != round_idx:
@@ -257,9 +260,9 @@ class RoundStore:
         missing = [t for t in range(stored[-1] + 1) if t not in stored] if stored else []
         if missing:
             names = ", ".join(self.path(t).name for t in missing)
-            raise StoreError(f"{names} missing from {self.root} (stored: {', '.join(self.path(t).name for t in stored)})"
-                             "; rounds must be contiguous from round_000. Restore the missing round, or start a "
-                             "new run in another directory")
+            present = ", ".join(self.path(t).name for t in stored)
+            raise StoreError(f"{names} missing from {self.root} (stored: {present}); rounds must be contiguous "
+                             "from round_000. Restore the missing round, or start a new run in another directory")
         previous = None
         for t in stored:
             manifest, _ = self.verify(t)

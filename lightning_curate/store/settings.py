@@ -37,6 +37,7 @@ def canonical_json(settings: dict[str, Any]) -> str:
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON: one short value to compare two runs' settings."""
     return hashlib.sha256(canonical_json(settings).encode()).hexdigest()
 
 
@@ -76,6 +77,7 @@ def parse_allowed(value: Optional[str | Iterable[str]]) -> tuple[str, ...]:
 
 
 def mismatch_message(where: str, changes: dict[str, list], allowed: tuple[str, ...]) -> str:
+    """The refusal naming each changed key with its stored and config values, and the way out."""
     refused = {k: v for k, v in changes.items() if k not in allowed}
     lines = "; ".join(f"{k}: stored {old!r}, config {new!r}" for k, (old, new) in refused.items())
     keys = ",".join(k for k in refused if k not in FIXED_KEYS)

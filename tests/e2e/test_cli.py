@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from run_configs import read_rows, store_digest, tiny_config, tree_digest, write_config
 
 from lightning_curate.cli import main
-from run_configs import read_rows, store_digest, tiny_config, tree_digest, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_configs import read_rows, store_digest, tiny_config, tree_digest, write_config
 
 from lightning_curate.cli import main
 from lightning_curate.store.lock import LOCK_NAME
 from lightning_curate.store.rounds import RoundStore
-from run_configs import read_rows, store_digest, tiny_config, tree_digest, write_config
 
 TESTS = Path(__file__).resolve().parents[1]
 REWARD = {"class_path": "run_configs.GatedReward", "init_args": {"dataset": "mog8", "targets": [0, 1], "radius": 0.5}}

@@ -93,3 +93,25 @@ def test_science_settings_record_every_key():
     loop.reward_config = {"class_path": "pkg.R", "init_args": {"gamma": 5.0}}
     assert loop.science_settings(_Module(), _Data())["reward"] == loop.reward_config
     assert torch.is_tensor(torch.zeros(1))  # keeps torch imported for the modules above
+
+
+def _rows():
+    return {t: {"round": t, "reward_mean": -1.0 + t, "curated_reward_mean": 0.5, "real_fraction": 0.0,
+                "share_mode0": 0.25, "share_mode1": 0.75} for t in range(2)}
+
+
+def test_summary_lists_config_and_checkpoint_only_when_they_exist(tmp_path):
+    """A plain Trainer with logger=False and no checkpoint: the summary promises neither file."""
+    loop = RetrainingLoop(rounds=1)
+    loop.rows, loop.run_dir = _rows(), tmp_path
+    text = loop.summary(None)
+    assert "rounds.csv            per-round metrics (2 rows)" in text
+    assert "config.yaml" not in text and "last.ckpt" not in text
+    (tmp_path / "config.yaml").write_text("x: 1\n")
+    (tmp_path / "checkpoints").mkdir()
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert "last.ckpt" not in loop.summary(ckpt)  # named, but not on disk
+    ckpt.write_bytes(b"")
+    text = loop.summary(ckpt)
+    assert "  config.yaml           the full config of this run" in text
+    assert "  checkpoints/last.ckpt resume with --ckpt_path last" in text

@@ -10,8 +10,7 @@ import torch
 
 from lightning_curate.store.preflight import check_checkpoint_file, check_resume, find_last_checkpoint
 from lightning_curate.store.rounds import RoundStore, StoreError
-from lightning_curate.store.settings import (SettingsMismatch, canonical_json, diff_settings, fingerprint,
-                                             parse_allowed)
+from lightning_curate.store.settings import SettingsMismatch, canonical_json, diff_settings, fingerprint, parse_allowed
 
 SETTINGS = {"num_slots": 8, "num_candidates": 4, "beta": 1.0, "num_winners": 1, "mode": "softmax",
             "real_fraction": 0.0, "policy": "replace", "generator": "g.G",

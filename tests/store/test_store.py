@@ -10,7 +10,6 @@ from lightning_curate.store import rounds as store_mod
 from lightning_curate.store.rounds import RoundStore, StoreError
 
 
-
 def _tensors(seed: int = 0, n: int = 5):
     gen = torch.Generator().manual_seed(seed)
     return {
