@@ -30,7 +30,16 @@ def test_acquire_writes_holder_and_release_removes_it(tmp_path):
         lock.release()
     assert not (tmp_path / "run" / LOCK_NAME).exists()
     assert held_lock_for(tmp_path / "run") is None
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []  # no temp files left
+    assert not (tmp_path / "run").exists()  # it made the folder, left it empty: removed (no temp files left)
+
+
+def test_release_keeps_a_folder_it_did_not_make_or_that_holds_files(tmp_path):
+    lock = RunLock(tmp_path / "run").acquire()
+    (tmp_path / "run" / "metrics.csv").write_text("x\n")
+    lock.release()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.csv"]
+    RunLock(tmp_path).acquire().release()
+    assert tmp_path.is_dir()
 
 
 def test_second_acquire_names_the_live_holder_and_leaves_its_lock(tmp_path):
