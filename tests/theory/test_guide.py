@@ -7,6 +7,7 @@ a wrong digit in the guide (or in the code) fails here.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import sys
@@ -84,6 +85,25 @@ def test_worked_example_1_curated_law_table_and_tilt():
     w = torch.exp(torch.tensor(R, dtype=torch.float64))
     tilt = torch.tensor(P, dtype=torch.float64) * w / theory.expected_exp_reward(P, R)
     assert torch.allclose(theory.tilted_distribution(P, R), tilt, atol=1e-12)
+
+
+def test_worked_example_1_other_choices():
+    """Two winners of three (checked against an enumeration of every draw) and best of two."""
+    p = torch.tensor(P, dtype=torch.float64)
+    r = torch.tensor(R, dtype=torch.float64)
+    two_of_three = p * theory.empirical_curation_weights(r, 3, weights=p, num_winners=2)
+    enumerated = [0.0, 0.0, 0.0]
+    for draw in itertools.product(range(3), repeat=3):
+        chance = P[draw[0]] * P[draw[1]] * P[draw[2]]
+        for order, prob in theory.plackett_luce_law([R[i] for i in draw], 2).items():
+            for position in order:
+                enumerated[draw[position]] += chance * prob / 2
+    assert torch.allclose(two_of_three, torch.tensor(enumerated, dtype=torch.float64), atol=1e-9)
+    best_of_two = p * theory.empirical_curation_weights(r, 2, weights=p, mode="argmax")
+    cdf = torch.cumsum(p, 0)
+    assert torch.allclose(best_of_two, cdf**2 - torch.cat([torch.zeros(1, dtype=torch.float64), cdf[:-1]]) ** 2)
+    assert_printed(example("Worked example 1."), f"gives q = ({fmt(two_of_three, 6)})",
+                   f"gives q = ({fmt(best_of_two, 2)}) here")
 
 
 def test_worked_example_2_one_step_of_ten_classes():
