@@ -262,7 +262,7 @@ def _digits_base(name: str) -> tuple[Optional[dict], str, str]:
     if class_path.is_file() and overlay.is_file():
         cfg = sweep.load_base_config(class_path)
         cfg["model"]["init_args"]["reward"] = sweep.load_base_config(overlay)["model"]["init_args"]["reward"]
-        return cfg, "configs/digits.yaml", "with the reward of configs/overlays/digits_confidence.yaml"
+        return cfg, "configs/digits.yaml", "configs/digits.yaml, reward from configs/overlays/digits_confidence.yaml"
     if not class_path.is_file():
         return None, "configs/digits.yaml", "configs/digits.yaml is missing"
     cfg = sweep.load_base_config(class_path)
