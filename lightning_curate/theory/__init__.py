@@ -3,13 +3,8 @@
 Pure math on tensors: nothing here imports Lightning or the loop.
 """
 
-from lightning_curate.theory.ideal_learner import (
-    DEFAULT_MAX_SUPPORT,
-    check_improvement,
-    empirical_curation_weights,
-    improvement_violated,
-    predict_round,
-)
+from lightning_curate.theory.empirical import DEFAULT_MAX_SUPPORT, empirical_curation_weights
+from lightning_curate.theory.ideal_learner import check_improvement, improvement_violated, predict_round
 from lightning_curate.theory.laws import (
     curated_distribution,
     curated_share_map,

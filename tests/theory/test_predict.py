@@ -9,12 +9,8 @@ import pytest
 import torch
 
 from lightning_curate import kchoice, theory
-from lightning_curate.theory.ideal_learner import (
-    check_improvement,
-    empirical_curation_weights,
-    improvement_violated,
-    predict_round,
-)
+from lightning_curate.theory.empirical import empirical_curation_weights
+from lightning_curate.theory.ideal_learner import check_improvement, improvement_violated, predict_round
 
 WORKED_P, WORKED_R = [0.5, 0.3, 0.2], [0.0, 1.0, 2.0]
 
