@@ -170,6 +170,8 @@ def main(args: Optional[list[str]] = None) -> None:
             run_state=state,
         )
     except SIGTERMException:  # Lightning's way out after SIGTERM: a SystemExit with status 0
+        if state.loop is not None and state.loop.complete:
+            return  # the signal came after the last round: the run is whole
         sys.stderr.write(_resume_hint(state, "SIGTERM", argv))
         raise SystemExit(EXIT_SIGTERM) from None
     except SystemExit:
