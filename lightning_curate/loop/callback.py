@@ -172,9 +172,11 @@ class RetrainingLoop(Callback):
             self.store.clean_partial()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Remember what stopped the run (the CLI tells SIGINT from a failure by it)."""
         self.stopped_by = exception
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Release the lock the loop took itself (without the CLI), however fit ended."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None

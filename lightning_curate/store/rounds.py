@@ -8,7 +8,9 @@ Layout under the run's log directory::
                                 (their slot index), ``rewards``, optional ``labels``,
                                 ``preview`` / ``preview_slot`` (model samples for plots)
         manifest.json           round, sizes, K, beta, seed, reward statistics, the
-                                round's metrics row and the sha256 of every part
+                                round's metrics row, the sha256 of every part, and the
+                                run's science ``settings`` with their ``fingerprint``
+                                (see :mod:`lightning_curate.store.settings`)
 
 Parts are written into ``.tmp_round_NNN/`` as they are produced (each rank, each
 chunk: memory stays bounded), then the manifest is written and the folder
@@ -52,10 +54,12 @@ class StoredRound(dict):
 
     @property
     def tensors(self) -> dict[str, Tensor]:
+        """The round's tensors, merged over parts in slot order."""
         return self["tensors"]
 
     @property
     def manifest(self) -> dict[str, Any]:
+        """The round's manifest as stored."""
         return self["manifest"]
 
 
@@ -91,9 +95,11 @@ class RoundStore:
         self.root = Path(root)
 
     def path(self, round_idx: int) -> Path:
+        """The folder of a committed round."""
         return self.root / f"round_{round_idx:03d}"
 
     def has(self, round_idx: int) -> bool:
+        """Whether round ``round_idx`` is committed (its manifest exists)."""
         return (self.path(round_idx) / MANIFEST).is_file()
 
     def rounds(self) -> list[int]:
@@ -131,8 +137,10 @@ class RoundStore:
         return self._save(self._tmp(round_idx) / f"part_{rank:03d}_{chunk:05d}.pt", tensors)
 
     def write_preview(self, round_idx: int, tensors: dict[str, Tensor], rank: int = 0) -> Path:
-        """Write a rank's preview of a round in progress: model samples and all K rewards of its
-        first slots, kept for plots, distances and predictions (see :meth:`read_preview`).
+        """Write a rank's preview of a round in progress (see :meth:`read_preview`).
+
+        A preview holds model samples and all K rewards of the rank's first slots, kept for plots,
+        distances and predictions.
         """
         return self._save(self._tmp(round_idx) / f"{PREVIEW_PREFIX}{rank:03d}.pt", tensors)
 
@@ -155,7 +163,8 @@ class RoundStore:
     def commit(self, round_idx: int, manifest: dict[str, Any]) -> Path:
         """Checksum the parts, write the manifest and move the round into place atomically."""
         tmp, final = self._tmp(round_idx), self.path(round_idx)
-        parts = sorted(p.name for p in tmp.glob("part_*.pt")) + sorted(p.name for p in tmp.glob(f"{PREVIEW_PREFIX}*.pt"))
+        parts = sorted(p.name for p in tmp.glob("part_*.pt"))
+        parts += sorted(p.name for p in tmp.glob(f"{PREVIEW_PREFIX}*.pt"))
         if not parts:
             raise StoreError(f"round {round_idx}: no parts were written to {tmp}")
         record = dict(manifest)
@@ -190,6 +199,7 @@ class RoundStore:
         return self.commit(round_idx, manifest)
 
     def read_manifest(self, round_idx: int) -> dict[str, Any]:
+        """A committed round's manifest; any read or parse error names the file."""
         path = self.path(round_idx) / MANIFEST
         if not path.is_file():
             raise StoreError(f"round {round_idx} is not in the store {self.root} (no {path})")
