@@ -23,7 +23,6 @@ settings (:mod:`lightning_curate.store.settings`) unless a change is allowed.
 from __future__ import annotations
 
 import csv
-import inspect
 import math
 import os
 from pathlib import Path
@@ -38,7 +37,7 @@ from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
 from lightning_curate.store.rounds import RoundStore, StoreError
-from lightning_curate.store.settings import fingerprint, normalise, parse_allowed
+from lightning_curate.store.settings import fingerprint, init_args_of, normalise, parse_allowed, qualname
 from lightning_curate.theory.ideal_learner import check_improvement, predict_round
 from lightning_curate.utils.seeding import derive_seed, seed_all
 from lightning_curate.utils.validation import check_int
@@ -134,12 +133,12 @@ class RetrainingLoop(Callback):
     def science_settings(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
         """What makes two runs the same experiment; every manifest records it and its fingerprint."""
         reward = pl_module.reward
-        reward_config = self.reward_config or {"class_path": _qualname(reward), "init_args": _init_args(reward)}
+        reward_config = self.reward_config or {"class_path": qualname(reward), "init_args": init_args_of(reward)}
         return normalise({
             "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates, "beta": pl_module.beta,
             "num_winners": pl_module.num_winners, "mode": pl_module.mode,
             "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
-            "reward": reward_config, "generator": _qualname(pl_module.generator),
+            "reward": reward_config, "generator": qualname(pl_module.generator),
             "seed": self.seed, "epochs_per_round": self.epochs_per_round, "initial_epochs": self.initial_epochs,
         })
 
@@ -377,31 +376,6 @@ class RetrainingLoop(Callback):
             name = os.path.relpath(last_checkpoint, self.run_dir)
             lines.append(f"  {name:<21} resume with --ckpt_path last")
         return "\n".join(lines + [""])
-
-
-def _qualname(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _init_args(module: Any) -> dict[str, Any]:
-    """Best-effort constructor arguments of an object built without a config.
-
-    They are the attributes named like its ``__init__`` parameters that hold plain values (the CLI
-    records the config's arguments instead).
-    """
-    try:
-        params = inspect.signature(type(module).__init__).parameters
-    except (TypeError, ValueError):
-        return {}
-    plain = (bool, int, float, str, type(None))
-    args = {}
-    for name, param in params.items():
-        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or not hasattr(module, name):
-            continue
-        value = getattr(module, name)
-        if isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value)):
-            args[name] = value
-    return args
 
 
 def _is_number(value: Any) -> bool:

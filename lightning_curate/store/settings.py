@@ -12,11 +12,12 @@ is named in ``allow_changed_settings`` (then the next round's manifest records
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from typing import Any, Iterable, Optional
 
 __all__ = ["FIXED_KEYS", "SCIENCE_KEYS", "SettingsMismatch", "canonical_json", "diff_settings", "fingerprint",
-           "mismatch_message", "normalise", "parse_allowed", "settings_of_manifest"]
+           "init_args_of", "mismatch_message", "normalise", "parse_allowed", "qualname", "settings_of_manifest"]
 
 SCIENCE_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "real_fraction", "policy", "reward",
                 "generator", "seed", "epochs_per_round", "initial_epochs")
@@ -86,3 +87,29 @@ def mismatch_message(where: str, changes: dict[str, list], allowed: tuple[str, .
     return (f"cannot resume {where}: the config's science settings differ from the stored rounds' ({lines}). "
             f"Resuming would mix rounds of two experiments under one run.{hint} Or start a new run in another "
             f"directory (--trainer.default_root_dir)")
+
+
+def qualname(obj: Any) -> str:
+    """``module.Class`` of an object, as the settings record a class."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def init_args_of(module: Any) -> dict[str, Any]:
+    """Best-effort constructor arguments of an object built without a config.
+
+    They are the attributes named like its ``__init__`` parameters that hold plain values (the CLI
+    records the config's arguments instead).
+    """
+    try:
+        params = inspect.signature(type(module).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    plain = (bool, int, float, str, type(None))
+    args = {}
+    for name, param in params.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or not hasattr(module, name):
+            continue
+        value = getattr(module, name)
+        if isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value)):
+            args[name] = value
+    return args
