@@ -22,8 +22,11 @@ Both time their own work from after the imports (``seconds``, and the
 process CPU time ``cpu_seconds``, steadier than wall time on a shared
 machine), and each process's wall time is printed too. Phases: ``train`` (the training epochs),
 ``generate``, ``reward``, ``curate``, ``store`` (the package's from its round
-manifests' ``timings``) and ``other`` (everything else: the package's setup,
-checkpoints, logging, the per-round metrics and table). It prints a table per
+manifests' ``timings``) and, for the package only, ``round_metrics`` (the
+rest of each round: commit, sample distance, theory columns, ``rounds.csv``),
+``checkpoint`` (``Trainer.save_checkpoint``), ``startup`` (config parsing and
+setup until training starts) and ``other`` (the rest: the trainer's own
+per-step and per-epoch work, logging, the progress bar, the summary). It prints a table per
 size and, with ``--json``, one JSON line with every number.
 
 Sizes: ``main`` is ``configs/mog8.yaml`` as shipped (2,000 slots, 24 Euler
@@ -55,7 +58,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_CONFIG = REPO / "configs" / "mog8.yaml"
-PHASES = ("train", "generate", "reward", "curate", "store", "other")
+PHASES = ("train", "generate", "reward", "curate", "store", "round_metrics", "checkpoint", "startup", "other")
 
 __all__ = ["SIZES", "bare_loop_source", "package_config", "run_size", "main"]
 
@@ -108,11 +111,24 @@ ema.load_state_dict(net.state_dict())
 opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0)
 live_p, ema_p = list(net.parameters()), list(ema.parameters())
 times = dict.fromkeys(("train", "generate", "reward", "curate", "store"), 0.0)
+cpu_times = dict(times)
+
+
+class Phase:
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.start, self.start_cpu = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        times[self.name] += time.perf_counter() - self.start
+        cpu_times[self.name] += time.process_time() - self.start_cpu
 out_dir = tempfile.mkdtemp()
 
 
 def train(data, epochs):
-    start = time.perf_counter()
+  with Phase("train"):
     for _ in range(epochs):
         perm = torch.randperm(data.shape[0])
         for i in range(0, data.shape[0], BS):
@@ -126,7 +142,6 @@ def train(data, epochs):
             opt.step()
             with torch.no_grad():
                 torch._foreach_lerp_(ema_p, live_p, 1 - DECAY)
-    times["train"] += time.perf_counter() - start
 
 
 begin, begin_cpu = time.perf_counter(), time.process_time()
@@ -134,67 +149,105 @@ train(real, work["initial_epochs"])
 rows = []
 for rnd in range(work["rounds"] + 1):
     with torch.no_grad():
-        start = time.perf_counter()
-        x = torch.randn(N * K, 2)
-        for c in range(0, N * K, CHUNK):  # cache-sized chunks: faster than all at once
-            xc = x[c:c + CHUNK]
-            for i in range(STEPS):
-                xc = xc + ema(xc, torch.full((xc.shape[0],), i / STEPS)) / STEPS
-            x[c:c + CHUNK] = xc
-        times["generate"] += time.perf_counter() - start
-        start = time.perf_counter()
-        r = -(torch.cdist(x, targets).min(1).values - 0.5).clamp_min(0)
-        labels = torch.cdist(x, centers).argmin(1)
-        shares = torch.bincount(labels, minlength=8) / labels.numel()
-        times["reward"] += time.perf_counter() - start
-        start = time.perf_counter()
-        gumbel = -torch.empty(N, K).exponential_().log()
-        pick = (BETA * r.view(N, K) + gumbel).argmax(1)
-        winners = x.view(N, K, 2)[torch.arange(N), pick]
-        times["curate"] += time.perf_counter() - start
-        start = time.perf_counter()
-        torch.save({"x": winners, "rewards": r.view(N, K)[torch.arange(N), pick]}, f"{out_dir}/round_{rnd}.pt")
-        times["store"] += time.perf_counter() - start
+        with Phase("generate"):
+            x = torch.randn(N * K, 2)
+            for c in range(0, N * K, CHUNK):  # cache-sized chunks: faster than all at once
+                xc = x[c:c + CHUNK]
+                for i in range(STEPS):
+                    xc = xc + ema(xc, torch.full((xc.shape[0],), i / STEPS)) / STEPS
+                x[c:c + CHUNK] = xc
+        with Phase("reward"):
+            r = -(torch.cdist(x, targets).min(1).values - 0.5).clamp_min(0)
+            labels = torch.cdist(x, centers).argmin(1)
+            shares = torch.bincount(labels, minlength=8) / labels.numel()
+        with Phase("curate"):
+            gumbel = -torch.empty(N, K).exponential_().log()
+            pick = (BETA * r.view(N, K) + gumbel).argmax(1)
+            winners = x.view(N, K, 2)[torch.arange(N), pick]
+        with Phase("store"):
+            torch.save({"x": winners, "rewards": r.view(N, K)[torch.arange(N), pick]}, f"{out_dir}/round_{rnd}.pt")
     rows.append({"round": rnd, "reward_mean": float(r.mean()), "share_mode0": float(shares[0])})
     if rnd < work["rounds"]:
         train(winners, work["epochs_per_round"])
 seconds, cpu = time.perf_counter() - begin, time.process_time() - begin_cpu
 times["other"] = seconds - sum(times.values())
-print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "phases": times, "rows": rows}))
+cpu_times["other"] = cpu - sum(cpu_times.values())
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "phases": times, "cpu_phases": cpu_times, "rows": rows}))
 '''
 
 TIMER = '''
-"""Times the package's training epochs (the first callback: its epoch end runs before the round)."""
+"""Times the package's phases from outside (wall and CPU), by wrapping the methods that do them."""
 import time
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning_curate.data.blending import BlendingDataModule
+from lightning_curate.loop.callback import RetrainingLoop
+from lightning_curate.loop.module import CurationModule
+from lightning_curate.models.flow_matching import FlowMatching
+from lightning_curate.store.rounds import RoundStore
+
+KEYS = ("train", "generate", "reward", "curate", "store", "round", "checkpoint", "startup")
+SECONDS, CPU = dict.fromkeys(KEYS, 0.0), dict.fromkeys(KEYS, 0.0)
+STARTED = [time.perf_counter(), time.process_time()]
+
+
+def _timed(key, fn):
+    def wrapper(*args, **kwargs):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            SECONDS[key] += time.perf_counter() - start
+            CPU[key] += time.process_time() - start_cpu
+    return wrapper
+
+
+for cls, name, key in ((FlowMatching, "sample", "generate"), (CurationModule, "score", "reward"),
+                       (BlendingDataModule, "label", "reward"), (CurationModule, "_curate_blocks", "curate"),
+                       (RoundStore, "write_part", "store"), (RetrainingLoop, "_curate", "round"),
+                       (Trainer, "save_checkpoint", "checkpoint")):
+    setattr(cls, name, _timed(key, getattr(cls, name)))
 
 
 class EpochTimer(Callback):
-    seconds = 0.0
+    """The first callback: its epoch end runs before the round's curation and the checkpoint."""
+
+    def on_train_start(self, trainer, pl_module):
+        SECONDS["startup"] = time.perf_counter() - STARTED[0]
+        CPU["startup"] = time.process_time() - STARTED[1]
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_train_epoch_end(self, trainer, pl_module):
-        EpochTimer.seconds += time.perf_counter() - self._start
+        SECONDS["train"] += time.perf_counter() - self._start[0]
+        CPU["train"] += time.process_time() - self._start[1]
 '''
 
 PACKAGE_RUNNER = '''
 import json, sys, time
 from pathlib import Path
-from lightning_curate.cli import main
 import bench_timer
+from lightning_curate.cli import main
 
-cfg, root = sys.argv[1], Path(sys.argv[2])
+cfg = sys.argv[1]
 start, start_cpu = time.perf_counter(), time.process_time()
+bench_timer.STARTED[:] = [start, start_cpu]
 main(["fit", "-c", cfg])
 seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-phases = {"train": bench_timer.EpochTimer.seconds, "generate": 0.0, "reward": 0.0, "curate": 0.0, "store": 0.0}
-for manifest in sorted(root.glob("rounds/round_*/manifest.json")):
-    for key, value in json.loads(manifest.read_text())["timings"].items():
-        phases[key] = phases.get(key, 0.0) + value
-phases["other"] = seconds - sum(phases.values())
-print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "phases": phases}))
+
+
+def phases(timed, total):
+    out = {k: timed[k] for k in ("train", "generate", "reward", "curate", "store")}
+    # The rest of each round: commit, sample distance, theory columns, rounds.csv.
+    out["round_metrics"] = timed["round"] - sum(out[k] for k in ("generate", "reward", "curate", "store"))
+    out["checkpoint"], out["startup"] = timed["checkpoint"], timed["startup"]
+    out["other"] = total - sum(out.values())
+    return out
+
+
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "phases": phases(bench_timer.SECONDS, seconds),
+                  "cpu_phases": phases(bench_timer.CPU, cpu)}))
 '''
 
 
@@ -246,8 +299,7 @@ def run_size(name: str, threads: int = 1, timeout: float = 1800) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "PYTHONPATH": os.pathsep.join([str(tmp), str(REPO), os.environ.get("PYTHONPATH", "")])}
         bare, bare_wall = _run([sys.executable, "bare_loop.py", json.dumps(work)], tmp, env, timeout)
-        package, package_wall = _run([sys.executable, "run_package.py", "package.yaml", str(root)], tmp, env,
-                                     timeout)
+        package, package_wall = _run([sys.executable, "run_package.py", "package.yaml"], tmp, env, timeout)
     steps = _optimizer_steps(work)
     return {
         "size": name, "work": work, "optimizer_steps": steps,
@@ -264,22 +316,23 @@ def _optimizer_steps(work: dict) -> int:
 
 
 def format_result(result: dict) -> str:
-    """A small table: seconds per phase for both programs, and the ratio."""
+    """A table: wall and CPU seconds per phase for both programs, and the ratios."""
     w = result["work"]
+    bare, package = result["bare"], result["package"]
     lines = [f"size {result['size']}: {w['num_slots']} slots x K={w['num_candidates']}, {w['steps']} Euler steps, "
              f"batch {w['batch_size']}, {result['optimizer_steps']} optimizer steps, {w['rounds']} rounds, "
              f"{w['threads']} thread(s)",
-             f"{'phase':>9} {'bare s':>9} {'package s':>10} {'ratio':>7}"]
+             f"{'phase':>13} {'bare wall':>10} {'pkg wall':>9} {'bare cpu':>9} {'pkg cpu':>8} {'cpu ratio':>9}"]
     for phase in PHASES + ("total",):
-        b = result["bare"]["seconds"] if phase == "total" else result["bare"]["phases"].get(phase, 0.0)
-        p = result["package"]["seconds"] if phase == "total" else result["package"]["phases"].get(phase, 0.0)
-        ratio = f"{p / b:7.2f}" if b > 1e-3 else f"{'-':>7}"
-        lines.append(f"{phase:>9} {b:9.2f} {p:10.2f} {ratio}")
-    lines.append(f"{'wall':>9} {result['bare']['wall']:9.2f} {result['package']['wall']:10.2f} "
-                 f"{result['ratio_wall']:7.2f}   (whole processes, imports included)")
-    lines.append(f"{'cpu':>9} {result['bare']['cpu_seconds']:9.2f} {result['package']['cpu_seconds']:10.2f} "
-                 f"{result['ratio_cpu']:7.2f}   (process CPU time of the timed work)")
-    lines.append(f"package / bare = {result['ratio']:.2f}x (wall, after imports); {result['ratio_cpu']:.2f}x (CPU)")
+        if phase == "total":
+            row = [bare["seconds"], package["seconds"], bare["cpu_seconds"], package["cpu_seconds"]]
+        else:
+            row = [bare["phases"].get(phase, 0.0), package["phases"].get(phase, 0.0),
+                   bare["cpu_phases"].get(phase, 0.0), package["cpu_phases"].get(phase, 0.0)]
+        ratio = f"{row[3] / row[2]:9.2f}" if row[2] > 1e-2 else f"{'-':>9}"
+        lines.append(f"{phase:>13} {row[0]:10.2f} {row[1]:9.2f} {row[2]:9.2f} {row[3]:8.2f} {ratio}")
+    lines.append(f"{'process wall':>13} {bare['wall']:10.2f} {package['wall']:9.2f}   (imports included)")
+    lines.append(f"package / bare = {result['ratio']:.2f}x wall, {result['ratio_cpu']:.2f}x CPU")
     return "\n".join(lines)
 
 

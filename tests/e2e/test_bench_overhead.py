@@ -1,0 +1,75 @@
+"""Smoke test of scripts/bench_overhead.py: the bare loop and the package at a tiny size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "bench_overhead.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_overhead", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_overhead_tiny_prints_both_programs_phases_and_ratios(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--json"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    results = json.loads(lines[-1])
+    assert [r["size"] for r in results] == ["tiny"]
+    result = results[0]
+    bench = _load()
+    work = bench.SIZES["tiny"]
+    assert result["work"] == {**work, "threads": 1}
+    # 2 initial epochs of 512 / 128 batches, then 2 rounds of 1 epoch of 256 / 128 batches.
+    assert result["optimizer_steps"] == 2 * 4 + 2 * 1 * 2
+    for program in ("bare", "package"):
+        run = result[program]
+        assert set(run["phases"]) >= {"train", "generate", "reward", "curate", "store", "other"}
+        assert set(run["cpu_phases"]) == set(run["phases"])
+        assert run["seconds"] > 0 and run["cpu_seconds"] > 0 and run["wall"] >= run["seconds"]
+        assert sum(run["phases"].values()) == pytest.approx(run["seconds"])
+        assert run["phases"]["train"] > 0 and run["phases"]["generate"] > 0
+    assert set(result["package"]["phases"]) == set(bench.PHASES)
+    assert result["ratio"] == pytest.approx(result["package"]["seconds"] / result["bare"]["seconds"])
+    assert result["ratio_cpu"] == pytest.approx(result["package"]["cpu_seconds"] / result["bare"]["cpu_seconds"])
+    # The bare loop's per-round rows: round 0 plus 2 curated rounds, shares of a real mixture.
+    rows = result["bare"]["rows"]
+    assert [r["round"] for r in rows] == [0, 1, 2] and all(0 <= r["share_mode0"] <= 1 for r in rows)
+    # The table: one line per phase and the ratio line.
+    text = proc.stdout
+    assert "size tiny: 256 slots x K=4, 4 Euler steps, batch 128, 12 optimizer steps" in text
+    for phase in bench.PHASES + ("total",):
+        assert re.search(rf"^ *{phase} +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ ", text, re.M), phase
+    assert f"package / bare = {result['ratio']:.2f}x wall, {result['ratio_cpu']:.2f}x CPU" in text
+    assert not list(tmp_path.iterdir()), "the bench writes into a temporary folder only"
+
+
+def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):
+    bench = _load()
+    work = {**bench.SIZES["large"], "threads": 1}
+    cfg = bench.package_config(work, tmp_path / "run", threads=1)
+    loop = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RetrainingLoop"))["init_args"]
+    assert loop == {"rounds": 10, "epochs_per_round": 20, "initial_epochs": 37, "seed": 0, "plots": False}
+    assert cfg["trainer"]["callbacks"][0]["class_path"] == "bench_timer.EpochTimer"
+    model = cfg["model"]["init_args"]
+    assert (model["num_slots"], model["num_candidates"], model["generator"]["init_args"]["steps"]) == (10000, 4, 20)
+    assert model["generator"]["init_args"]["velocity"]["init_args"] == {"dim": 2, "hidden": 128, "depth": 3}
+    data = cfg["data"]["init_args"]
+    assert data["batch_size"] == 512 and data["source"]["init_args"]["num_train"] == 20000
+    assert cfg["torch_num_threads"] == 1 and cfg["trainer"]["default_root_dir"] == str(tmp_path / "run")
+    # The bare loop is valid Python that reads its sizes from argv.
+    compile(bench.bare_loop_source(), "bare_loop.py", "exec")
+    assert "json.loads(sys.argv[1])" in bench.bare_loop_source()
