@@ -134,6 +134,23 @@ def _short_error(err: BaseException) -> str:
     return "; ".join(reasons) if "Errors:" in text and reasons else text
 
 
+def _file_error(err: OSError) -> str:
+    """An OSError with the file it concerns.
+
+    That is its own ``filename``, else the ``filepath`` the innermost writer held: a checkpoint save
+    reports EFBIG or ENOSPC without naming its file.
+    """
+    path = err.filename
+    if path is None:
+        tb = err.__traceback__
+        while tb is not None:  # to the innermost frame: the writer's own path wins
+            value = tb.tb_frame.f_locals.get("filepath")
+            if isinstance(value, (str, os.PathLike)):
+                path = value
+            tb = tb.tb_next
+    return f"could not write {os.fspath(path)}: {err}" if path is not None else str(err)
+
+
 def _resume_hint(state: _RunState, how: str, args: list[str]) -> str:
     loop = state.loop
     done = sorted(set(loop.rows) | set(loop.store.rounds() if loop.store else [])) if loop is not None else []
@@ -184,9 +201,10 @@ def main(args: Optional[list[str]] = None) -> None:
         raise SystemExit(EXIT_SIGINT) from None
     except Exception as err:  # noqa: BLE001 - sorted below; anything unexpected keeps its traceback
         refusal = isinstance(err, _REFUSALS) or (not state.fitting and isinstance(err, (ValueError, TypeError)))
-        if debug or not refusal:
+        if debug or not (refusal or isinstance(err, OSError)):
             raise
-        sys.stderr.write(f"error: {_short_error(err)}\n")
+        message = _file_error(err) if isinstance(err, OSError) else _short_error(err)
+        sys.stderr.write(f"error: {message}\n")
         raise SystemExit(EXIT_FAILED if state.fitting else EXIT_REFUSED) from None
     finally:
         for lock in state.locks:

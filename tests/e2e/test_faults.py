@@ -341,6 +341,16 @@ def test_a_file_size_limit_names_the_part_and_stores_no_round(tmp_path):
     assert not (run / "rounds" / "round_000").exists() and not (run / LOCK_NAME).exists()
 
 
+def test_a_file_size_limit_on_a_checkpoint_names_it(tmp_path):
+    run = tmp_path / "run"
+    proc = _Child(tmp_path, ["-c", _config(tmp_path, run)], "run", setup=_fsize_limit)
+    assert _finish(proc) == 1
+    err = (tmp_path / "run.err").read_text()
+    assert f"error: could not write {run / 'checkpoints'}" in err and "File too large" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert not (run / "rounds").exists() and not (run / LOCK_NAME).exists()
+
+
 def _read_only(path: Path):
     """A child-side setup that makes ``path`` read-only for the child alone."""
     def setup():
