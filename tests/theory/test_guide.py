@@ -180,11 +180,136 @@ def test_worked_example_6_stability():
     assert_printed(section("4.4"), f"log 2 = {math.log(2):.6f}")
 
 
+# Section 7: populations of curators (lightning_curate/theory/population.py).
+
+
+def pair(values, digits: int = 4) -> str:
+    return f"({fmt(values, digits)})"
+
+
+def test_worked_example_7_mixture_law():
+    from lightning_curate.theory.population import Curator, population_curated_distribution
+
+    text = example("Worked example 7.")
+    assert "**Worked example 7.**" in section("7.1")
+    pulled = 0.5 * (1 + math.tanh(0.5) / 2)
+    one = population_curated_distribution([0.5, 0.5], [Curator([1.0, 0.0], num_candidates=2)])
+    assert float(one[0]) == pytest.approx(pulled, abs=1e-12)
+    even = [Curator([1.0, 0.0], num_candidates=2), Curator([0.0, 1.0], num_candidates=2)]
+    assert torch.allclose(population_curated_distribution([0.5, 0.5], even), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert torch.allclose(theory.curated_distribution([0.5, 0.5], [0.5, 0.5], 2), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    uneven = [Curator([1.0, 0.0], num_candidates=2, weight=0.6), Curator([0.0, 1.0], num_candidates=2, weight=0.4)]
+    mixture = population_curated_distribution([0.5, 0.5], uneven)
+    averaged = theory.curated_distribution([0.5, 0.5], [0.6, 0.4], 2)
+    assert_printed(text, f"0.5 (1 + tanh(1/2) / 2) = {pulled:.3f}", f"mixture is `{pair(mixture)}`",
+                   f"`(0.6, 0.4)` gives `{pair(averaged)}`")
+    # One curator is the law of section 2 (worked example 1's K = 2 row).
+    single = population_curated_distribution(P, [Curator(R, num_candidates=2)])
+    assert_printed(section("7.1"), f"`q = ({fmt(single, 6)})`")
+
+
+def test_worked_example_8_two_curators_k2():
+    from lightning_curate.theory.population import (
+        two_curator_fixed_points,
+        two_curator_fixed_points_k2,
+        two_curator_population,
+    )
+
+    text = example("Worked example 8")
+    assert "**Worked example 8**" in section("7.2.1")
+    even = two_curator_fixed_points_k2(0.6, math.tanh(0.5), math.tanh(0.5))
+    sharp = two_curator_fixed_points_k2(0.6, math.tanh(0.5), math.tanh(1.5))
+    assert even["winner"] == "a" and sharp["winner"] == "b"
+    for beta_b, winner in [(1.0, (1.0, 0.0)), (3.0, (0.0, 1.0))]:
+        numeric = two_curator_fixed_points(two_curator_population(0.6, 1.0, beta_b, num_candidates=2))
+        assert [(p["a"], p["b"]) for p in numeric if p["stable"]] == [winner]
+    assert_printed(text, f"`alpha = 0.6 tanh(0.5) = {even['alpha']:.3f} > beta~ = {even['beta']:.3f}`",
+                   f"`beta~ = 0.4 tanh(1.5) = {sharp['beta']:.3f} > {sharp['alpha']:.3f}`")
+
+
+def test_worked_example_9_fixed_points_and_invasion_rates():
+    from lightning_curate.theory.population import invasion_rate, two_curator_fixed_points, two_curator_population
+
+    text = example("Worked example 9")
+    assert "**Worked example 9**" in section("7.2.2")
+
+    def stable(crowd, *args):
+        (point,) = [p for p in two_curator_fixed_points(crowd, *args) if p["stable"]]
+        return point
+
+    half = two_curator_population(0.5, 2.0, 2.0, num_candidates=4)
+    w = math.exp(2.0)
+    rate = invasion_rate(half, 1)
+    assert rate == pytest.approx(0.5 * 4 * w / (w + 3) + 0.5 * 4 / (1 + 3 * w), abs=1e-12)
+    point = stable(half)
+    assert_printed(text, f"(1 + 3 e^2) = {rate:.4f}` | `{pair((point['a'], point['b']), 1)}`, "
+                         f"spectral radius {point['spectral_radius']:.3f} (polarised)")
+    tilted = two_curator_population(0.6, 2.0, 2.0, num_candidates=4)
+    point = stable(tilted)
+    assert_printed(text, f"`lambda_A = {invasion_rate(tilted, 0):.3f}`, `lambda_B = {invasion_rate(tilted, 1):.3f}`",
+                   f"`{pair((point['a'], point['b']))}` (polarised)")
+    point = stable(tilted, 0.5, 0.125, 0.125)
+    assert_printed(text, f"`a_0 = b_0 = 1/8` | | `{pair((point['a'], point['b']))}`")
+    best = two_curator_population(0.5, 1.0, 1.0, num_candidates=3, mode="argmax")
+    point = stable(best)
+    assert invasion_rate(best, 0) == invasion_rate(best, 1) == 1.5
+    assert_printed(text, f"`K / 2 = 1.5` | `{pair((point['a'], point['b']), 1)}`")
+
+
+def test_worked_example_10_adversaries_on_ten_classes():
+    from lightning_curate.theory.population import adversarial_threshold
+
+    text = example("Worked example 10.")
+    assert "**Worked example 10.**" in section("7.3.1")
+    top = theory.curated_share_map(0.1, 5.0, 0.0, 4)
+    h, g = top / 0.1, (1 - top) / 0.9
+    assert (1 - g) / (h - g) == pytest.approx(0.1, abs=1e-12)  # round 1: the target's data share
+    w = math.exp(5.0)
+    survival = (1 - 4 / (1 + 3 * w)) / (4 * w / (w + 3) - 4 / (1 + 3 * w))
+    negated = (top - 0.1) / (top - theory.curated_share_map(0.1, -5.0, 0.0, 4))
+    assert_printed(text, f"4 / (1 + 3 e^5)) = {survival:.4f}", f"Q_-(0.1)) = {negated:.4f}")
+    grows = lambda pT, p0: float(pT[1]) > float(p0[1])  # noqa: E731
+    measured = [adversarial_threshold(torch.tensor(TEN, dtype=torch.float64), R_TEN, grows, real_fraction=rho,
+                                      rounds=10, kind="target", target=[0.0, 5.0] + [0.0] * 8, tol=1e-4,
+                                      num_candidates=4)
+                for rho in (0.0, 0.25, 0.5)]
+    assert_printed(text, f"`epsilon > {measured[0]:.3f}` (`rho = 0`), `{measured[1]:.3f}` (`rho = 0.25`), "
+                         f"`{measured[2]:.3f}` (`rho = 0.5`)")
+
+
+def test_section_7_3_3_real_data_caps_the_adversaries():
+    from lightning_curate.theory.population import adversarial_grid
+
+    out = adversarial_grid(TEN, R_TEN, [0.0, 0.5], [0.0, 0.25, 0.5], rounds=10, kind="target",
+                           target=[0.0, 5.0] + [0.0] * 8, num_candidates=4)
+    held = " / ".join(f"{float(v):.2f}" for v in out["law"][1, :, 1])
+    honest = out["honest_reward"][0]
+    assert float(honest[0]) == pytest.approx(5.0, abs=1e-6)
+    # The cap: class 0 holds at most rho * 0.1 + (1 - rho) of the mass, a reward of 5 - 4.5 rho.
+    assert all(float(honest[i]) <= 5 - 4.5 * rho for i, rho in enumerate((0.0, 0.25, 0.5)))
+    assert_printed(section("7.3.3"), f"holds {held} of the", "`5 (1 - rho) + 0.5 rho = 5 - 4.5 rho`",
+                   f"{float(honest[1]):.2f} and {float(honest[2]):.2f} for")
+
+
+def test_worked_example_11_bradley_terry_projection_of_a_population():
+    from lightning_curate.preference.evaluate import best_bt_scores
+    from lightning_curate.theory.population import Curator
+
+    text = example("Worked example 11.")
+    assert "**Worked example 11.**" in section("7.4")
+    crowd = [Curator(R_TEN, weight=0.75, num_candidates=4), Curator([0.0, 5.0] + [0.0] * 8, weight=0.25, num_candidates=4)]
+    s = best_bt_scores(TEN, crowd, 4)["scores"]
+    assert torch.allclose(s[2:], s[2:].mean().expand(8), atol=1e-8)  # the other classes tie
+    assert_printed(text, f"class 0 at `+{float(s[0] - s[2]):.3f}` and class 1 at `+{float(s[1] - s[2]):.3f}`",
+                   f"against `{0.75 * 5:.2f}` and `{0.25 * 5:.2f}`")
+
+
 def test_every_worked_example_is_checked():
     """A new worked example in the guide needs a test here."""
     labels = re.findall(r"\*\*((?:Worked example|Example)[^*]*)\*\*", GUIDE.read_text())
     assert labels == ["Example: one slot.", "Worked example 1.", "Worked example 2", "Worked example 2, iterated.",
-                      *[f"Worked example {n}." for n in range(3, 7)]]
+                      *[f"Worked example {n}." for n in range(3, 8)], "Worked example 8", "Worked example 9",
+                      "Worked example 10.", "Worked example 11."]
 
 
 def test_the_checker_catches_a_wrong_digit(tmp_path, monkeypatch):
