@@ -182,8 +182,12 @@ class RetrainingLoop(Callback):
 
     @property
     def complete(self) -> bool:
-        """Whether every round of the schedule finished (the CLI exits non-zero otherwise)."""
-        return all(t in self.rows for t in range(self.rounds + 1))
+        """Whether every round of the schedule finished (the CLI exits non-zero otherwise).
+
+        The store counts too: resuming a finished run trains nothing and rebuilds no rows.
+        """
+        done = set(self.rows) | set(self.store.rounds() if self.store is not None else [])
+        return all(t in done for t in range(self.rounds + 1))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After a resume, rebuild the table from the store (checksums verified on read).

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lightning_curate.loop.callback import RetrainingLoop
+from lightning_curate.store.rounds import RoundStore
 
 
 @pytest.mark.parametrize("rounds, per_round, initial", [(3, 2, 3), (0, 1, 1), (4, 1, None), (2, 5, 1)])
@@ -50,6 +51,16 @@ def test_complete_only_when_every_round_is_there():
     loop.rows = {0: {}, 1: {}}
     assert not loop.complete
     loop.rows[2] = {}
+    assert loop.complete
+
+
+def test_complete_counts_stored_rounds(tmp_path):
+    """A finished run resumed again trains nothing: its stored rounds make it complete."""
+    loop = RetrainingLoop(rounds=1)
+    loop.store = RoundStore(tmp_path / "rounds")
+    loop.store.write(0, {"x": torch.zeros(2)}, {})
+    assert not loop.complete
+    loop.store.write(1, {"x": torch.zeros(2)}, {})
     assert loop.complete
 
 
