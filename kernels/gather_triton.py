@@ -2,7 +2,7 @@
 
 A bit copy: candidates of any 1/2/4/8-byte dtype are viewed as integers of the
 same width, so bool, fp8 and complex64 need no special case; wider dtypes
-(complex128) fall back to torch. One program copies a ``[BLOCK_R, BLOCK_D]``
+(complex128) fall back to torch indexing. One program copies a ``[BLOCK_R, BLOCK_D]``
 tile of ``GATHER_GPU_TILE`` elements over 4 warps on CUDA (8 per thread: 80
 registers at most for any element size and D; 2048 elements needs 147 at D = 3).
 """
@@ -66,10 +66,9 @@ def gather_triton(candidates: Tensor, index: Tensor, interpret: bool) -> Tensor:
     for size in trailing:
         d *= size
     if bits is None or d == 0:
-        # Not a plain 1/2/4/8-byte element (e.g. complex128), or nothing to copy.
-        from lightning_curate.ops.kchoice_torch import gather_candidates
-
-        return gather_candidates(candidates, index)
+        # Not a plain 1/2/4/8-byte element (e.g. complex128), or nothing to copy: torch indexing.
+        rows = torch.arange(n, device=candidates.device)
+        return candidates[rows if index.dim() == 1 else rows[:, None], index]
     # Trailing dims must be one contiguous run of D elements; dims 0/1 may have any stride.
     expected = 1
     for size, stride in zip(reversed(trailing), reversed(candidates.stride()[2:])):

@@ -65,8 +65,9 @@ def default_variants() -> list[dict]:
 
     The whole autotune set for each shape. sm_90: modes x m in {1, 4} x K in
     {1, 2, 5, 16, 64, 300, 4096} with fp32 rewards, softmax with fp16/bf16/fp64
-    rewards at K in {2, 16, 300}; sm_80: modes x m x K in {2, 16, 300}, fp32; both:
-    the gather for 1/2/4/8-byte candidates at D in {1, 3, 64, 3072}.
+    rewards at K in {2, 300} (one chunk, several chunks), the gather for
+    1/2/4/8-byte candidates at D in {1, 3, 64, 3072}; sm_80: modes x m at K in
+    {2, 300} with fp32 rewards, the gather at D in {3, 64}.
     """
     from lightning_curate.kernels.gather_triton import GATHER_NUM_WARPS, gather_blocks
     from lightning_curate.kernels.kchoice_triton import GPU_CONFIGS, gpu_block_k
@@ -88,11 +89,11 @@ def default_variants() -> list[dict]:
         if arch == 90:
             out += kchoice_variants(arch, (1, 2, 5, 16, 64, 300, 4096), "float32", MODES)
             for dtype in ("float16", "bfloat16", "float64"):
-                out += kchoice_variants(arch, (2, 16, 300), dtype, ("softmax",))
+                out += kchoice_variants(arch, (2, 300), dtype, ("softmax",))
         else:
-            out += kchoice_variants(arch, (2, 16, 300), "float32", MODES)
+            out += kchoice_variants(arch, (2, 300), "float32", MODES)
         for nbytes in (1, 2, 4, 8):
-            for d in (1, 3, 64, 3072):
+            for d in (1, 3, 64, 3072) if arch == 90 else (3, 64):
                 block_r, block_d = gather_blocks(N_ROWS, d, interpret=False)
                 out.append({"kernel": "gather", "bytes": nbytes, "d": d, "block_r": block_r,
                             "block_d": block_d, "num_warps": GATHER_NUM_WARPS, "arch": arch})

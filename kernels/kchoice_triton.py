@@ -278,6 +278,34 @@ def _check_block(name: str, value: int) -> int:
     return value
 
 
+def _launch(rewards: Tensor, beta: float, m: int, mode: str, seed: int,
+            blocks: Optional[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the kernel for ``m`` winners: ``(index [N, m], log_prob [N, m], logsumexp [N])``.
+
+    ``blocks = (BLOCK_N, BLOCK_K)`` fixes the tile (4 warps on CUDA); ``None`` lets the
+    autotuner pick among ``GPU_CONFIGS`` (CUDA).
+    """
+    n, k = rewards.shape
+    dev = rewards.device
+    index = torch.empty((n, m), dtype=torch.int64, device=dev)
+    log_prob = torch.empty((n, m), dtype=torch.float32, device=dev)
+    lse = torch.empty((n,), dtype=torch.float32, device=dev)
+    if n == 0:
+        return index, log_prob, lse
+    seed = int(seed) % (1 << (2 * _SEED_HALF))
+    args = [rewards, index, log_prob, lse, n, k, rewards.stride(0), rewards.stride(1), float(beta),
+            seed & ((1 << _SEED_HALF) - 1), seed >> _SEED_HALF]
+    if m > 1:
+        args.append(m)
+    if blocks is not None:
+        kernel = _kchoice_topm_kernel if m > 1 else _kchoice_one_kernel
+        kernel[(triton.cdiv(n, blocks[0]),)](*args, MODE=_MODE_CODES[mode], BLOCK_N=blocks[0], BLOCK_K=blocks[1])
+    else:
+        kernel = _topm_tuned if m > 1 else _one_tuned
+        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, MODE=_MODE_CODES[mode])
+    return index, log_prob, lse
+
+
 def kchoice_triton(
     rewards: Tensor,
     beta: float,
@@ -311,22 +339,8 @@ def kchoice_triton(
         block_n = _check_block("block_n", block_n)
         block_k = _check_block("block_k", block_k)
 
-    index = torch.empty((n, m), dtype=torch.int64, device=dev)
-    log_prob = torch.empty((n, m), dtype=torch.float32, device=dev)
-    lse = torch.empty((n,), dtype=torch.float32, device=dev)
-    seed = int(seed) % (1 << (2 * _SEED_HALF))
-    args = [rewards, index, log_prob, lse, n, k, rewards.stride(0), rewards.stride(1), float(beta),
-            seed & ((1 << _SEED_HALF) - 1), seed >> _SEED_HALF]
-    if m > 1:
-        args.append(m)
-    if n > 0:
-        with _on_device(dev):
-            if fixed:
-                kernel = _kchoice_topm_kernel if m > 1 else _kchoice_one_kernel
-                kernel[(triton.cdiv(n, block_n),)](*args, MODE=_MODE_CODES[mode], BLOCK_N=block_n, BLOCK_K=block_k)
-            else:
-                kernel = _topm_tuned if m > 1 else _one_tuned
-                kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, MODE=_MODE_CODES[mode])
+    with _on_device(dev):
+        index, log_prob, lse = _launch(rewards, beta, m, mode, seed, (block_n, block_k) if fixed else None)
     if m == 1:
         index, log_prob = index.view(n), log_prob.view(n)
     chosen = None

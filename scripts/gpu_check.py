@@ -135,7 +135,8 @@ def cifar_like_config(out: Path, rounds: int, accelerator: str = "gpu", compile_
     data = write_cifar_like(out / "data" / "cifar_like.pt", n=256 if small else 2048)
     vel = cfg["model"]["init_args"]["generator"]["init_args"]["velocity"]["init_args"]
     if small:
-        vel.update({"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "time_dim": 32, "groups": 8})
+        vel.update({"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "time_dim": 32, "groups": 8,
+                    "attention": False})
     else:  # the paper's UNet, one residual block per level: a shorter compile
         vel.update({"num_res_blocks": 1})
     gen_args = cfg["model"]["init_args"]["generator"]["init_args"]

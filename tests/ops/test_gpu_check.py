@@ -53,8 +53,8 @@ def test_check_rounds_finds_missing_rounds_and_bad_rewards():
 
 @pytest.mark.slow
 def test_cifar_like_config_runs_and_resumes_on_cpu(tmp_path):
-    """The CIFAR-shaped run gpu_check makes (TensorImages of random images, SmallCNN reward),
-    shrunk, on the CPU: round 1, then a resume extending it to round 2."""
+    """The CIFAR-shaped run gpu_check makes (TensorImages of random images, an untrained
+    SmallCNN's q_0 as the reward), shrunk, on the CPU: round 1, then a resume to round 2."""
     gc = _load()
     kwargs = {"accelerator": "cpu", "compile_": False, "autocast": None, "precision": "32-true", "small": True}
     first = gc._write(tmp_path / "c1.yaml", gc.cifar_like_config(tmp_path, 1, **kwargs))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_kchoice import P_MIN, chi2_pvalue, pair_counts, pl_pair_law, reference_log_probs
+from kchoice_helpers import P_MIN, chi2_pvalue, pair_counts, pl_pair_law, reference_log_probs
 
 from lightning_curate import kchoice, theory
 
