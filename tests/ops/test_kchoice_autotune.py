@@ -1,4 +1,4 @@
-"""The CUDA launch path (``triton.autotune`` over ``GPU_CONFIGS``) run under the interpreter.
+"""The CUDA launch configurations run under the interpreter: the autotuned K-choice launch and the gather tile.
 
 Triton's autotuner times each config with CUDA events; here its benchmark is
 replaced by one that runs each config once and ranks a chosen one first, so
@@ -52,3 +52,22 @@ def test_every_autotune_config_gives_the_fixed_tile_draw(monkeypatch, mode, m, k
         assert torch.equal(index.view_as(ref.index), ref.index), tuned.best_config
         torch.testing.assert_close(log_prob.view_as(ref.log_prob), ref.log_prob, atol=2e-5, rtol=1e-6)
         torch.testing.assert_close(lse, ref.logsumexp, atol=2e-5, rtol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("trailing", [(), (3,), (2, 33), (1100,)], ids=lambda t: "x".join(map(str, t)) or "scalar")
+def test_gather_with_the_cuda_tile(dtype, trailing):
+    """The gather's CUDA tile (GATHER_GPU_TILE elements), run under the interpreter: partial
+    row and column tiles, several D-tiles per row (D = 1100 > 1024), m = 1 and m = 2."""
+    from lightning_curate.kernels.gather_triton import gather_triton
+
+    gen = torch.Generator().manual_seed(len(trailing))
+    n, k = 5, 4
+    src = torch.randn((n, k, *trailing), generator=gen)
+    candidates = src > 0 if dtype == torch.bool else (src * 100).to(dtype)
+    for m in (1, 2):
+        index = torch.stack([torch.randperm(k, generator=gen)[:m] for _ in range(n)])
+        index = index[:, 0] if m == 1 else index
+        rows = torch.arange(n) if m == 1 else torch.arange(n)[:, None]
+        assert torch.equal(gather_triton(candidates, index, interpret=False), candidates[rows, index])
