@@ -222,7 +222,7 @@ def test_k2_sharper_minority_wins():
 
 
 def test_k4_weighted_polarisation_worked_example():
-    # docs/THEORY.md section 7: K = 4, beta = 2, pi_a = 0.6.
+    # docs/THEORY.md section 7.2.2: K = 4, beta = 2, pi_a = 0.6.
     crowd = two_curator_population(0.6, 2.0, 2.0, num_candidates=4)
     stable = [p for p in two_curator_fixed_points(crowd) if p["stable"]]
     assert len(stable) == 1 and (stable[0]["a"], stable[0]["b"]) == pytest.approx((0.7483, 0.2517), abs=1e-4)
@@ -254,7 +254,7 @@ def test_mog8_target_threshold_bracket():
 
 
 def test_mixture_is_not_the_law_of_the_averaged_reward():
-    # docs/THEORY.md section 7 section 1.
+    # docs/THEORY.md section 7.1.
     crowd = [Curator([1.0, 0.0], num_candidates=2, weight=0.6), Curator([0.0, 1.0], num_candidates=2, weight=0.4)]
     q_each = 0.5 * (1 + math.tanh(0.5) / 2)
     mix = population_curated_distribution([0.5, 0.5], crowd)
