@@ -371,9 +371,11 @@ class RetrainingLoop(Callback):
                          + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
         lines += ["", f"Artifacts in {self.run_dir}:",
                   f"  rounds.csv            per-round metrics ({len(rows)} rows)",
-                  "  round_metrics.png     reward and shares over rounds",
-                  "  samples.png           model samples of every round",
                   "  rounds/round_NNN/     curated data + manifest of each round"]
+        for name, what in (("round_metrics.png", "reward and shares over rounds"),
+                           ("samples.png", "model samples of every round")):
+            if (self.run_dir / name).is_file():
+                lines.insert(-1, f"  {name:<21} {what}")
         if (self.run_dir / "config.yaml").is_file():
             lines.append("  config.yaml           the full config of this run")
         if last_checkpoint is not None and last_checkpoint.is_file():

@@ -117,7 +117,9 @@ def test_summary_lists_config_and_checkpoint_only_when_they_exist(tmp_path):
     loop.rows, loop.run_dir = _rows(), tmp_path
     text = loop.summary(None)
     assert "rounds.csv            per-round metrics (2 rows)" in text
-    assert "config.yaml" not in text and "last.ckpt" not in text
+    assert "config.yaml" not in text and "last.ckpt" not in text and ".png" not in text
+    (tmp_path / "samples.png").write_bytes(b"")
+    assert "  samples.png           model samples of every round\n  rounds/round_NNN/" in loop.summary(None)
     (tmp_path / "config.yaml").write_text("x: 1\n")
     (tmp_path / "checkpoints").mkdir()
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
