@@ -77,10 +77,10 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         z: a ratio is reported only where the predicted move exceeds ``z`` standard errors.
 
     Returns:
-        ``reward_fidelity`` (and ``_stderr``), ``share_fidelity_<name>`` for every class whose
+        ``reward_fidelity`` (and ``_stderr``), ``class_fidelity_<name>`` for every class whose
         predicted move is above noise, ``gain_share_fidelity`` for the total share of the
         classes the ideal learner says grow (the rewarded set: mog8's two target modes,
-        digits' class 0), ``share_gap_l1`` (``sum |share_{t+1} - predicted_share_t|``) and
+        digits' class 0), ``l1_gap_to_prediction`` (``sum |share_{t+1} - predicted_share_t|``) and
         ``fidelity_reliable`` (1 when the reward's ratio is meaningful, else 0). Empty when
         ``previous`` has no prediction.
 
@@ -115,10 +115,10 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
             gap += abs(s_cur - s_pred)
             se_obs = math.hypot(_share_se(s_prev, n_obs), _share_se(s_cur, n_obs))
             se_p = _share_se(s_pred, n_pred)
-            out[f"share_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
+            out[f"class_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
             if s_pred > s_prev:
                 gain_prev, gain_cur, gain_pred = gain_prev + s_prev, gain_cur + s_cur, gain_pred + s_pred
-        out["share_gap_l1"] = gap
+        out["l1_gap_to_prediction"] = gap
         se_obs = math.hypot(_share_se(gain_prev, n_obs), _share_se(gain_cur, n_obs))
         se_p = _share_se(gain_pred, n_pred)
         out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)

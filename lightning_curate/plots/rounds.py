@@ -21,6 +21,10 @@ from lightning_curate.plots.common import PathLike, new_figure, palette, save_fi
 __all__ = ["build_round_metrics_figure", "plot_round_metrics"]
 
 OTHER_COLOR = "#9a9a9a"  # shares that belong to no mode
+PREDICTED_SHARE = "predicted_share_"
+MAX_PREDICTED = 3  # classes drawn against the ideal learner's prediction
+FIDELITY_KEYS = ("reward_fidelity", "gain_share_fidelity")
+FIDELITY_BAND = (0.85, 1.15)  # where a learner counts as faithful
 
 
 def _as_float(v) -> float:
@@ -72,7 +76,9 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
     share_keys = [k for k in keys if k.startswith(share_prefix) and np.isfinite(_column(rows, k)).any()]
     dist_keys = [k for k in keys if _is_distance_key(k) and np.isfinite(_column(rows, k)).any()]
 
-    n_panels = 1 + bool(dist_keys) + bool(share_keys)
+    predicted_keys = _predicted_share_keys(rows, keys, share_prefix)
+    fidelity_keys = [k for k in FIDELITY_KEYS if k in keys and np.isfinite(_column(rows, k)).any()]
+    n_panels = 1 + bool(dist_keys) + bool(share_keys) + bool(predicted_keys) + bool(fidelity_keys)
     fig = new_figure(4.6 * n_panels + (1.4 if share_keys else 0.0), 3.6)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     single = len(rows) == 1
@@ -172,7 +178,59 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
         ax.set_ylabel("share (%)")
         _finish_x(ax)
         ax.grid(True, axis="y", alpha=0.3, linewidth=0.6)
+        panel += 1
+
+    # --- observed vs predicted shares ---------------------------------------
+    if predicted_keys:
+        ax = axes[panel]
+        ax.set_label("predicted shares")
+        panel += 1
+        for name, color in zip(predicted_keys, palette(len(predicted_keys))):
+            ax.plot(rounds, 100.0 * _column(rows, share_prefix + name), "-o", ms=4, lw=1.6, color=color,
+                    label=f"{name} observed")
+            # Row t predicts round t + 1: drawn at t + 1, beside what was observed there.
+            ax.plot(rounds + 1, 100.0 * _column(rows, PREDICTED_SHARE + name), ":^", ms=4, lw=1.3, color=color,
+                    label=f"{name} ideal learner")
+        ax.set_title("Shares: observed vs ideal learner")
+        ax.set_ylabel("share (%)")
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+        _finish_x(ax)
+
+    # --- learner fidelity ---------------------------------------------------
+    if fidelity_keys:
+        ax = axes[panel]
+        ax.set_label("fidelity")
+        ax.axhspan(FIDELITY_BAND[0], FIDELITY_BAND[1], color="0.85", alpha=0.6, linewidth=0,
+                   label=f"{FIDELITY_BAND[0]:g}-{FIDELITY_BAND[1]:g}")
+        ax.axhline(1.0, color="0.3", lw=1.0, ls="--")
+        for key, color in zip(fidelity_keys, palette(len(fidelity_keys))):
+            values = _column(rows, key)
+            err = _column(rows, key + "_stderr") if key + "_stderr" in keys else None
+            if err is not None and np.isfinite(err).any():
+                ax.errorbar(rounds, values, yerr=np.nan_to_num(err), fmt="-o", ms=4, lw=1.4, capsize=3, color=color,
+                            label=key.replace("_", " "))
+            else:
+                ax.plot(rounds, values, "-o", ms=4, lw=1.4, color=color, label=key.replace("_", " "))
+        ax.set_title("Learner fidelity (1 = ideal learner)")
+        ax.set_ylabel("observed move / predicted move")
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+        _finish_x(ax)
     return fig
+
+
+def _predicted_share_keys(rows: Sequence[Mapping], keys: Sequence[str], share_prefix: str) -> list[str]:
+    """The (at most ``MAX_PREDICTED``) classes the ideal learner moves most, over the whole run."""
+    moves = []
+    for key in keys:
+        if not key.startswith(PREDICTED_SHARE):
+            continue
+        name = key[len(PREDICTED_SHARE):]
+        observed, predicted = _column(rows, share_prefix + name), _column(rows, key)
+        gap = np.abs(predicted - observed)
+        if np.isfinite(gap).any():
+            moves.append((float(np.nanmax(gap)), name))
+    moves.sort(key=lambda m: -m[0])
+    return [name for _, name in moves[:MAX_PREDICTED]]
 
 
 def plot_round_metrics(rows: Sequence[Mapping], path: PathLike, *, share_prefix: str = "share_") -> Path:
@@ -186,7 +244,11 @@ def plot_round_metrics(rows: Sequence[Mapping], path: PathLike, *, share_prefix:
       ``_distance`` or ``_dist`` (e.g. ``sw_distance``);
     * shares: the ``share_<name>`` columns (fractions in [0, 1]) in percent,
       a stacked area chart (plus an "other" band when they add to less than
-      100%), or lines when there are more than 12 of them.
+      100%), or lines when there are more than 12 of them;
+    * observed vs predicted shares: the (up to 3) classes the ideal learner moves
+      most, observed and as predicted the round before (``predicted_share_<name>``);
+    * learner fidelity: ``reward_fidelity`` (with its standard error) and
+      ``gain_share_fidelity`` against the faithful band 0.85-1.15.
 
     Values may be numbers, strings as read from a CSV file, or empty / NaN
     (round 0 has no curation, so its ``curated_reward_mean`` is NaN): missing

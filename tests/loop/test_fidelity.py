@@ -37,12 +37,12 @@ def test_share_columns_gain_set_and_l1_gap():
             "predicted_share_a": 0.45, "predicted_share_b": 0.35, "predicted_share_c": 0.2}
     cur = {"reward_mean": 1.0, "share_a": 0.35, "share_b": 0.30, "share_c": 0.35}
     out = fidelity_columns(prev, cur, num_candidates=10**6)
-    assert out["share_fidelity_a"] == pytest.approx(0.5)
-    assert out["share_fidelity_b"] == pytest.approx(0.5)
-    assert out["share_fidelity_c"] == pytest.approx(0.5)
+    assert out["class_fidelity_a"] == pytest.approx(0.5)
+    assert out["class_fidelity_b"] == pytest.approx(0.5)
+    assert out["class_fidelity_c"] == pytest.approx(0.5)
     # a and b are predicted to grow: 0.5 -> 0.8 predicted, 0.65 observed.
     assert out["gain_share_fidelity"] == pytest.approx(0.5)
-    assert out["share_gap_l1"] == pytest.approx(0.10 + 0.05 + 0.15)
+    assert out["l1_gap_to_prediction"] == pytest.approx(0.10 + 0.05 + 0.15)
 
 
 def test_no_prediction_no_columns():
@@ -68,5 +68,5 @@ def test_a_collapsed_round_reports_no_ratio():
             "share_a": 1.0, "share_b": 0.0, "predicted_share_a": 1.0 - 1e-13, "predicted_share_b": 1e-13}
     out = fidelity_columns(prev, {"reward_mean": 5.0, "share_a": 1.0, "share_b": 0.0}, num_candidates=80_000)
     assert math.isnan(out["reward_fidelity"]) and out["fidelity_reliable"] == 0.0
-    assert math.isnan(out["share_fidelity_a"]) and math.isnan(out["gain_share_fidelity"])
-    assert out["share_gap_l1"] == pytest.approx(2e-13)
+    assert math.isnan(out["class_fidelity_a"]) and math.isnan(out["gain_share_fidelity"])
+    assert out["l1_gap_to_prediction"] == pytest.approx(2e-13)

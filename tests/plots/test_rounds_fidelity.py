@@ -1,0 +1,44 @@
+"""round_metrics.png: the observed-vs-predicted shares and the fidelity panels."""
+
+import math
+
+from lightning_curate.plots import build_round_metrics_figure
+
+
+def _rows():
+    rows = []
+    for t in range(4):
+        rows.append({"round": t, "reward_mean": -2.0 + t, "reward_std": 1.0, "share_a": 0.2 + 0.1 * t,
+                     "share_b": 0.8 - 0.1 * t, "predicted_reward_mean": -1.0 + t,
+                     "predicted_share_a": 0.35 + 0.1 * t, "predicted_share_b": 0.65 - 0.1 * t})
+        if t:
+            rows[-1].update(reward_fidelity=0.9 + 0.05 * t, reward_fidelity_stderr=0.02, gain_share_fidelity=0.8,
+                            class_fidelity_a=0.8)
+    return rows
+
+
+def test_fidelity_and_prediction_panels_are_drawn():
+    fig = build_round_metrics_figure(_rows())
+    labels = [ax.get_label() for ax in fig.axes]
+    assert labels == ["reward", "shares", "predicted shares", "fidelity"]
+    fidelity = fig.axes[3]
+    bars = [c for c in fidelity.containers if c.get_label() == "reward fidelity"]
+    ydata = bars[0].lines[0].get_ydata()
+    assert [round(v, 9) for v in ydata[1:]] == [0.95, 1.0, 1.05]
+    assert math.isnan(ydata[0])  # round 0 has no previous round
+    assert sorted(t.get_text() for t in fidelity.get_legend().get_texts()) == [
+        "0.85-1.15", "gain share fidelity", "reward fidelity"]
+    predicted = fig.axes[2]
+    ideal = [line for line in predicted.get_lines() if line.get_label() == "a ideal learner"][0]
+    # Row t predicts round t + 1: drawn one round to the right, in percent.
+    assert list(ideal.get_xdata()) == [1.0, 2.0, 3.0, 4.0]
+    assert [round(v, 6) for v in ideal.get_ydata()] == [35.0, 45.0, 55.0, 65.0]
+    # The fidelity columns are not mistaken for class shares.
+    shares = fig.axes[1]
+    assert sorted(t.get_text() for t in shares.get_legend().get_texts()) == ["a", "b"]
+
+
+def test_no_fidelity_columns_no_extra_panels():
+    rows = [{k: v for k, v in r.items() if "fidelity" not in k and not k.startswith("predicted_share")}
+            for r in _rows()]
+    assert [ax.get_label() for ax in build_round_metrics_figure(rows).axes] == ["reward", "shares"]
