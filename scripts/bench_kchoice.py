@@ -38,8 +38,9 @@ log_prob and logsumexp written), ``kchoice``'s achieved GB/s and percent of the
 card's peak DRAM bandwidth (a table of known cards by ``torch.cuda.get_device_name``;
 an unknown card says so, or pass ``--peak-gbps``), beside ``softmax +
 torch.multinomial``, eager Gumbel-argmax (top-m for m > 1) and ``torch.compile``d
-Gumbel-argmax on the same tensors. Without a GPU it says so and runs the CPU
-comparison.
+Gumbel-argmax on the same tensors, and the kernel alone (``kchoice_triton``,
+without the op's input validation, which reads the rewards once more). Without
+a GPU it says so and runs the CPU comparison.
 
 Examples::
 
@@ -363,9 +364,13 @@ def _gumbel_topm(rewards, beta: float, m: int):
 
 
 def roofline_methods(beta: float, m: int) -> Dict[str, Callable]:
+    from lightning_curate.kernels.kchoice_triton import kchoice_triton
+
     compiled = torch.compile(_gumbel_topm, dynamic=False)
     return {
         "kchoice": lambda r: kchoice(r, beta, num_winners=m, seed=SEED, backend=BACKEND),
+        # The kernel alone: kchoice minus its input validation (one more read of the rewards).
+        "kernel": lambda r: kchoice_triton(r, beta, num_winners=m, mode="softmax", seed=SEED),
         "multinomial": lambda r: torch.multinomial(torch.softmax(beta * r, -1), m),
         "gumbel_eager": lambda r: _gumbel_topm(r, beta, m),
         "gumbel_compiled": lambda r: compiled(r, beta, m),
@@ -387,8 +392,10 @@ def run_roofline(device: torch.device, beta: float, peak: Optional[float], shape
             sync(device)
             row[f"{method}_ms"] = time_cuda(lambda fn=fn, r=rewards: fn(r))["median_ms"]
         row["gbps"] = row["bytes"] / (row["kchoice_ms"] * 1e-3) / 1e9
+        row["kernel_gbps"] = row["bytes"] / (row["kernel_ms"] * 1e-3) / 1e9
         row["roofline_ms"] = row["bytes"] / (peak * 1e9) * 1e3 if peak else None
         row["peak_fraction"] = row["gbps"] / peak if peak else None
+        row["kernel_peak_fraction"] = row["kernel_gbps"] / peak if peak else None
         for method in ("multinomial", "gumbel_eager", "gumbel_compiled"):
             row[f"speedup_{method}"] = row[f"{method}_ms"] / row["kchoice_ms"]
         rows.append(row)
@@ -400,14 +407,17 @@ def run_roofline(device: torch.device, beta: float, peak: Optional[float], shape
 
 def print_roofline(rows: List[dict], peak: Optional[float], peak_source: str) -> None:
     name = rows[0]["device_name"] if rows else "?"
-    print(f"Roofline on {name} (float32 rewards, no candidates; median of triton.testing.do_bench; "
+    print(f"Roofline on {name} (float32 rewards, no candidates; kchoice = the public op, validation included; "
+          "kernel = kchoice_triton alone; median of triton.testing.do_bench; "
           + (f"peak {peak:.0f} GB/s, {peak_source})" if peak else f"{peak_source})"))
-    headers = ["N", "K", "m", "MB moved", "roofline us", "kchoice us", "GB/s", "% peak",
+    headers = ["N", "K", "m", "MB moved", "roofline us", "kchoice us", "GB/s", "% peak", "kernel us", "kernel % peak",
                "softmax+multinom us", "gumbel eager us", "gumbel compiled us", "x multinom", "x compiled"]
     table = [[f"{r['N']:.0e}", str(r["K"]), str(r["m"]), fmt(r["bytes"] / 1e6, ".1f"),
               fmt(None if r["roofline_ms"] is None else 1e3 * r["roofline_ms"], ".1f"),
               fmt(1e3 * r["kchoice_ms"], ".1f"), fmt(r["gbps"], ".0f"),
               fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
+              fmt(1e3 * r["kernel_ms"], ".1f"),
+              fmt(None if r["kernel_peak_fraction"] is None else 100 * r["kernel_peak_fraction"], ".1f"),
               fmt(1e3 * r["multinomial_ms"], ".1f"), fmt(1e3 * r["gumbel_eager_ms"], ".1f"),
               fmt(1e3 * r["gumbel_compiled_ms"], ".1f"), fmt_ratio(r["speedup_multinomial"]),
               fmt_ratio(r["speedup_gumbel_compiled"])] for r in rows]

@@ -62,3 +62,36 @@ def test_bench_kchoice_roofline_without_gpu_says_so(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Roofline: no GPU here" in proc.stdout
     assert "kchoice ms" in proc.stdout  # the CPU comparison ran instead
+
+
+def test_bench_kchoice_roofline_table_and_targets(capsys):
+    """The roofline's table and targets from given timings (the timing itself needs CUDA)."""
+    bench = _load_bench_kchoice()
+    peak = 3350.0
+    rows = []
+    for (n, k, m), kc_ms in zip(bench.ROOFLINE_SHAPES, (0.030, 0.060, 0.040, 0.050)):
+        nbytes = bench.roofline_bytes(n, k, m)
+        row = {"device_name": "NVIDIA H100 80GB HBM3", "N": n, "K": k, "m": m, "bytes": nbytes,
+               "kchoice_ms": kc_ms, "kernel_ms": kc_ms / 2, "multinomial_ms": 0.5, "gumbel_eager_ms": 0.2,
+               "gumbel_compiled_ms": 0.1}
+        row["gbps"] = nbytes / (kc_ms * 1e-3) / 1e9
+        row["kernel_gbps"] = 2 * row["gbps"]
+        row["roofline_ms"] = nbytes / (peak * 1e9) * 1e3
+        row["peak_fraction"] = row["gbps"] / peak
+        row["kernel_peak_fraction"] = row["kernel_gbps"] / peak
+        for method in ("multinomial", "gumbel_eager", "gumbel_compiled"):
+            row[f"speedup_{method}"] = row[f"{method}_ms"] / kc_ms
+        rows.append(row)
+    bench.print_roofline(rows, peak, "table entry")
+    out = capsys.readouterr().out
+    assert "Roofline on NVIDIA H100 80GB HBM3" in out and "kernel % peak" in out
+    status = {t["name"]: t["status"] for t in bench.roofline_targets(rows, peak)}
+    # 1e6 x 16: 80 MB in 30 us = 2667 GB/s = 79.6% of 3350 -> PASS; 1e7 x 4: 320 MB in 60 us -> PASS;
+    # 0.5 ms / 0.03 ms = 16.7x softmax + multinomial -> PASS. At 200 us: 12%, 2.5x -> FAIL, FAIL.
+    assert list(status.values()) == ["PASS", "PASS", "PASS"]
+    rows[0]["kchoice_ms"] = 0.2
+    rows[0]["gbps"] = rows[0]["bytes"] / 0.2e-3 / 1e9
+    rows[0]["peak_fraction"] = rows[0]["gbps"] / peak
+    rows[0]["speedup_multinomial"] = 0.5 / 0.2
+    assert [t["status"] for t in bench.roofline_targets(rows, peak)] == ["FAIL", "PASS", "FAIL"]
+    assert [t["status"] for t in bench.roofline_targets(rows, None)][:2] == ["SKIP", "SKIP"]
