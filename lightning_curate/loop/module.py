@@ -93,6 +93,14 @@ class CurationModule(L.LightningModule):
         self.timings = dict.fromkeys(PHASES, 0.0)
         self._epoch_loss: list = [None, 0]  # the epoch's sample-weighted loss sum and sample count
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets _current_fx_name around every hook it calls (dozens per step);
+        # it is never a parameter, buffer or submodule, so skip nn.Module's slow checks.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def prepare_data(self) -> None:
         # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
         prepare = getattr(self.reward, "prepare", None)

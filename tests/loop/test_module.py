@@ -338,6 +338,14 @@ def test_training_logs_the_loss_on_logging_steps_and_the_weighted_epoch_mean(tmp
     assert float(epoch_rows[0]["train/loss_epoch"]) == pytest.approx(expected, rel=1e-6)
 
 
+def test_hook_name_bookkeeping_bypasses_module_registration_but_modules_still_register():
+    module = build()
+    module._current_fx_name = "training_step"
+    assert module._current_fx_name == "training_step" and "_current_fx_name" in vars(module)
+    module.extra = nn.Linear(2, 2)  # every other attribute still goes through nn.Module
+    assert "extra" in dict(module.named_children())
+
+
 def test_reward_model_is_a_frozen_judge():
     judge = LearnedReward()
     module = build(judge)
