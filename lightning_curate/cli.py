@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -126,6 +127,25 @@ class CurateCLI(LightningCLI):
         self.run_state.fitting = True
 
 
+class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+    """SIGTERM arrived while Lightning's own handler was not installed (before or after fit)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    # During fit Lightning's handler runs first and calls this one too: then Lightning stops the
+    # run at the next step, and this one must do nothing.
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        raise _Terminated()
+
+
+def _catch_sigterm():
+    """Install :func:`_on_sigterm`; returns the previous handler (None off the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
 def _short_error(err: BaseException) -> str:
     """The message of a config error without jsonargparse's listing of every Union alternative."""
     text = str(err)
@@ -173,6 +193,7 @@ def main(args: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     debug = os.environ.get("LIGHTNING_CURATE_DEBUG") == "1"
     state = _RunState()
+    previous = _catch_sigterm()
     try:
         CurateCLI(
             L.LightningModule,
@@ -186,6 +207,9 @@ def main(args: Optional[list[str]] = None) -> None:
             save_config_kwargs={"overwrite": True},
             run_state=state,
         )
+    except _Terminated:  # SIGTERM outside Lightning's fit: the lock is still released below
+        sys.stderr.write(_resume_hint(state, "SIGTERM", argv))
+        raise SystemExit(EXIT_SIGTERM) from None
     except SIGTERMException:  # Lightning's way out after SIGTERM: a SystemExit with status 0
         if state.loop is not None and state.loop.complete:
             return  # the signal came after the last round: the run is whole
@@ -209,6 +233,8 @@ def main(args: Optional[list[str]] = None) -> None:
     finally:
         for lock in state.locks:
             lock.release()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     loop = state.loop
     if loop is not None and state.fitting and not loop.complete:
         sys.stderr.write(_resume_hint(state, "incomplete", argv))

@@ -96,15 +96,22 @@ class GatedReward(ClippedDistanceReward):
 
     While the file named by ``$LC_TEST_GATE`` exists (and, if set, the file ``$LC_TEST_GATE_AFTER``
     exists too, e.g. a round's first part), a call writes ``<gate>.reached`` and waits until the gate
-    file is removed. Without the variables it is ``ClippedDistanceReward`` exactly, so a gated run
+    file is removed; ``$LC_TEST_INIT_GATE`` does the same in ``__init__`` (before fit). Without the variables it is ``ClippedDistanceReward`` exactly, so a gated run
     and an ungated one store the same rounds. Configs name it ``run_configs.GatedReward``.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _wait_at_gate(os.environ.get("LC_TEST_INIT_GATE"), None)  # holds a run before fit, lock taken
+
     def forward(self, x):
-        gate, after = os.environ.get("LC_TEST_GATE"), os.environ.get("LC_TEST_GATE_AFTER")
-        if gate and os.path.exists(gate) and (not after or os.path.exists(after)):
-            Path(gate + ".reached").touch()
-            deadline = time.time() + 300
-            while os.path.exists(gate) and time.time() < deadline:
-                time.sleep(0.02)
+        _wait_at_gate(os.environ.get("LC_TEST_GATE"), os.environ.get("LC_TEST_GATE_AFTER"))
         return super().forward(x)
+
+
+def _wait_at_gate(gate: str | None, after: str | None) -> None:
+    if gate and os.path.exists(gate) and (not after or os.path.exists(after)):
+        Path(gate + ".reached").touch()
+        deadline = time.time() + 300
+        while os.path.exists(gate) and time.time() < deadline:
+            time.sleep(0.02)

@@ -303,6 +303,19 @@ def test_a_run_stopped_after_a_round_keeps_it_and_resumes(reference, tmp_path, c
     assert store_digest(run) == store_digest(reference) and read_rows(run) == read_rows(reference)
 
 
+def test_sigterm_before_training_releases_the_lock_and_exits_143(tmp_path):
+    run = tmp_path / "run"
+    gate = tmp_path / "gate"
+    gate.touch()
+    proc = _Child(tmp_path, ["-c", _config(tmp_path, run)], "run", env={"LC_TEST_INIT_GATE": str(gate)})
+    _wait_for(Path(str(gate) + ".reached"), proc)  # building the reward: the lock is taken, fit not started
+    assert (run / LOCK_NAME).is_file()
+    proc.send_signal(signal.SIGTERM)
+    assert _finish(proc) == 143
+    assert "SIGTERM: the run stopped before round 0 finished" in (tmp_path / "run.err").read_text()
+    assert not run.exists()  # the lock was the only thing written, and it is gone
+
+
 # -- two runs, one directory ------------------------------------------------------------------------
 def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(reference, tmp_path):
     run = tmp_path / "run"
