@@ -96,8 +96,9 @@ class GatedReward(ClippedDistanceReward):
 
     While the file named by ``$LC_TEST_GATE`` exists (and, if set, the file ``$LC_TEST_GATE_AFTER``
     exists too, e.g. a round's first part), a call writes ``<gate>.reached`` and waits until the gate
-    file is removed; ``$LC_TEST_INIT_GATE`` does the same in ``__init__`` (before fit). Without the variables it is ``ClippedDistanceReward`` exactly, so a gated run
-    and an ungated one store the same rounds. Configs name it ``run_configs.GatedReward``.
+    file is removed; ``$LC_TEST_INIT_GATE`` does the same in ``__init__`` (before fit). Without the
+    variables it is ``ClippedDistanceReward`` exactly, so a gated run and an ungated one store the same
+    rounds. Configs name it ``run_configs.GatedReward``.
     """
 
     def __init__(self, *args, **kwargs):
