@@ -143,8 +143,13 @@ class CurationModule(L.LightningModule):
         return self
 
     def configure_optimizers(self):
+        """AdamW on the generator's trainable weights, multi-tensor (``foreach``) on every device.
+
+        torch picks the one-tensor-at-a-time loop on CPUs by default; the multi-tensor
+        update is about twice as fast for a UNet's hundred-odd weight tensors.
+        """
         params = [p for p in self.generator.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
     # -- curation -----------------------------------------------------------
     def score(self, x: Tensor, round_idx: int) -> Tensor:

@@ -346,6 +346,14 @@ def test_hook_name_bookkeeping_bypasses_module_registration_but_modules_still_re
     assert "extra" in dict(module.named_children())
 
 
+def test_optimizer_is_multi_tensor_adamw_on_the_generator_only():
+    module = build(LearnedReward(), lr=0.01, weight_decay=0.1)
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["foreach"] is True
+    assert opt.defaults["lr"] == 0.01 and opt.defaults["weight_decay"] == 0.1
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in module.generator.parameters()}
+
+
 def test_reward_model_is_a_frozen_judge():
     judge = LearnedReward()
     module = build(judge)
