@@ -11,9 +11,9 @@ was not always atomic), so it works on the shared filesystems of a cluster.
 
 A lock left by a process that is gone is *stale* and taken over:
 
-- same host (same hostname and boot id): the holder's PID is not alive, is a
-  zombie, or is now another process (its start time differs);
-- another host, or a lock written before a reboot: the lock file's mtime is
+- same host (same hostname, boot id and PID namespace): the holder's PID is not
+  alive, is a zombie, or is now another process (its start time differs);
+- another host (or container), or a lock written before a reboot: the lock file's mtime is
   older than ``stale_after_s`` (default 600 s). A holder's heartbeat thread
   touches the file every ``heartbeat_s`` (default 30 s), so a live run on
   another node never looks stale; a node that freezes for longer than
@@ -53,6 +53,14 @@ class RunLockError(RuntimeError):
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    """Containers may share a hostname and boot id; PIDs only mean something within one PID namespace."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
 
@@ -134,8 +142,8 @@ class RunLock:
         except OSError as err:
             raise RunLockError(f"cannot create the run directory {self.run_dir}: {err}") from err
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
-                     "start_ticks": _start_ticks(os.getpid()), "token": secrets.token_hex(16),
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+                     "pid_ns": _pid_namespace(), "start_ticks": _start_ticks(os.getpid()),
+                     "token": secrets.token_hex(16), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         for _ in range(5):
             if self._link(self.path):
                 _HELD[self.run_dir] = self
@@ -192,8 +200,8 @@ class RunLock:
         return holder
 
     def _is_stale(self, holder: dict[str, Any]) -> bool:
-        same_machine = (holder.get("host") == self.info["host"] and holder.get("boot_id") == self.info["boot_id"]
-                        and isinstance(holder.get("pid"), int))
+        same_machine = all(holder.get(k) == self.info[k] for k in ("host", "boot_id", "pid_ns")) \
+            and isinstance(holder.get("pid"), int)
         if same_machine:
             return not _pid_alive(holder["pid"], holder.get("start_ticks"))
         return time.time() - holder["mtime"] > self.stale_after_s

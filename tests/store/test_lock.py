@@ -14,6 +14,8 @@ from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_l
 
 
 def _write_lock(run_dir, **info):
+    """A lock file as a holder with ``info`` would write it (this PID namespace unless given)."""
+    info.setdefault("pid_ns", lock_mod._pid_namespace())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / LOCK_NAME).write_text(json.dumps(info))
     return run_dir / LOCK_NAME
@@ -142,3 +144,11 @@ def test_rank_zero_from_the_environment(monkeypatch, env, zero):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert is_rank_zero_env() is zero
+
+
+def test_a_lock_from_another_pid_namespace_is_judged_by_its_heartbeat(tmp_path):
+    """Same hostname and boot, another container: its PID means nothing here, so only age counts."""
+    _write_lock(tmp_path, pid=999_999_999, host=socket.gethostname(), boot_id=lock_mod._boot_id(),
+                pid_ns="pid:[1]", token="t", started="s")
+    with pytest.raises(RunLockError, match="PID 999999999"):
+        RunLock(tmp_path).acquire()
