@@ -282,6 +282,25 @@ def test_kill_9_mid_write_of_a_round_then_resume(reference, tmp_path, capsys):
     assert not (run / "rounds" / ".tmp_round_000").exists()
 
 
+def test_kill_9_between_round_0_training_and_its_curation_then_resume(reference, tmp_path, capsys):
+    """Killed once the first epoch's checkpoint exists: no round, a stale lock; the resume takes the lock
+    over (its holder is dead) and ends with the reference rounds."""
+    run = tmp_path / "run"
+    gate = tmp_path / "gate"
+    gate.touch()
+    cfg = _config(tmp_path, run)
+    proc = _Child(tmp_path, ["-c", cfg], "run", env={"LC_TEST_GATE": str(gate)})
+    _wait_for(Path(str(gate) + ".reached"), proc)  # round 0's training is over, its curation is starting
+    proc.kill()
+    _finish(proc)
+    assert (run / LOCK_NAME).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "rounds").exists() or RoundStore(run / "rounds").rounds() == []
+    code, err = _main(capsys, "-c", cfg, "--ckpt_path", "last")
+    assert code == 0, err
+    assert store_digest(run) == store_digest(reference) and read_rows(run) == read_rows(reference)
+    assert not (run / LOCK_NAME).exists()
+
+
 # kill -9 right after a round's commit: tests/e2e/test_cli.py::test_kill_9_mid_run_then_resume_matches_uninterrupted
 @pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_run_stopped_after_a_round_keeps_it_and_resumes(reference, tmp_path, capsys, how, code):
