@@ -22,9 +22,6 @@ settings (:mod:`lightning_curate.store.settings`) unless a change is allowed.
 
 from __future__ import annotations
 
-import csv
-import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +30,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate import plots
+from lightning_curate.loop.fidelity import fidelity_columns, round_zero_quality
+from lightning_curate.loop.report import fidelity_advice, summary, write_table
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
@@ -40,12 +39,9 @@ from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import fingerprint, init_args_of, normalise, parse_allowed, qualname
 from lightning_curate.theory.ideal_learner import check_improvement, predict_round
 from lightning_curate.utils.seeding import derive_seed, seed_all
-from lightning_curate.utils.validation import check_int
+from lightning_curate.utils.validation import check_float, check_int
 
 __all__ = ["RetrainingLoop"]
-
-ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
-             "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance"]
 
 
 class RetrainingLoop(Callback):
@@ -60,10 +56,13 @@ class RetrainingLoop(Callback):
         allow_changed_settings: science settings (e.g. ``["beta"]`` or ``"beta,num_candidates"``) a
             resume may change deliberately; the change is recorded in the next round's manifest.
             Any other difference from the stored rounds refuses the resume.
+        fidelity_threshold: warn at the end of the run when the aggregate learner fidelity
+            (``reward_fidelity`` averaged over the rounds where it is meaningful) is below it.
     """
 
     def __init__(self, rounds: int = 10, epochs_per_round: int = 1, initial_epochs: Optional[int] = None,
-                 seed: int = 0, plots: bool = True, allow_changed_settings: Optional[list[str] | str] = None):
+                 seed: int = 0, plots: bool = True, allow_changed_settings: Optional[list[str] | str] = None,
+                 fidelity_threshold: float = 0.85):
         super().__init__()
         check_int("rounds", rounds, minimum=0)
         check_int("epochs_per_round", epochs_per_round, minimum=1)
@@ -75,6 +74,7 @@ class RetrainingLoop(Callback):
         self.seed = seed
         self.make_plots = plots
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
+        self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
         self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
         self.settings: Optional[dict[str, Any]] = None
         self.settings_changed: dict[str, list] = {}
@@ -263,6 +263,7 @@ class RetrainingLoop(Callback):
                 row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
             if "probe_rewards" in probe:
                 row.update(self._theory_columns(trainer, pl_module, round_idx, probe))
+            row.update(self._fidelity_columns(trainer, pl_module, round_idx, row, preview))
             # Exact quantities (KL to the ideal learner and to the RLHF optimum) for the exact learner.
             row.update(pl_module.generator.round_metrics(
                 pl_module.reward, datamodule.source, beta=pl_module.beta, num_candidates=pl_module.num_candidates,
@@ -310,24 +311,35 @@ class RetrainingLoop(Callback):
                                "4.2): the generator may be under-trained")
         return columns
 
+    def _fidelity_columns(self, trainer, pl_module, round_idx: int, row: dict, preview) -> dict[str, float]:
+        """Round 0: how well ``p_0`` fits the data; later rounds: fidelity to the ideal learner's prediction."""
+        k = pl_module.num_candidates
+        if round_idx > 0:
+            previous = self.rows.get(round_idx - 1)
+            if previous is None:
+                return {}
+            probe = min(pl_module.preview_size, pl_module.num_slots) * k
+            return fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k, num_probe=probe or None)
+        if preview is None or "sw_distance" not in row:
+            return {}
+        real = trainer.datamodule.real
+        n = min(len(preview), len(real.train))
+        real_distance = pl_module.sample_distance(real.train[:n], real.heldout)
+        real_shares = {}
+        if self._real_labels is not None and trainer.datamodule.class_names:
+            counts = self._real_labels.bincount(minlength=len(trainer.datamodule.class_names)).double()
+            real_shares = {name: float(c) / max(1.0, float(counts.sum()))
+                           for name, c in zip(trainer.datamodule.class_names, counts)}
+        model_shares = {k[len("share_"):]: v for k, v in row.items() if k.startswith("share_")}
+        return round_zero_quality(model_shares, real_shares, row["sw_distance"], real_distance)
+
     # -- artifacts ----------------------------------------------------------
     @property
     def table_path(self) -> Path:
         return self.run_dir / "rounds.csv"
 
     def _write_table(self) -> None:
-        rows = [self.rows[t] for t in sorted(self.rows)]
-        columns = [c for c in ROW_ORDER if any(c in r for r in rows)]
-        seen = list(dict.fromkeys(c for r in rows for c in r if c not in columns))
-        columns += [c for c in seen if c.startswith("share_")]
-        columns += [c for c in seen if c.startswith("curated_share_")]
-        columns += [c for c in seen if not c.startswith(("share_", "curated_share_"))]
-        tmp = self.table_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.table_path)
+        write_table([self.rows[t] for t in sorted(self.rows)], self.table_path)
 
     def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = [self.rows[t] for t in sorted(self.rows)]
@@ -357,31 +369,13 @@ class RetrainingLoop(Callback):
             return
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
         print(self.summary(Path(checkpoint) if checkpoint else None))
+        advice = fidelity_advice([self.rows[t] for t in sorted(self.rows)], self.fidelity_threshold)
+        if advice is not None:
+            rank_zero_warn(advice)
 
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""
-        rows = [self.rows[t] for t in sorted(self.rows)]
-        shares = [c for c in rows[-1] if c.startswith("share_")]
-        top = sorted(shares, key=lambda c: -rows[-1][c])[:3]
-        head = f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} " + " ".join(f"{c[6:]:>9}" for c in top)
-        lines = ["", "Curated retraining: per-round summary", head, "-" * len(head)]
-        for r in rows:
-            cur = r.get("curated_reward_mean", math.nan)
-            lines.append(f"{r['round']:>5} {r['reward_mean']:>9.4f} {cur:>9.4f} {100 * r.get('real_fraction', 0):>6.1f} "
-                         + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
-        lines += ["", f"Artifacts in {self.run_dir}:",
-                  f"  rounds.csv            per-round metrics ({len(rows)} rows)",
-                  "  rounds/round_NNN/     curated data + manifest of each round"]
-        for name, what in (("round_metrics.png", "reward and shares over rounds"),
-                           ("samples.png", "model samples of every round")):
-            if (self.run_dir / name).is_file():
-                lines.insert(-1, f"  {name:<21} {what}")
-        if (self.run_dir / "config.yaml").is_file():
-            lines.append("  config.yaml           the full config of this run")
-        if last_checkpoint is not None and last_checkpoint.is_file():
-            name = os.path.relpath(last_checkpoint, self.run_dir)
-            lines.append(f"  {name:<21} resume with --ckpt_path last")
-        return "\n".join(lines + [""])
+        return summary([self.rows[t] for t in sorted(self.rows)], self.run_dir, last_checkpoint)
 
 
 def _is_number(value: Any) -> bool:

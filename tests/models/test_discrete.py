@@ -218,6 +218,20 @@ def check_predictions(run_dir: Path, rows: list[dict], rho: float, n_slots: int)
         assert verdict["improvement_violation"] == 0.0, (t, verdict)
 
 
+def check_fidelity(rows: list[dict]) -> None:
+    """The exact learner is the ideal learner: its fidelity is 1 within sampling noise, wherever the
+    predicted move is above noise (rounds 1-3 here); collapsed rounds report no ratio."""
+    # Round 0 fits p_data exactly (proportional counts): no share error, a distance at the noise floor.
+    assert rows[0]["p0_share_error_max"] < 0.01 and 0.3 < rows[0]["p0_distance_ratio"] < 3.0
+    meaningful = [t for t in range(1, len(rows)) if math.isfinite(rows[t]["reward_fidelity"])]
+    assert meaningful[:3] == [1, 2, 3], meaningful
+    for t in meaningful:
+        fid, se = rows[t]["reward_fidelity"], rows[t]["reward_fidelity_stderr"]
+        assert abs(fid - 1.0) <= 5 * se, (t, fid, se)
+        assert abs(rows[t]["gain_share_fidelity"] - 1.0) <= 5 * se + 0.01, (t, rows[t]["gain_share_fidelity"])
+    assert all(rows[t]["fidelity_reliable"] == float(t in meaningful) for t in range(1, len(rows)))
+
+
 @pytest.mark.slow
 def test_curated_only_rounds_follow_the_ideal_iteration_to_collapse(tmp_path):
     rows = run_discrete(tmp_path, "rho0", rounds=4, real_fraction=0.0)
@@ -228,6 +242,7 @@ def test_curated_only_rounds_follow_the_ideal_iteration_to_collapse(tmp_path):
     for t, expected in ((1, 0.338), (2, 0.798), (3, 0.996)):
         assert abs(rows[t]["share_class0"] - expected) < 0.02, (t, rows[t]["share_class0"])
     assert rows[4]["share_class0"] > 0.999 and rows[4]["reward_mean"] > 4.99
+    check_fidelity(rows)
     # The model after the last round is the MLE of its training set, the stored winners of round 3.
     state = torch.load(tmp_path / "rho0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     counts = state["state_dict"]["generator.counts"]

@@ -1,0 +1,88 @@
+"""What a run leaves for people: ``rounds.csv``, the end-of-run summary, and the fidelity guard.
+
+Kept apart from the callback so the loop stays about rounds; every function
+here reads finished rows only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning_curate.loop.fidelity import aggregate_fidelity
+
+__all__ = ["ROW_ORDER", "fidelity_advice", "summary", "write_table"]
+
+ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
+             "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance", "reward_fidelity",
+             "gain_share_fidelity", "l1_gap_to_prediction"]
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Write ``rows`` as a CSV atomically: the fixed columns first, then shares, then the rest."""
+    columns = [c for c in ROW_ORDER if any(c in r for r in rows)]
+    seen = list(dict.fromkeys(c for r in rows for c in r if c not in columns))
+    columns += [c for c in seen if c.startswith("share_")]
+    columns += [c for c in seen if c.startswith("curated_share_")]
+    columns += [c for c in seen if not c.startswith(("share_", "curated_share_"))]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _cell(value: Any, width: int, spec: str = ".4f") -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}{spec}}"
+
+
+def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Optional[str]:
+    """A warning when the run's aggregate reward fidelity is below ``threshold``, naming the knobs to turn.
+
+    ``None`` when the run is faithful enough, or when no round had a meaningful ratio.
+    """
+    aggregate = aggregate_fidelity(rows)
+    if not math.isfinite(aggregate) or aggregate >= threshold:
+        return None
+    return (f"the generator moved {aggregate:.2f}x as far per round as the ideal learner predicts (aggregate "
+            f"reward fidelity, threshold {threshold:g}): it does not follow the process the theory describes. "
+            "Train more per round (RetrainingLoop epochs_per_round, or a larger lr), shorten the EMA memory "
+            "(FlowMatching ema_decay closer to 0, or an EMA reset each round), and check round 0's p0_* columns "
+            "for an under-fitted start. See docs/THEORY.md section 5.")
+
+
+def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: Optional[Path] = None) -> str:
+    """A short per-round table (reward, curated reward, real share, fidelity, top shares) and the artifacts."""
+    shares = [c for c in rows[-1] if c.startswith("share_")]
+    top = sorted(shares, key=lambda c: -rows[-1][c])[:3]
+    head = (f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} {'fidelity':>8} "
+            + " ".join(f"{c[6:]:>9}" for c in top))
+    lines = ["", "Curated retraining: per-round summary", head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['round']:>5} {_cell(r.get('reward_mean'), 9)} {_cell(r.get('curated_reward_mean'), 9)} "
+                     f"{100 * r.get('real_fraction', 0):>6.1f} {_cell(r.get('reward_fidelity'), 8, '.2f')} "
+                     + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
+    aggregate = aggregate_fidelity(rows)
+    if math.isfinite(aggregate):
+        lines.append(f"learner fidelity (mean over rounds whose predicted move is above noise): {aggregate:.2f}"
+                     " (1 = the ideal learner)")
+    lines += ["", f"Artifacts in {run_dir}:",
+              f"  rounds.csv            per-round metrics ({len(rows)} rows)",
+              "  rounds/round_NNN/     curated data + manifest of each round"]
+    for name, what in (("round_metrics.png", "reward, shares and fidelity over rounds"),
+                       ("samples.png", "model samples of every round")):
+        if (run_dir / name).is_file():
+            lines.insert(-1, f"  {name:<21} {what}")
+    if (run_dir / "config.yaml").is_file():
+        lines.append("  config.yaml           the full config of this run")
+    if last_checkpoint is not None and last_checkpoint.is_file():
+        name = os.path.relpath(last_checkpoint, run_dir)
+        lines.append(f"  {name:<21} resume with --ckpt_path last")
+    return "\n".join(lines + [""])
