@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
@@ -89,6 +88,18 @@ class RetrainingLoop(Callback):
         self._real_rewards = None  # rewards and labels of the real training data, for predictions
         self._real_labels = None
 
+    @property
+    def _store(self) -> RoundStore:
+        if self.store is None:
+            raise RuntimeError("RetrainingLoop: the round store is set in setup(); use the loop inside Trainer.fit")
+        return self.store
+
+    @property
+    def _run_dir(self) -> Path:
+        if self.run_dir is None:
+            raise RuntimeError("RetrainingLoop: the run directory is set in setup(); use the loop inside Trainer.fit")
+        return self.run_dir
+
     # -- the schedule -------------------------------------------------------
     @property
     def total_epochs(self) -> int:
@@ -103,7 +114,7 @@ class RetrainingLoop(Callback):
         return self.initial_epochs - 1 + round_idx * self.epochs_per_round
 
     # -- setup and resume ---------------------------------------------------
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
         if not hasattr(pl_module, "curate_round"):
@@ -119,18 +130,18 @@ class RetrainingLoop(Callback):
         if trainer.is_global_zero and held_lock_for(run_dir) is None:
             self._lock = RunLock(run_dir).acquire()  # without the CLI: lock here
         self.run_dir = run_dir
-        self.store = RoundStore(self.run_dir / "rounds")
+        self.store = RoundStore(self._run_dir / "rounds")
         datamodule.attach(self.store, self.round_of_epoch)
 
     @staticmethod
-    def check_backend(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def check_backend(trainer: Any, pl_module: Any) -> None:
         """``backend: triton`` where Triton cannot run fails now, not after round 0's training."""
         if getattr(pl_module, "backend", None) == "triton":
             reason = triton_unavailable_reason(trainer.strategy.root_device)
             if reason is not None:
                 raise ValueError(f"backend: 'triton' cannot run here: {reason}. Use backend: auto or torch")
 
-    def science_settings(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
+    def science_settings(self, pl_module: Any, datamodule: Any) -> dict[str, Any]:
         """What makes two runs the same experiment; every manifest records it and its fingerprint."""
         reward = pl_module.reward
         reward_config = self.reward_config or {"class_path": qualname(reward), "init_args": init_args_of(reward)}
@@ -142,7 +153,7 @@ class RetrainingLoop(Callback):
             "seed": self.seed, "epochs_per_round": self.epochs_per_round, "initial_epochs": self.initial_epochs,
         })
 
-    def check_run_dir(self, run_dir: Path, pl_module: L.LightningModule, datamodule: L.LightningDataModule, *,
+    def check_run_dir(self, run_dir: Path, pl_module: Any, datamodule: Any, *,
                       ckpt_path: Optional[str], checkpoint_dirs: list[Path], checkpoint_loaded: bool = False) -> None:
         """Refuse a directory this run must not write (reads only; see :mod:`lightning_curate.store.preflight`).
 
@@ -155,26 +166,26 @@ class RetrainingLoop(Callback):
                                              allowed=self.allow_changed_settings, checkpoint_loaded=checkpoint_loaded)
         self.checked_dir = Path(run_dir).resolve()
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Checkpoint state (load_state_dict) is restored before this hook.
-        if self.checked_dir != self.run_dir.resolve():
-            self.check_run_dir(self.run_dir, pl_module, trainer.datamodule, ckpt_path=None,
-                               checkpoint_dirs=checkpoint_dirs(trainer, self.run_dir),
+        if self.checked_dir != self._run_dir.resolve():
+            self.check_run_dir(self._run_dir, pl_module, trainer.datamodule, ckpt_path=None,
+                               checkpoint_dirs=checkpoint_dirs(trainer, self._run_dir),
                                checkpoint_loaded=self._restored)
-        stored = self.store.rounds()
+        stored = self._store.rounds()
         if stored and not self._restored:
             raise StoreError(
-                f"{self.store.root} already holds rounds {stored} of an earlier run. Resume it with "
+                f"{self._store.root} already holds rounds {stored} of an earlier run. Resume it with "
                 "`--ckpt_path last`, or start a new run in another directory (--trainer.default_root_dir "
                 "and the logger's save_dir); stored rounds are never overwritten")
         if trainer.is_global_zero:
-            self.store.clean_partial()
+            self._store.clean_partial()
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Remember what stopped the run (the CLI tells SIGINT from a failure by it)."""
         self.stopped_by = exception
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Release the lock the loop took itself (without the CLI), however fit ended."""
         if self._lock is not None:
             self._lock.release()
@@ -186,14 +197,14 @@ class RetrainingLoop(Callback):
 
         The store counts too: resuming a finished run trains nothing and rebuilds no rows.
         """
-        done = set(self.rows) | set(self.store.rounds() if self.store is not None else [])
+        done = set(self.rows) | set(self._store.rounds() if self.store is not None else [])
         return all(t in done for t in range(self.rounds + 1))
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # After a resume, rebuild the table from the store (checksums verified on read).
-        for t in self.store.rounds():
+        for t in self._store.rounds():
             if self.last_epoch_of_round(t) < trainer.current_epoch:
-                record = self.store.read(t)
+                record = self._store.read(t)
                 self.rows[t] = record.manifest["row"]
                 self._previews[t] = record.tensors.get("preview")
 
@@ -210,14 +221,14 @@ class RetrainingLoop(Callback):
         self._restored = True
 
     # -- one round ----------------------------------------------------------
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch, batch_idx: int) -> None:
         # Keyed on the epoch, at its first batch (not in on_train_epoch_start: epoch
         # hooks are skipped on some restarts): a run resumed from an epoch-end
         # checkpoint draws what the uninterrupted run drew, with one reseed per epoch.
         if batch_idx == 0:
             seed_all(derive_seed(self.seed, "epoch", trainer.current_epoch, trainer.global_rank))
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
         round_idx = self.round_of_epoch(epoch)
         if epoch != self.last_epoch_of_round(round_idx):
@@ -231,32 +242,32 @@ class RetrainingLoop(Callback):
             if self.make_plots:
                 self._plot(trainer, pl_module)
 
-    def _curate(self, trainer: L.Trainer, pl_module: L.LightningModule, round_idx: int, epoch: int) -> dict:
-        if self.store.has(round_idx):
+    def _curate(self, trainer: Any, pl_module: Any, round_idx: int, epoch: int) -> dict:
+        if self._store.has(round_idx):
             # Written before a crash: reuse it (the checksums are verified), never regenerate.
             # A generator that refits when it next samples (the exact learner) closes its round here.
             pl_module.generator.finish_round()
-            record = self.store.read(round_idx)
+            record = self._store.read(round_idx)
             self._previews[round_idx] = record.tensors.get("preview")
             return record.manifest["row"]
         datamodule, strategy = trainer.datamodule, trainer.strategy
         if trainer.is_global_zero:
-            self.store.begin(round_idx)
+            self._store.begin(round_idx)
         strategy.barrier("lightning_curate.round_begin")
         rank, world = trainer.global_rank, trainer.world_size
 
         def sink(tensors, chunk_idx):
-            self.store.write_part(round_idx, tensors, rank=rank, chunk=chunk_idx)
+            self._store.write_part(round_idx, tensors, rank=rank, chunk=chunk_idx)
 
         outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
                                          label_fn=datamodule.label, class_names=datamodule.class_names,
                                          sink=sink, rank=rank, world_size=world)
         if outcome.tensors.get("preview") is not None:
-            self.store.write_preview(round_idx, outcome.tensors, rank=rank)
+            self._store.write_preview(round_idx, outcome.tensors, rank=rank)
         row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
         strategy.barrier("lightning_curate.round_written")
         if trainer.is_global_zero:
-            probe = self.store.read_preview(round_idx)
+            probe = self._store.read_preview(round_idx)
             preview = probe.get("preview")
             if preview is not None:
                 row["sw_distance"] = pl_module.sample_distance(preview, datamodule.real.heldout)
@@ -274,18 +285,18 @@ class RetrainingLoop(Callback):
                 "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
                 "seed": self.seed, "round_seed": derive_seed(self.seed, "round", round_idx), "world_size": world,
                 "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
-                "settings": self.settings, "fingerprint": fingerprint(self.settings),
+                "settings": self.settings, "fingerprint": fingerprint(self.settings or {}),
                 "timings": dict(pl_module.timings), "row": row,
             }
             if self.settings_changed:
                 manifest["settings_changed"] = self.settings_changed
-            self.store.commit(round_idx, manifest)
+            self._store.commit(round_idx, manifest)
             self.settings_changed = {}
             self._previews[round_idx] = preview
         strategy.barrier("lightning_curate.round_committed")
         return row
 
-    def _theory_columns(self, trainer, pl_module, round_idx: int, probe: dict) -> dict[str, float]:
+    def _theory_columns(self, trainer: Any, pl_module: Any, round_idx: int, probe: dict) -> dict[str, float]:
         """What an ideal learner would make of this round (``predicted_*``, ``tilt_*``), and
         docs/THEORY.md 4.2's monotone-improvement check against the previous round's bound.
         """
@@ -311,7 +322,7 @@ class RetrainingLoop(Callback):
                                "4.2): the generator may be under-trained")
         return columns
 
-    def _fidelity_columns(self, trainer, pl_module, round_idx: int, row: dict, preview) -> dict[str, float]:
+    def _fidelity_columns(self, trainer: Any, pl_module: Any, round_idx: int, row: dict, preview) -> dict[str, float]:
         """Round 0: how well ``p_0`` fits the data; later rounds: fidelity to the ideal learner's prediction."""
         k = pl_module.num_candidates
         if round_idx > 0:
@@ -325,7 +336,7 @@ class RetrainingLoop(Callback):
         real = trainer.datamodule.real
         n = min(len(preview), len(real.train))
         real_distance = pl_module.sample_distance(real.train[:n], real.heldout)
-        real_shares = {}
+        real_shares: dict[str, float] = {}
         if self._real_labels is not None and trainer.datamodule.class_names:
             counts = self._real_labels.bincount(minlength=len(trainer.datamodule.class_names)).double()
             real_shares = {name: float(c) / max(1.0, float(counts.sum()))
@@ -336,17 +347,18 @@ class RetrainingLoop(Callback):
     # -- artifacts ----------------------------------------------------------
     @property
     def table_path(self) -> Path:
-        return self.run_dir / "rounds.csv"
+        return self._run_dir / "rounds.csv"
 
     def _write_table(self) -> None:
         write_table([self.rows[t] for t in sorted(self.rows)], self.table_path)
 
-    def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _plot(self, trainer: Any, pl_module: Any) -> None:
         rows = [self.rows[t] for t in sorted(self.rows)]
-        plots.plot_round_metrics(rows, self.run_dir / "round_metrics.png")
-        previews = [self._previews.get(t) for t in sorted(self.rows)]
-        if any(p is None for p in previews):
+        plots.plot_round_metrics(rows, self._run_dir / "round_metrics.png")
+        maybe = [self._previews.get(t) for t in sorted(self.rows)]
+        if any(p is None for p in maybe):
             return
+        previews = [p for p in maybe if p is not None]
         shape = tuple(pl_module.generator.data_shape)
         titles = [f"round {t}" for t in sorted(self.rows)]
         if shape == (2,):
@@ -358,13 +370,13 @@ class RetrainingLoop(Callback):
             def reward_fn(x):
                 return reward(x.to(device)).float().cpu()
 
-            plots.plot_rounds_2d(previews, self.run_dir / "samples.png", reward_fn=reward_fn, titles=titles,
+            plots.plot_rounds_2d(previews, self._run_dir / "samples.png", reward_fn=reward_fn, titles=titles,
                                  labels=labels)
         elif len(shape) == 3:
-            plots.plot_image_grid(previews, self.run_dir / "samples.png", titles=titles)
+            plots.plot_image_grid(previews, self._run_dir / "samples.png", titles=titles)
 
     @rank_zero_only
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.rows:
             return
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
@@ -375,7 +387,7 @@ class RetrainingLoop(Callback):
 
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""
-        return summary([self.rows[t] for t in sorted(self.rows)], self.run_dir, last_checkpoint)
+        return summary([self.rows[t] for t in sorted(self.rows)], self._run_dir, last_checkpoint)
 
 
 def _is_number(value: Any) -> bool:
