@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import resource
@@ -660,7 +659,7 @@ def main(argv=None) -> int:
                         continue
                     fn = RUNNERS[method]
 
-                    def call(fn=fn):
+                    def call(fn=fn, rewards=rewards, candidates=candidates):
                         return fn(rewards, candidates, args.beta)
 
                     t = time_cuda(call) if cuda else time_cpu(call, args.repeats, args.warmup)

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from lightning_curate.utils.seeding import derive_seed, generator
 from lightning_curate.data.source import DataSource, RealData
 from lightning_curate.store.rounds import RoundStore
+from lightning_curate.utils.seeding import derive_seed, generator
 from lightning_curate.utils.validation import check_int
 
 __all__ = ["BlendingDataModule", "IndexBatches", "POLICIES"]
@@ -179,7 +179,8 @@ class BlendingDataModule(L.LightningDataModule):
         if self.policy == "accumulate_subsample":
             size = self.synthetic_size or self._curated(round_idx - 1).shape[0]
             if pool.shape[0] > size:
-                pick = torch.randperm(pool.shape[0], generator=generator(derive_seed(self.seed, "subsample", round_idx)))
+                gen = generator(derive_seed(self.seed, "subsample", round_idx))
+                pick = torch.randperm(pool.shape[0], generator=gen)
                 pool = pool[pick[:size]]
         return pool
 
@@ -202,7 +203,9 @@ class BlendingDataModule(L.LightningDataModule):
                 n_syn = max(1, round((1.0 - rho) / rho * n_real))
         gen = generator(derive_seed(self.seed, "blend", round_idx))
         real_part = real[torch.randperm(real.shape[0], generator=gen)[:n_real]] if n_real < real.shape[0] else real
-        syn_part = synthetic[torch.randperm(synthetic.shape[0], generator=gen)[:n_syn]] if n_syn < synthetic.shape[0] else synthetic
+        syn_part = synthetic
+        if n_syn < synthetic.shape[0]:
+            syn_part = synthetic[torch.randperm(synthetic.shape[0], generator=gen)[:n_syn]]
         data = torch.cat([real_part, syn_part.to(real_part.dtype)])
         if data.shape[0] == 0:
             raise RuntimeError(f"round {round_idx}: the training set is empty")

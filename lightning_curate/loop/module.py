@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
 from lightning_curate.models.generator import Generator
 from lightning_curate.ops.kchoice import BACKENDS, MODES, kchoice
-from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import check_beta, check_choice, check_float, check_int

@@ -17,9 +17,10 @@ from typing import Callable, Optional
 import ot
 import torch
 from torch import Tensor, nn
-from lightning_curate.models.generator import Generator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchdiffeq import odeint
+
+from lightning_curate.models.generator import Generator
 
 __all__ = ["AUTOCAST_DTYPES", "FlowMatching", "SOLVERS", "ot_permutation"]
 

@@ -4,7 +4,6 @@ import types
 
 import pytest
 import torch
-
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_curate.data.blending import BlendingDataModule, IndexBatches

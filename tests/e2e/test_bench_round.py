@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from run_configs import tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]

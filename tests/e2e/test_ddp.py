@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import torch
+from run_configs import read_rows, tiny_config, write_config
 
-from lightning_curate.models.flow_matching import FlowMatching
 from lightning_curate.loop.module import CurationModule
+from lightning_curate.models.flow_matching import FlowMatching
 from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards.geometric import ClippedDistanceReward
 from lightning_curate.store.rounds import RoundStore
-from run_configs import read_rows, tiny_config, write_config
 
 
 def test_ddp_two_processes_on_cpu_write_one_consistent_round_per_round(tmp_path):

@@ -18,16 +18,16 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from fakes import make_fake_cifar
+from run_configs import read_rows
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_curate.classifiers import trained as classifier_module
 from lightning_curate.classifiers import ClassifierModule, SmallCNN, TrainedClassifier, ensure_checkpoint
+from lightning_curate.classifiers import trained as classifier_module
 from lightning_curate.cli import main
-from lightning_curate.rewards.classifier import ClassProbabilityReward
 from lightning_curate.data import CIFAR10, Digits
+from lightning_curate.rewards.classifier import ClassProbabilityReward
 from lightning_curate.store.rounds import RoundStore
-from run_configs import read_rows
-from fakes import make_fake_cifar
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -109,7 +109,8 @@ def digits_run_config(run_dir: Path, reward_ckpt: Path, judge_ckpt: Path, reward
                       name: str = "digits.yaml", rounds: int = 2) -> dict:
     cfg = shrink_run(load_config(name), run_dir, rounds=rounds)
     reward = cfg["model"]["init_args"]["reward"]["init_args"]
-    reward.update({"checkpoint": str(reward_ckpt), "train_config": None if reward_config is None else str(reward_config)})
+    reward.update({"checkpoint": str(reward_ckpt),
+                   "train_config": None if reward_config is None else str(reward_config)})
     judge = cfg["data"]["init_args"]["source"]["init_args"]["judge"]["init_args"]
     judge.update({"checkpoint": str(judge_ckpt), "train_config": None})
     cfg["data"]["init_args"]["batch_size"] = 32
@@ -172,13 +173,16 @@ def test_digits_configs_differ_only_where_they_should():
         assert cfg["trainer"]["default_root_dir"] == f"runs/{name}", name
 
 
-def test_missing_checkpoint_without_train_config_names_the_command(tmp_path, digits_judge):
+def test_missing_checkpoint_without_train_config_names_the_command(tmp_path, digits_judge, capsys):
     missing = tmp_path / "nowhere" / "digits_classifier.ckpt"
     cfg = digits_run_config(tmp_path / "run", missing, digits_judge, reward_config=None)
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(SystemExit) as err:
         fit(write(tmp_path / "digits.yaml", cfg))
-    assert str(missing) in str(err.value)
-    assert "lightning-curate fit -c configs/digits_classifier.yaml" in str(err.value)
+    # The CLI stops with a failure status and one line that names the file and the command to make it.
+    assert err.value.code == 1
+    message = capsys.readouterr().err
+    assert message.startswith("error: ") and str(missing) in message
+    assert "lightning-curate fit -c configs/digits_classifier.yaml" in message
     assert not (tmp_path / "run" / "rounds").exists() or not any((tmp_path / "run" / "rounds").iterdir())
 
     judge = TrainedClassifier(str(missing))

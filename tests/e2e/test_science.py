@@ -8,9 +8,9 @@ Fixed seeds make each run deterministic; the thresholds are the issue's claims.
 from __future__ import annotations
 
 import pytest
+from run_configs import read_rows, tiny_config, write_config
 
 from lightning_curate.cli import main
-from run_configs import read_rows, tiny_config, write_config
 
 
 def run_mog8(tmp_path, real_fraction: float) -> list[dict]:

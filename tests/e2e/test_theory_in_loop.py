@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import yaml
+from run_configs import read_rows
 
 from lightning_curate.cli import main
-from run_configs import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 

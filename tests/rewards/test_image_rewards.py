@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_curate.classifiers import ClassifierModule, SmallCNN, load_classifier
-from lightning_curate.rewards.classifier import ClassProbabilityReward, ConfidenceReward, LogProbabilityReward
 from lightning_curate.rewards.base import RewardModel
+from lightning_curate.rewards.classifier import ClassProbabilityReward, ConfidenceReward, LogProbabilityReward
 
 
 def identity_classifier() -> nn.Module:
@@ -100,7 +100,8 @@ def test_missing_checkpoint_is_reported_lazily_with_the_command(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         reward(torch.zeros(2, 1, 8, 8))
     assert str(missing) in str(err.value) and "lightning-curate fit -c configs/digits_classifier.yaml" in str(err.value)
-    custom = ConfidenceReward(checkpoint=str(missing), train_hint="lightning-curate fit -c configs/cifar10_classifier.yaml")
+    custom = ConfidenceReward(checkpoint=str(missing),
+                              train_hint="lightning-curate fit -c configs/cifar10_classifier.yaml")
     with pytest.raises(FileNotFoundError, match="cifar10_classifier.yaml"):
         custom.check()
 

@@ -196,8 +196,9 @@ def test_worked_example_7_mixture_law():
     one = population_curated_distribution([0.5, 0.5], [Curator([1.0, 0.0], num_candidates=2)])
     assert float(one[0]) == pytest.approx(pulled, abs=1e-12)
     even = [Curator([1.0, 0.0], num_candidates=2), Curator([0.0, 1.0], num_candidates=2)]
-    assert torch.allclose(population_curated_distribution([0.5, 0.5], even), torch.tensor([0.5, 0.5], dtype=torch.float64))
-    assert torch.allclose(theory.curated_distribution([0.5, 0.5], [0.5, 0.5], 2), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    half = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert torch.allclose(population_curated_distribution([0.5, 0.5], even), half)
+    assert torch.allclose(theory.curated_distribution([0.5, 0.5], [0.5, 0.5], 2), half)
     uneven = [Curator([1.0, 0.0], num_candidates=2, weight=0.6), Curator([0.0, 1.0], num_candidates=2, weight=0.4)]
     mixture = population_curated_distribution([0.5, 0.5], uneven)
     averaged = theory.curated_distribution([0.5, 0.5], [0.6, 0.4], 2)
@@ -297,7 +298,8 @@ def test_worked_example_11_bradley_terry_projection_of_a_population():
 
     text = example("Worked example 11.")
     assert "**Worked example 11.**" in section("7.4")
-    crowd = [Curator(R_TEN, weight=0.75, num_candidates=4), Curator([0.0, 5.0] + [0.0] * 8, weight=0.25, num_candidates=4)]
+    crowd = [Curator(R_TEN, weight=0.75, num_candidates=4),
+             Curator([0.0, 5.0] + [0.0] * 8, weight=0.25, num_candidates=4)]
     s = best_bt_scores(TEN, crowd, 4)["scores"]
     assert torch.allclose(s[2:], s[2:].mean().expand(8), atol=1e-8)  # the other classes tie
     assert_printed(text, f"class 0 at `+{float(s[0] - s[2]):.3f}` and class 1 at `+{float(s[1] - s[2]):.3f}`",
