@@ -2,6 +2,7 @@
 #
 #   make run    the main job: lightning-curate fit -c configs/mog8.yaml
 #   make test   the test suite: python -m pytest -q
+#   make lint   ruff (style, imports, docstrings) and mypy (types) on the package
 #
 # Setup (idempotent; a second run installs nothing):
 #   * the virtual environment: the active one ($VIRTUAL_ENV), else .venv,
@@ -11,7 +12,7 @@
 #     with e.g.  make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/<cuda tag>"
 #     On Linux, a plain torch==2.13.0 from PyPI is the CUDA build; for a small
 #     CPU-only one use  TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-#   * the package with its test extra (pip install -e ".[test]"), again only
+#   * the package with its test and dev extras (pip install -e ".[test,dev]"), again only
 #     when pyproject.toml changed since the last install (a stamp file in the venv).
 # Extra pytest arguments: make test ARGS="tests/ops -x"; extra fit arguments:
 # make run ARGS="--trainer.default_root_dir runs/other".
@@ -25,13 +26,17 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 STAMP := $(VENV)/.lightning-curate-installed
 
-.PHONY: run test setup
+.PHONY: run test lint setup
 
 run: setup
 	$(BIN)/lightning-curate fit -c configs/mog8.yaml $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 setup: $(STAMP)
 
@@ -40,6 +45,6 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC) into $(VENV)"; $(PIP) install $(TORCH_SPEC); }
-	@echo "installing lightning-curate (editable, with its test extra) into $(VENV)"
-	@$(PIP) install -e ".[test]"
+	@echo "installing lightning-curate (editable, with its test and dev extras) into $(VENV)"
+	@$(PIP) install -e ".[test,dev]"
 	@touch $(STAMP)
