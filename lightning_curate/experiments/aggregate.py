@@ -6,16 +6,15 @@ the figures, drawn by :mod:`lightning_curate.plots.sweep`.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import math
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_curate.experiments.grid import RunSpec, format_value
 from lightning_curate.experiments.runner import read_table, table_path
 from lightning_curate.plots.sweep import plot_sweep_metric
+from lightning_curate.utils.table import write_csv
 
 __all__ = ["NOT_METRICS", "TABLE_NAME", "aggregate", "as_float", "metric_columns", "plot_sweep", "summarise"]
 
@@ -47,14 +46,7 @@ def aggregate(specs: Sequence[RunSpec], out) -> tuple[Path, list[dict]]:
             rows.append({"point": spec.point, **{k: format_value(v) for k, v in spec.values.items()},
                          "seed": spec.seed, **r})
     columns = ["point", *keys, "seed", *metric_cols]
-    table = out / TABLE_NAME
-    tmp = table.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, table)
-    return table, rows
+    return write_csv(out / TABLE_NAME, columns, rows), rows
 
 
 def as_float(v) -> float:

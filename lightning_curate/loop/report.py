@@ -6,7 +6,6 @@ here reads finished rows only.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning_curate.loop.fidelity import aggregate_fidelity
+from lightning_curate.utils.table import write_csv
 
 __all__ = ["ROW_ORDER", "fidelity_advice", "summary", "write_table"]
 
@@ -29,12 +29,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     columns += [c for c in seen if c.startswith("share_")]
     columns += [c for c in seen if c.startswith("curated_share_")]
     columns += [c for c in seen if not c.startswith(("share_", "curated_share_"))]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, columns, rows)
 
 
 def _cell(value: Any, width: int, spec: str = ".4f") -> str:

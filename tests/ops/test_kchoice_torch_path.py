@@ -1,10 +1,6 @@
 """The torch path of ``kchoice``: inverse-CDF softmax at row edges, chunking, underflow.
 
-Both backends run: "torch", and "triton" (the Triton interpreter on the CPU,
-``TRITON_INTERPRET=1`` from conftest.py), with small shapes for the latter.
-Every random test uses fixed seeds, and each statistical threshold is one a
-correct implementation passes with certainty at that seed; each chi-square
-test also shows that the same statistic rejects a wrong law at the same size.
+Backends, seeds and thresholds as in test_kchoice.py (shared pieces in kchoice_helpers.py).
 """
 
 from __future__ import annotations
