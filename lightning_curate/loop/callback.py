@@ -28,9 +28,8 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from lightning_curate import plots
 from lightning_curate.loop.fidelity import fidelity_columns, round_zero_quality
-from lightning_curate.loop.report import fidelity_advice, summary, write_table
+from lightning_curate.loop.report import fidelity_advice, plot_run, summary, write_table
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
@@ -38,9 +37,11 @@ from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import fingerprint, init_args_of, normalise, parse_allowed, qualname
 from lightning_curate.theory.ideal_learner import check_improvement, predict_round
 from lightning_curate.utils.seeding import derive_seed, seed_all
-from lightning_curate.utils.validation import check_float, check_int
+from lightning_curate.utils.validation import check_choice, check_float, check_int
 
-__all__ = ["RetrainingLoop"]
+__all__ = ["INITS", "RetrainingLoop"]
+
+INITS = ("warm", "scratch")
 
 
 class RetrainingLoop(Callback):
@@ -57,11 +58,14 @@ class RetrainingLoop(Callback):
             Any other difference from the stored rounds refuses the resume.
         fidelity_threshold: warn at the end of the run when the aggregate learner fidelity
             (``reward_fidelity`` averaged over the rounds where it is meaningful) is below it.
+        init: how each curated round starts training: ``warm`` fine-tunes the previous round's
+            model (the default), ``scratch`` restarts from the initial weights with a fresh
+            optimizer state, so round ``t + 1``'s model depends on round ``t``'s data only.
     """
 
     def __init__(self, rounds: int = 10, epochs_per_round: int = 1, initial_epochs: Optional[int] = None,
                  seed: int = 0, plots: bool = True, allow_changed_settings: Optional[list[str] | str] = None,
-                 fidelity_threshold: float = 0.85):
+                 fidelity_threshold: float = 0.85, init: str = "warm"):
         super().__init__()
         check_int("rounds", rounds, minimum=0)
         check_int("epochs_per_round", epochs_per_round, minimum=1)
@@ -74,6 +78,8 @@ class RetrainingLoop(Callback):
         self.make_plots = plots
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
+        self.init = check_choice("init", init, INITS)
+        self._initial_state: Optional[dict[str, Any]] = None  # the generator's weights before any training
         self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
         self.settings: Optional[dict[str, Any]] = None
         self.settings_changed: dict[str, list] = {}
@@ -124,6 +130,8 @@ class RetrainingLoop(Callback):
         if datamodule is None or not hasattr(datamodule, "attach"):
             raise TypeError("RetrainingLoop needs a BlendingDataModule (the `data` section of the config)")
         self.check_backend(trainer, pl_module)
+        if self.init == "scratch" and self._initial_state is None:
+            self._initial_state = {k: v.detach().clone() for k, v in pl_module.generator.state_dict().items()}
         trainer.fit_loop.max_epochs = self.total_epochs
         trainer.reload_dataloaders_every_n_epochs = 1
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -227,6 +235,17 @@ class RetrainingLoop(Callback):
         # checkpoint draws what the uninterrupted run drew, with one reseed per epoch.
         if batch_idx == 0:
             seed_all(derive_seed(self.seed, "epoch", trainer.current_epoch, trainer.global_rank))
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        epoch = trainer.current_epoch
+        round_idx = self.round_of_epoch(epoch)
+        if round_idx == 0 or epoch != self.last_epoch_of_round(round_idx - 1) + 1:
+            return
+        if self._initial_state is not None:  # init: scratch
+            pl_module.generator.load_state_dict(self._initial_state)
+            for optimizer in trainer.optimizers:
+                optimizer.state.clear()
+        pl_module.generator.start_round(round_idx)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
@@ -353,27 +372,10 @@ class RetrainingLoop(Callback):
         write_table([self.rows[t] for t in sorted(self.rows)], self.table_path)
 
     def _plot(self, trainer: Any, pl_module: Any) -> None:
-        rows = [self.rows[t] for t in sorted(self.rows)]
-        plots.plot_round_metrics(rows, self._run_dir / "round_metrics.png")
-        maybe = [self._previews.get(t) for t in sorted(self.rows)]
-        if any(p is None for p in maybe):
-            return
-        previews = [p for p in maybe if p is not None]
-        shape = tuple(pl_module.generator.data_shape)
-        titles = [f"round {t}" for t in sorted(self.rows)]
-        if shape == (2,):
-            datamodule = trainer.datamodule
-            labels = [datamodule.label(p) for p in previews] if datamodule.class_names else None
-            reward = pl_module.reward
-            device = pl_module.device
-
-            def reward_fn(x):
-                return reward(x.to(device)).float().cpu()
-
-            plots.plot_rounds_2d(previews, self._run_dir / "samples.png", reward_fn=reward_fn, titles=titles,
-                                 labels=labels)
-        elif len(shape) == 3:
-            plots.plot_image_grid(previews, self._run_dir / "samples.png", titles=titles)
+        order = sorted(self.rows)
+        plot_run([self.rows[t] for t in order], [self._previews.get(t) for t in order], self._run_dir,
+                 generator=pl_module.generator, reward=pl_module.reward, device=pl_module.device,
+                 datamodule=trainer.datamodule)
 
     @rank_zero_only
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

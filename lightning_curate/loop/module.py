@@ -13,7 +13,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import lightning as L
 import torch
@@ -123,7 +123,8 @@ class CurationModule(L.LightningModule):
         running = self._epoch_loss  # a plain list: no nn.Module.__setattr__ per step
         running[0] = detached * n if running[0] is None else running[0] + detached * n
         running[1] += n
-        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
+        every = cast(Any, self.trainer).log_every_n_steps if self._trainer is not None else 1
         if every and (self.global_step + 1) % every == 0:
             self.log("train/loss_step", detached, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         return loss
@@ -208,7 +209,7 @@ class CurationModule(L.LightningModule):
                     for b, nb in zip(blocks, sizes)])
             with self._phase("reward"):
                 rewards = self.score(cands, round_idx)
-                labels = label_fn(cands) if n_classes else None
+                labels = label_fn(cands) if n_classes and label_fn is not None else None
             with self._phase("curate"):
                 part, probe = self._curate_blocks(blocks, sizes, cands, rewards, labels, seed)
             if probe is not None:
@@ -273,9 +274,9 @@ class CurationModule(L.LightningModule):
         if n_classes and (self.model_shares is None or self.model_shares.num_modes != n_classes):
             self.model_shares = ModeShares(n_classes).to(self.device)
             self.curated_shares = ModeShares(n_classes).to(self.device)
-        for metric in (self.model_shares, self.curated_shares):
-            if metric is not None:
-                metric.reset()
+        for shares in (self.model_shares, self.curated_shares):
+            if shares is not None:
+                shares.reset()
 
     def _round_row(self, class_names: Optional[list[str]]) -> dict[str, float]:
         """The round's metrics, reduced across ranks (every rank calls this)."""
@@ -289,6 +290,9 @@ class CurationModule(L.LightningModule):
             "selection_entropy": float(self.selection_entropy.compute()),
         }
         if class_names:
+            # curate_round passes class names only with n_classes > 0, and
+            # _reset_round_metrics has then built both ModeShares.
+            assert self.model_shares is not None and self.curated_shares is not None
             model_shares = self.model_shares.compute().tolist()
             curated_shares = self.curated_shares.compute().tolist()
             for name, share, cshare in zip(class_names, model_shares, curated_shares):

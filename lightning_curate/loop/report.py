@@ -12,10 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from torch import Tensor, nn
+
+from lightning_curate import plots
 from lightning_curate.loop.fidelity import aggregate_fidelity
 from lightning_curate.utils.table import write_csv
 
-__all__ = ["ROW_ORDER", "fidelity_advice", "summary", "write_table"]
+__all__ = ["ROW_ORDER", "fidelity_advice", "plot_run", "summary", "write_table"]
 
 ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
              "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance", "reward_fidelity",
@@ -81,3 +84,23 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
         name = os.path.relpath(last_checkpoint, run_dir)
         lines.append(f"  {name:<21} resume with --ckpt_path last")
     return "\n".join(lines + [""])
+
+
+def plot_run(rows: Sequence[Mapping[str, Any]], previews: Sequence[Optional[Tensor]], run_dir: Path, *,
+             generator: nn.Module, reward: nn.Module, device: Any, datamodule: Any) -> None:
+    """``round_metrics.png`` from the rows, and ``samples.png`` from every round's preview (2-D or images)."""
+    plots.plot_round_metrics(rows, run_dir / "round_metrics.png")
+    if not previews or any(p is None for p in previews):
+        return
+    shown = [p for p in previews if p is not None]
+    shape = tuple(getattr(generator, "data_shape", ()))
+    titles = [f"round {r['round']}" for r in rows]
+    if shape == (2,):
+        labels = [datamodule.label(p) for p in shown] if datamodule.class_names else None
+
+        def reward_fn(x: Tensor) -> Tensor:
+            return reward(x.to(device)).float().cpu()
+
+        plots.plot_rounds_2d(shown, run_dir / "samples.png", reward_fn=reward_fn, titles=titles, labels=labels)
+    elif len(shape) == 3:
+        plots.plot_image_grid(shown, run_dir / "samples.png", titles=titles)

@@ -44,6 +44,10 @@ class Generator(nn.Module):
     def update_ema(self) -> None:
         """Called after each optimizer step; a model that averages its weights updates them here."""
 
+    def start_round(self, round_idx: int) -> None:
+        """Called when training on round ``round_idx``'s data begins (``round_idx >= 1``). A model that
+        averages its weights may restart the average here, so it holds no memory of earlier rounds."""
+
     def finish_round(self) -> None:
         """Called when a round's data is complete without this model having sampled it (a stored
         round reused after a crash). A model that refits lazily (the exact learner) refits here."""

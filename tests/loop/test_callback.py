@@ -128,3 +128,41 @@ def test_summary_lists_config_and_checkpoint_only_when_they_exist(tmp_path):
     text = loop.summary(ckpt)
     assert "  config.yaml           the full config of this run" in text
     assert "  checkpoints/last.ckpt resume with --ckpt_path last" in text
+
+
+def _fit_tiny(tmp_path, init):
+    import lightning as L
+
+    from lightning_curate import BlendingDataModule, CurationModule, FlowMatching, MLPVelocity, Toy2D
+    from lightning_curate.rewards import ClippedDistanceReward
+
+    calls = []
+
+    class Recording(FlowMatching):
+        def start_round(self, round_idx):
+            calls.append((round_idx, {k: v.clone() for k, v in self.velocity.state_dict().items()}))
+
+    L.seed_everything(0)
+    generator = Recording(MLPVelocity(dim=2, hidden=16, depth=1), data_shape=[2], steps=2, ema_decay=0.0)
+    initial = {k: v.clone() for k, v in generator.velocity.state_dict().items()}
+    reward = ClippedDistanceReward(dataset="mog8", targets=[0])
+    model = CurationModule(generator, reward, num_slots=64, num_candidates=2, preview_size=16)
+    data = BlendingDataModule(Toy2D("mog8", num_train=256, num_heldout=64), batch_size=64)
+    loop = RetrainingLoop(rounds=2, epochs_per_round=2, initial_epochs=2, plots=False, init=init)
+    L.Trainer(default_root_dir=tmp_path, callbacks=[loop], accelerator="cpu", logger=False, max_epochs=1,
+              enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False).fit(model, data)
+    return calls, initial
+
+
+@pytest.mark.parametrize("init", ["warm", "scratch"])
+def test_each_curated_round_starts_once_and_scratch_restarts_from_the_initial_weights(tmp_path, init):
+    calls, initial = _fit_tiny(tmp_path, init)
+    assert [t for t, _ in calls] == [1, 2]  # rounds 1 and 2, at their first epoch; never round 0
+    for _, state in calls:
+        same = all(torch.equal(state[k], initial[k]) for k in initial)
+        assert same == (init == "scratch")
+
+
+def test_init_must_be_warm_or_scratch():
+    with pytest.raises(ValueError, match=r"init must be one of \('warm', 'scratch'\), got 'cold'"):
+        RetrainingLoop(init="cold")
