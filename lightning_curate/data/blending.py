@@ -54,10 +54,13 @@ class IndexBatches:
         epoch: the epoch this order is for.
         rank: this process's rank.
         world_size: number of processes sharing the rows.
+        num_batches: a fixed number of full batches per epoch instead of one pass over the rows:
+            the epoch then walks through as many consecutive seeded permutations as it needs, so
+            its optimizer steps no longer depend on how many rows the round has.
     """
 
     def __init__(self, data: Tensor, batch_size: int, seed: int, epoch: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, num_batches: Optional[int] = None):
         check_int("batch_size", batch_size, minimum=1)
         check_int("world_size", world_size, minimum=1)
         check_int("rank", rank, minimum=0)
@@ -67,7 +70,11 @@ class IndexBatches:
             raise ValueError("IndexBatches needs at least one row")
         self.data, self.batch_size, self.seed, self.epoch = data, batch_size, seed, epoch
         self.rank, self.world_size = rank, world_size
-        self.num_samples = math.ceil(data.shape[0] / world_size)
+        self.num_batches = None if num_batches is None else check_int("num_batches", num_batches, minimum=1)
+        if self.num_batches is None:
+            self.num_samples = math.ceil(data.shape[0] / world_size)
+        else:
+            self.num_samples = self.num_batches * batch_size
 
     @property
     def dataset(self) -> TensorDataset:
@@ -80,7 +87,10 @@ class IndexBatches:
         gen = generator(self.seed + self.epoch)
         order = torch.randperm(n, generator=gen)
         total = self.num_samples * self.world_size
-        if total > n:
+        if self.num_batches is not None:  # a fixed budget: fresh permutations, one after another
+            extra = [torch.randperm(n, generator=gen) for _ in range(math.ceil(total / n) - 1)]
+            order = torch.cat([order, *extra])[:total]
+        elif total > n:
             order = order.repeat(math.ceil(total / n))[:total]
         return order[self.rank:total:self.world_size]
 
@@ -107,11 +117,14 @@ class BlendingDataModule(L.LightningDataModule):
             in-memory tensor in the training process, where workers would only
             add inter-process copies, so it must be 0 or more and is not used.
         seed: seeds the shuffling and the subsampling.
+        steps_per_epoch: a training budget in optimizer steps: every epoch is exactly this many
+            full batches (consecutive seeded permutations of the round's set), whatever the
+            round's size; ``None`` (default): one pass over the round's set per epoch.
     """
 
     def __init__(self, source: DataSource, real_fraction: float = 0.0, policy: str = "replace",
                  synthetic_size: Optional[int] = None, batch_size: int = 256, num_workers: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, steps_per_epoch: Optional[int] = None):
         super().__init__()
         if isinstance(real_fraction, bool) or not isinstance(real_fraction, (int, float)) \
                 or not 0.0 <= real_fraction <= 1.0:
@@ -131,6 +144,8 @@ class BlendingDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.steps_per_epoch = None if steps_per_epoch is None else check_int("steps_per_epoch", steps_per_epoch,
+                                                                                   minimum=1)
         self._real: Optional[RealData] = None
         self._round_sets: dict[int, TensorDataset] = {}
         self._synthetic: dict[int, Tensor] = {}
@@ -225,4 +240,4 @@ class BlendingDataModule(L.LightningDataModule):
         # on (seed, epoch), and under DDP each rank indexes its own shard.
         return IndexBatches(dataset.tensors[0], self.batch_size, seed=derive_seed(self.seed, "shuffle") % (1 << 31),
                             epoch=epoch, rank=getattr(trainer, "global_rank", 0),
-                            world_size=getattr(trainer, "world_size", 1))
+                            world_size=getattr(trainer, "world_size", 1), num_batches=self.steps_per_epoch)

@@ -276,3 +276,29 @@ def test_index_batches_bad_arguments(kwargs, match):
         IndexBatches(**args)
     with pytest.raises(ValueError, match="at least one row"):
         IndexBatches(torch.zeros(0, 2), 2, 0)
+
+
+def test_a_fixed_step_budget_gives_full_batches_from_consecutive_permutations():
+    from lightning_curate.data.blending import IndexBatches
+
+    data = torch.arange(10.0).unsqueeze(1)
+    batches = list(IndexBatches(data, batch_size=4, seed=3, epoch=2, num_batches=7))
+    assert len(batches) == 7 and all(b.shape == (4, 1) for b in batches)
+    drawn = torch.cat(batches)[:, 0].long()
+    # The oracle: the same generator's permutations, one after another.
+    gen = torch.Generator().manual_seed(5)
+    expected = torch.cat([torch.randperm(10, generator=gen) for _ in range(3)])[:28]
+    assert torch.equal(drawn, expected)
+    # Each block of 10 draws is a permutation: every row once per pass, never a row twice within one.
+    assert sorted(drawn[:10].tolist()) == list(range(10)) and sorted(drawn[10:20].tolist()) == list(range(10))
+    # Two ranks split the same budget between them, disjoint and together the one-process stream.
+    r0 = torch.cat(list(IndexBatches(data, 4, seed=3, epoch=2, rank=0, world_size=2, num_batches=7)))[:, 0]
+    r1 = torch.cat(list(IndexBatches(data, 4, seed=3, epoch=2, rank=1, world_size=2, num_batches=7)))[:, 0]
+    gen = torch.Generator().manual_seed(5)
+    stream = torch.cat([torch.randperm(10, generator=gen) for _ in range(6)])[:56]
+    assert torch.equal(r0.long(), stream[0::2]) and torch.equal(r1.long(), stream[1::2])
+
+
+def test_steps_per_epoch_is_checked():
+    with pytest.raises(ValueError, match="steps_per_epoch must be an int >= 1, got 0"):
+        BlendingDataModule(Toy2D("mog8", num_train=16, num_heldout=8), steps_per_epoch=0)
