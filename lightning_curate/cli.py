@@ -22,7 +22,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning as L
 import torch
@@ -101,7 +101,9 @@ class CurateCLI(LightningCLI):
         """Build the classes, then check the run directory (reads only) before fit writes anything."""
         super().instantiate_classes()
         self.run_state.trainer = self.trainer
-        loop = next((c for c in self.trainer.callbacks if isinstance(c, RetrainingLoop)), None)
+        # Trainer.callbacks is set at runtime; the Trainer type stub does not declare it.
+        callbacks = cast(Any, self.trainer).callbacks
+        loop = next((c for c in callbacks if isinstance(c, RetrainingLoop)), None)
         if loop is None or self.subcommand != "fit":
             return
         self.run_state.loop = loop
@@ -174,7 +176,7 @@ def _file_error(err: OSError) -> str:
 def _resume_hint(state: _RunState, how: str, args: list[str]) -> str:
     loop = state.loop
     done = sorted(set(loop.rows) | set(loop.store.rounds() if loop.store else [])) if loop is not None else []
-    where = f"after round {done[-1]} of {loop.rounds}" if done else "before round 0 finished"
+    where = f"after round {done[-1]} of {loop.rounds}" if done and loop is not None else "before round 0 finished"
     callback = getattr(state.trainer, "checkpoint_callback", None)
     last = getattr(callback, "last_model_path", "") or ""
     kept = f"; the last checkpoint is {last}" if last and Path(last).is_file() else ""

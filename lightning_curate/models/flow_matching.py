@@ -105,9 +105,9 @@ class FlowMatching(Generator):
         autocast: Optional[str] = None,
     ) -> None:
         super().__init__()
-        data_shape = tuple(data_shape)
-        if not data_shape or not all(isinstance(d, int) and d > 0 for d in data_shape):
-            raise ValueError(f"data_shape must be a non-empty list of positive ints, got {list(data_shape)}")
+        shape: tuple[int, ...] = tuple(data_shape)
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(f"data_shape must be a non-empty list of positive ints, got {list(shape)}")
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
         if steps < 1:
@@ -127,7 +127,7 @@ class FlowMatching(Generator):
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be null or one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
         self.velocity = velocity
-        self.data_shape = data_shape
+        self.data_shape = shape
         self.solver = solver
         self.steps = steps
         self.rtol = rtol

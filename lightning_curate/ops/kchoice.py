@@ -51,7 +51,9 @@ class KChoice(NamedTuple):
                or ``None`` when no candidates were given.
     """
 
-    index: Tensor
+    # A field named ``index`` shadows ``tuple.index`` (a method); mypy flags the
+    # override, but the field name is public API and cannot be renamed.
+    index: Tensor  # type: ignore[assignment]
     log_prob: Tensor
     logsumexp: Tensor
     chosen: Optional[Tensor]
@@ -198,6 +200,7 @@ def kchoice(
 
         return KChoice(*kchoice_triton(rewards, beta, num_winners=num_winners, mode=mode,
                                        seed=seed, candidates=candidates))
+    assert row_max is not None  # _validate returns None only when N = 0, handled above
     return KChoice(*kchoice_torch(rewards, beta, num_winners, mode, seed, candidates, row_max))
 
 

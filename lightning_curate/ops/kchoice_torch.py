@@ -140,7 +140,7 @@ def kchoice_torch(rewards: Tensor, beta: float, m: int, mode: str, seed: int,
     buf_flat = torch.empty(min(n, rows) * k, dtype=work, device=dev)
     finfo = torch.finfo(work)
     n_short = torch.zeros((), dtype=torch.int64, device=dev) if mode == "softmax" and m > 1 else None
-    uniform_lp = None
+    uniform_lp: Optional[Tensor] = None
     if mode == "uniform":
         uniform_lp = -torch.log(torch.arange(k, k - m, -1, dtype=torch.float64)).cumsum(0)
         uniform_lp = uniform_lp.to(device=dev, dtype=torch.float32)
@@ -180,6 +180,7 @@ def kchoice_torch(rewards: Tensor, beta: float, m: int, mode: str, seed: int,
             else:
                 cost.sub_(r, alpha=beta)
             vals, idx = torch.topk(cost, m, dim=1, largest=False, sorted=True)
+            assert n_short is not None  # allocated above for softmax with m > 1
             n_short += (vals[:, -1] == math.inf).sum()
             index[start:stop] = idx
             del cost, vals
@@ -195,9 +196,11 @@ def kchoice_torch(rewards: Tensor, beta: float, m: int, mode: str, seed: int,
                 index[start:stop] = torch.sort(r, dim=1, descending=True, stable=True).indices[:, :m]
             log_prob[start:stop] = 0.0
         elif m == 1:  # uniform
+            assert uniform_lp is not None  # computed above for mode == "uniform"
             index[start:stop] = torch.randint(0, k, (stop - start,), generator=gen, device=dev)
             log_prob[start:stop] = uniform_lp[0]
         else:  # uniform, m > 1: a uniformly random ordered m-subset
+            assert uniform_lp is not None  # computed above for mode == "uniform"
             noise = buf.uniform_(generator=gen)
             index[start:stop] = torch.topk(noise, m, dim=1, sorted=True).indices
             log_prob[start:stop] = uniform_lp

@@ -89,7 +89,12 @@ def load_choice_logs(store: RoundStore, rounds: Sequence[int]) -> dict[str, Any]
     Returns ``candidates``, ``chosen`` (``[n]`` for one pick), ``rewards`` (``[n, K]`` or
     ``None``), ``round`` / ``slot`` per row and the ``manifests``.
     """
-    cands, chosen, rewards, origin, slots, manifests = [], [], [], [], [], []
+    cands: list[torch.Tensor] = []
+    chosen: list[torch.Tensor] = []
+    rewards: list[Optional[torch.Tensor]] = []
+    origin: list[torch.Tensor] = []
+    slots: list[torch.Tensor] = []
+    manifests: list[dict[str, Any]] = []
     for t in rounds:
         record = store.read(t)
         tensors = record.tensors
@@ -109,8 +114,9 @@ def load_choice_logs(store: RoundStore, rounds: Sequence[int]) -> dict[str, Any]
         slots.append(tensors["choice_slot"].long())
         manifests.append(record.manifest)
     picks = torch.cat(chosen)
+    present = [r for r in rewards if r is not None]
     return {"candidates": torch.cat(cands), "chosen": picks[:, 0] if picks.shape[1] == 1 else picks,
-            "rewards": torch.cat(rewards).float() if all(r is not None for r in rewards) else None,
+            "rewards": torch.cat(present).float() if len(present) == len(rewards) else None,
             "round": torch.cat(origin), "slot": torch.cat(slots), "manifests": manifests}
 
 

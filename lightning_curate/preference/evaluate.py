@@ -100,6 +100,7 @@ def population_choice_law(p, curators: Sequence[Curator], num_candidates: int) -
     tuples = torch.tensor(list(itertools.product(range(n), repeat=K)), dtype=torch.long).reshape(-1, K)
     prob = p[tuples].prod(dim=1)
     choice = sum(float(w) * _curator_choice(c, tuples) for w, c in zip(pi, curators))
+    assert isinstance(choice, Tensor)  # _weights_of rejects an empty list, so the sum has terms
     return tuples, prob, choice
 
 

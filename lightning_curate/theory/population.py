@@ -152,8 +152,11 @@ def empirical_population_weights(rewards: Tensor, curators: Sequence[Curator], w
                          f"got {tuple(rewards.shape)}")
     pi = _weights_of([Curator(r, c.beta, c.mode, c.num_candidates, c.weight) for r, c in zip(rewards, curators)],
                      rewards.shape[1])
-    return sum(float(w) * empirical_curation_weights(r, c.num_candidates, c.beta, weights=weights, mode=c.mode)
-               for w, r, c in zip(pi, rewards, curators) if w > 0)
+    total = sum(float(w) * empirical_curation_weights(r, c.num_candidates, c.beta, weights=weights, mode=c.mode)
+                for w, r, c in zip(pi, rewards, curators) if w > 0)
+    if not isinstance(total, Tensor):  # sum() of no terms is the int 0
+        raise ValueError("no curator has a positive normalised weight")
+    return total
 
 
 def population_trajectory(p_data, curators: Sequence[Curator], real_fraction: float = 0.0, rounds: int = 10,
