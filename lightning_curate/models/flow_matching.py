@@ -21,9 +21,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchdiffeq import odeint
 
 from lightning_curate.models.generator import Generator
+from lightning_curate.utils.validation import check_choice
 
-__all__ = ["AUTOCAST_DTYPES", "FlowMatching", "SOLVERS", "ot_permutation"]
+__all__ = ["AUTOCAST_DTYPES", "EMA_RESETS", "FlowMatching", "SOLVERS", "ot_permutation"]
 
+EMA_RESETS = ("never", "round")
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -71,6 +73,10 @@ class FlowMatching(Generator):
         ot_pairing: pair ``x0`` with ``x1`` by minibatch optimal transport.
         ema_decay: decay of the exponential moving average of the velocity
             weights used for sampling; 0 disables it.
+        ema_reset: ``never`` (one average over the whole run) or ``round``: the
+            average restarts from the live weights when each curated round's
+            training begins, so the sampled model holds no memory of earlier
+            rounds' data (with ``never`` it keeps ``ema_decay ** steps`` of it).
         sample_batch_size: samples integrated together, which bounds memory.
         compile: sample with ``torch.compile`` of the velocity network. The
             network is compiled lazily, on the first ``sample`` call, and
@@ -100,6 +106,7 @@ class FlowMatching(Generator):
         sigma: float = 0.0,
         ot_pairing: bool = False,
         ema_decay: float = 0.999,
+        ema_reset: str = "never",
         sample_batch_size: int = 65536,
         compile: bool = False,
         autocast: Optional[str] = None,
@@ -135,6 +142,7 @@ class FlowMatching(Generator):
         self.sigma = sigma
         self.ot_pairing = ot_pairing
         self.ema_decay = ema_decay
+        self.ema_reset = check_choice("ema_reset", ema_reset, EMA_RESETS)
         self.sample_batch_size = sample_batch_size
         # Not `self.compile`: that would hide nn.Module.compile().
         self.compile_sampling = compile
@@ -200,6 +208,17 @@ class FlowMatching(Generator):
             ema.n_averaged += 1
         if not self._ema_started:
             self._ema_started = True
+
+    @torch.no_grad()
+    def start_round(self, round_idx: int) -> None:
+        """With ``ema_reset: round``, restart the average from the live weights (see the class)."""
+        if self.ema is None or self.ema_reset != "round":
+            return
+        for averaged, live in zip(self.ema.module.state_dict().values(), self.velocity.state_dict().values()):
+            averaged.copy_(live)
+        if int(self.ema.n_averaged) == 0:
+            self.ema.n_averaged += 1  # the copy is an average of one: sample from it from now on
+            self._ema_started = None
 
     def _apply(self, fn, recurse: bool = True):
         # .to() / .cuda() / .half() replace buffers (and may replace parameters): rebuild the lists.

@@ -593,3 +593,31 @@ def test_bad_mlp_arguments_raise_naming_them(name, value):
 def test_bad_time_embedding_dim_raises():
     with pytest.raises(ValueError, match="dim"):
         SinusoidalTimeEmbedding(5)
+
+
+@pytest.mark.parametrize("reset", ["never", "round"])
+def test_ema_reset_each_round_forgets_earlier_rounds(reset):
+    torch.manual_seed(0)
+    model = FlowMatching(MLPVelocity(dim=2, hidden=8, depth=1), data_shape=[2], ema_decay=0.9, ema_reset=reset)
+    opt = torch.optim.SGD(model.velocity.parameters(), lr=0.1)
+    for _ in range(5):
+        opt.zero_grad()
+        model.loss(torch.randn(16, 2)).backward()
+        opt.step()
+        model.update_ema()
+    live = {k: v.clone() for k, v in model.velocity.state_dict().items()}
+    before = {k: v.clone() for k, v in model.ema.module.state_dict().items()}
+    assert any(not torch.equal(before[k], live[k]) for k in live)  # the average lags the live weights
+    model.start_round(1)
+    after = model.ema.module.state_dict()
+    expected = live if reset == "round" else before
+    assert all(torch.equal(after[k], expected[k]) for k in expected)
+    # The next update moves from there with the usual rule.
+    model.update_ema()
+    if reset == "round":
+        assert all(torch.equal(model.ema.module.state_dict()[k], live[k]) for k in live)  # no step since
+
+
+def test_ema_reset_is_checked():
+    with pytest.raises(ValueError, match=r"ema_reset must be one of \('never', 'round'\), got 'epoch'"):
+        FlowMatching(MLPVelocity(dim=2, hidden=8, depth=1), data_shape=[2], ema_reset="epoch")
