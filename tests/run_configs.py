@@ -116,3 +116,13 @@ def _wait_at_gate(gate: str | None, after: str | None) -> None:
         deadline = time.time() + 300
         while os.path.exists(gate) and time.time() < deadline:
             time.sleep(0.02)
+
+
+def load_script(path: Path):
+    """Import a file of scripts/ as a module (scripts are not a package), to test its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_configs import tiny_config, write_config
+from run_configs import load_script, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench_round.py"
@@ -59,10 +58,7 @@ def test_bench_round_prints_one_json_line_with_every_phase(tmp_path, tiny_cfg):
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_round", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_bench_round_profile_and_compile_compare(tmp_path, tiny_cfg, monkeypatch, capsys):

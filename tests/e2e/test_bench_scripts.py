@@ -30,12 +30,9 @@ def test_bench_kchoice_quick(tmp_path):
 
 
 def _load_bench_kchoice():
-    import importlib.util
+    from run_configs import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_kchoice", REPO / "scripts" / "bench_kchoice.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "bench_kchoice.py")
 
 
 def test_bench_kchoice_roofline_model():

@@ -7,7 +7,6 @@ autocast) through the same builders, and the digits config is parsed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_configs import load_script
 
 from lightning_curate.cli import main
 
@@ -23,10 +23,7 @@ SCRIPT = REPO / "scripts" / "gpu_check.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_gpu_check_fails_loudly_without_cuda(tmp_path):
