@@ -182,7 +182,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning_curate.data.blending import BlendingDataModule
 from lightning_curate.loop.callback import RetrainingLoop
-from lightning_curate.loop.module import CurationModule
+from lightning_curate.loop.curation_module import CurationModule
 from lightning_curate.models.flow_matching import FlowMatching
 from lightning_curate.store.rounds import RoundStore
 

@@ -83,7 +83,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from lightning_curate.cli import CurateCLI  # noqa: E402
 from lightning_curate.loop.callback import RetrainingLoop  # noqa: E402
-from lightning_curate.loop.module import PHASES, SLOT_BLOCK  # noqa: E402
+from lightning_curate.loop.curation_module import PHASES, SLOT_BLOCK  # noqa: E402
 from lightning_curate.store.rounds import RoundStore  # noqa: E402
 from lightning_curate.utils.seeding import derive_seed  # noqa: E402
 from lightning_curate.utils.seeding import generator as make_generator

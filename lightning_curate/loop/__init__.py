@@ -1,7 +1,7 @@
 """The retraining loop: the LightningModule, the round callback, the round store, the progress bar."""
 
 from lightning_curate.loop.callback import RetrainingLoop
-from lightning_curate.loop.module import CurationModule, CurationOutcome
+from lightning_curate.loop.curation_module import CurationModule, CurationOutcome
 from lightning_curate.loop.progress import RoundProgressBar
 from lightning_curate.store.rounds import RoundStore, StoredRound, StoreError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from run_configs import read_rows, tiny_config, write_config
 
-from lightning_curate.loop.module import CurationModule
+from lightning_curate.loop.curation_module import CurationModule
 from lightning_curate.models.flow_matching import FlowMatching
 from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards.geometric import ClippedDistanceReward

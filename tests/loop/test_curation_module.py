@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lightning_curate.data.toy2d import ModeAssigner, mode_names
-from lightning_curate.loop.module import CurationModule
+from lightning_curate.loop.curation_module import CurationModule
 from lightning_curate.models.flow_matching import FlowMatching
 from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards.geometric import ClippedDistanceReward
