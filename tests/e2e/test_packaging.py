@@ -1,6 +1,6 @@
 """The Triton source folder ``kernels/`` ships as ``lightning_curate.kernels``.
 
-DESIGN.md: ``kernels`` must never become a top-level import name (a PyPI
+The rule: ``kernels`` must never become a top-level import name (a PyPI
 package owns it), and both an editable and a wheel install must import
 ``lightning_curate.kernels``. Each import runs in a fresh interpreter whose
 working directory is outside the repository, so the checkout itself is not
