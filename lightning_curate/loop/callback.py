@@ -131,7 +131,9 @@ class RetrainingLoop(Callback):
             raise TypeError("RetrainingLoop needs a BlendingDataModule (the `data` section of the config)")
         self.check_backend(trainer, pl_module)
         if self.init == "scratch" and self._initial_state is None:
-            self._initial_state = {k: v.detach().clone() for k, v in pl_module.generator.state_dict().items()}
+            # Rank 0's: every replica restarts each round from the same weights, whatever the seeding.
+            state = {k: v.detach().cpu().clone() for k, v in pl_module.generator.state_dict().items()}
+            self._initial_state = trainer.strategy.broadcast(state, 0)
         trainer.fit_loop.max_epochs = self.total_epochs
         trainer.reload_dataloaders_every_n_epochs = 1
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -159,6 +161,7 @@ class RetrainingLoop(Callback):
             "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
             "reward": reward_config, "generator": qualname(pl_module.generator),
             "seed": self.seed, "epochs_per_round": self.epochs_per_round, "initial_epochs": self.initial_epochs,
+            "init": self.init, "steps_per_epoch": getattr(datamodule, "steps_per_epoch", None),
         })
 
     def check_run_dir(self, run_dir: Path, pl_module: Any, datamodule: Any, *,
@@ -262,7 +265,8 @@ class RetrainingLoop(Callback):
                 self._plot(trainer, pl_module)
 
     def _curate(self, trainer: Any, pl_module: Any, round_idx: int, epoch: int) -> dict:
-        if self._store.has(round_idx):
+        # Rank 0 decides (a shared filesystem may show a fresh commit to one node before another).
+        if trainer.strategy.broadcast(self._store.has(round_idx), 0):
             # Written before a crash: reuse it (the checksums are verified), never regenerate.
             # A generator that refits when it next samples (the exact learner) closes its round here.
             pl_module.generator.finish_round()

@@ -20,7 +20,7 @@ __all__ = ["FIXED_KEYS", "SCIENCE_KEYS", "SettingsMismatch", "canonical_json", "
            "init_args_of", "mismatch_message", "normalise", "parse_allowed", "qualname", "settings_of_manifest"]
 
 SCIENCE_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "real_fraction", "policy", "reward",
-                "generator", "seed", "epochs_per_round", "initial_epochs")
+                "generator", "seed", "epochs_per_round", "initial_epochs", "init", "steps_per_epoch")
 # Changing these would make the resumed epochs and draws differ from the checkpoint's schedule:
 # never allowed (RetrainingLoop.load_state_dict refuses them too).
 FIXED_KEYS = ("seed", "epochs_per_round", "initial_epochs")

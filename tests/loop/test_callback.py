@@ -98,7 +98,7 @@ def test_science_settings_record_every_key():
         "num_slots": 10, "num_candidates": 4, "beta": 1.5, "num_winners": 1, "mode": "softmax",
         "real_fraction": 0.5, "policy": "replace", "generator": "torch.nn.modules.linear.Linear",
         "reward": {"class_path": f"{__name__}._Reward", "init_args": {"gamma": 2.0, "targets": [0, 1]}},
-        "seed": 7, "epochs_per_round": 2, "initial_epochs": 3,
+        "seed": 7, "epochs_per_round": 2, "initial_epochs": 3, "init": "warm", "steps_per_epoch": None,
     }
     # With the CLI the reward's config (class_path and init_args as written) is recorded instead.
     loop.reward_config = {"class_path": "pkg.R", "init_args": {"gamma": 5.0}}

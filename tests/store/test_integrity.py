@@ -202,3 +202,15 @@ def test_refusals_leave_the_store_byte_identical(tmp_path):
         with pytest.raises(StoreError):
             check_resume(store, SETTINGS, **kwargs)
     assert _snapshot(tmp_path / "run") == before
+
+
+def test_the_training_recipe_is_part_of_the_experiment(tmp_path):
+    """A resume that switches warm/scratch or the step budget is refused like any science change."""
+    stored = dict(SETTINGS, init="warm", steps_per_epoch=None)
+    store = _store(tmp_path, settings=stored)
+    for key, value in (("init", "scratch"), ("steps_per_epoch", 64)):
+        with pytest.raises(SettingsMismatch, match=key):
+            check_resume(store, dict(stored, **{key: value}), ckpt_path=None, checkpoint_dirs=[],
+                         checkpoint_loaded=True)
+        assert diff_settings(stored, dict(stored, **{key: value})) == {key: [stored[key], value]}
+    assert parse_allowed("init,steps_per_epoch") == ("init", "steps_per_epoch")
