@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from lightning_curate.classifiers import DEFAULT_TRAIN_HINT, ensure_checkpoint, load_classifier, train_command
 from lightning_curate.rewards.base import RewardModel
+from lightning_curate.utils.validation import check_int
 
 __all__ = ["ClassifierReward", "ClassProbabilityReward", "ConfidenceReward", "LogProbabilityReward"]
 
@@ -210,11 +211,13 @@ class _TargetClassMixin:
     _classifier: Optional[nn.Module]
 
     def _init_target(self, target_class: int) -> None:
-        if isinstance(target_class, bool) or not isinstance(target_class, int) or target_class < 0:
-            raise ValueError(f"target_class must be an int >= 0, got {target_class!r}")
-        self.target_class = target_class
+        self.target_class = check_int("target_class", target_class, minimum=0)
         if self._classifier is not None:
             self._validate_num_classes(getattr(self._classifier, "num_classes", None), "the classifier")
+
+    def extra_repr(self) -> str:
+        """The target class, then the base reward's description."""
+        return f"target_class={self.target_class}, " + super().extra_repr()  # type: ignore[misc]
 
     def _validate_num_classes(self, num_classes: Optional[int], what: str) -> None:
         if isinstance(num_classes, int) and not self.target_class < num_classes:
@@ -236,10 +239,6 @@ class ClassProbabilityReward(_TargetClassMixin, ClassifierReward):
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
         """``q_c(x)``."""
         return log_probs[:, self.target_class].exp()
-
-    def extra_repr(self) -> str:
-        """The target class, then the base reward's description."""
-        return f"target_class={self.target_class}, " + super().extra_repr()
 
 
 class ConfidenceReward(ClassifierReward):
@@ -270,7 +269,3 @@ class LogProbabilityReward(_TargetClassMixin, ClassifierReward):
     def score_from_log_probs(self, log_probs: Tensor) -> Tensor:
         """``log q_c(x)``."""
         return log_probs[:, self.target_class]
-
-    def extra_repr(self) -> str:
-        """The target class, then the base reward's description."""
-        return f"target_class={self.target_class}, " + super().extra_repr()
