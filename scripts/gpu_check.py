@@ -331,6 +331,7 @@ def main(argv=None) -> int:
         result["seconds"] = round(time.perf_counter() - t0, 1)
         result["device_name"] = dev
         summary["steps"][name] = result
+        write_summary(out, summary)  # after every step: a run cut short still leaves its figures
         print(f"== {name}: {'ok' if result['ok'] else 'FAILED'} in {result['seconds']} s "
               + ("" if result["ok"] else str(result.get("problems") or result.get("error"))), flush=True)
     summary["targets"] = list(summary["steps"].get("roofline", {}).get("targets", []))
