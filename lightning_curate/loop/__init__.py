@@ -2,8 +2,9 @@
 
 from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.curation_module import CurationModule, CurationOutcome
+from lightning_curate.loop.curators import Curator
 from lightning_curate.loop.progress import RoundProgressBar
 from lightning_curate.store.rounds import RoundStore, StoredRound, StoreError
 
-__all__ = ["CurationModule", "CurationOutcome", "RetrainingLoop", "RoundProgressBar", "RoundStore", "StoreError",
-           "StoredRound"]
+__all__ = ["CurationModule", "CurationOutcome", "Curator", "RetrainingLoop", "RoundProgressBar", "RoundStore",
+           "StoreError", "StoredRound"]

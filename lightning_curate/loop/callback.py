@@ -28,6 +28,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from lightning_curate.loop.curators import exact_metrics, predict_next
 from lightning_curate.loop.fidelity import fidelity_columns, round_zero_quality
 from lightning_curate.loop.report import fidelity_advice, plot_run, summary, write_table
 from lightning_curate.ops.kchoice import triton_unavailable_reason
@@ -35,7 +36,7 @@ from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
 from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import fingerprint, init_args_of, normalise, parse_allowed, qualname
-from lightning_curate.theory.ideal_learner import check_improvement, predict_round
+from lightning_curate.theory.ideal_learner import check_improvement
 from lightning_curate.utils.seeding import derive_seed, seed_all
 from lightning_curate.utils.validation import check_choice, check_float, check_int
 
@@ -162,6 +163,7 @@ class RetrainingLoop(Callback):
             "reward": reward_config, "generator": qualname(pl_module.generator),
             "seed": self.seed, "epochs_per_round": self.epochs_per_round, "initial_epochs": self.initial_epochs,
             "init": self.init, "steps_per_epoch": getattr(datamodule, "steps_per_epoch", None),
+            **getattr(pl_module, "population_settings", dict)(),
         })
 
     def check_run_dir(self, run_dir: Path, pl_module: Any, datamodule: Any, *,
@@ -285,7 +287,7 @@ class RetrainingLoop(Callback):
         outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
                                          label_fn=datamodule.label, class_names=datamodule.class_names,
                                          sink=sink, rank=rank, world_size=world)
-        if outcome.tensors.get("preview") is not None:
+        if outcome.tensors:  # the preview and the choice logs
             self._store.write_preview(round_idx, outcome.tensors, rank=rank)
         row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
         strategy.barrier("lightning_curate.round_written")
@@ -299,9 +301,7 @@ class RetrainingLoop(Callback):
                 row.update(self._theory_columns(trainer, pl_module, round_idx, probe))
             row.update(self._fidelity_columns(trainer, pl_module, round_idx, row, preview))
             # Exact quantities (KL to the ideal learner and to the RLHF optimum) for the exact learner.
-            row.update(pl_module.generator.round_metrics(
-                pl_module.reward, datamodule.source, beta=pl_module.beta, num_candidates=pl_module.num_candidates,
-                real_fraction=datamodule.real_fraction, round_idx=round_idx))
+            row.update(exact_metrics(pl_module, datamodule.source, datamodule.real_fraction, round_idx))
             manifest = {
                 "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
                 "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
@@ -329,13 +329,9 @@ class RetrainingLoop(Callback):
             self._real_rewards = pl_module.score(real.to(pl_module.device), round_idx).cpu()
             labels = datamodule.label(real) if datamodule.class_names else None
             self._real_labels = labels.cpu() if labels is not None else None
-        probe_labels = probe.get("probe_labels")
-        columns = predict_round(
-            probe["probe_rewards"], pl_module.beta, labels=probe_labels,
-            class_names=datamodule.class_names if probe_labels is not None else None,
-            num_winners=pl_module.num_winners, mode=pl_module.mode, real_fraction=datamodule.real_fraction,
-            real_rewards=self._real_rewards, real_labels=self._real_labels if probe_labels is not None else None,
-            round_idx=round_idx)
+        columns = predict_next(pl_module, probe, class_names=datamodule.class_names,
+                               real_fraction=datamodule.real_fraction, real_rewards=self._real_rewards,
+                               real_labels=self._real_labels, real_samples=real, round_idx=round_idx)
         previous = self.rows.get(round_idx - 1)
         if previous is not None:
             columns.update(check_improvement(previous, columns))

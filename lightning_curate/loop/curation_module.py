@@ -20,6 +20,15 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from lightning_curate.loop.curators import (
+    Curator,
+    check_population,
+    choice_log_weights,
+    choose_block,
+    curator_settings,
+    draw_curators,
+    members,
+)
 from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
 from lightning_curate.models.generator import Generator
 from lightning_curate.ops.kchoice import BACKENDS, MODES, kchoice
@@ -59,30 +68,46 @@ class CurationModule(L.LightningModule):
         preview_size: model samples kept per round for plots and the distance metric
             (the first candidate of each slot, so at most ``num_slots``).
         backend: ``kchoice`` backend (``auto``: Triton on CUDA, torch on CPU).
+        curators: a population (:class:`~lightning_curate.loop.Curator` s, see
+            :mod:`lightning_curate.loop.curators`): each slot is curated by one of them, drawn
+            by weight; ``beta`` and ``mode`` then serve only the one-curator diagnostics
+            (``exp_reward_mean``), and ``reward`` stays the reference (honest) reward.
+        log_choices: slots (the first ones, like the preview) whose whole choice is kept for
+            ``lightning-curate-reward``: ``choice_candidates [n, K, ...]``, ``choice_index [n, m]``,
+            ``choice_slot``, ``choice_rewards [n, K]`` (the reference reward) and, with curators,
+            ``choice_curator``.
     """
 
     def __init__(self, generator: Generator, reward: nn.Module, num_slots: int = 2000,
                  num_candidates: int = 4, beta: float = 1.0, num_winners: int = 1, mode: str = "softmax",
                  chunk_size: int = 8192, lr: float = 1e-3, weight_decay: float = 0.0,
-                 preview_size: int = 2000, backend: str = "auto"):
+                 preview_size: int = 2000, backend: str = "auto", curators: Optional[list[Curator]] = None,
+                 log_choices: int = 0):
         super().__init__()
         check_int("num_slots", num_slots, minimum=1)
         check_int("num_candidates", num_candidates, minimum=1)
         check_int("num_winners", num_winners, minimum=1)
         check_int("chunk_size", chunk_size, minimum=1)
         check_int("preview_size", preview_size, minimum=0)
+        check_int("log_choices", log_choices, minimum=0)
         if num_winners > num_candidates:
             raise ValueError(f"num_winners ({num_winners}) must be <= num_candidates ({num_candidates})")
         check_beta(beta)
         check_choice("mode", mode, MODES)
         check_choice("backend", backend, BACKENDS)
         check_float("lr", lr, minimum=0.0, strict_minimum=True)
-        self.save_hyperparameters(ignore=["generator", "reward"])
+        self.save_hyperparameters(ignore=["generator", "reward", "curators"])
         self.generator = generator
         self.reward = reward.requires_grad_(False).eval()
         self.num_slots, self.num_candidates, self.num_winners = num_slots, num_candidates, num_winners
         self.beta, self.mode, self.chunk_size = float(beta), mode, chunk_size
         self.lr, self.weight_decay, self.preview_size, self.backend = lr, weight_decay, preview_size, backend
+        self.log_choices = log_choices
+        self.curators, self._pi, self.curator_names = check_population(curators)
+        self.curator_reward = nn.ModuleList([RewardStats() for _ in self.curator_names])
+        self.curator_curated = nn.ModuleList([RewardStats() for _ in self.curator_names])
+        self.curator_slots = ModeShares(len(self.curator_names)) if self.curators is not None else None
+        self._real_curator_rewards: Optional[Tensor] = None
         self.model_reward = RewardStats()
         self.curated_reward = RewardStats()
         self.selection_entropy = SelectionEntropy()
@@ -103,9 +128,10 @@ class CurationModule(L.LightningModule):
 
     def prepare_data(self) -> None:
         # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
-        prepare = getattr(self.reward, "prepare", None)
-        if callable(prepare):
-            prepare()
+        for reward in [self.reward] + [c.reward for c in members(self.curators)]:
+            prepare = getattr(reward, "prepare", None)
+            if callable(prepare):
+                prepare()
 
     # -- training -----------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -141,6 +167,8 @@ class CurationModule(L.LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         self.reward.eval()  # the reward model is a fixed judge: never in training mode
+        for c in members(self.curators):
+            c.reward.eval()
         return self
 
     def configure_optimizers(self):
@@ -153,10 +181,11 @@ class CurationModule(L.LightningModule):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
     # -- curation -----------------------------------------------------------
-    def score(self, x: Tensor, round_idx: int) -> Tensor:
-        """Rewards ``[n]`` of samples ``x``, checked: a bad reward model stops the run."""
+    def score(self, x: Tensor, round_idx: int, reward: Optional[nn.Module] = None) -> Tensor:
+        """Rewards ``[n]`` of samples ``x`` (by ``reward``, default the module's), checked: a bad
+        reward model stops the run."""
         with torch.inference_mode():
-            r = self.reward(x)
+            r = (self.reward if reward is None else reward)(x)
         if not isinstance(r, Tensor) or tuple(r.shape) != (x.shape[0],):
             shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
             raise ValueError(f"round {round_idx}: the reward model returned shape {shape} for {x.shape[0]} samples; "
@@ -166,15 +195,6 @@ class CurationModule(L.LightningModule):
             raise ValueError(f"round {round_idx}: the reward model returned {bad} non-finite rewards (NaN or inf) "
                              f"out of {x.shape[0]}")
         return r.float().clone()
-
-    def _choice_scores(self, rewards: Tensor) -> Tensor:
-        """Log-weights of the choice law per slot, for its entropy (argmax: 0, uniform: 1)."""
-        if self.mode == "uniform":
-            return torch.zeros_like(rewards)
-        if self.mode == "argmax":
-            best = rewards.argmax(dim=1, keepdim=True)
-            return torch.full_like(rewards, -math.inf).scatter_(1, best, 0.0)
-        return self.beta * rewards
 
     @torch.no_grad()
     def curate_round(self, round_idx: int, seed: int,
@@ -209,6 +229,9 @@ class CurationModule(L.LightningModule):
                     for b, nb in zip(blocks, sizes)])
             with self._phase("reward"):
                 rewards = self.score(cands, round_idx)
+                if self.curators is not None:  # [U, n]: every curator scores every candidate
+                    rewards = torch.stack([rewards] + [self.score(cands, round_idx, c.reward)
+                                                       for c in members(self.curators)])
                 labels = label_fn(cands) if n_classes and label_fn is not None else None
             with self._phase("curate"):
                 part, probe = self._curate_blocks(blocks, sizes, cands, rewards, labels, seed)
@@ -227,29 +250,46 @@ class CurationModule(L.LightningModule):
         return CurationOutcome(tensors=tensors, row=row)
 
     def _curate_blocks(self, blocks, sizes, cands, rewards, labels, seed):
-        """Choose the winners of each block of a chunk; update the round's metrics."""
+        """Choose the winners of each block of a chunk; update the round's metrics.
+
+        ``rewards``: ``[n]`` (one curator) or ``[1 + U, n]`` (the reference reward, then each curator's).
+        """
         k, m = self.num_candidates, self.num_winners
         shape = tuple(self.generator.data_shape)
         out: dict[str, list[Tensor]] = {"x": [], "slot": [], "rewards": []}
         probe: dict[str, list[Tensor]] = {"preview": [], "preview_slot": [], "probe_rewards": []}
         if labels is not None:
             out["labels"], probe["probe_labels"] = [], []
+        cur_rewards = None
+        if self.curators is not None:
+            rewards, cur_rewards = rewards[0], rewards[1:]
+            probe["probe_curator_rewards"] = []
         offset = 0
         for b, nb in zip(blocks, sizes):
             sl = slice(offset, offset + nb * k)
             offset += nb * k
             r_block = rewards[sl].view(nb, k)
             block_cands = cands[sl].view(nb, k, *shape)
-            res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode, seed=derive_seed(seed, "choice", b),
-                          backend=self.backend, candidates=block_cands)
-            flat = (torch.arange(nb, device=res.index.device)[:, None] * k + res.index.view(nb, m)).reshape(-1)
+            rows = torch.arange(nb, device=r_block.device)[:, None]
+            if cur_rewards is None:
+                res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode, seed=derive_seed(seed, "choice", b),
+                              backend=self.backend, candidates=block_cands)
+                index, chosen = res.index.view(nb, m), res.chosen
+                scores = choice_log_weights(r_block, self.mode, self.beta)
+            else:
+                assign = draw_curators(seed, b, nb, self._pi)
+                r_cur = cur_rewards[:, sl].view(-1, nb, k)
+                index, scores = choose_block(self.curators, r_cur, assign, m, seed, b, self.backend)
+                chosen = block_cands[rows, index]
+                self._update_curator_metrics(r_cur, index, assign)
+            flat = (rows * k + index).reshape(-1)
             slots = b * SLOT_BLOCK + torch.arange(nb)
-            out["x"].append(res.chosen.reshape(nb * m, *shape).cpu())
+            out["x"].append(chosen.reshape(nb * m, *shape).cpu())
             out["slot"].append(slots.repeat_interleave(m))
             out["rewards"].append(r_block.reshape(-1)[flat].cpu())
             self.model_reward.update(r_block.reshape(-1))
             self.curated_reward.update(r_block.reshape(-1)[flat])
-            self.selection_entropy.update(self._choice_scores(r_block))
+            self.selection_entropy.update(scores)
             if labels is not None:
                 lab = labels[sl]
                 out["labels"].append(lab[flat].cpu())
@@ -264,12 +304,32 @@ class CurationModule(L.LightningModule):
                 probe["probe_rewards"].append(r_block[:n_probe].cpu())
                 if labels is not None:
                     probe["probe_labels"].append(labels[sl].view(nb, k)[:n_probe].cpu())
+                if cur_rewards is not None:
+                    probe["probe_curator_rewards"].append(r_cur[:, :n_probe].permute(1, 2, 0).cpu())
+            n_log = int((slots < self.log_choices).sum())
+            if n_log:
+                logged = {"choice_candidates": block_cands[:n_log], "choice_index": index[:n_log],
+                          "choice_slot": slots[:n_log], "choice_rewards": r_block[:n_log]}
+                if cur_rewards is not None:
+                    logged["choice_curator"] = assign[:n_log]
+                for key, value in logged.items():
+                    probe.setdefault(key, []).append(value.cpu())
         part = {key: torch.cat(v) for key, v in out.items()}
-        probe_part = {key: torch.cat(v) for key, v in probe.items()} if probe["preview"] else None
+        probe_part = {key: torch.cat(v) for key, v in probe.items() if v} or None
         return part, probe_part
 
+    def _update_curator_metrics(self, r_cur: Tensor, index: Tensor, assign: Tensor) -> None:
+        """Each curator's reward of the model's samples and of the kept ones, and the slots each curated."""
+        assert self.curator_slots is not None
+        kept = r_cur.gather(2, index.unsqueeze(0).expand(r_cur.shape[0], -1, -1))
+        for u, (model, curated) in enumerate(zip(self.curator_reward, self.curator_curated)):
+            cast(RewardStats, model).update(r_cur[u].reshape(-1))
+            cast(RewardStats, curated).update(kept[u].reshape(-1))
+        self.curator_slots.update(assign.to(self.device))
+
     def _reset_round_metrics(self, n_classes: int) -> None:
-        for metric in (self.model_reward, self.curated_reward, self.selection_entropy):
+        for metric in (self.model_reward, self.curated_reward, self.selection_entropy,
+                       *self.curator_reward, *self.curator_curated, *([self.curator_slots] if self.curators else [])):
             metric.reset()
         if n_classes and (self.model_shares is None or self.model_shares.num_modes != n_classes):
             self.model_shares = ModeShares(n_classes).to(self.device)
@@ -289,6 +349,13 @@ class CurationModule(L.LightningModule):
             "curated_reward_std": float(curated_stats["std"]),
             "selection_entropy": float(self.selection_entropy.compute()),
         }
+        if self.curator_slots is not None:  # each curator's reward of the model's and the kept samples
+            slots = self.curator_slots.compute().reshape(-1).tolist()
+            stats = zip(self.curator_names, self.curator_reward, self.curator_curated, slots)
+            for name, model, curated, share in stats:
+                row[f"reward_mean_{name}"] = float(cast(RewardStats, model).compute()["mean"])
+                row[f"curated_reward_mean_{name}"] = float(cast(RewardStats, curated).compute()["mean"])
+                row[f"slots_{name}"] = share
         if class_names:
             # curate_round passes class names only with n_classes > 0, and
             # _reset_round_metrics has then built both ModeShares.
@@ -299,6 +366,10 @@ class CurationModule(L.LightningModule):
                 row[f"share_{name}"] = share
                 row[f"curated_share_{name}"] = cshare
         return row
+
+    def population_settings(self) -> dict[str, Any]:
+        """``{"curators": [...]}`` for the run's science settings (``{}`` for one curator)."""
+        return {"curators": curator_settings(self.curators)} if self.curators is not None else {}
 
     def sample_distance(self, samples: Tensor, reference: Tensor) -> float:
         """Sliced Wasserstein distance of model samples to held-out real data (this process only)."""
@@ -319,5 +390,6 @@ class CurationModule(L.LightningModule):
 def _cat_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     if not parts:
         return {}
-    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    keys = dict.fromkeys(key for p in parts for key in p)  # a chunk past the preview may log choices only
+    return {key: torch.cat([p[key] for p in parts if key in p]) for key in keys}
 

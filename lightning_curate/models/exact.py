@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_curate import theory
 from lightning_curate.models.generator import Generator
+from lightning_curate.theory.population import population_trajectory
 from lightning_curate.utils.validation import atom_indices, check_int
 
 __all__ = ["ExactCategorical"]
@@ -132,8 +133,12 @@ class ExactCategorical(Generator):
         return idx.to(device=device, dtype=torch.float32).unsqueeze(1)
 
     def round_metrics(self, reward: nn.Module, source: nn.Module, *, beta: float, num_candidates: int,
-                      real_fraction: float, round_idx: int) -> dict[str, float]:
+                      real_fraction: float, round_idx: int, population: Optional[list] = None) -> dict[str, float]:
         """Exact quantities of round ``round_idx`` of this learner, for ``rounds.csv``.
+
+        With a ``population`` (:class:`lightning_curate.theory.population.Curator` s over these
+        atoms) the ideal learner is the population's (:func:`~lightning_curate.theory.population.
+        population_trajectory`) and the RLHF optimum, a one-reward notion, is left out.
 
         Returns ``{}`` unless ``reward`` has a per-atom table (``values``, e.g.
         :class:`~lightning_curate.rewards.AtomReward`) and ``source`` a ``p_data``
@@ -155,12 +160,15 @@ class ExactCategorical(Generator):
             return {}
         p_t = self.probs.cpu()
         r = values.cpu()
-        ideal = theory.retraining_trajectory(p_data, r, num_candidates, beta, real_fraction, rounds=round_idx)[-1]
-        optimum = theory.rlhf_optimum(p_data, r, beta, round_idx)
-        row = {"kl_to_ideal": theory.kl_divergence(p_t, ideal),
-               "kl_to_rlhf_optimum": theory.kl_divergence(p_t, optimum),
-               "exact_reward_mean": float((p_t * r).sum()),
-               "exact_exp_reward_mean": theory.expected_exp_reward(p_t, r, beta)}
+        if population is not None:
+            ideal = population_trajectory(p_data.double(), population, real_fraction, rounds=round_idx)[-1]
+        else:
+            ideal = theory.retraining_trajectory(p_data, r, num_candidates, beta, real_fraction, rounds=round_idx)[-1]
+        row = {"kl_to_ideal": theory.kl_divergence(p_t, ideal)}
+        if population is None:
+            row["kl_to_rlhf_optimum"] = theory.kl_divergence(p_t, theory.rlhf_optimum(p_data, r, beta, round_idx))
+        row.update(exact_reward_mean=float((p_t * r).sum()),
+                   exact_exp_reward_mean=theory.expected_exp_reward(p_t, r, beta))
         names = getattr(source, "class_names", None) or [f"atom{i}" for i in range(n)]
         for name, pe, pi in zip(names, p_t.tolist(), ideal.tolist()):
             row[f"exact_share_{name}"] = pe

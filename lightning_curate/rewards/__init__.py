@@ -9,6 +9,7 @@ from lightning_curate.rewards.classifier import (
     LogProbabilityReward,
 )
 from lightning_curate.rewards.geometric import ClippedDistanceReward, LinearReward, RadialReward
+from lightning_curate.rewards.wrappers import NegatedReward
 
 __all__ = ["AtomReward", "ClassProbabilityReward", "ClassifierReward", "ClippedDistanceReward", "ConfidenceReward",
-           "LinearReward", "LogProbabilityReward", "RadialReward", "RewardModel"]
+           "LinearReward", "LogProbabilityReward", "NegatedReward", "RadialReward", "RewardModel"]

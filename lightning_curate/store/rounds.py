@@ -6,7 +6,8 @@ Layout under the run's log directory::
       round_000/                curated from the model after round 0 (trains round 1)
         part_RRR_CCCCC.pt       tensors of chunk C of rank R: ``x`` (winners), ``slot``
                                 (their slot index), ``rewards``, optional ``labels``,
-                                ``preview`` / ``preview_slot`` (model samples for plots)
+                                ``preview`` / ``preview_slot`` (model samples for plots),
+                                ``choice_*`` (the logged choices, ``log_choices``)
         manifest.json           round, sizes, K, beta, seed, reward statistics, the
                                 round's metrics row, the sha256 of every part, and the
                                 run's science ``settings`` with their ``fingerprint``
@@ -42,7 +43,9 @@ MANIFEST = "manifest.json"
 SINGLE_PART = "part_000_00000.pt"
 PREVIEW_PREFIX = "preview_"
 # Tensors of a round indexed by slot; they are put back in slot order on read.
-_SLOT_KEYED = {"slot": ("x", "rewards", "labels"), "preview_slot": ("preview", "probe_rewards", "probe_labels")}
+_SLOT_KEYED = {"slot": ("x", "rewards", "labels"),
+               "preview_slot": ("preview", "probe_rewards", "probe_labels", "probe_curator_rewards"),
+               "choice_slot": ("choice_candidates", "choice_index", "choice_rewards", "choice_curator")}
 
 
 class StoreError(RuntimeError):

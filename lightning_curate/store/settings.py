@@ -20,10 +20,13 @@ __all__ = ["FIXED_KEYS", "SCIENCE_KEYS", "SettingsMismatch", "canonical_json", "
            "init_args_of", "mismatch_message", "normalise", "parse_allowed", "qualname", "settings_of_manifest"]
 
 SCIENCE_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "real_fraction", "policy", "reward",
-                "generator", "seed", "epochs_per_round", "initial_epochs", "init", "steps_per_epoch")
+                "generator", "seed", "epochs_per_round", "initial_epochs", "init", "steps_per_epoch", "curators")
 # Changing these would make the resumed epochs and draws differ from the checkpoint's schedule:
 # never allowed (RetrainingLoop.load_state_dict refuses them too).
 FIXED_KEYS = ("seed", "epochs_per_round", "initial_epochs")
+# Settings recorded only when set: a run without them had none (no curators: one curator), so adding
+# them on resume is a change too.
+_ABSENT_MEANS_NONE = ("curators",)
 # Manifests written before settings were recorded keep these at their top level.
 _LEGACY_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "seed")
 
@@ -58,7 +61,8 @@ def settings_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list]:
     """``{key: [old, new]}`` for every key recorded in ``old`` whose value differs in ``new``."""
     new = normalise(new)
-    return {k: [old[k], new.get(k)] for k in sorted(old) if k in SCIENCE_KEYS and old[k] != new.get(k)}
+    keys = set(old) | {k for k in _ABSENT_MEANS_NONE if k in new}
+    return {k: [old.get(k), new.get(k)] for k in sorted(keys) if k in SCIENCE_KEYS and old.get(k) != new.get(k)}
 
 
 def parse_allowed(value: Optional[str | Iterable[str]]) -> tuple[str, ...]:

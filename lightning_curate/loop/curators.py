@@ -1,0 +1,290 @@
+"""A population of curators in the loop: who curates each slot, how, and what theory predicts.
+
+``CurationModule(curators=[...])`` replaces the one curator (its ``reward``,
+``beta``, ``mode``) by a list of :class:`Curator` s. Each slot is curated by
+one curator drawn with probability ``pi_u`` (its normalised ``weight``). The
+draw of block ``b`` of a round depends on (round seed, ``b``) only, like the
+candidates, so chunk size, ranks and resume never change it. The module's own
+``reward`` stays the reference (the honest reward): ``reward_mean``, the
+stored ``rewards`` and the plots measure it; each curator's reward is reported
+beside it (``reward_mean_<name>``).
+
+The kept samples follow the mixture ``q = sum_u pi_u p H_u``
+(:mod:`lightning_curate.theory.population`); :func:`population_columns` turns
+a round's candidates into that prediction for the next round.
+
+Example (YAML, an honest majority and a 25% adversary wanting mode 4)::
+
+    curators:
+      - class_path: lightning_curate.loop.Curator
+        init_args:
+          name: honest
+          weight: 0.75
+          reward: {class_path: lightning_curate.rewards.ClippedDistanceReward,
+                   init_args: {dataset: mog8, targets: [0, 1]}}
+      - class_path: lightning_curate.loop.Curator
+        init_args:
+          name: adversary
+          weight: 0.25
+          reward: {class_path: lightning_curate.rewards.ClippedDistanceReward,
+                   init_args: {dataset: mog8, targets: [4]}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any, Optional, Sequence, cast
+
+import torch
+from torch import Tensor, nn
+
+from lightning_curate.ops.kchoice import kchoice
+from lightning_curate.store.settings import init_args_of, qualname
+from lightning_curate.theory.empirical import empirical_curation_weights
+from lightning_curate.theory.ideal_learner import predict_round
+from lightning_curate.theory.population import Curator as TheoryCurator
+from lightning_curate.utils.seeding import derive_seed
+from lightning_curate.utils.seeding import generator as make_generator
+from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float
+
+__all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings",
+           "draw_curators", "exact_metrics", "exact_population", "members", "mixture_weights", "population_columns",
+           "predict_next"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class Curator(nn.Module):
+    """One kind of curator in the loop: its own reward model, temperature, choice rule and weight.
+
+    Args:
+        reward: any ``nn.Module`` mapping a batch ``[n, ...]`` to rewards ``[n]``; frozen.
+        beta: inverse temperature of its Bradley-Terry choice.
+        mode: ``softmax``, ``argmax`` or ``uniform`` (as ``kchoice``).
+        weight: unnormalised population weight (``pi_u = weight / sum of weights``).
+        name: its column suffix in ``rounds.csv`` (letters, digits, ``_``; default ``curator<i>``).
+    """
+
+    reward: nn.Module
+    beta: float
+    mode: str
+    weight: float
+    name: str
+
+    def __init__(self, reward: nn.Module, beta: float = 1.0, mode: str = "softmax", weight: float = 1.0,
+                 name: str = ""):
+        super().__init__()
+        if not isinstance(reward, nn.Module):
+            raise TypeError(f"Curator reward must be an nn.Module, got {type(reward).__name__}")
+        self.reward = reward.requires_grad_(False).eval()
+        self.beta = check_beta(beta)
+        self.mode = check_choice("mode", mode, MODES)
+        self.weight = check_float("weight", weight, minimum=0.0)
+        if name and not _NAME.match(name):
+            raise ValueError(f"Curator name must hold only letters, digits and '_' (it names columns), got {name!r}")
+        self.name = name
+
+    def extra_repr(self) -> str:
+        """Its settings, for ``print(module)``."""
+        return f"name={self.name!r}, beta={self.beta}, mode={self.mode!r}, weight={self.weight}"
+
+
+def members(curators: Optional[nn.ModuleList]) -> list[Curator]:
+    """The curators of a ``ModuleList`` (none for ``None``), typed."""
+    return [cast(Curator, c) for c in curators] if curators is not None else []
+
+
+def check_population(curators: Optional[Sequence[Curator]]) -> tuple[Optional[nn.ModuleList], Tensor, list[str]]:
+    """The curators as a ``ModuleList``, their normalised weights ``pi`` (float64) and unique names."""
+    if curators is None:
+        return None, torch.ones(1, dtype=torch.float64), []
+    if isinstance(curators, nn.Module) and not isinstance(curators, nn.ModuleList):
+        raise TypeError("curators must be a list of Curator, got a single module; wrap it in a list")
+    curators = list(curators)
+    if not curators:
+        raise ValueError("curators must list at least one Curator (or be left out: one curator from reward/beta/mode)")
+    for i, c in enumerate(curators):
+        if not isinstance(c, Curator):
+            raise TypeError(f"curators[{i}] must be a lightning_curate.loop.Curator, got {type(c).__name__}")
+    for i, c in enumerate(curators):
+        c.name = c.name or f"curator{i}"
+    names = [c.name for c in curators]
+    if len(set(names)) != len(names):
+        raise ValueError(f"curators must have distinct names (they name columns), got {names}")
+    pi = torch.tensor([c.weight for c in curators], dtype=torch.float64)
+    if float(pi.sum()) <= 0:
+        raise ValueError("curators: the weights must not all be 0")
+    return nn.ModuleList(curators), pi / pi.sum(), names
+
+
+def draw_curators(seed: int, block: int, n: int, pi: Tensor) -> Tensor:
+    """Which curator curates each of the ``n`` slots of ``block``: int64 ``[n]`` on the CPU.
+
+    Seeded by (round seed, block) alone, drawn on the CPU: the same on every device, chunking and rank.
+    """
+    gen = make_generator(derive_seed(seed, "curator", block))
+    return torch.multinomial(pi, n, replacement=True, generator=gen)
+
+
+def choice_log_weights(rewards: Tensor, mode: str, beta: float) -> Tensor:
+    """Log-weights of the choice law per slot, for its entropy (argmax: 0 at the best, uniform: 1)."""
+    if mode == "uniform":
+        return torch.zeros_like(rewards)
+    if mode == "argmax":
+        best = rewards.argmax(dim=1, keepdim=True)
+        return torch.full_like(rewards, -math.inf).scatter_(1, best, 0.0)
+    return beta * rewards
+
+
+def choose_block(curators: nn.ModuleList, rewards: Tensor, assign: Tensor, num_winners: int, seed: int,
+                 block: int, backend: str) -> tuple[Tensor, Tensor]:
+    """Each slot's winners by its own curator: index ``[nb, m]`` and the choice log-weights ``[nb, K]``.
+
+    ``rewards [U, nb, K]``: every curator's reward of every candidate. Curator 0 draws with the
+    one-curator seed of the block, so a population of one repeats the one-curator round exactly.
+    """
+    _, nb, k = rewards.shape
+    index = torch.empty(nb, num_winners, dtype=torch.long, device=rewards.device)
+    scores = torch.empty(nb, k, dtype=rewards.dtype, device=rewards.device)
+    assign = assign.to(rewards.device)
+    for u, c in enumerate(members(curators)):
+        rows = (assign == u).nonzero().flatten()
+        if rows.numel() == 0:
+            continue
+        r_u = rewards[u, rows]
+        seed_u = derive_seed(seed, "choice", block) if u == 0 else derive_seed(seed, "choice", block, u)
+        res = kchoice(r_u, c.beta, num_winners=num_winners, mode=c.mode, seed=seed_u, backend=backend)
+        index[rows] = res.index.view(-1, num_winners)
+        scores[rows] = choice_log_weights(r_u, c.mode, c.beta)
+    return index, scores
+
+
+def _state_digest(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers: two rewards with the same class but other centres differ."""
+    digest = hashlib.sha256()
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, t in sorted(tensors, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def curator_settings(curators: Optional[nn.ModuleList]) -> list[dict[str, Any]]:
+    """What a resume must keep: each curator's name, weight, beta, mode and reward (class, args, state)."""
+    if curators is None:
+        return []
+    return [{"name": c.name, "weight": c.weight, "beta": c.beta, "mode": c.mode,
+             "reward": {"class_path": qualname(c.reward), "init_args": init_args_of(c.reward),
+                        "state": _state_digest(c.reward)}} for c in members(curators)]
+
+
+def mixture_weights(rewards: Tensor, curators: nn.ModuleList, pi: Tensor, num_candidates: int,
+                    num_winners: int = 1) -> Tensor:
+    """``H = sum_u pi_u H_u`` on the empirical law of ``M`` candidates (``rewards [U, M]``); ``q = H / M``.
+
+    Each ``H_u`` is :func:`~lightning_curate.theory.empirical_curation_weights` of curator ``u``'s
+    rewards with its ``beta`` and mode (for one winner, equal to
+    :func:`~lightning_curate.theory.population.empirical_population_weights`).
+    """
+    total = torch.zeros(rewards.shape[1], dtype=torch.float64)
+    for w, r, c in zip(pi.tolist(), rewards, members(curators)):
+        if w > 0:
+            total += w * empirical_curation_weights(r, num_candidates, c.beta, num_winners=num_winners, mode=c.mode)
+    return total
+
+
+def population_columns(base: dict[str, float], probe: dict[str, Tensor], curators: nn.ModuleList, pi: Tensor,
+                       names: Sequence[str], *, num_winners: int, real_fraction: float, real_rewards: Tensor,
+                       real_curator_rewards: Tensor, class_names: Optional[Sequence[str]] = None,
+                       real_labels: Optional[Tensor] = None) -> dict[str, float]:
+    """The ideal learner's next round under the population's mixture law ``q = sum_u pi_u p H_u``.
+
+    ``base`` is :func:`~lightning_curate.theory.predict_round`'s one-curator dict; its predictions are
+    replaced (``predicted_*``), its ``tilt_*`` and improvement bound dropped (a mixture has neither),
+    and ``predicted_reward_mean_<name>`` added per curator. ``probe`` holds ``probe_rewards [n, K]``
+    (reference reward), ``probe_curator_rewards [n, K, U]`` and optionally ``probe_labels [n, K]``;
+    ``real_curator_rewards [n_real, U]``.
+    """
+    r_ref = probe["probe_rewards"].double()
+    n, k = r_ref.shape
+    r_cur = probe["probe_curator_rewards"].double().reshape(n * k, -1).T  # [U, M]
+    q = mixture_weights(r_cur, curators, pi, k, num_winners) / (n * k)
+    rho = real_fraction
+
+    def mix(real: float, synthetic: float) -> float:
+        return synthetic if rho == 0.0 else rho * real + (1 - rho) * synthetic
+
+    out = {key: v for key, v in base.items() if not key.startswith(("predicted_", "tilt_"))}
+    out["exp_reward_lower_bound"] = out["exp_reward_lower_bound_stderr"] = math.nan
+    real_ref = real_rewards.double().flatten()
+    curated = float((q * r_ref.flatten()).sum())
+    out["predicted_reward_mean"] = mix(float(real_ref.mean()), curated)
+    out["predicted_curated_reward_mean"] = curated
+    for u, name in enumerate(names):
+        cur = float((q * r_cur[u]).sum())
+        out[f"predicted_reward_mean_{name}"] = mix(float(real_curator_rewards[:, u].double().mean()), cur)
+        out[f"predicted_curated_reward_mean_{name}"] = cur
+    labels = probe.get("probe_labels")
+    if labels is not None and class_names:
+        c = len(class_names)
+        shares = torch.zeros(c, dtype=torch.float64).index_add_(0, labels.reshape(-1).long(), q)
+        real_shares = torch.zeros(c, dtype=torch.float64)
+        if real_labels is not None and rho > 0:
+            real_shares = torch.bincount(real_labels.reshape(-1).long(), minlength=c).double() / real_labels.numel()
+        for i, cname in enumerate(class_names):
+            out[f"predicted_share_{cname}"] = mix(float(real_shares[i]), float(shares[i]))
+        for i, cname in enumerate(class_names):
+            out[f"predicted_curated_share_{cname}"] = float(shares[i])
+    return out
+
+
+def predict_next(module: Any, probe: dict[str, Tensor], *, class_names: Optional[Sequence[str]], real_fraction: float,
+                 real_rewards: Optional[Tensor], real_labels: Optional[Tensor], real_samples: Tensor,
+                 round_idx: int) -> dict[str, float]:
+    """The ideal learner's next round from a round's probe, for a :class:`CurationModule` ``module``.
+
+    One curator: :func:`~lightning_curate.theory.predict_round`; a population: its mixture law
+    (:func:`population_columns`; the curators' rewards of the real data are scored once and kept).
+    """
+    labels = probe.get("probe_labels")
+    names = list(class_names) if labels is not None and class_names else None
+    base = predict_round(probe["probe_rewards"], module.beta, labels=labels, class_names=names,
+                         num_winners=module.num_winners, mode=module.mode, real_fraction=real_fraction,
+                         real_rewards=real_rewards, real_labels=real_labels if labels is not None else None,
+                         round_idx=round_idx)
+    if module.curators is None:
+        return base
+    real = real_samples.to(module.device)
+    if real_rewards is None:
+        real_rewards = module.score(real, round_idx).cpu()
+    if module._real_curator_rewards is None:
+        module._real_curator_rewards = torch.stack([module.score(real, round_idx, c.reward).cpu()
+                                                    for c in members(module.curators)], dim=1)
+    return population_columns(base, probe, module.curators, module._pi, module.curator_names,
+                              num_winners=module.num_winners, real_fraction=real_fraction, real_rewards=real_rewards,
+                              real_curator_rewards=module._real_curator_rewards, class_names=names,
+                              real_labels=real_labels)
+
+
+def exact_population(curators: nn.ModuleList, pi: Tensor, num_candidates: int) -> Optional[list[TheoryCurator]]:
+    """The population on a finite support (each reward's per-atom ``values``), or ``None`` without tables."""
+    tables = [getattr(c.reward, "values", None) for c in members(curators)]
+    if not all(isinstance(t, Tensor) for t in tables):
+        return None
+    return [TheoryCurator(cast(Tensor, t).detach().cpu().double(), c.beta, c.mode, num_candidates, float(w), c.name)
+            for t, c, w in zip(tables, members(curators), pi.tolist())]
+
+
+def exact_metrics(module: Any, source: nn.Module, real_fraction: float, round_idx: int) -> dict[str, float]:
+    """The generator's exact round quantities (``round_metrics``, the exact learner's), under the population."""
+    extra: dict[str, Any] = {}
+    if module.curators is not None:
+        population = exact_population(module.curators, module._pi, module.num_candidates)
+        if population is None:  # a curator's reward has no per-atom table: no exact theory
+            return {}
+        extra["population"] = population
+    return module.generator.round_metrics(module.reward, source, beta=module.beta,
+                                          num_candidates=module.num_candidates, real_fraction=real_fraction,
+                                          round_idx=round_idx, **extra)

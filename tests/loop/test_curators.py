@@ -1,0 +1,176 @@
+"""A population of curators in CurationModule: the per-slot draw, each slot's own choice, choice logs."""
+
+import pytest
+import torch
+
+from lightning_curate.data.toy2d import ModeAssigner, mode_names
+from lightning_curate.loop import CurationModule, Curator, RoundStore
+from lightning_curate.loop.curators import draw_curators, mixture_weights
+from lightning_curate.models.flow_matching import FlowMatching
+from lightning_curate.models.mlp import MLPVelocity
+from lightning_curate.rewards import AtomReward, ClippedDistanceReward, NegatedReward
+from lightning_curate.store.settings import diff_settings
+from lightning_curate.theory.population import Curator as TheoryCurator
+from lightning_curate.theory.population import empirical_population_weights
+
+NUM_SLOTS = 600  # two blocks of slots (512 + 88)
+K = 3
+NAMES = mode_names("mog8")
+
+
+@pytest.fixture(scope="module")
+def assigner():
+    return ModeAssigner("mog8")
+
+
+def honest():
+    return ClippedDistanceReward(dataset="mog8", targets=[0, 1])
+
+
+def population(mode="softmax", adversary=None, weights=(0.75, 0.25)):
+    adv = adversary if adversary is not None else ClippedDistanceReward(dataset="mog8", targets=[4])
+    return [Curator(honest(), beta=1.0, mode=mode, weight=weights[0], name="honest"),
+            Curator(adv, beta=2.0, mode=mode, weight=weights[1], name="adversary")]
+
+
+def build(curators=None, **kwargs):
+    torch.manual_seed(0)  # the same velocity weights every time
+    generator = FlowMatching(MLPVelocity(2, 32, 2), [2], steps=4, ema_decay=0.0)
+    kwargs.setdefault("num_slots", NUM_SLOTS)
+    kwargs.setdefault("num_candidates", K)
+    kwargs.setdefault("preview_size", 100)
+    return CurationModule(generator=generator, reward=honest(), curators=curators, **kwargs)
+
+
+def curate(module, assigner, seed=11, **kwargs):
+    return module.curate_round(1, seed=seed, label_fn=assigner, class_names=NAMES, **kwargs)
+
+
+def assert_same(a, b):
+    assert set(a.tensors) == set(b.tensors)
+    for key in a.tensors:
+        assert torch.equal(a.tensors[key], b.tensors[key]), key
+    assert a.row == b.row
+
+
+def test_a_population_of_one_is_the_one_curator_round(assigner):
+    one = curate(build(), assigner)
+    alone = curate(build([Curator(honest(), beta=1.0, name="only")]), assigner)
+    for key in one.tensors:
+        assert torch.equal(one.tensors[key], alone.tensors[key]), key
+    assert alone.row["slots_only"] == 1.0
+    assert alone.row["reward_mean_only"] == pytest.approx(one.row["reward_mean"], rel=1e-6)
+
+
+def test_chunk_size_and_ranks_do_not_change_a_population_round(assigner, tmp_path):
+    def run(**kwargs):
+        return curate(build(population(), log_choices=NUM_SLOTS, **kwargs), assigner)
+
+    large = run(chunk_size=100000)
+    assert_same(run(chunk_size=100), large)
+    assert_same(run(chunk_size=512), large)
+    assert "choice_curator" in large.tensors and "probe_curator_rewards" in large.tensors
+    # Two ranks, each its own blocks, merged by the store in slot order: the same tensors.
+    store = RoundStore(tmp_path / "rounds")
+    store.begin(1)
+    for rank in (0, 1):
+        out = curate(build(population(), log_choices=NUM_SLOTS), assigner, rank=rank, world_size=2)
+        store.write_part(1, out.tensors, rank=rank)
+    store.commit(1, {"row": {}})
+    merged = store.read(1).tensors
+    for key, value in large.tensors.items():
+        assert torch.equal(merged[key], value), key
+
+
+def test_each_slot_is_chosen_by_its_own_curator(assigner):
+    # Best-of-K curators with opposite rewards: a slot's winner is the best of its
+    # candidates for the curator the draw gave it, and the worst for the other.
+    crowd = population(mode="argmax", adversary=NegatedReward(honest()), weights=(0.6, 0.4))
+    out = curate(build(crowd, log_choices=NUM_SLOTS, preview_size=0), assigner, seed=5)
+    t = out.tensors
+    cands, idx, who = t["choice_candidates"], t["choice_index"][:, 0], t["choice_curator"]
+    assert torch.equal(t["choice_slot"], torch.arange(NUM_SLOTS))
+    assert torch.equal(who, torch.cat([draw_curators(5, 0, 512, torch.tensor([0.6, 0.4], dtype=torch.float64)),
+                                       draw_curators(5, 1, 88, torch.tensor([0.6, 0.4], dtype=torch.float64))]))
+    r = honest()(cands.reshape(-1, 2)).view(NUM_SLOTS, K)
+    assert torch.equal(t["choice_rewards"], r)
+    picked = r.gather(1, idx[:, None])[:, 0]
+    assert torch.equal(picked[who == 0], r.max(dim=1).values[who == 0])
+    assert torch.equal(picked[who == 1], r.min(dim=1).values[who == 1])
+    assert torch.equal(t["x"], cands[torch.arange(NUM_SLOTS), idx])
+    assert torch.equal(t["rewards"], picked)
+    # The row: each curator's slots and its reward of all candidates and of the kept ones.
+    row = out.row
+    assert row["slots_honest"] == pytest.approx(float((who == 0).double().mean()))
+    assert 0.55 < row["slots_honest"] < 0.65
+    assert row["reward_mean_honest"] == pytest.approx(float(r.double().mean()), rel=1e-5)
+    assert row["reward_mean_adversary"] == pytest.approx(-float(r.double().mean()), rel=1e-5)
+    assert row["curated_reward_mean_honest"] == pytest.approx(float(picked.double().mean()), rel=1e-5)
+    assert row["selection_entropy"] == 0.0  # every slot is a best-of-K: no randomness left
+
+
+def test_choice_logs_without_curators_are_the_kept_choices(assigner):
+    out = curate(build(log_choices=50, preview_size=0), assigner)
+    t = out.tensors
+    assert set(t) >= {"choice_candidates", "choice_index", "choice_slot", "choice_rewards"}
+    assert "choice_curator" not in t and "preview" not in t
+    assert t["choice_candidates"].shape == (50, K, 2) and t["choice_index"].shape == (50, 1)
+    assert torch.equal(t["x"][:50], t["choice_candidates"][torch.arange(50), t["choice_index"][:, 0]])
+    plain = curate(build(preview_size=0), assigner)
+    for key in ("x", "rewards", "labels", "slot"):
+        assert torch.equal(plain.tensors[key], t[key]), key  # logging never changes the round
+
+
+def test_mixture_weights_are_the_population_weights():
+    torch.manual_seed(0)
+    r = torch.randn(2, 40, dtype=torch.float64)
+    crowd = population()
+    pi = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    theory = [TheoryCurator([0.0] * 40, beta=c.beta, mode=c.mode, num_candidates=4, weight=c.weight) for c in crowd]
+    assert torch.allclose(mixture_weights(r, torch.nn.ModuleList(crowd), pi, 4),
+                          empirical_population_weights(r, theory), atol=1e-12)
+
+
+def test_the_population_is_a_science_setting():
+    a, b = build(population()), build(population(adversary=ClippedDistanceReward(dataset="mog8", targets=[5])))
+    sa, sb = a.population_settings(), b.population_settings()
+    assert [c["name"] for c in sa["curators"]] == ["honest", "adversary"]
+    assert sa != sb  # same class and arguments, other centres: another population
+    assert build().population_settings() == {}
+    assert diff_settings({"beta": 1.0}, {"beta": 1.0, **sa}) == {"curators": [None, sa["curators"]]}
+    assert diff_settings({"beta": 1.0}, {"beta": 1.0}) == {}
+
+
+def test_negated_reward_negates_values_and_rewards():
+    inner = AtomReward([1.0, 0.0, 2.0], gamma=2.0)
+    neg = NegatedReward(inner)
+    x = torch.tensor([[0.0], [1.0], [2.0]])
+    assert torch.equal(neg(x), -inner(x))
+    assert torch.equal(neg.values, -inner.values)
+    assert NegatedReward(honest()).values is None
+    with pytest.raises(TypeError, match="reward"):
+        NegatedReward(lambda x: x)
+
+
+@pytest.mark.parametrize("curators, pattern", [
+    ([], "at least one Curator"),
+    ("not a list", "must be a lightning_curate.loop.Curator"),
+    ([Curator(honest(), name="a"), Curator(honest(), name="a")], "distinct names"),
+    ([Curator(honest(), weight=0.0)], "weights must not all be 0"),
+])
+def test_bad_populations_are_refused(curators, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        build(curators)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"name": "a b"}, "name"), ({"weight": -1.0}, "weight"), ({"mode": "best"}, "mode"), ({"beta": -1.0}, "beta"),
+])
+def test_bad_curators_are_refused(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Curator(honest(), **kwargs)
+
+
+def test_log_choices_must_be_a_count():
+    with pytest.raises(ValueError, match="log_choices"):
+        build(log_choices=-1)
