@@ -260,7 +260,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     if truth is not None and float(truth.std()) > 0:
         slope, intercept = recovered_scale(fitted, truth)
         report.update(spearman=spearman(fitted, truth), recovered_beta=slope, intercept=intercept)
-    if any(len(m.get("curators") or []) > 1 for m in logs["manifests"]):
+    if any(len(m.get("curators") or (m.get("settings") or {}).get("curators") or []) > 1 for m in logs["manifests"]):
         report["note"] = POPULATION_NOTE
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": fit.model.state_dict(), "architecture": spec, "report": report}, args.out)
