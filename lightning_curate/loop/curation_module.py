@@ -108,6 +108,7 @@ class CurationModule(L.LightningModule):
         self.curator_curated = nn.ModuleList([RewardStats() for _ in self.curator_names])
         self.curator_slots = ModeShares(len(self.curator_names)) if self.curators is not None else None
         self._real_curator_rewards: Optional[Tensor] = None
+        self._ideal_laws: list[Tensor] = []  # the population's ideal learner on the real data, per round
         self.model_reward = RewardStats()
         self.curated_reward = RewardStats()
         self.selection_entropy = SelectionEntropy()

@@ -50,8 +50,8 @@ from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float
 
 __all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings",
-           "draw_curators", "exact_metrics", "exact_population", "members", "mixture_weights", "population_columns",
-           "predict_next"]
+           "draw_curators", "exact_metrics", "exact_population", "ideal_columns", "members", "mixture_weights",
+           "population_columns", "population_shares", "predict_next"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -65,6 +65,8 @@ class Curator(nn.Module):
         mode: ``softmax``, ``argmax`` or ``uniform`` (as ``kchoice``).
         weight: unnormalised population weight (``pi_u = weight / sum of weights``).
         name: its column suffix in ``rounds.csv`` (letters, digits, ``_``; default ``curator<i>``).
+        share: a fixed fraction of the slots instead of a weight (e.g. the adversaries' ``epsilon``);
+            the curators without a share split the rest by weight. A sweep sets one number.
     """
 
     reward: nn.Module
@@ -72,9 +74,10 @@ class Curator(nn.Module):
     mode: str
     weight: float
     name: str
+    share: Optional[float]
 
     def __init__(self, reward: nn.Module, beta: float = 1.0, mode: str = "softmax", weight: float = 1.0,
-                 name: str = ""):
+                 name: str = "", share: Optional[float] = None):
         super().__init__()
         if not isinstance(reward, nn.Module):
             raise TypeError(f"Curator reward must be an nn.Module, got {type(reward).__name__}")
@@ -85,10 +88,11 @@ class Curator(nn.Module):
         if name and not _NAME.match(name):
             raise ValueError(f"Curator name must hold only letters, digits and '_' (it names columns), got {name!r}")
         self.name = name
+        self.share = None if share is None else check_float("share", share, minimum=0.0, maximum=1.0)
 
     def extra_repr(self) -> str:
         """Its settings, for ``print(module)``."""
-        return f"name={self.name!r}, beta={self.beta}, mode={self.mode!r}, weight={self.weight}"
+        return f"name={self.name!r}, beta={self.beta}, mode={self.mode!r}, weight={self.weight}, share={self.share}"
 
 
 def members(curators: Optional[nn.ModuleList]) -> list[Curator]:
@@ -113,10 +117,24 @@ def check_population(curators: Optional[Sequence[Curator]]) -> tuple[Optional[nn
     names = [c.name for c in curators]
     if len(set(names)) != len(names):
         raise ValueError(f"curators must have distinct names (they name columns), got {names}")
-    pi = torch.tensor([c.weight for c in curators], dtype=torch.float64)
-    if float(pi.sum()) <= 0:
-        raise ValueError("curators: the weights must not all be 0")
-    return nn.ModuleList(curators), pi / pi.sum(), names
+    return nn.ModuleList(curators), population_shares(curators), names
+
+
+def population_shares(curators: Sequence[Curator]) -> Tensor:
+    """``pi``: the fixed ``share`` s, and the rest split among the other curators by weight."""
+    fixed = sum(c.share for c in curators if c.share is not None)
+    if fixed > 1 + 1e-9:
+        raise ValueError(f"curators: the shares add up to {fixed} > 1")
+    weights = torch.tensor([c.weight if c.share is None else 0.0 for c in curators], dtype=torch.float64)
+    rest = max(0.0, 1.0 - fixed)
+    if rest > 1e-12 and float(weights.sum()) <= 0:
+        raise ValueError("curators: the weights must not all be 0" if fixed == 0 else
+                         f"curators: the shares add up to {fixed} < 1 and no other curator has a weight")
+    pi = weights / weights.sum() * rest if float(weights.sum()) > 0 else weights
+    for i, c in enumerate(curators):
+        if c.share is not None:
+            pi[i] = c.share
+    return pi / pi.sum()
 
 
 def draw_curators(seed: int, block: int, n: int, pi: Tensor) -> Tensor:
@@ -175,14 +193,15 @@ def curator_settings(curators: Optional[nn.ModuleList]) -> list[dict[str, Any]]:
     """What a resume must keep: each curator's name, weight, beta, mode and reward (class, args, state)."""
     if curators is None:
         return []
-    return [{"name": c.name, "weight": c.weight, "beta": c.beta, "mode": c.mode,
+    return [{"name": c.name, "weight": c.weight, "share": c.share, "beta": c.beta, "mode": c.mode,
              "reward": {"class_path": qualname(c.reward), "init_args": init_args_of(c.reward),
                         "state": _state_digest(c.reward)}} for c in members(curators)]
 
 
 def mixture_weights(rewards: Tensor, curators: nn.ModuleList, pi: Tensor, num_candidates: int,
-                    num_winners: int = 1) -> Tensor:
-    """``H = sum_u pi_u H_u`` on the empirical law of ``M`` candidates (``rewards [U, M]``); ``q = H / M``.
+                    num_winners: int = 1, weights: Optional[Tensor] = None) -> Tensor:
+    """``H = sum_u pi_u H_u`` on the law of ``M`` points (``rewards [U, M]``, masses ``weights``, default
+    uniform): the curated law is ``q = weights * H``.
 
     Each ``H_u`` is :func:`~lightning_curate.theory.empirical_curation_weights` of curator ``u``'s
     rewards with its ``beta`` and mode (for one winner, equal to
@@ -191,7 +210,8 @@ def mixture_weights(rewards: Tensor, curators: nn.ModuleList, pi: Tensor, num_ca
     total = torch.zeros(rewards.shape[1], dtype=torch.float64)
     for w, r, c in zip(pi.tolist(), rewards, members(curators)):
         if w > 0:
-            total += w * empirical_curation_weights(r, num_candidates, c.beta, num_winners=num_winners, mode=c.mode)
+            total += w * empirical_curation_weights(r, num_candidates, c.beta, weights=weights,
+                                                    num_winners=num_winners, mode=c.mode)
     return total
 
 
@@ -262,10 +282,37 @@ def predict_next(module: Any, probe: dict[str, Tensor], *, class_names: Optional
     if module._real_curator_rewards is None:
         module._real_curator_rewards = torch.stack([module.score(real, round_idx, c.reward).cpu()
                                                     for c in members(module.curators)], dim=1)
-    return population_columns(base, probe, module.curators, module._pi, module.curator_names,
-                              num_winners=module.num_winners, real_fraction=real_fraction, real_rewards=real_rewards,
-                              real_curator_rewards=module._real_curator_rewards, class_names=names,
-                              real_labels=real_labels)
+    columns = population_columns(base, probe, module.curators, module._pi, module.curator_names,
+                                 num_winners=module.num_winners, real_fraction=real_fraction,
+                                 real_rewards=real_rewards, real_curator_rewards=module._real_curator_rewards,
+                                 class_names=names, real_labels=real_labels)
+    columns.update(ideal_columns(module, round_idx, real_fraction, real_rewards))
+    return columns
+
+
+def ideal_columns(module: Any, round_idx: int, real_fraction: float, real_rewards: Tensor) -> dict[str, float]:
+    """The ideal learner's model after ``round_idx`` rounds, run from ``p_data`` on the real data's points.
+
+    ``p_{t+1} = rho p_data + (1 - rho) p_t H_t`` with the population's ``H_t`` on the law of the real
+    training data (the ideal learner never leaves ``p_data``'s support): ``ideal_reward_mean`` (the
+    reference reward) and ``ideal_reward_mean_<name>``, the T-round prediction a sweep draws beside
+    the runs. The laws are kept on the module, one more per round.
+    """
+    r_cur = module._real_curator_rewards.double().T  # [U, M]
+    m = r_cur.shape[1]
+    laws: list[Tensor] = module._ideal_laws
+    if not laws:
+        laws.append(torch.full((m,), 1.0 / m, dtype=torch.float64))
+    while len(laws) <= round_idx:
+        p = laws[-1]
+        q = p * mixture_weights(r_cur, module.curators, module._pi, module.num_candidates, module.num_winners,
+                                weights=p)
+        laws.append(real_fraction / m + (1 - real_fraction) * q / q.sum())
+    p = laws[round_idx]
+    out = {"ideal_reward_mean": float((p * real_rewards.double().flatten()).sum())}
+    for u, name in enumerate(module.curator_names):
+        out[f"ideal_reward_mean_{name}"] = float((p * r_cur[u]).sum())
+    return out
 
 
 def exact_population(curators: nn.ModuleList, pi: Tensor, num_candidates: int) -> Optional[list[TheoryCurator]]:

@@ -49,6 +49,10 @@ def test_the_exact_learner_follows_the_population_law(tmp_path):
         assert torch.allclose(torch.tensor([row[f"ideal_share_{c}"] for c in names], dtype=torch.float64),
                               ideal[t], atol=1e-9)
         assert abs(row["slots_honest"] - 0.75) < 5 * math.sqrt(0.75 * 0.25 / n)
+        # The T-round prediction on the real data's points (exactly p_data here) is the same iteration.
+        honest_reward = torch.tensor(HONEST, dtype=torch.float64)
+        assert abs(row["ideal_reward_mean_honest"] - float(ideal[t] @ honest_reward)) < 1e-6
+        assert abs(row["ideal_reward_mean"] - float(ideal[t] @ honest_reward)) < 1e-6
     for t in range(3):
         # Given p_t, the N kept samples are i.i.d. from the mixture q_t: p_{t+1} is Binomial(N, q_t) / N.
         q = population_trajectory(laws[t], crowd, rounds=1)[1]

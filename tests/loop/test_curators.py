@@ -5,7 +5,7 @@ import torch
 
 from lightning_curate.data.toy2d import ModeAssigner, mode_names
 from lightning_curate.loop import CurationModule, Curator, RoundStore
-from lightning_curate.loop.curators import draw_curators, mixture_weights
+from lightning_curate.loop.curators import draw_curators, mixture_weights, population_shares
 from lightning_curate.models.flow_matching import FlowMatching
 from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards import AtomReward, ClippedDistanceReward, NegatedReward
@@ -129,6 +129,23 @@ def test_mixture_weights_are_the_population_weights():
     theory = [TheoryCurator([0.0] * 40, beta=c.beta, mode=c.mode, num_candidates=4, weight=c.weight) for c in crowd]
     assert torch.allclose(mixture_weights(r, torch.nn.ModuleList(crowd), pi, 4),
                           empirical_population_weights(r, theory), atol=1e-12)
+
+
+def test_shares_fix_a_fraction_and_weights_split_the_rest():
+    def crowd(*specs):
+        return [Curator(honest(), name=f"c{i}", **spec) for i, spec in enumerate(specs)]
+
+    assert population_shares(crowd({"weight": 3.0}, {"weight": 1.0})).tolist() == [0.75, 0.25]
+    assert population_shares(crowd({"weight": 1.0}, {"weight": 3.0}, {"share": 0.2})).tolist() == \
+        pytest.approx([0.2, 0.6, 0.2])
+    assert population_shares(crowd({"weight": 5.0}, {"share": 0.0})).tolist() == [1.0, 0.0]
+    assert population_shares(crowd({"share": 0.5}, {"share": 0.5})).tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="shares add up to 1.2"):
+        population_shares(crowd({"share": 0.6}, {"share": 0.6}))
+    with pytest.raises(ValueError, match="no other curator has a weight"):
+        population_shares(crowd({"share": 0.5}, {"weight": 0.0}))
+    with pytest.raises(ValueError, match="share"):
+        Curator(honest(), share=1.5)
 
 
 def test_the_population_is_a_science_setting():
