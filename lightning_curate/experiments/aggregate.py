@@ -13,10 +13,11 @@ from typing import Optional, Sequence
 
 from lightning_curate.experiments.grid import RunSpec, format_value
 from lightning_curate.experiments.runner import read_table, table_path
-from lightning_curate.plots.sweep import plot_sweep_metric
+from lightning_curate.plots.sweep import plot_grid_figure, plot_sweep_metric
 from lightning_curate.utils.table import write_csv
 
-__all__ = ["NOT_METRICS", "TABLE_NAME", "aggregate", "as_float", "metric_columns", "plot_sweep", "summarise"]
+__all__ = ["NOT_METRICS", "TABLE_NAME", "aggregate", "as_float", "final_grid", "metric_columns", "plot_final_grid",
+           "plot_sweep", "summarise"]
 
 TABLE_NAME = "sweep.csv"
 # Columns that are bookkeeping rather than metrics: no figure for them.
@@ -129,3 +130,34 @@ def plot_sweep(rows: Sequence[dict], out_dir, *, metrics: Optional[Sequence[str]
         if summary:
             paths.append(plot_sweep_metric(metric, summary, out_dir, point_order=point_order))
     return paths
+
+
+def final_grid(rows: Sequence[dict], x: str, y: str, metric: str) -> dict[tuple[float, float], float]:
+    """``metric`` at each run's last round, averaged over seeds, per ``(x, y)`` grid cell (grid-key columns)."""
+    last: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        key = (r["point"], r["seed"])
+        if key not in last or as_float(r.get("round")) > as_float(last[key].get("round")):
+            last[key] = r
+    cells: dict[tuple[float, float], list[float]] = {}
+    for r in last.values():
+        v = as_float(r.get(metric))
+        if math.isfinite(v):
+            cells.setdefault((as_float(r.get(x)), as_float(r.get(y))), []).append(v)
+    return {cell: sum(vs) / len(vs) for cell, vs in cells.items()}
+
+
+def plot_final_grid(rows: Sequence[dict], path, *, x: str, y: str, metric: str, reference: Optional[str] = None,
+                    x_label: Optional[str] = None, y_label: Optional[str] = None) -> Optional[Path]:
+    """The last round's ``metric`` on the ``(x, y)`` grid, beside ``reference`` (e.g. the ideal learner's)."""
+    panels = {f"{metric} (runs)": final_grid(rows, x, y, metric)}
+    if reference:
+        panels[f"{reference} (ideal learner)"] = final_grid(rows, x, y, reference)
+    cells = [c for panel in panels.values() for c in panel]
+    if not cells:
+        return None
+    xs, ys = sorted({c[0] for c in cells}), sorted({c[1] for c in cells})
+    rounds = max((as_float(r.get("round")) for r in rows), default=math.nan)
+    return plot_grid_figure(panels, xs, ys, path, x_label=x_label or x.split(".")[-1],
+                            y_label=y_label or y.split(".")[-1],
+                            title=f"after {rounds:g} rounds (mean over seeds)")

@@ -133,6 +133,29 @@ def read_yaml_mapping(path, what: str, expected: str) -> dict:
 
 
 def load_base_config(path) -> dict:
-    """A LightningCLI config file as a dict, or a :class:`SweepError` saying what is wrong with it."""
+    """A LightningCLI config file as a dict, or a :class:`SweepError` saying what is wrong with it.
+
+    A list of files is a base and its overlays, merged in order as ``-c A -c B`` does: mappings
+    merge key by key, anything else (lists included) is replaced, and an entry that names another
+    ``class_path`` replaces the whole entry.
+    """
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise SweepError("base: an empty list of config files")
+        merged: dict = {}
+        for p in path:
+            merged = _merge(merged, load_base_config(p))
+        return merged
     return read_yaml_mapping(path, "base config", "a YAML mapping (a LightningCLI config)")
+
+
+def _merge(old: Any, new: Any) -> Any:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return copy.deepcopy(new)
+    if "class_path" in new and new.get("class_path") != old.get("class_path"):
+        return copy.deepcopy(new)
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = _merge(old[key], value) if key in old else copy.deepcopy(value)
+    return out
 

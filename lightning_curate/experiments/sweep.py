@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from lightning_curate.experiments.aggregate import aggregate, metric_columns, plot_sweep, summarise
+from lightning_curate.experiments.aggregate import aggregate, metric_columns, plot_final_grid, plot_sweep, summarise
 from lightning_curate.experiments.config_keys import (
     SweepError,
     check_count,
@@ -70,6 +70,7 @@ __all__ = [
     "parse_seeds",
     "parse_set_spec",
     "plan_sweep",
+    "plot_final_grid",
     "plot_sweep",
     "run_status",
     "run_sweep",
@@ -81,16 +82,24 @@ __all__ = [
 def load_sweep_file(path) -> dict:
     """Read and check a sweep file, the YAML form of the command line.
 
-    Keys: ``base`` (config path, relative to the cwd or to the file), ``grid`` (mapping
-    key -> list of values), ``seeds``, ``out``, optional ``set`` (key -> value), ``jobs``,
-    ``metrics`` (column patterns to plot), ``timeout``.
+    Keys: ``base`` (config path, relative to the cwd or to the file, or a list of them: a base
+    and its overlays, merged in order), ``grid`` (mapping key -> list of values), ``seeds``,
+    ``out``, optional ``set`` (key -> value), ``jobs``, ``metrics`` (column patterns to plot),
+    ``timeout``, ``grid_figure`` (``{x, y, metric, reference, x_label, y_label}``: the last round's
+    ``metric`` on the grid of the keys ``x`` and ``y``, beside ``reference``, in
+    ``figures/grid_<metric>.png``).
     """
     path = Path(path)
     spec = read_yaml_mapping(path, "sweep file", "a mapping with base, grid, seeds, out")
-    unknown = set(spec) - {"base", "grid", "seeds", "out", "set", "jobs", "metrics", "timeout"}
+    keys = ("base", "grid", "seeds", "out", "set", "jobs", "metrics", "timeout", "grid_figure")
+    unknown = set(spec) - set(keys)
     if unknown:
-        raise SweepError(f"sweep file {str(path)!r}: unknown keys {sorted(unknown)} "
-                         "(expected base, grid, seeds, out, set, jobs, metrics, timeout)")
+        raise SweepError(f"sweep file {str(path)!r}: unknown keys {sorted(unknown)} (expected {', '.join(keys)})")
+    figure = spec.get("grid_figure")
+    if figure is not None and (not isinstance(figure, dict) or not {"x", "y", "metric"} <= set(figure)
+                               or not set(figure) <= {"x", "y", "metric", "reference", "x_label", "y_label"}):
+        raise SweepError(f"sweep file {str(path)!r}: grid_figure must map x, y, metric (and optionally "
+                         f"reference, x_label, y_label) to column names, got {figure!r}")
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict):
         raise SweepError(f"sweep file {str(path)!r}: grid must map keys to lists of values")
@@ -101,9 +110,10 @@ def load_sweep_file(path) -> dict:
     if not isinstance(fixed, dict):
         raise SweepError(f"sweep file {str(path)!r}: set must map keys to values")
     if spec.get("base") is not None:
-        base = Path(str(spec["base"]))
-        if not base.is_absolute() and not base.exists() and (path.parent / base).exists():
-            spec["base"] = str(path.parent / base)
+        bases = [Path(str(b)) for b in (spec["base"] if isinstance(spec["base"], list) else [spec["base"]])]
+        bases = [path.parent / b if not b.is_absolute() and not b.exists() and (path.parent / b).exists() else b
+                 for b in bases]
+        spec["base"] = [str(b) for b in bases] if isinstance(spec["base"], list) else str(bases[0])
     return spec
 
 
@@ -159,19 +169,23 @@ def configure(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace,
     timeout = args.timeout if args.timeout is not None else spec.get("timeout")
     base = load_base_config(base_path)
     specs = plan_sweep(base, grid, seeds, out, fixed=fixed)
-    settings = {"base": str(base_path), "grid": grid, "fixed": fixed, "seeds": seeds, "out": out, "jobs": jobs,
-                "metrics": metrics, "timeout": timeout}
+    shown = " + ".join(map(str, base_path)) if isinstance(base_path, list) else str(base_path)
+    settings = {"base": shown, "grid": grid, "fixed": fixed, "seeds": seeds, "out": out, "jobs": jobs,
+                "metrics": metrics, "timeout": timeout, "grid_figure": spec.get("grid_figure")}
     return args, settings, specs
 
 
 def finish(specs: Sequence[RunSpec], out: Path, *, figures: bool = True, metrics=None,
-           say: Callable[[str], None] = print) -> tuple[Path, list[Path]]:
+           say: Callable[[str], None] = print, grid_figure: Optional[dict] = None) -> tuple[Path, list[Path]]:
     """Aggregate the runs into sweep.csv and the figures, and print a short summary."""
     table, rows = aggregate(specs, out)
     paths = []
     if figures and rows:
         order = list(dict.fromkeys(s.point for s in specs))
         paths = plot_sweep(rows, out / "figures", metrics=metrics, point_order=order)
+        if grid_figure:
+            grid_path = plot_final_grid(rows, out / "figures" / f"grid_{grid_figure['metric']}.png", **grid_figure)
+            paths += [grid_path] if grid_path is not None else []
     say(f"\n{len(rows)} rows -> {table}" + (f"; {len(paths)} figures in {out / 'figures'}" if paths else ""))
     summary = summarise(rows, "reward_mean") if rows else {}
     if summary:
@@ -201,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     if not args.aggregate_only:
         results = run_sweep(specs, jobs=settings["jobs"], timeout=settings["timeout"])
-    finish(specs, out, figures=not args.no_figures, metrics=settings["metrics"])
+    finish(specs, out, figures=not args.no_figures, metrics=settings["metrics"], grid_figure=settings["grid_figure"])
     failed = [r for r in results if r.status == "failed"]
     if results:
         counts = {k: sum(r.status == k for r in results) for k in ("fresh", "resumed", "skipped", "failed")}

@@ -194,8 +194,15 @@ def curator_settings(curators: Optional[nn.ModuleList]) -> list[dict[str, Any]]:
     if curators is None:
         return []
     return [{"name": c.name, "weight": c.weight, "share": c.share, "beta": c.beta, "mode": c.mode,
-             "reward": {"class_path": qualname(c.reward), "init_args": init_args_of(c.reward),
-                        "state": _state_digest(c.reward)}} for c in members(curators)]
+             "reward": _describe(c.reward)} for c in members(curators)]
+
+
+def _describe(module: nn.Module) -> dict[str, Any]:
+    """A reward's class, plain arguments (wrapped rewards described alike) and state digest."""
+    args: dict[str, Any] = init_args_of(module)
+    for name, child in module.named_children():
+        args[name] = _describe(child)
+    return {"class_path": qualname(module), "init_args": args, "state": _state_digest(module)}
 
 
 def mixture_weights(rewards: Tensor, curators: nn.ModuleList, pi: Tensor, num_candidates: int,

@@ -7,6 +7,7 @@ needs nothing of the sweep runner.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -16,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lightning_curate.plots.common import PathLike, new_figure, save_figure
 
-__all__ = ["Summary", "build_sweep_figure", "plot_sweep_metric"]
+__all__ = ["Summary", "build_grid_figure", "build_sweep_figure", "plot_grid_figure", "plot_sweep_metric"]
 
 # Per grid point: rounds, mean over seeds, 95% half-width, number of seeds.
 Summary = Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float], int]]
@@ -58,3 +59,43 @@ def plot_sweep_metric(metric: str, summary: Summary, out_dir: PathLike, *,
     """Write :func:`build_sweep_figure` to ``<out_dir>/<metric>.png`` (the name made file-safe)."""
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in metric)
     return save_figure(build_sweep_figure(metric, summary, point_order=point_order), Path(out_dir) / f"{safe}.png")
+
+
+def build_grid_figure(panels: Mapping[str, Mapping[tuple[float, float], float]], x_values: Sequence[float],
+                      y_values: Sequence[float], *, x_label: str, y_label: str, title: str) -> Figure:
+    """Heat maps side by side on one colour scale, one per panel, each cell its value printed.
+
+    A panel maps ``(x, y)`` to a value (e.g. the runs' final honest reward, and the ideal
+    learner's); a missing cell stays blank.
+    """
+    values = [v for panel in panels.values() for v in panel.values() if math.isfinite(v)]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    fig = new_figure(3.4 * len(panels) + 0.8, 3.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for ax, (name, panel) in zip(axes, panels.items()):
+        grid = [[panel.get((x, y), math.nan) for x in x_values] for y in y_values]
+        image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-9,
+                          aspect="auto")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if math.isfinite(v):
+                    light = (v - lo) / (hi - lo) < 0.5 if hi > lo else True
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if light else "black")
+        ax.set_xticks(range(len(x_values)), [f"{x:g}" for x in x_values])
+        ax.set_yticks(range(len(y_values)), [f"{y:g}" for y in y_values])
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.set_title(name, fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.85)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_grid_figure(panels: Mapping[str, Mapping[tuple[float, float], float]], x_values: Sequence[float],
+                     y_values: Sequence[float], path: PathLike, *, x_label: str, y_label: str, title: str) -> Path:
+    """Write :func:`build_grid_figure` to ``path``."""
+    return save_figure(build_grid_figure(panels, x_values, y_values, x_label=x_label, y_label=y_label, title=title),
+                       path)

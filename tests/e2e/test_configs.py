@@ -33,6 +33,9 @@ COMPOSITIONS = {
     "digits_confidence_real": ["digits.yaml", "overlays/digits_confidence.yaml",
                                "overlays/digits_confidence_real.yaml"],
     "discrete_real": ["discrete.yaml", "overlays/discrete_real.yaml"],
+    "discrete_adversarial": ["discrete.yaml", "overlays/discrete_adversarial.yaml"],
+    "mog8_adversarial": ["mog8.yaml", "overlays/mog8_adversarial.yaml"],
+    "digits_adversarial": ["digits.yaml", "overlays/digits_adversarial.yaml"],
 }
 BASES = ["mog8.yaml", "digits.yaml", "discrete.yaml", "cifar10.yaml"]
 
