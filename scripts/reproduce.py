@@ -20,6 +20,11 @@ in ``<out>/<claim>/``:
   the class proportions; with half real data they stay closer to the data
   while the reward rises. Uses configs/digits.yaml with the reward of
   configs/overlays/digits_confidence.yaml (or ConfidenceReward when it is missing).
+* ``population``: adversarial curators on the exact learner
+  (configs/sweeps/discrete_adversarial.yaml, a share epsilon of the slots wants
+  class 1, the rest class 0): with epsilon = 0 the honest reward rises as in
+  ``discrete``; past the ideal learner's threshold the adversaries' class grows,
+  below it it vanishes; with rho = 0.5 every class keeps the floor rho * p_data.
 
 Finished runs are reused (the sweeps resume), so an interrupted reproduction
 continues where it stopped. Writes ``<out>/REPORT.md`` with a PASS/FAIL table
@@ -45,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from lightning_curate.experiments import sweep  # noqa: E402
 from lightning_curate.experiments.aggregate import as_float  # noqa: E402
 
-CLAIMS = ("mog8", "discrete", "digits_class", "digits_confidence")
+CLAIMS = ("mog8", "discrete", "digits_class", "digits_confidence", "population")
 
 
 @dataclass
@@ -324,6 +329,44 @@ def claim_digits(args, out: Path, name: str) -> ClaimResult:
     return result
 
 
+def claim_population(args, out: Path) -> ClaimResult:
+    from lightning_curate.theory.population import adversarial_threshold
+
+    result = ClaimResult("population", "Adversarial curators: the threshold where they win, and real data's floor")
+    spec = sweep.load_sweep_file(REPO / "configs/sweeps/discrete_adversarial.yaml")
+    base = sweep.load_base_config([REPO / b for b in spec["base"]])
+    share_key, rho_key = list(spec["grid"])
+    fixed = {"loop.plots": False, **({"loop.rounds": 6} if args.quick else {})}
+    rounds = fixed.get("loop.rounds", sweep.get_key(base, "loop.rounds", 10))
+    grid = {share_key: [0.0, 0.1, 0.5], rho_key: [0.0, 0.5]}
+    specs, rows = run_claim_sweep(result, base, " -c ".join(spec["base"]), grid, fixed, args.seeds, out, args.jobs,
+                                  ["reward_mean", "reward_mean_adversary", "ideal_reward_mean", "share_class1"])
+    n = sweep.get_key(base, "model.init_args.num_slots")
+    p_data = sweep.get_key(base, "data.init_args.source.init_args.probs")
+    honest = [5.0 * v for v in sweep.get_key(base, "model.init_args.curators.0.init_args.reward.init_args.rewards")]
+    target = [5.0 * v for v in sweep.get_key(base, "model.init_args.curators.1.init_args.reward.init_args.rewards")]
+    check_reward_rises(result, rows, point_of(specs, **{share_key: 0.0, rho_key: 0.0}), rounds, "epsilon=0: ")
+    k = sweep.get_key(base, "model.init_args.num_candidates")
+    threshold = adversarial_threshold(p_data, honest, lambda p_t, p0: bool(p_t[1] > p0[1]), rounds=rounds,
+                                      target=target, num_candidates=k)
+    for eps in (0.1, 0.5):
+        t, share = series(rows, point_of(specs, **{share_key: eps, rho_key: 0.0}), "share_class1")
+        if len(t) < rounds + 1:
+            check(result, f"epsilon={eps}: every round ran", False, f"{len(t)}/{rounds + 1} rounds")
+            continue
+        grows = share[-1] > share[0]
+        check(result, f"epsilon={eps} ({'above' if eps > threshold else 'below'} the ideal learner's threshold "
+                      f"{threshold:.3f}): the adversaries' class {'grows' if eps > threshold else 'does not grow'}",
+              grows == (eps > threshold), f"{share[0]:.3f} -> {share[-1]:.3f}")
+    floor = 0.5 * min(p_data)
+    worst = min((as_float(r.get(c)) for r in rows if as_float(r.get(rho_key)) == 0.5
+                 for c in share_columns(rows)), default=float("nan"))
+    se = (floor * (1 - floor) / n) ** 0.5
+    check(result, f"rho=0.5: every class keeps >= rho * p_data = {floor:.3f} (less 5 standard errors), every round",
+          worst >= floor - 5 * se, f"smallest class share {worst:.4f}")
+    return result
+
+
 # --------------------------------------------------------------------------- #
 # the report
 # --------------------------------------------------------------------------- #
@@ -383,6 +426,7 @@ def main(argv=None) -> int:
         "discrete": lambda: claim_discrete(args, out / "discrete"),
         "digits_class": lambda: claim_digits(args, out / "digits_class", "digits_class"),
         "digits_confidence": lambda: claim_digits(args, out / "digits_confidence", "digits_confidence"),
+        "population": lambda: claim_population(args, out / "population"),
     }
     results, start = [], time.time()
     for name in CLAIMS:
