@@ -25,7 +25,6 @@ from torch import Tensor
 from lightning_curate.ops.kchoice_torch import (
     _count_short_rows,
     _short_rows_error,
-    _work_dtype,
     gather_candidates,
     kchoice_torch,
 )
@@ -74,9 +73,8 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
     return None
 
 
-def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> tuple[float, Optional[Tensor]]:
-    """Check the arguments; returns ``beta`` as a float and the rewards' row maxima
-    (``None`` when ``N = 0``), which the torch path reuses as its softmax shift."""
+def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> float:
+    """Check the arguments (not yet the reward values, see :func:`_check_values`); returns ``beta`` as a float."""
     if not isinstance(rewards, Tensor):
         raise TypeError(f"rewards must be a torch.Tensor of shape [N, K], got {type(rewards).__name__}")
     if not rewards.is_floating_point():
@@ -116,9 +114,7 @@ def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> tu
                              f"got {tuple(candidates.shape)}")
         if candidates.device != rewards.device:
             raise ValueError(f"candidates are on {candidates.device} but rewards on {rewards.device}")
-    if n == 0:
-        return beta, None
-    return beta, _check_values(rewards, beta)
+    return beta
 
 
 def _check_values(rewards: Tensor, beta: float) -> Tensor:
@@ -140,10 +136,10 @@ def _check_values(rewards: Tensor, beta: float) -> Tensor:
         n_dead = int((row_max == -math.inf).sum())
         raise ValueError(f"rewards has {n_dead} of {n} rows whose candidates are all -inf; "
                          "each row needs at least one candidate with a finite reward")
-    work = _work_dtype(rewards.dtype)
-    if beta > 0 and not all(math.isfinite(x) for x in torch.tensor([lo, hi], dtype=work).mul_(beta).tolist()):
-        raise ValueError(f"beta * rewards overflows {work}: beta={beta} with row maxima in [{lo}, {hi}]; "
-                         "rescale the rewards or lower beta")
+    # log_prob and logsumexp are float32 on every backend, so beta * r must fit float32 (float64 rewards too).
+    if beta > 0 and not all(math.isfinite(x) for x in torch.tensor([lo, hi], dtype=torch.float32).mul_(beta).tolist()):
+        raise ValueError(f"beta * rewards overflows {torch.float32} (the dtype of log_prob and logsumexp): "
+                         f"beta={beta} with row maxima in [{lo}, {hi}]; rescale the rewards or lower beta")
     return row_max
 
 def kchoice(
@@ -169,7 +165,7 @@ def kchoice(
         candidates: optional ``[N, K, ...]`` tensor whose winners are gathered into ``chosen``.
         backend: ``"auto"`` (Triton on CUDA tensors, torch otherwise), ``"triton"`` or ``"torch"``.
     """
-    beta, row_max = _validate(rewards, beta, num_winners, mode, seed, candidates, backend)
+    beta = _validate(rewards, beta, num_winners, mode, seed, candidates, backend)
     # A draw is not differentiable; the outputs carry no gradient on either backend.
     rewards = rewards.detach()
     if seed is None:
@@ -192,16 +188,39 @@ def kchoice(
     if use_triton:
         from lightning_curate.kernels.kchoice_triton import kchoice_triton
 
-        if mode == "softmax" and num_winners > 1:
-            # The torch path finds these rows in its own top-m pass, at no cost.
-            n_short = _count_short_rows(rewards, num_winners)
-            if n_short:
-                raise _short_rows_error(num_winners, n_short, n)
-
-        return KChoice(*kchoice_triton(rewards, beta, num_winners=num_winners, mode=mode,
-                                       seed=seed, candidates=candidates))
-    assert row_max is not None  # _validate returns None only when N = 0, handled above
+        out = KChoice(*kchoice_triton(rewards, beta, num_winners=num_winners, mode=mode,
+                                      seed=seed, candidates=candidates))
+        _check_kernel_outputs(rewards, beta, num_winners, mode, out)
+        return out
+    row_max = _check_values(rewards, beta)
     return KChoice(*kchoice_torch(rewards, beta, num_winners, mode, seed, candidates, row_max))
+
+
+def _check_kernel_outputs(rewards: Tensor, beta: float, m: int, mode: str, out: KChoice) -> None:
+    """Validate the reward values from what the kernel wrote: one small reduction and one host sync.
+
+    The kernel already reads every reward once; a row's ``logsumexp(beta * r)``
+    is finite exactly when its rewards are valid (NaN, +inf, an all -inf row or
+    an overflowing ``beta * r`` make it -inf or NaN), and with ``m > 1``
+    softmax winners the last log-probability is finite exactly when the row has
+    ``m`` finite candidates. So the valid case costs a pass over ``N`` floats,
+    not a second pass over the ``N x K`` rewards before the launch (on an H100
+    that pass cost 2.3x the kernel's own time at N = 1e6, K = 16: docs/GPU.md).
+    Only when something is wrong are the rewards read again, for the message.
+    """
+    ok = torch.isfinite(out.logsumexp).all()
+    if mode == "softmax" and m > 1:
+        ok = ok & torch.isfinite(out.log_prob[:, -1]).all()
+    if bool(ok):
+        return
+    _check_values(rewards, beta)
+    if mode == "softmax" and m > 1:
+        n_short = _count_short_rows(rewards, m)
+        if n_short:
+            raise _short_rows_error(m, n_short, rewards.shape[0])
+    n_bad = int((~torch.isfinite(out.logsumexp)).sum())
+    raise ValueError(f"logsumexp(beta * rewards) leaves float32's range in {n_bad} of {rewards.shape[0]} rows "
+                     f"(beta={beta}, rewards {rewards.dtype}); rescale the rewards or lower beta")
 
 
 def _empty(rewards: Tensor, m: int, candidates: Optional[Tensor]) -> KChoice:

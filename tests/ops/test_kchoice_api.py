@@ -253,26 +253,31 @@ def test_bad_inputs_raise(kwargs, error, match):
         kchoice(rewards, beta, **args)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("beta", [1.0, 0.0])
+@pytest.mark.parametrize("mode", ["softmax", "uniform"])
 @pytest.mark.parametrize("bad", [NAN, INF], ids=["nan", "+inf"])
-def test_non_finite_rewards_report_row_count(bad):
+def test_non_finite_rewards_report_row_count(bad, mode, beta, backend):
+    """Also with beta = 0 and in uniform mode (which ignore the values): NaN is never a reward."""
     rewards = torch.zeros(5, 3)
     rewards[1, 2] = bad
     rewards[3, 0] = bad
     rewards[3, 1] = bad
     with pytest.raises(ValueError, match=r"rewards contains NaN or \+inf in 2 of 5 rows"):
-        kchoice(rewards)
+        kchoice(rewards, beta, mode=mode, seed=0, backend=backend)
 
 
-def test_all_minus_inf_row_rejected():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_minus_inf_row_rejected(backend):
     rewards = torch.zeros(4, 3)
     rewards[2] = -INF
     with pytest.raises(ValueError, match=r"rewards has 1 of 4 rows whose candidates are all -inf"):
-        kchoice(rewards)
+        kchoice(rewards, backend=backend)
     # One finite candidate is enough for one winner, not for two (softmax).
     rewards[2, 1] = 0.0
-    assert kchoice(rewards, seed=0).index[2] == 1
+    assert kchoice(rewards, seed=0, backend=backend).index[2] == 1
     with pytest.raises(ValueError, match=r"num_winners=2 but 1 of 4 rows"):
-        kchoice(rewards, num_winners=2, seed=0)
+        kchoice(rewards, num_winners=2, seed=0, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -288,16 +293,27 @@ def test_too_few_finite_rewards_for_num_winners_counts_rows(backend):
     assert kchoice(rewards, num_winners=3, mode="uniform", seed=0, backend=backend).index.shape == (6, 3)
 
 
-def test_beta_times_rewards_overflow_rejected():
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["softmax", "argmax"])
+def test_beta_times_rewards_overflow_rejected(backend, mode):
     rewards = torch.tensor([[1e37, 0.0], [0.0, 1.0]])
-    assert kchoice(rewards, 1.0, seed=0).index[0] == 0
+    assert kchoice(rewards, 1.0, mode=mode, seed=0, backend=backend).index[0] == 0
     with pytest.raises(ValueError, match=r"beta \* rewards overflows torch.float32"):
-        kchoice(rewards, 100.0, seed=0)
+        kchoice(rewards, 100.0, mode=mode, seed=0, backend=backend)
     # A row whose best reward times beta is -inf in float32 would have no candidate left.
     with pytest.raises(ValueError, match=r"beta \* rewards overflows"):
-        kchoice(torch.tensor([[0.0, 1.0], [-1e37, -2e37]]), 100.0, seed=0)
-    # float64 rewards compute in float64: no overflow there.
-    assert kchoice(rewards.double(), 100.0, seed=0).index[0] == 0
+        kchoice(torch.tensor([[0.0, 1.0], [-1e37, -2e37]]), 100.0, mode=mode, seed=0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_rewards_must_fit_the_float32_outputs(backend):
+    """log_prob and logsumexp are float32: a float64 beta * r beyond float32 is refused, not returned as inf."""
+    rewards = torch.tensor([[1e37, 0.0], [0.0, 1.0], [1e300, 1.0]], dtype=torch.float64)
+    assert kchoice(rewards[:2], 1.0, seed=0, backend=backend).index[0] == 0
+    with pytest.raises(ValueError, match=r"beta \* rewards overflows torch.float32 \(the dtype of log_prob"):
+        kchoice(rewards, 100.0, seed=0, backend=backend)
+    with pytest.raises(ValueError, match=r"beta \* rewards overflows"):
+        kchoice(rewards[2:], 1.0, seed=0, backend=backend)
 
 
 def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):

@@ -157,3 +157,32 @@ def test_torch_path_on_cuda_law():
     counts = torch.bincount(atoms.gather(1, out.index[:, None])[:, 0], minlength=3).cpu()
     assert chi2_pvalue(counts, theory.curated_distribution(p, r, K, 1.0)) > P_MIN
     assert chi2_pvalue(counts, torch.tensor(p)) < P_MIN
+
+
+@compiled_kernels
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("case", ["nan", "+inf", "all -inf", "overflow", "short row"])
+def test_one_bad_row_among_many_is_refused(dtype, case):
+    """The kernel path validates from its own outputs: one bad row in 300,000 still names itself."""
+    n, k, row = 300_000, 8, 123_457
+    rewards = torch.randn(n, k, device="cuda").to(dtype)
+    beta, m, match = 1.0, 1, r"rewards contains NaN or \+inf in 1 of 300000 rows"
+    if case == "nan":
+        rewards[row, 3] = math.nan
+    elif case == "+inf":
+        rewards[row, 3] = math.inf
+    elif case == "all -inf":
+        rewards[row] = -math.inf
+        match = r"rewards has 1 of 300000 rows whose candidates are all -inf"
+    elif case == "overflow":
+        # beta * r past float32's 3.4e38 (float16 holds at most 65504, so a larger beta there).
+        rewards[row, 3] = 6e4 if dtype == torch.float16 else 1e38
+        beta, match = (1e34 if dtype == torch.float16 else 4.0), r"beta \* rewards overflows torch.float32"
+    else:
+        rewards[row, 1:] = -math.inf
+        m, match = 2, r"num_winners=2 but 1 of 300000 rows have fewer than 2"
+    with pytest.raises(ValueError, match=match):
+        kchoice(rewards, beta, num_winners=m, seed=1, backend="triton")
+    rewards[row] = 0.0  # repaired: accepted, every output finite
+    out = kchoice(rewards, beta, num_winners=m, seed=1, backend="triton")
+    assert torch.isfinite(out.logsumexp).all() and torch.isfinite(out.log_prob).all()
