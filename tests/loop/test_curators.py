@@ -5,11 +5,12 @@ import torch
 
 from lightning_curate.data.toy2d import ModeAssigner, mode_names
 from lightning_curate.loop import CurationModule, Curator, RoundStore
-from lightning_curate.loop.curators import draw_curators, mixture_weights, population_shares
+from lightning_curate.loop.curators import draw_curators, mixture_weights, population_shares, predict_next
 from lightning_curate.models.flow_matching import FlowMatching
 from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards import AtomReward, ClippedDistanceReward, NegatedReward
 from lightning_curate.store.settings import diff_settings
+from lightning_curate.theory import empirical_curation_weights
 from lightning_curate.theory.population import Curator as TheoryCurator
 from lightning_curate.theory.population import empirical_population_weights
 
@@ -191,3 +192,25 @@ def test_bad_curators_are_refused(kwargs, pattern):
 def test_log_choices_must_be_a_count():
     with pytest.raises(ValueError, match="log_choices"):
         build(log_choices=-1)
+
+
+def test_a_population_of_one_predicts_what_one_curator_predicts(assigner):
+    one, alone = build(), build([Curator(honest(), beta=1.0, name="only")])
+    probe = curate(one, assigner).tensors
+    probe_alone = curate(alone, assigner).tensors
+    real = torch.randn(300, 2) * 2
+    kwargs = dict(class_names=NAMES, real_fraction=0.5, real_rewards=honest()(real),
+                  real_labels=assigner(real), real_samples=real, round_idx=1)
+    want = predict_next(one, probe, **kwargs)
+    got = predict_next(alone, probe_alone, **kwargs)
+    keys = [k for k in want if k.startswith("predicted_") and "exp" not in k]
+    assert len(keys) > 10
+    for key in keys:
+        assert got[key] == pytest.approx(want[key], abs=1e-9), key
+    assert got["predicted_reward_mean_only"] == pytest.approx(want["predicted_reward_mean"], abs=1e-9)
+    # Round 1's ideal learner, one step from the real data's law: rho p_data + (1 - rho) p_data H.
+    r = honest()(real).double()
+    law = 0.5 / 300 + 0.5 * empirical_curation_weights(r, K, 1.0) / 300
+    assert got["ideal_reward_mean"] == pytest.approx(float(law @ r), abs=1e-9)
+    assert got["ideal_reward_mean_only"] == pytest.approx(float(law @ r), abs=1e-9)
+    assert not any(k.startswith("tilt_") for k in got)
