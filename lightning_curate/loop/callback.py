@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate.loop.curators import exact_metrics, predict_next
 from lightning_curate.loop.fidelity import fidelity_columns, round_zero_quality
-from lightning_curate.loop.report import fidelity_advice, plot_run, summary, write_table
+from lightning_curate.loop.report import PlotBudget, fidelity_advice, plot_run, summary, write_table
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
@@ -53,7 +53,7 @@ class RetrainingLoop(Callback):
         epochs_per_round: training epochs of each curated round.
         initial_epochs: epochs of round 0 on real data (default: ``epochs_per_round``).
         seed: run seed; every round's draws are derived from it.
-        plots: write PNG figures after every round.
+        plots: write PNG figures after the rounds (each round while drawing costs <= 10% of the run).
         allow_changed_settings: science settings (e.g. ``["beta"]`` or ``"beta,num_candidates"``) a
             resume may change deliberately; the change is recorded in the next round's manifest.
             Any other difference from the stored rounds refuses the resume.
@@ -76,7 +76,7 @@ class RetrainingLoop(Callback):
         self.epochs_per_round = epochs_per_round
         self.initial_epochs = initial_epochs if initial_epochs is not None else epochs_per_round
         self.seed = seed
-        self.make_plots = plots
+        self.make_plots, self._plot_budget = plots, PlotBudget()
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
         self.init = check_choice("init", init, INITS)
@@ -214,6 +214,7 @@ class RetrainingLoop(Callback):
         return all(t in done for t in range(self.rounds + 1))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._plot_budget = PlotBudget()
         # After a resume, rebuild the table from the store (checksums verified on read).
         for t in self._store.rounds():
             if self.last_epoch_of_round(t) < trainer.current_epoch:
@@ -263,8 +264,8 @@ class RetrainingLoop(Callback):
                            on_step=False, on_epoch=True, rank_zero_only=True)
         if trainer.is_global_zero:
             self._write_table()
-            if self.make_plots:
-                self._plot(trainer, pl_module)
+            if self.make_plots and self._plot_budget.due(last=round_idx == self.rounds):
+                self._plot_budget.draw(self._plot, trainer, pl_module)
 
     def _curate(self, trainer: Any, pl_module: Any, round_idx: int, epoch: int) -> dict:
         # Rank 0 decides (a shared filesystem may show a fresh commit to one node before another).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +19,10 @@ from lightning_curate import plots
 from lightning_curate.loop.fidelity import aggregate_fidelity
 from lightning_curate.utils.table import write_csv
 
-__all__ = ["ROW_ORDER", "fidelity_advice", "plot_run", "summary", "write_table"]
+__all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "plot_run", "summary", "write_table"]
+
+# Figures are redrawn after a round while drawing has cost at most this share of the run's time.
+PLOT_TIME_SHARE = 0.1
 
 ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
              "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance", "reward_fidelity",
@@ -84,6 +88,37 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
         name = os.path.relpath(last_checkpoint, run_dir)
         lines.append(f"  {name:<21} resume with --ckpt_path last")
     return "\n".join(lines + [""])
+
+
+class PlotBudget:
+    """Decides after which rounds the figures are redrawn, so drawing never dominates a run.
+
+    Redrawing every figure after every round grows with the rounds (one panel
+    per round) and took about a third of the main job's time on a CPU. A round's
+    figures are drawn while the drawing so far has cost at most ``share`` of
+    the time since the budget started; the last round's always are.
+
+    Example:
+        >>> budget = PlotBudget(share=0.1)
+        >>> budget.due(last=False)  # nothing drawn yet
+        True
+    """
+
+    def __init__(self, share: float = PLOT_TIME_SHARE, clock=time.perf_counter):
+        self.share, self.clock = share, clock
+        self.start, self.spent = clock(), 0.0
+
+    def due(self, last: bool) -> bool:
+        """Whether to draw now: always for the last round, else while within the share."""
+        return last or self.spent <= self.share * (self.clock() - self.start)
+
+    def draw(self, fn, *args: Any, **kwargs: Any) -> None:
+        """Call ``fn`` and charge its time to the budget."""
+        t0 = self.clock()
+        try:
+            fn(*args, **kwargs)
+        finally:
+            self.spent += self.clock() - t0
 
 
 def plot_run(rows: Sequence[Mapping[str, Any]], previews: Sequence[Optional[Tensor]], run_dir: Path, *,

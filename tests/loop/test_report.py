@@ -3,7 +3,9 @@
 import csv
 import math
 
-from lightning_curate.loop.report import fidelity_advice, summary, write_table
+import pytest
+
+from lightning_curate.loop.report import PlotBudget, fidelity_advice, summary, write_table
 
 
 def _rows(fidelities):
@@ -42,3 +44,34 @@ def test_table_puts_fixed_columns_first(tmp_path):
     assert header[:4] == ["round", "real_fraction", "reward_mean", "curated_reward_mean"]
     assert header.index("reward_fidelity") < header.index("share_a")
     assert not (tmp_path / "rounds.csv.tmp").exists()
+
+
+def test_plot_budget_draws_while_within_its_share_and_always_last():
+    """A fake clock: drawing 1 s with a 10% share waits until 10 s have passed; the last round always draws."""
+    now = [0.0]
+    budget = PlotBudget(share=0.1, clock=lambda: now[0])
+    assert budget.due(last=False)
+
+    def draw():
+        now[0] += 1.0
+
+    budget.draw(draw)
+    assert budget.spent == 1.0
+    now[0] = 9.9
+    assert not budget.due(last=False)
+    assert budget.due(last=True)
+    now[0] = 10.0
+    assert budget.due(last=False)
+
+
+def test_plot_budget_charges_a_failed_drawing():
+    now = [0.0]
+    budget = PlotBudget(share=0.5, clock=lambda: now[0])
+
+    def broken():
+        now[0] += 2.0
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        budget.draw(broken)
+    assert budget.spent == 2.0
