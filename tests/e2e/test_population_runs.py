@@ -37,6 +37,7 @@ def test_the_exact_learner_follows_the_population_law(tmp_path):
     n = model["num_slots"]
     model["preview_size"] = n
     model["curators"] = [curator("honest", 0.75, HONEST), curator("adversary", 0.25, TARGET, beta=2.0)]
+    model["log_choices"] = 1000
     main(["fit", "-c", str(write_config(tmp_path / "pop.yaml", cfg))])
     rows = [{k: float(v) for k, v in r.items() if v != ""} for r in read_rows(tmp_path / "run")]
     assert len(rows) == 4
@@ -66,6 +67,12 @@ def test_the_exact_learner_follows_the_population_law(tmp_path):
     # grows (beta 2 while class 0 is rare) and is then pushed out.
     assert laws[3][0] > laws[2][0] > laws[1][0] > 0.2
     assert rows[3]["reward_mean_honest"] > 3.0
+    # The logged choices name their curators; a single Bradley-Terry fit of them says it recovers a mixture.
+    logs = RoundStore(tmp_path / "run" / "rounds").read(0).tensors
+    assert logs["choice_curator"].shape == (1000,) and set(logs["choice_curator"].tolist()) == {0, 1}
+    report = fit_reward(["--round-dir", str(tmp_path / "run" / "rounds" / "round_000"),
+                         "--out", str(tmp_path / "r.pt"), "--max-epochs", "3"])
+    assert report["slots"] == 1000 and "mixture" in report["note"]
 
 
 def test_a_changed_population_is_refused_on_resume(tmp_path, capsys):
