@@ -215,6 +215,9 @@ class _TwoSampleMetric(_RoundMetric):
         return x, y
 
 
+_REFERENCE_CACHE_ELEMENTS = 2_000_000
+
+
 class SlicedWasserstein(_TwoSampleMetric):
     """Sliced 2-Wasserstein distance ``sqrt(mean_theta W2^2(<x, theta>, <y, theta>))``.
 
@@ -229,6 +232,9 @@ class SlicedWasserstein(_TwoSampleMetric):
         super().__init__(max_samples, **kwargs)
         self.num_projections = check_int("num_projections", num_projections, minimum=1)
         self.seed = int(seed)
+        # The reference (held-out real data) is usually the same every round: its sorted
+        # projections are kept and reused when the same rows come again (checked exactly).
+        self._reference_cache: Optional[tuple[Tensor, Tensor]] = None
 
     def projections(self, dim: int) -> Tensor:
         """The fixed unit directions ``[num_projections, dim]`` (float32, CPU)."""
@@ -241,7 +247,7 @@ class SlicedWasserstein(_TwoSampleMetric):
         x, y = self._both()
         theta = self.projections(x.shape[1]).to(x.device)
         px = torch.sort(x @ theta.T, dim=0).values  # [n, P] quantiles of each projection
-        py = torch.sort(y @ theta.T, dim=0).values  # [m, P]
+        py = self._sorted_reference(y, theta)  # [m, P]
         n, m = px.shape[0], py.shape[0]
         # Merged quantile steps: breakpoints i/n and j/m; on each step both quantiles are constant.
         breaks = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n,
@@ -254,6 +260,17 @@ class SlicedWasserstein(_TwoSampleMetric):
         acc = _accumulator_dtype(x.device)
         w2_sq = (widths.to(acc)[:, None] * (px[ix].to(acc) - py[iy].to(acc)).square()).sum(dim=0)  # [P]
         return w2_sq.mean().sqrt().to(torch.float32)
+
+
+    def _sorted_reference(self, y: Tensor, theta: Tensor) -> Tensor:
+        cached = self._reference_cache
+        if cached is not None and cached[0].shape == y.shape and cached[0].dtype == y.dtype \
+                and cached[0].device == y.device and torch.equal(cached[0], y):
+            return cached[1]
+        py = torch.sort(y @ theta.T, dim=0).values
+        if y.numel() <= _REFERENCE_CACHE_ELEMENTS:  # a copy of larger (image) references costs more than the sort
+            self._reference_cache = (y.detach().clone(), py)
+        return py
 
 
 class MMD(_TwoSampleMetric):

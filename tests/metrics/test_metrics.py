@@ -162,6 +162,26 @@ def test_sliced_wasserstein_matches_pot_with_the_same_projections():
     assert metric.compute().item() == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_sliced_wasserstein_reuses_the_reference_only_when_it_is_the_same():
+    """The reference's sorted projections are kept between rounds; a changed reference is sorted again."""
+    x, y = torch.randn(300, 2, generator=_gen(6)), torch.randn(400, 2, generator=_gen(7))
+
+    def fresh(a, b):
+        metric = SlicedWasserstein(num_projections=16)
+        metric.update(a, b)
+        return metric.compute().item()
+
+    metric = SlicedWasserstein(num_projections=16)
+    for a, b in ((x, y), (x + 1, y.clone()), (x, y + 0.5), (x, y[:-1]), (x, y)):
+        metric.reset()
+        metric.update(a, b)
+        assert metric.compute().item() == fresh(a, b)
+    y[0, 0] += 1e-3  # in place: the kept copy is compared, not the object
+    metric.reset()
+    metric.update(x, y)
+    assert metric.compute().item() == fresh(x, y)
+
+
 def test_sliced_wasserstein_seed_fixes_the_value():
     x, y = torch.randn(200, 2, generator=_gen(4)), torch.randn(200, 2, generator=_gen(5)) + 1
 
