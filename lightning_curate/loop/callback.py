@@ -260,9 +260,12 @@ class RetrainingLoop(Callback):
             return
         row = self._curate(trainer, pl_module, round_idx, epoch)
         self.rows[round_idx] = row
-        pl_module.log_dict({f"round/{k}": float(v) for k, v in row.items() if _is_number(v)},
-                           on_step=False, on_epoch=True, rank_zero_only=True)
         if trainer.is_global_zero:
+            # Straight to the loggers: through self.log, each of the ~100 columns would be a
+            # Lightning result that every later step and checkpoint copies and resets.
+            for logger in trainer.loggers:
+                logger.log_metrics({f"round/{k}": float(v) for k, v in row.items() if _is_number(v)},
+                                   step=trainer.global_step)
             self._write_table()
             if self.make_plots and self._plot_budget.due(last=round_idx == self.rounds):
                 self._plot_budget.draw(self._plot, trainer, pl_module)

@@ -130,7 +130,7 @@ def test_summary_lists_config_and_checkpoint_only_when_they_exist(tmp_path):
     assert "  checkpoints/last.ckpt resume with --ckpt_path last" in text
 
 
-def _fit_tiny(tmp_path, init):
+def _fit_tiny(tmp_path, init, logger=False):
     import lightning as L
 
     from lightning_curate import BlendingDataModule, CurationModule, FlowMatching, MLPVelocity, Toy2D
@@ -149,14 +149,30 @@ def _fit_tiny(tmp_path, init):
     model = CurationModule(generator, reward, num_slots=64, num_candidates=2, preview_size=16)
     data = BlendingDataModule(Toy2D("mog8", num_train=256, num_heldout=64), batch_size=64)
     loop = RetrainingLoop(rounds=2, epochs_per_round=2, initial_epochs=2, plots=False, init=init)
-    L.Trainer(default_root_dir=tmp_path, callbacks=[loop], accelerator="cpu", logger=False, max_epochs=1,
-              enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False).fit(model, data)
-    return calls, initial
+    trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[loop], accelerator="cpu", logger=logger, max_epochs=1,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(model, data)
+    return calls, initial, trainer
+
+
+def test_round_rows_go_to_the_loggers_not_into_lightning_results(tmp_path):
+    """Every round's row reaches the logger (metrics.csv), and none of it sits in callback_metrics,
+    which Lightning copies at every checkpoint and resets at every epoch."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    _, _, trainer = _fit_tiny(tmp_path, "warm", logger=CSVLogger(tmp_path, name="", version=""))
+    logged = [r for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r.get("round/reward_mean")]
+    stored = list(csv.DictReader(open(tmp_path / "rounds.csv")))
+    assert [float(r["round/round"]) for r in logged] == [0.0, 1.0, 2.0]
+    assert [float(r["round/reward_mean"]) for r in logged] == [float(r["reward_mean"]) for r in stored]
+    assert not [k for k in trainer.callback_metrics if k.startswith("round/")]
 
 
 @pytest.mark.parametrize("init", ["warm", "scratch"])
 def test_each_curated_round_starts_once_and_scratch_restarts_from_the_initial_weights(tmp_path, init):
-    calls, initial = _fit_tiny(tmp_path, init)
+    calls, initial, _ = _fit_tiny(tmp_path, init)
     assert [t for t, _ in calls] == [1, 2]  # rounds 1 and 2, at their first epoch; never round 0
     for _, state in calls:
         same = all(torch.equal(state[k], initial[k]) for k in initial)
