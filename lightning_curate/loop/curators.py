@@ -44,7 +44,7 @@ from lightning_curate.ops.kchoice import kchoice
 from lightning_curate.store.settings import init_args_of, qualname
 from lightning_curate.theory.empirical import empirical_curation_weights
 from lightning_curate.theory.ideal_learner import predict_round
-from lightning_curate.theory.population import Curator as TheoryCurator
+from lightning_curate.theory.population import AtomCurator
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float
@@ -322,12 +322,12 @@ def ideal_columns(module: Any, round_idx: int, real_fraction: float, real_reward
     return out
 
 
-def exact_population(curators: nn.ModuleList, pi: Tensor, num_candidates: int) -> Optional[list[TheoryCurator]]:
+def exact_population(curators: nn.ModuleList, pi: Tensor, num_candidates: int) -> Optional[list[AtomCurator]]:
     """The population on a finite support (each reward's per-atom ``values``), or ``None`` without tables."""
     tables = [getattr(c.reward, "values", None) for c in members(curators)]
     if not all(isinstance(t, Tensor) for t in tables):
         return None
-    return [TheoryCurator(cast(Tensor, t).detach().cpu().double(), c.beta, c.mode, num_candidates, float(w), c.name)
+    return [AtomCurator(cast(Tensor, t).detach().cpu().double(), c.beta, c.mode, num_candidates, float(w), c.name)
             for t, c, w in zip(tables, members(curators), pi.tolist())]
 
 

@@ -136,7 +136,7 @@ class ExactCategorical(Generator):
                       real_fraction: float, round_idx: int, population: Optional[list] = None) -> dict[str, float]:
         """Exact quantities of round ``round_idx`` of this learner, for ``rounds.csv``.
 
-        With a ``population`` (:class:`lightning_curate.theory.population.Curator` s over these
+        With a ``population`` (:class:`lightning_curate.theory.population.AtomCurator` s over these
         atoms) the ideal learner is the population's (:func:`~lightning_curate.theory.population.
         population_trajectory`) and the RLHF optimum, a one-reward notion, is left out.
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from lightning_curate.theory.population import Curator, _law, _weights_of
+from lightning_curate.theory.population import AtomCurator, _law, _weights_of
 
 __all__ = ["best_bt_scores", "population_choice_law", "rankdata", "recovered_scale", "spearman"]
 
@@ -75,7 +75,7 @@ def recovered_scale(fitted, true) -> tuple[float, float]:
     return slope, float(f.mean()) - slope * float(t.mean())
 
 
-def _curator_choice(c: Curator, tuples: Tensor) -> Tensor:
+def _curator_choice(c: AtomCurator, tuples: Tensor) -> Tensor:
     """``P(position k kept | tuple)`` for one curator: ``[T, K]``."""
     r = c.r[tuples]
     if c.mode == "uniform":
@@ -86,7 +86,7 @@ def _curator_choice(c: Curator, tuples: Tensor) -> Tensor:
     return torch.softmax(c.beta * r, dim=1)
 
 
-def population_choice_law(p, curators: Sequence[Curator], num_candidates: int) -> tuple[Tensor, Tensor, Tensor]:
+def population_choice_law(p, curators: Sequence[AtomCurator], num_candidates: int) -> tuple[Tensor, Tensor, Tensor]:
     """Every ordered tuple of ``K`` atoms, its probability under ``p^K`` and the population's choice law.
 
     Returns ``(tuples [T, K], prob [T], choice [T, K])`` with
@@ -104,7 +104,7 @@ def population_choice_law(p, curators: Sequence[Curator], num_candidates: int) -
     return tuples, prob, choice
 
 
-def best_bt_scores(p, curators: Sequence[Curator], num_candidates: int, iters: int = 100) -> dict[str, Tensor]:
+def best_bt_scores(p, curators: Sequence[AtomCurator], num_candidates: int, iters: int = 100) -> dict[str, Tensor]:
     """Per-atom scores ``s`` maximising the expected BT log-likelihood of the population's choices.
 
     ``s`` is the KL projection of the population's choice law onto Bradley-Terry laws,

@@ -1,6 +1,6 @@
 """Populations of curators: mixture laws, two-curator dynamics and adversarial curators.
 
-A *population* is a list of :class:`Curator` s; each slot is curated by one
+A *population* is a list of :class:`AtomCurator` s; each slot is curated by one
 curator drawn with probability ``pi_u`` (its normalised ``weight``). The kept
 sample's law is the mixture of the per-curator curated laws::
 
@@ -22,8 +22,8 @@ trajectory's long run (:func:`classify_long_run`).
 
 Example:
     >>> p = [0.5, 0.5]
-    >>> crowd = [Curator([1.0, 0.0], weight=1.0, num_candidates=2),
-    ...          Curator([0.0, 1.0], weight=1.0, num_candidates=2)]
+    >>> crowd = [AtomCurator([1.0, 0.0], weight=1.0, num_candidates=2),
+    ...          AtomCurator([0.0, 1.0], weight=1.0, num_candidates=2)]
     >>> population_curated_distribution(p, crowd).tolist()  # the two pulls cancel
     [0.5, 0.5]
 """
@@ -42,7 +42,7 @@ from lightning_curate.theory.laws import curation_weights
 from lightning_curate.utils.validation import check_beta, check_choice, check_float, check_int
 
 __all__ = [
-    "Curator", "LONG_RUN", "adversarial_grid", "adversarial_population", "adversarial_threshold",
+    "AtomCurator", "LONG_RUN", "adversarial_grid", "adversarial_population", "adversarial_threshold",
     "classify_long_run", "curator_weights", "empirical_population_weights", "invasion_rate",
     "population_curated_distribution", "population_trajectory", "two_curator_fixed_points",
     "two_curator_fixed_points_k2", "two_curator_map", "two_curator_population",
@@ -53,7 +53,7 @@ LONG_RUN = ("consensus_a", "consensus_b", "polarised", "oscillation", "neither")
 
 
 @dataclass(eq=False)
-class Curator:
+class AtomCurator:
     """One kind of curator: a reward per atom, a choice rule and a population weight.
 
     Args:
@@ -65,7 +65,7 @@ class Curator:
         name: label for reports.
 
     Example:
-        >>> Curator([5.0, 0.0], beta=1.0, num_candidates=4, weight=0.9, name="honest").num_candidates
+        >>> AtomCurator([5.0, 0.0], beta=1.0, num_candidates=4, weight=0.9, name="honest").num_candidates
         4
     """
 
@@ -100,12 +100,12 @@ def _law(p, name: str = "p") -> Tensor:
     return p
 
 
-def _weights_of(curators: Sequence[Curator], n: int) -> Tensor:
+def _weights_of(curators: Sequence[AtomCurator], n: int) -> Tensor:
     if not curators:
-        raise ValueError("curators must list at least one Curator")
+        raise ValueError("curators must list at least one AtomCurator")
     for i, c in enumerate(curators):
-        if not isinstance(c, Curator):
-            raise TypeError(f"curators[{i}] must be a Curator, got {type(c).__name__}")
+        if not isinstance(c, AtomCurator):
+            raise TypeError(f"curators[{i}] must be a AtomCurator, got {type(c).__name__}")
         if c.r.numel() != n:
             raise ValueError(f"curators[{i}] has {c.r.numel()} rewards but the law has {n} atoms")
     pi = torch.tensor([c.weight for c in curators], dtype=torch.float64)
@@ -114,11 +114,11 @@ def _weights_of(curators: Sequence[Curator], n: int) -> Tensor:
     return pi / pi.sum()
 
 
-def curator_weights(p, curator: Curator) -> Tensor:
+def curator_weights(p, curator: AtomCurator) -> Tensor:
     """``H_u``: the factor by which ``curator`` reweights each atom of ``p`` (``q_u = p H_u``).
 
     Example:
-        >>> [round(h, 6) for h in curator_weights([0.5, 0.5], Curator([1.0, 0.0], mode="argmax",
+        >>> [round(h, 6) for h in curator_weights([0.5, 0.5], AtomCurator([1.0, 0.0], mode="argmax",
         ...                                                           num_candidates=2)).tolist()]
         [1.5, 0.5]
     """
@@ -130,7 +130,7 @@ def curator_weights(p, curator: Curator) -> Tensor:
     return curation_weights(p, curator.r, curator.num_candidates, curator.beta)
 
 
-def population_curated_distribution(p, curators: Sequence[Curator]) -> Tensor:
+def population_curated_distribution(p, curators: Sequence[AtomCurator]) -> Tensor:
     """The population's curated law ``q = sum_u pi_u p H_u`` (float64, sums to 1)."""
     p = _law(p)
     pi = _weights_of(curators, p.numel())
@@ -138,7 +138,7 @@ def population_curated_distribution(p, curators: Sequence[Curator]) -> Tensor:
     return q / q.sum()
 
 
-def empirical_population_weights(rewards: Tensor, curators: Sequence[Curator], weights=None) -> Tensor:
+def empirical_population_weights(rewards: Tensor, curators: Sequence[AtomCurator], weights=None) -> Tensor:
     """``sum_u pi_u H_u`` at every point of an empirical law, e.g. a round's ``N x K`` candidates.
 
     ``rewards [U, M]``: curator ``u``'s reward of each of the ``M`` points (the curators'
@@ -150,7 +150,7 @@ def empirical_population_weights(rewards: Tensor, curators: Sequence[Curator], w
     if rewards.dim() != 2 or rewards.shape[0] != len(curators):
         raise ValueError(f"rewards must have shape [U, M] with U = {len(curators)} curators, "
                          f"got {tuple(rewards.shape)}")
-    pi = _weights_of([Curator(r, c.beta, c.mode, c.num_candidates, c.weight) for r, c in zip(rewards, curators)],
+    pi = _weights_of([AtomCurator(r, c.beta, c.mode, c.num_candidates, c.weight) for r, c in zip(rewards, curators)],
                      rewards.shape[1])
     total = sum(float(w) * empirical_curation_weights(r, c.num_candidates, c.beta, weights=weights, mode=c.mode)
                 for w, r, c in zip(pi, rewards, curators) if w > 0)
@@ -159,14 +159,14 @@ def empirical_population_weights(rewards: Tensor, curators: Sequence[Curator], w
     return total
 
 
-def population_trajectory(p_data, curators: Sequence[Curator], real_fraction: float = 0.0, rounds: int = 10,
+def population_trajectory(p_data, curators: Sequence[AtomCurator], real_fraction: float = 0.0, rounds: int = 10,
                           p_init=None) -> Tensor:
     """Ideal learner ``p_{t+1} = rho p_data + (1 - rho) q_t`` for a population: ``[rounds + 1, n]``.
 
     Row 0 is ``p_init`` (default ``p_data``, the model after round 0).
 
     Example:
-        >>> crowd = [Curator([5.0] + [0.0] * 9, num_candidates=4)]
+        >>> crowd = [AtomCurator([5.0] + [0.0] * 9, num_candidates=4)]
         >>> round(float(population_trajectory([0.1] * 10, crowd, rounds=1)[1, 0]), 3)
         0.338
     """
@@ -184,18 +184,18 @@ def population_trajectory(p_data, curators: Sequence[Curator], real_fraction: fl
 # -- two curators with disjoint favourite sets ------------------------------------------------
 
 def two_curator_population(weight_a: float, beta_a: float, beta_b: float, num_candidates: int = 4,
-                           mode: str = "softmax", gap_a: float = 1.0, gap_b: float = 1.0) -> list[Curator]:
+                           mode: str = "softmax", gap_a: float = 1.0, gap_b: float = 1.0) -> list[AtomCurator]:
     """The reduced two-curator population on the three atoms ``(A, B, C)``.
 
-    Curator ``a`` (weight ``weight_a``) gives ``gap_a`` to ``A`` and 0 elsewhere;
+    AtomCurator ``a`` (weight ``weight_a``) gives ``gap_a`` to ``A`` and 0 elsewhere;
     curator ``b`` (weight ``1 - weight_a``) gives ``gap_b`` to ``B``.
     """
     w = check_float("weight_a", weight_a, minimum=0.0, maximum=1.0)
-    return [Curator([gap_a, 0.0, 0.0], beta_a, mode, num_candidates, w, "a"),
-            Curator([0.0, gap_b, 0.0], beta_b, mode, num_candidates, 1.0 - w, "b")]
+    return [AtomCurator([gap_a, 0.0, 0.0], beta_a, mode, num_candidates, w, "a"),
+            AtomCurator([0.0, gap_b, 0.0], beta_b, mode, num_candidates, 1.0 - w, "b")]
 
 
-def two_curator_map(a: float, b: float, curators: Sequence[Curator], real_fraction: float = 0.0,
+def two_curator_map(a: float, b: float, curators: Sequence[AtomCurator], real_fraction: float = 0.0,
                     data_a: float = 0.0, data_b: float = 0.0) -> tuple[float, float]:
     """One ideal-learner step of the shares ``(a, b)`` of the two favoured sets.
 
@@ -228,7 +228,7 @@ def _jacobian(f: Callable[[float, float], tuple[float, float]], a: float, b: flo
     return torch.stack(cols, dim=1) @ torch.linalg.inv(steps)
 
 
-def two_curator_fixed_points(curators: Sequence[Curator], real_fraction: float = 0.0, data_a: float = 0.0,
+def two_curator_fixed_points(curators: Sequence[AtomCurator], real_fraction: float = 0.0, data_a: float = 0.0,
                              data_b: float = 0.0, grid: int = 6, tol: float = 1e-10) -> list[dict]:
     """Fixed points ``(a, b)`` of :func:`two_curator_map` on the triangle, found numerically.
 
@@ -285,7 +285,7 @@ def two_curator_fixed_points_k2(weight_a: float, delta_a: float, delta_b: float)
             "stable": {(1.0, 0.0): alpha > beta_, (0.0, 1.0): beta_ > alpha, (0.0, 0.0): False}}
 
 
-def invasion_rate(curators: Sequence[Curator], invader: int) -> float:
+def invasion_rate(curators: Sequence[AtomCurator], invader: int) -> float:
     """Growth factor per round of a rare favourite set (no real data).
 
     The set favoured by ``curators[invader]`` (of 2) is rare and the other curator's
@@ -335,7 +335,7 @@ def classify_long_run(trajectory: Tensor, floor_a: float = 0.0, floor_b: float =
 # -- adversarial curators ----------------------------------------------------------------------
 
 def adversarial_population(honest: Sequence[float], epsilon: float, kind: str = "target",
-                           target: Optional[Sequence[float]] = None, **choice) -> list[Curator]:
+                           target: Optional[Sequence[float]] = None, **choice) -> list[AtomCurator]:
     """Honest curators (weight ``1 - epsilon``) and adversaries (weight ``epsilon``).
 
     ``kind="negated"``: the adversaries' reward is ``-honest``; ``kind="target"``: it is
@@ -351,8 +351,8 @@ def adversarial_population(honest: Sequence[float], epsilon: float, kind: str = 
         adv = torch.as_tensor(target, dtype=torch.float64)
     else:
         adv = -r
-    return [Curator(r, weight=1 - eps, name="honest", **choice),
-            Curator(adv, weight=eps, name="adversary", **choice)]
+    return [AtomCurator(r, weight=1 - eps, name="honest", **choice),
+            AtomCurator(adv, weight=eps, name="adversary", **choice)]
 
 
 def adversarial_grid(p_data, honest: Sequence[float], epsilons: Sequence[float], real_fractions: Sequence[float],

@@ -15,7 +15,7 @@ from lightning_curate.cli import main
 from lightning_curate.preference.cli import run as fit_reward
 from lightning_curate.rewards import ClippedDistanceReward
 from lightning_curate.store import RoundStore
-from lightning_curate.theory.population import Curator, population_trajectory
+from lightning_curate.theory.population import AtomCurator, population_trajectory
 
 REPO = Path(__file__).resolve().parents[2]
 HONEST = [5.0] + [0.0] * 9  # AtomReward gamma 5 on class 0
@@ -42,7 +42,7 @@ def test_the_exact_learner_follows_the_population_law(tmp_path):
     rows = [{k: float(v) for k, v in r.items() if v != ""} for r in read_rows(tmp_path / "run")]
     assert len(rows) == 4
     names = [f"class{i}" for i in range(10)]
-    crowd = [Curator(HONEST, 1.0, "softmax", 4, 0.75), Curator(TARGET, 2.0, "softmax", 4, 0.25)]
+    crowd = [AtomCurator(HONEST, 1.0, "softmax", 4, 0.75), AtomCurator(TARGET, 2.0, "softmax", 4, 0.25)]
     laws = [torch.tensor([row[f"exact_share_{c}"] for c in names], dtype=torch.float64) for row in rows]
     ideal = population_trajectory([0.1] * 10, crowd, rounds=3)
     for t, row in enumerate(rows):

@@ -11,8 +11,7 @@ from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards import AtomReward, ClippedDistanceReward, NegatedReward
 from lightning_curate.store.settings import diff_settings
 from lightning_curate.theory import empirical_curation_weights
-from lightning_curate.theory.population import Curator as TheoryCurator
-from lightning_curate.theory.population import empirical_population_weights
+from lightning_curate.theory.population import AtomCurator, empirical_population_weights
 
 NUM_SLOTS = 600  # two blocks of slots (512 + 88)
 K = 3
@@ -127,7 +126,7 @@ def test_mixture_weights_are_the_population_weights():
     r = torch.randn(2, 40, dtype=torch.float64)
     crowd = population()
     pi = torch.tensor([0.75, 0.25], dtype=torch.float64)
-    theory = [TheoryCurator([0.0] * 40, beta=c.beta, mode=c.mode, num_candidates=4, weight=c.weight) for c in crowd]
+    theory = [AtomCurator([0.0] * 40, beta=c.beta, mode=c.mode, num_candidates=4, weight=c.weight) for c in crowd]
     assert torch.allclose(mixture_weights(r, torch.nn.ModuleList(crowd), pi, 4),
                           empirical_population_weights(r, theory), atol=1e-12)
 

@@ -17,7 +17,7 @@ from lightning_curate.preference import (
     recovered_scale,
     spearman,
 )
-from lightning_curate.theory.population import Curator
+from lightning_curate.theory.population import AtomCurator
 
 TEN = [0.1] * 10
 
@@ -41,7 +41,7 @@ def test_recovered_scale_is_the_least_squares_line():
 
 
 def test_choice_law_rows_are_distributions_and_mix_linearly():
-    crowd = [Curator([5.0] + [0.0] * 9, weight=3.0), Curator([0.0, 5.0] + [0.0] * 8, weight=1.0)]
+    crowd = [AtomCurator([5.0] + [0.0] * 9, weight=3.0), AtomCurator([0.0, 5.0] + [0.0] * 8, weight=1.0)]
     tuples, prob, choice = population_choice_law(TEN, crowd, 2)
     assert tuples.shape == (100, 2) and float(prob.sum()) == pytest.approx(1.0, abs=1e-12)
     assert torch.allclose(choice.sum(1), torch.ones(100, dtype=torch.float64), atol=1e-14)
@@ -53,15 +53,15 @@ def test_choice_law_rows_are_distributions_and_mix_linearly():
 def test_one_curator_best_bt_is_beta_times_reward():
     # Well specified: the KL projection is the curator's own beta * r (mean-zero gauge).
     r = torch.tensor([2.0, 0.0, -1.0, 0.5], dtype=torch.float64)
-    out = best_bt_scores([0.4, 0.3, 0.2, 0.1], [Curator(r, beta=1.5, num_candidates=3)], 3)
+    out = best_bt_scores([0.4, 0.3, 0.2, 0.1], [AtomCurator(r, beta=1.5, num_candidates=3)], 3)
     assert torch.allclose(out["scores"], 1.5 * (r - r.mean()), atol=1e-8)
 
 
 def test_population_fit_recovers_the_best_bt_approximation_not_the_average():
     # configs/discrete.yaml's ten classes, K = 4: honest curators (75%) reward 5 * 1{class 0},
     # adversaries (25%) reward 5 * 1{class 1}.
-    crowd = [Curator([5.0] + [0.0] * 9, weight=0.75, num_candidates=4),
-             Curator([0.0, 5.0] + [0.0] * 8, weight=0.25, num_candidates=4)]
+    crowd = [AtomCurator([5.0] + [0.0] * 9, weight=0.75, num_candidates=4),
+             AtomCurator([0.0, 5.0] + [0.0] * 8, weight=0.25, num_candidates=4)]
     best = best_bt_scores(TEN, crowd, 4)
     s_best = best["scores"]
     assert float(s_best[0] - s_best[2]) == pytest.approx(2.4398, abs=1e-4)

@@ -188,24 +188,25 @@ def pair(values, digits: int = 4) -> str:
 
 
 def test_worked_example_7_mixture_law():
-    from lightning_curate.theory.population import Curator, population_curated_distribution
+    from lightning_curate.theory.population import AtomCurator, population_curated_distribution
 
     text = example("Worked example 7.")
     assert "**Worked example 7.**" in section("7.1")
     pulled = 0.5 * (1 + math.tanh(0.5) / 2)
-    one = population_curated_distribution([0.5, 0.5], [Curator([1.0, 0.0], num_candidates=2)])
+    one = population_curated_distribution([0.5, 0.5], [AtomCurator([1.0, 0.0], num_candidates=2)])
     assert float(one[0]) == pytest.approx(pulled, abs=1e-12)
-    even = [Curator([1.0, 0.0], num_candidates=2), Curator([0.0, 1.0], num_candidates=2)]
+    even = [AtomCurator([1.0, 0.0], num_candidates=2), AtomCurator([0.0, 1.0], num_candidates=2)]
     half = torch.tensor([0.5, 0.5], dtype=torch.float64)
     assert torch.allclose(population_curated_distribution([0.5, 0.5], even), half)
     assert torch.allclose(theory.curated_distribution([0.5, 0.5], [0.5, 0.5], 2), half)
-    uneven = [Curator([1.0, 0.0], num_candidates=2, weight=0.6), Curator([0.0, 1.0], num_candidates=2, weight=0.4)]
+    uneven = [AtomCurator([1.0, 0.0], num_candidates=2, weight=0.6),
+              AtomCurator([0.0, 1.0], num_candidates=2, weight=0.4)]
     mixture = population_curated_distribution([0.5, 0.5], uneven)
     averaged = theory.curated_distribution([0.5, 0.5], [0.6, 0.4], 2)
     assert_printed(text, f"0.5 (1 + tanh(1/2) / 2) = {pulled:.3f}", f"mixture is `{pair(mixture)}`",
                    f"`(0.6, 0.4)` gives `{pair(averaged)}`")
     # One curator is the law of section 2 (worked example 1's K = 2 row).
-    single = population_curated_distribution(P, [Curator(R, num_candidates=2)])
+    single = population_curated_distribution(P, [AtomCurator(R, num_candidates=2)])
     assert_printed(section("7.1"), f"`q = ({fmt(single, 6)})`")
 
 
@@ -294,12 +295,12 @@ def test_section_7_3_3_real_data_caps_the_adversaries():
 
 def test_worked_example_11_bradley_terry_projection_of_a_population():
     from lightning_curate.preference.evaluate import best_bt_scores
-    from lightning_curate.theory.population import Curator
+    from lightning_curate.theory.population import AtomCurator
 
     text = example("Worked example 11.")
     assert "**Worked example 11.**" in section("7.4")
-    crowd = [Curator(R_TEN, weight=0.75, num_candidates=4),
-             Curator([0.0, 5.0] + [0.0] * 8, weight=0.25, num_candidates=4)]
+    crowd = [AtomCurator(R_TEN, weight=0.75, num_candidates=4),
+             AtomCurator([0.0, 5.0] + [0.0] * 8, weight=0.25, num_candidates=4)]
     s = best_bt_scores(TEN, crowd, 4)["scores"]
     assert torch.allclose(s[2:], s[2:].mean().expand(8), atol=1e-8)  # the other classes tie
     assert_printed(text, f"class 0 at `+{float(s[0] - s[2]):.3f}` and class 1 at `+{float(s[1] - s[2]):.3f}`",

@@ -8,7 +8,7 @@ import torch
 
 from lightning_curate.theory.laws import curated_distribution, curated_share_map
 from lightning_curate.theory.population import (
-    Curator,
+    AtomCurator,
     adversarial_grid,
     adversarial_population,
     adversarial_threshold,
@@ -30,15 +30,15 @@ TARGET10 = [0.0, 5.0] + [0.0] * 8  # adversaries want class 1
 
 def test_one_curator_is_the_paper_law():
     # docs worked example: p = (0.5, 0.3, 0.2), r = (0, 1, 2), beta = 1, K = 2.
-    q = population_curated_distribution([0.5, 0.3, 0.2], [Curator([0, 1, 2], num_candidates=2, weight=3.0)])
+    q = population_curated_distribution([0.5, 0.3, 0.2], [AtomCurator([0, 1, 2], num_candidates=2, weight=3.0)])
     assert torch.allclose(q, torch.tensor([0.354523, 0.341591, 0.303886], dtype=torch.float64), atol=1e-6)
 
 
 def test_mixture_is_weighted_sum_of_curator_laws():
     p = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
-    crowd = [Curator([0, 1, 2, 3], beta=0.7, num_candidates=3, weight=2.0),
-             Curator([3, 0, 0, 1], beta=2.0, num_candidates=5, weight=1.0),
-             Curator([0, 0, 0, 0], mode="uniform", weight=1.0)]
+    crowd = [AtomCurator([0, 1, 2, 3], beta=0.7, num_candidates=3, weight=2.0),
+             AtomCurator([3, 0, 0, 1], beta=2.0, num_candidates=5, weight=1.0),
+             AtomCurator([0, 0, 0, 0], mode="uniform", weight=1.0)]
     expected = (0.5 * curated_distribution(p, [0, 1, 2, 3], 3, 0.7)
                 + 0.25 * curated_distribution(p, [3, 0, 0, 1], 5, 2.0) + 0.25 * p)
     assert torch.allclose(population_curated_distribution(p, crowd), expected, atol=1e-14)
@@ -46,26 +46,26 @@ def test_mixture_is_weighted_sum_of_curator_laws():
 
 def test_argmax_weights_are_best_of_k():
     # Top set of mass s keeps 1 - (1 - s)^K of the winners.
-    H = curator_weights([0.3, 0.7], Curator([1.0, 0.0], mode="argmax", num_candidates=4))
+    H = curator_weights([0.3, 0.7], AtomCurator([1.0, 0.0], mode="argmax", num_candidates=4))
     assert float(0.3 * H[0]) == pytest.approx(1 - 0.7**4, abs=1e-12)
 
 
 def test_trajectory_matches_discrete_worked_example():
-    traj = population_trajectory(TEN, [Curator(HONEST10, num_candidates=4)], rounds=3)
+    traj = population_trajectory(TEN, [AtomCurator(HONEST10, num_candidates=4)], rounds=3)
     assert traj[1:, 0].tolist() == pytest.approx([0.338, 0.798, 0.996], abs=6e-4)
-    real = population_trajectory(TEN, [Curator(HONEST10, num_candidates=4)], real_fraction=0.5, rounds=3)
+    real = population_trajectory(TEN, [AtomCurator(HONEST10, num_candidates=4)], real_fraction=0.5, rounds=3)
     assert real[1:, 0].tolist() == pytest.approx([0.219, 0.359, 0.461], abs=6e-4)
 
 
 def test_bad_arguments_name_the_parameter():
     with pytest.raises(ValueError, match="mode"):
-        Curator([1.0], mode="best")
+        AtomCurator([1.0], mode="best")
     with pytest.raises(ValueError, match="num_candidates"):
-        Curator([1.0], num_candidates=0)
+        AtomCurator([1.0], num_candidates=0)
     with pytest.raises(ValueError, match="2 rewards but the law has 3"):
-        population_curated_distribution([0.2, 0.3, 0.5], [Curator([1.0, 0.0])])
+        population_curated_distribution([0.2, 0.3, 0.5], [AtomCurator([1.0, 0.0])])
     with pytest.raises(ValueError, match="real_fraction"):
-        population_trajectory([1.0], [Curator([1.0])], real_fraction=1.5)
+        population_trajectory([1.0], [AtomCurator([1.0])], real_fraction=1.5)
 
 
 def test_reduction_to_shares_equals_full_iteration():
@@ -255,7 +255,8 @@ def test_mog8_target_threshold_bracket():
 
 def test_mixture_is_not_the_law_of_the_averaged_reward():
     # docs/THEORY.md section 7.1.
-    crowd = [Curator([1.0, 0.0], num_candidates=2, weight=0.6), Curator([0.0, 1.0], num_candidates=2, weight=0.4)]
+    crowd = [AtomCurator([1.0, 0.0], num_candidates=2, weight=0.6),
+             AtomCurator([0.0, 1.0], num_candidates=2, weight=0.4)]
     q_each = 0.5 * (1 + math.tanh(0.5) / 2)
     mix = population_curated_distribution([0.5, 0.5], crowd)
     assert float(mix[0]) == pytest.approx(0.6 * q_each + 0.4 * (1 - q_each), abs=1e-12)
@@ -269,8 +270,8 @@ def test_empirical_population_weights_match_the_exact_law():
     from lightning_curate.theory.population import empirical_population_weights
 
     atoms = torch.tensor([0] * 5 + [1] * 3 + [2] * 2)
-    crowd = [Curator([0.0, 1.0, 2.0], beta=1.0, num_candidates=3, weight=0.7),
-             Curator([2.0, 0.0, 0.0], mode="argmax", num_candidates=2, weight=0.3)]
+    crowd = [AtomCurator([0.0, 1.0, 2.0], beta=1.0, num_candidates=3, weight=0.7),
+             AtomCurator([2.0, 0.0, 0.0], mode="argmax", num_candidates=2, weight=0.3)]
     rewards = torch.stack([c.r[atoms] for c in crowd])
     H = empirical_population_weights(rewards, crowd)
     q = torch.zeros(3, dtype=torch.float64).index_add_(0, atoms, H / atoms.numel())
