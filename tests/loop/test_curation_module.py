@@ -5,12 +5,10 @@ import warnings
 
 import pytest
 import torch
+from loop_helpers import assert_same_outcome, build_module
 from torch import nn
 
 from lightning_curate.data.toy2d import ModeAssigner, mode_names
-from lightning_curate.loop.curation_module import CurationModule
-from lightning_curate.models.flow_matching import FlowMatching
-from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards.geometric import ClippedDistanceReward
 
 NUM_SLOTS = 600  # two blocks of slots (512 + 88): exercises the block boundary
@@ -73,24 +71,12 @@ def clipped_reward():
 
 
 def build(reward=None, **kwargs):
-    torch.manual_seed(0)  # the same velocity weights every time
-    generator = FlowMatching(MLPVelocity(2, 32, 2), [2], steps=4, ema_decay=0.0)
-    kwargs.setdefault("num_slots", NUM_SLOTS)
-    kwargs.setdefault("num_candidates", K)
-    kwargs.setdefault("preview_size", 100)
-    return CurationModule(generator=generator, reward=reward if reward is not None else clipped_reward(),
-                          **kwargs)
+    return build_module(reward if reward is not None else clipped_reward(),
+                        **{"num_slots": NUM_SLOTS, "num_candidates": K, **kwargs})
 
 
 def curate(module, assigner, seed=11, round_idx=1):
     return module.curate_round(round_idx, seed=seed, label_fn=assigner, class_names=CLASS_NAMES)
-
-
-def _assert_same_outcome(a, b):
-    assert set(a.tensors) == set(b.tensors)
-    for key in a.tensors:
-        assert torch.equal(a.tensors[key], b.tensors[key]), key
-    assert a.row == b.row
 
 
 def test_curate_round_outputs(assigner):
@@ -211,7 +197,7 @@ def test_two_winners_per_slot(assigner):
 def test_same_seed_same_round_different_seed_differs(assigner):
     a = curate(build(), assigner, seed=11)
     b = curate(build(), assigner, seed=11)
-    _assert_same_outcome(a, b)
+    assert_same_outcome(a, b)
     c = curate(build(), assigner, seed=12)
     assert not torch.equal(a.tensors["x"], c.tensors["x"])
     assert not torch.equal(a.tensors["preview"], c.tensors["preview"])
@@ -221,8 +207,8 @@ def test_chunk_size_does_not_change_the_round(assigner):
     small = curate(build(chunk_size=512), assigner)
     odd = curate(build(chunk_size=700), assigner)
     large = curate(build(chunk_size=100000), assigner)
-    _assert_same_outcome(small, large)
-    _assert_same_outcome(odd, large)
+    assert_same_outcome(small, large)
+    assert_same_outcome(odd, large)
 
 
 def test_chunks_bound_the_reward_batch():

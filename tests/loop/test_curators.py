@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from loop_helpers import assert_same_outcome, build_module
 
 from lightning_curate.data.toy2d import ModeAssigner, mode_names
-from lightning_curate.loop import CurationModule, Curator, RoundStore
+from lightning_curate.loop import Curator, RoundStore
 from lightning_curate.loop.curators import draw_curators, mixture_weights, population_shares, predict_next
-from lightning_curate.models.flow_matching import FlowMatching
-from lightning_curate.models.mlp import MLPVelocity
 from lightning_curate.rewards import AtomReward, ClippedDistanceReward, NegatedReward
 from lightning_curate.store.settings import diff_settings
 from lightning_curate.theory import empirical_curation_weights
@@ -34,23 +33,11 @@ def population(mode="softmax", adversary=None, weights=(0.75, 0.25)):
 
 
 def build(curators=None, **kwargs):
-    torch.manual_seed(0)  # the same velocity weights every time
-    generator = FlowMatching(MLPVelocity(2, 32, 2), [2], steps=4, ema_decay=0.0)
-    kwargs.setdefault("num_slots", NUM_SLOTS)
-    kwargs.setdefault("num_candidates", K)
-    kwargs.setdefault("preview_size", 100)
-    return CurationModule(generator=generator, reward=honest(), curators=curators, **kwargs)
+    return build_module(honest(), curators=curators, **{"num_slots": NUM_SLOTS, "num_candidates": K, **kwargs})
 
 
 def curate(module, assigner, seed=11, **kwargs):
     return module.curate_round(1, seed=seed, label_fn=assigner, class_names=NAMES, **kwargs)
-
-
-def assert_same(a, b):
-    assert set(a.tensors) == set(b.tensors)
-    for key in a.tensors:
-        assert torch.equal(a.tensors[key], b.tensors[key]), key
-    assert a.row == b.row
 
 
 def test_a_population_of_one_is_the_one_curator_round(assigner):
@@ -67,8 +54,8 @@ def test_chunk_size_and_ranks_do_not_change_a_population_round(assigner, tmp_pat
         return curate(build(population(), log_choices=NUM_SLOTS, **kwargs), assigner)
 
     large = run(chunk_size=100000)
-    assert_same(run(chunk_size=100), large)
-    assert_same(run(chunk_size=512), large)
+    assert_same_outcome(run(chunk_size=100), large)
+    assert_same_outcome(run(chunk_size=512), large)
     assert "choice_curator" in large.tensors and "probe_curator_rewards" in large.tensors
     # Two ranks, each its own blocks, merged by the store in slot order: the same tensors.
     store = RoundStore(tmp_path / "rounds")

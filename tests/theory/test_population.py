@@ -94,6 +94,15 @@ def test_k2_closed_form_map(mode):
                                      b * (1 + beta_ * (1 - b) - alpha * a)), abs=1e-12)
 
 
+def _iterate(crowd, a, b, steps):
+    """The two-curator map from (a, b): the trajectory [steps + 1, 2]."""
+    traj = [(a, b)]
+    for _ in range(steps):
+        a, b = two_curator_map(a, b, crowd)
+        traj.append((a, b))
+    return torch.tensor(traj)
+
+
 def test_k2_fixed_points_closed_form_vs_numeric():
     crowd = two_curator_population(0.6, 1.0, 1.0, num_candidates=2)
     closed = two_curator_fixed_points_k2(0.6, math.tanh(0.5), math.tanh(0.5))
@@ -102,12 +111,8 @@ def test_k2_fixed_points_closed_form_vs_numeric():
     stable = [(p["a"], p["b"]) for p in numeric if p["stable"]]
     assert closed["winner"] == "a" and stable == [(1.0, 0.0)]
     # The iteration from an interior start reaches the winner's consensus.
-    a, b = 0.2, 0.5
-    traj = [(a, b)]
-    for _ in range(400):
-        a, b = two_curator_map(a, b, crowd)
-        traj.append((a, b))
-    assert classify_long_run(torch.tensor(traj)) == "consensus_a"
+    traj = _iterate(crowd, 0.2, 0.5, 400)
+    assert classify_long_run(traj) == "consensus_a"
 
 
 def test_k4_symmetric_polarises_at_one_half():
@@ -119,13 +124,9 @@ def test_k4_symmetric_polarises_at_one_half():
     w = math.exp(2.0)
     rate = 0.5 * 4 * w / (w + 3) + 0.5 * 4 / (1 + 3 * w)
     assert invasion_rate(crowd, 1) == pytest.approx(rate, abs=1e-12) and rate > 1
-    a, b = 0.02, 0.3
-    traj = [(a, b)]
-    for _ in range(60):
-        a, b = two_curator_map(a, b, crowd)
-        traj.append((a, b))
-    assert classify_long_run(torch.tensor(traj)) == "polarised"
-    assert (a, b) == pytest.approx((0.5, 0.5), abs=1e-6)
+    traj = _iterate(crowd, 0.02, 0.3, 60)
+    assert classify_long_run(traj) == "polarised"
+    assert tuple(traj[-1].tolist()) == pytest.approx((0.5, 0.5), abs=1e-6)
 
 
 def test_argmax_invasion_rate_is_pi_k():
