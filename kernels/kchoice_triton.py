@@ -174,6 +174,8 @@ def _kchoice_one_kernel(
         best_idx = tl.where(take | (best_idx == _INT_MAX), c_idx, best_idx)
         run_max, run_sum = _lse_update(run_max, run_sum, s)
     lse = _lse_final(run_max, run_sum)
+    # A row of NaN keys elects no winner: stay inside the row (the op refuses it from lse).
+    best_idx = tl.minimum(best_idx, K - 1)
     tl.store(LSE + rows, lse, mask=row_ok)
     tl.store(IDX + rows, best_idx.to(tl.int64), mask=row_ok)
     if MODE == 0:
@@ -221,8 +223,12 @@ def _kchoice_topm_kernel(
             take = (c_key > best_key) | ((c_key == best_key) & (c_idx < best_idx))
             best_key = tl.where(take, c_key, best_key)
             best_idx = tl.where(take, c_idx, best_idx)
-            run_max, run_sum = _lse_update(run_max, run_sum, tl.where(elig, s, float("-inf")))
+            # The first pass's logsumexp takes every column, so a NaN score (never in the race,
+            # its comparisons are false) shows in it and the op refuses the row.
+            in_lse = elig | (col_ok & (j == 0))
+            run_max, run_sum = _lse_update(run_max, run_sum, tl.where(in_lse, s, float("-inf")))
         lse_left = _lse_final(run_max, run_sum)
+        best_idx = tl.minimum(best_idx, K - 1)  # no candidate left (NaN keys): stay inside the row
         if j == 0:
             tl.store(LSE + rows, lse_left, mask=row_ok)
         if MODE == 0:

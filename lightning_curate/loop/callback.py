@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate.loop.curators import exact_metrics, predict_next
 from lightning_curate.loop.fidelity import fidelity_columns, round_zero_quality
-from lightning_curate.loop.report import PlotBudget, fidelity_advice, plot_run, summary, write_table
+from lightning_curate.loop.report import PlotBudget, fidelity_advice, log_row, plot_run, summary, write_table
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
@@ -76,7 +76,7 @@ class RetrainingLoop(Callback):
         self.epochs_per_round = epochs_per_round
         self.initial_epochs = initial_epochs if initial_epochs is not None else epochs_per_round
         self.seed = seed
-        self.make_plots, self._plot_budget = plots, PlotBudget()
+        self.make_plots, self._plot_budget, self._drawn = plots, PlotBudget(), -1
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
         self.init = check_choice("init", init, INITS)
@@ -261,14 +261,11 @@ class RetrainingLoop(Callback):
         row = self._curate(trainer, pl_module, round_idx, epoch)
         self.rows[round_idx] = row
         if trainer.is_global_zero:
-            # Straight to the loggers: through self.log, each of the ~100 columns would be a
-            # Lightning result that every later step and checkpoint copies and resets.
-            for logger in trainer.loggers:
-                logger.log_metrics({f"round/{k}": float(v) for k, v in row.items() if _is_number(v)},
-                                   step=trainer.global_step)
+            log_row(trainer.loggers, row, step=trainer.global_step)
             self._write_table()
             if self.make_plots and self._plot_budget.due(last=round_idx == self.rounds):
                 self._plot_budget.draw(self._plot, trainer, pl_module)
+                self._drawn = round_idx
 
     def _curate(self, trainer: Any, pl_module: Any, round_idx: int, epoch: int) -> dict:
         # Rank 0 decides (a shared filesystem may show a fresh commit to one node before another).
@@ -385,6 +382,8 @@ class RetrainingLoop(Callback):
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.rows:
             return
+        if self.make_plots and self._drawn != max(self.rows):  # stopped early (max_time...): draw the last round
+            self._plot(trainer, pl_module)
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
         print(self.summary(Path(checkpoint) if checkpoint else None))
         advice = fidelity_advice([self.rows[t] for t in sorted(self.rows)], self.fidelity_threshold)
@@ -394,7 +393,3 @@ class RetrainingLoop(Callback):
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""
         return summary([self.rows[t] for t in sorted(self.rows)], self._run_dir, last_checkpoint)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -19,7 +19,8 @@ from lightning_curate import plots
 from lightning_curate.loop.fidelity import aggregate_fidelity
 from lightning_curate.utils.table import write_csv
 
-__all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "plot_run", "summary", "write_table"]
+__all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "log_row", "plot_run", "summary",
+           "write_table"]
 
 # Figures are redrawn after a round while drawing has cost at most this share of the run's time.
 PLOT_TIME_SHARE = 0.1
@@ -88,6 +89,21 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
         name = os.path.relpath(last_checkpoint, run_dir)
         lines.append(f"  {name:<21} resume with --ckpt_path last")
     return "\n".join(lines + [""])
+
+
+def log_row(loggers: Sequence[Any], row: Mapping[str, Any], step: int) -> None:
+    """Send a round's numeric columns to every logger as ``round/<column>``, and flush them.
+
+    Straight to the loggers, not through ``LightningModule.log``: there each of a row's
+    ~100 columns would become a Lightning result that every later epoch resets and every
+    checkpoint deep-copies. ``save()`` writes them now (a CSV logger would otherwise hold
+    them until its next write), so a run killed in the next round keeps them.
+    """
+    metrics = {f"round/{k}": float(v) for k, v in row.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
 
 
 class PlotBudget:

@@ -234,7 +234,7 @@ class SlicedWasserstein(_TwoSampleMetric):
         self.seed = int(seed)
         # The reference (held-out real data) is usually the same every round: its sorted
         # projections are kept and reused when the same rows come again (checked exactly).
-        self._reference_cache: Optional[tuple[Tensor, Tensor]] = None
+        self._reference_cache: Optional[tuple[Tensor, Tensor, Tensor]] = None
 
     def projections(self, dim: int) -> Tensor:
         """The fixed unit directions ``[num_projections, dim]`` (float32, CPU)."""
@@ -264,12 +264,12 @@ class SlicedWasserstein(_TwoSampleMetric):
 
     def _sorted_reference(self, y: Tensor, theta: Tensor) -> Tensor:
         cached = self._reference_cache
-        if cached is not None and cached[0].shape == y.shape and cached[0].dtype == y.dtype \
-                and cached[0].device == y.device and torch.equal(cached[0], y):
-            return cached[1]
+        if cached is not None and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+                                      and torch.equal(a, b) for a, b in zip(cached[:2], (y, theta))):
+            return cached[2]
         py = torch.sort(y @ theta.T, dim=0).values
         if y.numel() <= _REFERENCE_CACHE_ELEMENTS:  # a copy of larger (image) references costs more than the sort
-            self._reference_cache = (y.detach().clone(), py)
+            self._reference_cache = (y.detach().clone(), theta.clone(), py)
         return py
 
 

@@ -185,6 +185,8 @@ def kchoice(
     n, k = rewards.shape
     if n == 0:
         return _empty(rewards, num_winners, candidates)
+    if rewards.dtype == torch.float64:
+        _check_float32_range(rewards)
     if use_triton:
         from lightning_curate.kernels.kchoice_triton import kchoice_triton
 
@@ -196,31 +198,42 @@ def kchoice(
     return KChoice(*kchoice_torch(rewards, beta, num_winners, mode, seed, candidates, row_max))
 
 
+def _check_float32_range(rewards: Tensor) -> None:
+    """float64 rewards must lie in float32's range: both backends return float32 log-probabilities,
+    and the kernel reads rewards in float32 (where -1e300 would become -inf, a candidate never chosen)."""
+    big = float(torch.where(torch.isfinite(rewards), rewards.abs(), 0.0).amax())
+    if big > torch.finfo(torch.float32).max:
+        raise ValueError(f"rewards are float64 with finite values up to {big:g} in magnitude, outside float32's "
+                         f"range (+-{torch.finfo(torch.float32).max:.4g}), in which log-probabilities are "
+                         "computed; rescale the rewards")
+
+
 def _check_kernel_outputs(rewards: Tensor, beta: float, m: int, mode: str, out: KChoice) -> None:
     """Validate the reward values from what the kernel wrote: one small reduction and one host sync.
 
     The kernel already reads every reward once; a row's ``logsumexp(beta * r)``
-    is finite exactly when its rewards are valid (NaN, +inf, an all -inf row or
-    an overflowing ``beta * r`` make it -inf or NaN), and with ``m > 1``
-    softmax winners the last log-probability is finite exactly when the row has
-    ``m`` finite candidates. So the valid case costs a pass over ``N`` floats,
+    is finite for valid rewards, and NaN, +inf, an all -inf row or an
+    overflowing ``beta * r`` make it -inf or NaN (the ``m > 1`` kernel's first
+    pass takes every column into it for that reason); with ``m > 1`` softmax
+    winners the last log-probability is not finite when the row has fewer than
+    ``m`` candidates with a finite ``beta * r``. So the valid case costs a pass over ``N`` floats,
     not a second pass over the ``N x K`` rewards before the launch (on an H100
     that pass cost 2.3x the kernel's own time at N = 1e6, K = 16: docs/GPU.md).
     Only when something is wrong are the rewards read again, for the message.
     """
-    ok = torch.isfinite(out.logsumexp).all()
+    bad_rows = ~torch.isfinite(out.logsumexp)
     if mode == "softmax" and m > 1:
-        ok = ok & torch.isfinite(out.log_prob[:, -1]).all()
-    if bool(ok):
+        bad_rows |= ~torch.isfinite(out.log_prob[:, -1])
+    if not bool(bad_rows.any()):
         return
     _check_values(rewards, beta)
     if mode == "softmax" and m > 1:
         n_short = _count_short_rows(rewards, m)
         if n_short:
             raise _short_rows_error(m, n_short, rewards.shape[0])
-    n_bad = int((~torch.isfinite(out.logsumexp)).sum())
-    raise ValueError(f"logsumexp(beta * rewards) leaves float32's range in {n_bad} of {rewards.shape[0]} rows "
-                     f"(beta={beta}, rewards {rewards.dtype}); rescale the rewards or lower beta")
+    raise ValueError(f"beta * rewards leaves float32's range in {int(bad_rows.sum())} of {rewards.shape[0]} rows "
+                     f"(beta={beta}, rewards {rewards.dtype}): a candidate the choice needs overflows or "
+                     "underflows to -inf; rescale the rewards or lower beta")
 
 
 def _empty(rewards: Tensor, m: int, candidates: Optional[Tensor]) -> KChoice:

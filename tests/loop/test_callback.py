@@ -130,7 +130,7 @@ def test_summary_lists_config_and_checkpoint_only_when_they_exist(tmp_path):
     assert "  checkpoints/last.ckpt resume with --ckpt_path last" in text
 
 
-def _fit_tiny(tmp_path, init, logger=False):
+def _fit_tiny(tmp_path, init, logger=False, plots=False, callbacks=()):
     import lightning as L
 
     from lightning_curate import BlendingDataModule, CurationModule, FlowMatching, MLPVelocity, Toy2D
@@ -148,8 +148,9 @@ def _fit_tiny(tmp_path, init, logger=False):
     reward = ClippedDistanceReward(dataset="mog8", targets=[0])
     model = CurationModule(generator, reward, num_slots=64, num_candidates=2, preview_size=16)
     data = BlendingDataModule(Toy2D("mog8", num_train=256, num_heldout=64), batch_size=64)
-    loop = RetrainingLoop(rounds=2, epochs_per_round=2, initial_epochs=2, plots=False, init=init)
-    trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[loop], accelerator="cpu", logger=logger, max_epochs=1,
+    loop = RetrainingLoop(rounds=2, epochs_per_round=2, initial_epochs=2, plots=plots, init=init)
+    trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[loop, *callbacks], accelerator="cpu", logger=logger,
+                        max_epochs=1,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(model, data)
     return calls, initial, trainer
@@ -182,3 +183,25 @@ def test_each_curated_round_starts_once_and_scratch_restarts_from_the_initial_we
 def test_init_must_be_warm_or_scratch():
     with pytest.raises(ValueError, match=r"init must be one of \('warm', 'scratch'\), got 'cold'"):
         RetrainingLoop(init="cold")
+
+
+def test_a_run_stopped_before_its_last_round_still_draws_its_last_finished_round(tmp_path, monkeypatch):
+    """The figures are redrawn only within their time budget; a run that ends early redraws at its end."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_curate.loop.report import PlotBudget
+
+    drawn = []
+    monkeypatch.setattr(PlotBudget, "due", lambda self, last: last)  # only the last round on its own
+    monkeypatch.setattr(RetrainingLoop, "_plot", lambda self, trainer, module: drawn.append(max(self.rows)))
+
+    class StopAfterRoundOne(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 3:  # the last epoch of round 1 (round 0: epochs 0-1)
+                trainer.should_stop = True
+
+    _fit_tiny(tmp_path, "warm", plots=True, callbacks=[StopAfterRoundOne()])
+    assert drawn == [1]
+    drawn.clear()
+    _fit_tiny(tmp_path / "full", "warm", plots=True)
+    assert drawn == [2]  # drawn after the last round, not again at the end

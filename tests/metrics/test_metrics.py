@@ -180,6 +180,12 @@ def test_sliced_wasserstein_reuses_the_reference_only_when_it_is_the_same():
     metric.reset()
     metric.update(x, y)
     assert metric.compute().item() == fresh(x, y)
+    metric.seed = 5  # other projections: the kept sort is not theirs
+    metric.reset()
+    metric.update(x, y)
+    other = SlicedWasserstein(num_projections=16, seed=5)
+    other.update(x, y)
+    assert metric.compute().item() == other.compute().item() != fresh(x, y)
 
 
 def test_sliced_wasserstein_seed_fixes_the_value():

@@ -306,14 +306,42 @@ def test_beta_times_rewards_overflow_rejected(backend, mode):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_float64_rewards_must_fit_the_float32_outputs(backend):
-    """log_prob and logsumexp are float32: a float64 beta * r beyond float32 is refused, not returned as inf."""
-    rewards = torch.tensor([[1e37, 0.0], [0.0, 1.0], [1e300, 1.0]], dtype=torch.float64)
-    assert kchoice(rewards[:2], 1.0, seed=0, backend=backend).index[0] == 0
+def test_float64_rewards_must_fit_float32(backend):
+    """Log-probabilities are float32 on both backends and the kernel reads float32: a float64 reward
+    beyond float32's range is refused on both (it was inf on one and a never-chosen -inf on the other)."""
+    rewards = torch.tensor([[1e37, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    assert kchoice(rewards, 1.0, seed=0, backend=backend).index[0] == 0
     with pytest.raises(ValueError, match=r"beta \* rewards overflows torch.float32 \(the dtype of log_prob"):
         kchoice(rewards, 100.0, seed=0, backend=backend)
-    with pytest.raises(ValueError, match=r"beta \* rewards overflows"):
-        kchoice(rewards[2:], 1.0, seed=0, backend=backend)
+    for bad in (1e300, -1e300, 1e39):
+        with pytest.raises(ValueError, match=r"rewards are float64 with finite values up to .* outside float32's"):
+            kchoice(torch.tensor([[bad, 1.0], [0.0, 1.0]], dtype=torch.float64), 0.0, seed=0, backend=backend)
+    ok = torch.tensor([[-math.inf, 1.0], [3e38, -3e38]], dtype=torch.float64)  # -inf and float32's edge: fine
+    assert kchoice(ok, 0.5, seed=0, backend=backend).index.tolist() in ([1, 0], [1, 1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["softmax", "argmax", "uniform"])
+@pytest.mark.parametrize("case", ["nan", "inf at beta 0", "nan row"])
+def test_non_finite_rewards_are_refused_with_several_winners(backend, mode, case):
+    """With m > 1 a NaN never enters the race; it must still refuse the call (and no index may leave the row)."""
+    rewards = torch.tensor([[1.0, 2.0, 0.5], [0.0, 1.0, 2.0]])
+    beta = 1.0
+    if case == "nan":
+        rewards[0, 2] = math.nan
+    elif case == "inf at beta 0":
+        rewards[0, 2], beta = math.inf, 0.0
+    else:
+        rewards[0, [0, 2]] = math.nan
+    with pytest.raises(ValueError, match=r"rewards contains NaN or \+inf in 1 of 2 rows"):
+        kchoice(rewards, beta, num_winners=2, mode=mode, seed=0, backend=backend)
+
+
+def test_underflow_that_leaves_too_few_candidates_is_named():
+    """beta * r of a finite reward can underflow float32 to -inf: the kernel path says so, with the row count."""
+    rewards = torch.tensor([[0.0, -1e30], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"leaves float32's range in 1 of 2 rows .*underflows to -inf"):
+        kchoice(rewards, 1e10, num_winners=2, seed=0, backend="triton")
 
 
 def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):

@@ -161,14 +161,15 @@ def test_torch_path_on_cuda_law():
 
 @compiled_kernels
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
-@pytest.mark.parametrize("case", ["nan", "+inf", "all -inf", "overflow", "short row"])
+@pytest.mark.parametrize("case", ["nan", "+inf", "all -inf", "overflow", "short row", "nan, 2 winners"])
 def test_one_bad_row_among_many_is_refused(dtype, case):
     """The kernel path validates from its own outputs: one bad row in 300,000 still names itself."""
     n, k, row = 300_000, 8, 123_457
     rewards = torch.randn(n, k, device="cuda").to(dtype)
     beta, m, match = 1.0, 1, r"rewards contains NaN or \+inf in 1 of 300000 rows"
-    if case == "nan":
+    if case in ("nan", "nan, 2 winners"):
         rewards[row, 3] = math.nan
+        m = 2 if case == "nan, 2 winners" else 1
     elif case == "+inf":
         rewards[row, 3] = math.inf
     elif case == "all -inf":
