@@ -325,6 +325,8 @@ class RetrainingLoop(Callback):
         docs/THEORY.md 4.2's monotone-improvement check against the previous round's bound.
         """
         datamodule = trainer.datamodule
+        if datamodule.policy != "replace":  # the ideal learner's laws here are replace's: none rather than wrong
+            return {}
         real = datamodule.real.train
         if self._real_rewards is None:
             self._real_rewards = pl_module.score(real.to(pl_module.device), round_idx).cpu()

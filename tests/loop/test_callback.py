@@ -130,7 +130,7 @@ def test_summary_lists_config_and_checkpoint_only_when_they_exist(tmp_path):
     assert "  checkpoints/last.ckpt resume with --ckpt_path last" in text
 
 
-def _fit_tiny(tmp_path, init, logger=False, plots=False, callbacks=()):
+def _fit_tiny(tmp_path, init, logger=False, plots=False, callbacks=(), policy="replace"):
     import lightning as L
 
     from lightning_curate import BlendingDataModule, CurationModule, FlowMatching, MLPVelocity, Toy2D
@@ -147,7 +147,7 @@ def _fit_tiny(tmp_path, init, logger=False, plots=False, callbacks=()):
     initial = {k: v.clone() for k, v in generator.velocity.state_dict().items()}
     reward = ClippedDistanceReward(dataset="mog8", targets=[0])
     model = CurationModule(generator, reward, num_slots=64, num_candidates=2, preview_size=16)
-    data = BlendingDataModule(Toy2D("mog8", num_train=256, num_heldout=64), batch_size=64)
+    data = BlendingDataModule(Toy2D("mog8", num_train=256, num_heldout=64), batch_size=64, policy=policy)
     loop = RetrainingLoop(rounds=2, epochs_per_round=2, initial_epochs=2, plots=plots, init=init)
     trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[loop, *callbacks], accelerator="cpu", logger=logger,
                         max_epochs=1,
@@ -205,3 +205,17 @@ def test_a_run_stopped_before_its_last_round_still_draws_its_last_finished_round
     drawn.clear()
     _fit_tiny(tmp_path / "full", "warm", plots=True)
     assert drawn == [2]  # drawn after the last round, not again at the end
+
+
+def test_predictions_and_fidelity_only_under_the_replace_policy(tmp_path):
+    """The ideal learner's predictions are the replace policy's: an accumulating run reports none
+    (and so no fidelity) instead of comparing itself with the wrong process."""
+    import csv
+
+    _fit_tiny(tmp_path / "replace", "warm")
+    _fit_tiny(tmp_path / "accumulate", "warm", policy="accumulate")
+    replace = list(csv.DictReader(open(tmp_path / "replace" / "rounds.csv")))
+    accumulate = list(csv.DictReader(open(tmp_path / "accumulate" / "rounds.csv")))
+    assert "predicted_reward_mean" in replace[0] and "reward_fidelity" in replace[0]
+    assert not [k for k in accumulate[0] if k.startswith(("predicted_", "reward_fidelity", "ideal_"))]
+    assert [r["reward_mean"] != "" for r in accumulate] == [True] * 3
