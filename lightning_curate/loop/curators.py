@@ -180,7 +180,11 @@ def choose_block(curators: nn.ModuleList, rewards: Tensor, assign: Tensor, num_w
 
 
 def _state_digest(module: nn.Module) -> str:
-    """sha256 of a module's parameters and buffers: two rewards with the same class but other centres differ."""
+    """sha256 of a module's parameters and buffers: two rewards with the same class but other centres differ.
+
+    A classifier reward keeps its network outside the module tree (loaded from its checkpoint
+    file), so its weights are not in this digest: its checkpoint path is, through its arguments.
+    """
     digest = hashlib.sha256()
     tensors = list(module.named_parameters()) + list(module.named_buffers())
     for name, t in sorted(tensors, key=lambda item: item[0]):
