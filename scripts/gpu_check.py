@@ -146,7 +146,10 @@ def cifar_like_config(out: Path, rounds: int, accelerator: str = "gpu", compile_
                    "init_args": {"classifier": {"class_path": "lightning_curate.classifiers.SmallCNN",
                                                 "init_args": {"in_channels": 3, "num_classes": 10, "width": 16,
                                                               "image_size": 32}},
-                                 "target_class": 0, "gamma": 5.0}},
+                                 # An untrained CNN's q_0 varies by about 4e-5 between images (H100,
+                                 # 2026-11-26): scaled up so that beta * r spreads over about 1 and the
+                                 # choice is not uniform.
+                                 "target_class": 0, "gamma": 20000.0}},
         "num_slots": 64 if small else 1024, "chunk_size": 256 if small else 2048, "preview_size": 64 if small else 512,
     })
     cfg["data"]["init_args"]["source"] = {"class_path": "lightning_curate.data.TensorImages",

@@ -44,6 +44,8 @@ __all__ = ["check_improvement", "improvement_violated", "predict_round"]
 
 
 
+_MAX_EXP_ARG = 700.0  # exp(700) ~ 1e304, inside float64's range
+
 def _shares(labels: Tensor, weights: Tensor, n_classes: int) -> Tensor:
     out = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, labels, weights)
     return out / weights.sum()
@@ -120,6 +122,9 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
 
     real_r = float64_vector(real_rewards, "real_rewards") if real_rewards is not None else None
     real_w_mean = float(torch.exp(beta * real_r).mean()) if real_r is not None else math.nan
+    # E[exp(beta r)] is on an absolute scale: past exp's float64 range it has no value (NaN columns).
+    top = max([float(r.max()), float(r_shift)] + ([float(real_r.max())] if real_r is not None else []))
+    exp_ok = beta * top <= _MAX_EXP_ARG and beta * float(r_shift) >= -_MAX_EXP_ARG
 
     def mix(real_value: float, synthetic: float) -> float:
         return synthetic if rho == 0.0 else rho * real_value + (1 - rho) * synthetic
@@ -134,7 +139,10 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
         "exp_reward_stderr": float(w.std(unbiased=True) / math.sqrt(w.numel())) if w.numel() > 1 else math.nan,
         "predicted_exp_reward_mean": mix(real_w_mean, float((q * w).sum())),
     }
-    if mode == "softmax" and num_winners == 1:
+    if not exp_ok:
+        for key in ("exp_reward_mean", "exp_reward_stderr", "predicted_exp_reward_mean"):
+            out[key] = math.nan
+    if mode == "softmax" and num_winners == 1 and exp_ok:
         # bound = mean_i g_i with g_i = w_i + c (w_i - mean w)^2: its standard error is std(g) / sqrt(M)
         # (to first order), the noise of estimating the bound from this round's candidates.
         c = (K - 1) / K / math.exp(beta * float(r_shift))

@@ -201,3 +201,17 @@ def test_bad_inputs():
         predict_round(torch.zeros(3, 2), 1.0, max_support=1)
     with pytest.raises(ValueError, match="labels"):
         predict_round(torch.zeros(3, 2), 1.0, labels=torch.zeros(5), class_names=["a"])
+
+
+@pytest.mark.parametrize("offset", [2000.0, -2000.0])
+def test_predictions_at_rewards_past_exps_range_keep_their_shift_free_columns(offset):
+    """E[exp(beta r)] (the improvement bound's scale) has no float64 value for beta * r past +-700:
+    those columns are NaN, and every shift-free prediction is the shifted rewards' plus the offset."""
+    gen = torch.Generator().manual_seed(3)
+    r = torch.randn(400, 4, generator=gen, dtype=torch.float64)
+    base = predict_round(r, beta=1.0)
+    far = predict_round(r + offset, beta=1.0)
+    for key in ("exp_reward_mean", "exp_reward_stderr", "predicted_exp_reward_mean", "exp_reward_lower_bound"):
+        assert math.isnan(far[key]) and math.isfinite(base[key]), key
+    for key in ("predicted_reward_mean", "predicted_curated_reward_mean", "tilt_reward_mean"):
+        assert far[key] == pytest.approx(base[key] + offset, abs=1e-9), key
