@@ -153,6 +153,9 @@ def _short_error(err: BaseException) -> str:
     text = str(err)
     reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")
                and "Expected a <class 'NoneType'>" not in line]
+    # A nested Union (a list of class_path entries) adds its own header line: not a reason.
+    reasons = [r for r in reasons if not r.startswith("Does not validate against any of the Union subtypes")] \
+        or reasons
     return "; ".join(reasons) if "Errors:" in text and reasons else text
 
 

@@ -79,16 +79,20 @@ class Curator(nn.Module):
     def __init__(self, reward: nn.Module, beta: float = 1.0, mode: str = "softmax", weight: float = 1.0,
                  name: str = "", share: Optional[float] = None):
         super().__init__()
+        label = f"Curator {name!r}" if name else "Curator"  # errors say which entry of a YAML list is wrong
         if not isinstance(reward, nn.Module):
-            raise TypeError(f"Curator reward must be an nn.Module, got {type(reward).__name__}")
-        self.reward = reward.requires_grad_(False).eval()
-        self.beta = check_beta(beta)
-        self.mode = check_choice("mode", mode, MODES)
-        self.weight = check_float("weight", weight, minimum=0.0)
+            raise TypeError(f"{label}: reward must be an nn.Module, got {type(reward).__name__}")
         if name and not _NAME.match(name):
             raise ValueError(f"Curator name must hold only letters, digits and '_' (it names columns), got {name!r}")
+        try:
+            self.beta = check_beta(beta)
+            self.mode = check_choice("mode", mode, MODES)
+            self.weight = check_float("weight", weight, minimum=0.0)
+            self.share = None if share is None else check_float("share", share, minimum=0.0, maximum=1.0)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{label}: {err}") from None
+        self.reward = reward.requires_grad_(False).eval()
         self.name = name
-        self.share = None if share is None else check_float("share", share, minimum=0.0, maximum=1.0)
 
     def extra_repr(self) -> str:
         """Its settings, for ``print(module)``."""

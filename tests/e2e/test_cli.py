@@ -151,6 +151,22 @@ def test_bad_config_values_stop_before_training(tmp_path, capsys, section, key, 
     assert not (run / "rounds").exists() and not (run / "checkpoints").exists()
 
 
+def test_a_bad_curator_in_a_list_is_named_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(run)
+    reward = cfg["model"]["init_args"]["reward"]
+    cfg["model"]["init_args"]["curators"] = [
+        {"class_path": "lightning_curate.loop.Curator", "init_args": {"reward": reward, "name": "honest"}},
+        {"class_path": "lightning_curate.loop.Curator", "init_args": {"reward": reward, "name": "rival", "weight": -1}},
+    ]
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "error: Curator 'rival': weight must be a finite number >= 0.0, got -1.0"
+    assert not (run / "rounds").exists()
+
+
 @pytest.mark.parametrize("body, message", [
     ("return x[:, 0] * float('nan')", "round 0: the reward model returned 600"),
     ("return x[:, :1]", "round 0: the reward model returned shape"),

@@ -168,11 +168,15 @@ def test_bad_populations_are_refused(curators, pattern):
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    ({"name": "a b"}, "name"), ({"weight": -1.0}, "weight"), ({"mode": "best"}, "mode"), ({"beta": -1.0}, "beta"),
+    ({"name": "a b"}, "name"), ({"weight": -1.0}, "^Curator: weight"), ({"mode": "best"}, "^Curator: mode"),
+    ({"beta": -1.0}, "^Curator: beta"), ({"share": 1.5}, "^Curator: share"),
+    ({"weight": -1.0, "name": "adversary"}, "^Curator 'adversary': weight must be"),
 ])
-def test_bad_curators_are_refused(kwargs, pattern):
+def test_bad_curators_are_refused_naming_the_curator(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         Curator(honest(), **kwargs)
+    with pytest.raises(TypeError, match="^Curator 'x': reward must be an nn.Module"):
+        Curator(lambda x: x, name="x")
 
 
 def test_log_choices_must_be_a_count():
