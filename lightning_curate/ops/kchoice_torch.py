@@ -38,7 +38,8 @@ def _count_short_rows(rewards: Tensor, m: int) -> int:
 
 def _short_rows_error(m: int, n_short: int, n: int) -> ValueError:
     return ValueError(f"num_winners={m} but {n_short} of {n} rows have fewer than "
-                      f"{m} candidates with a finite reward (-inf candidates can never win)")
+                      f"{m} candidates with a finite beta * reward (-inf candidates can never win; a finite reward "
+                      "times beta can also underflow to -inf)")
 
 def gather_candidates(candidates: Tensor, index: Tensor) -> Tensor:
     """``candidates[arange(N), index]`` for ``index`` of shape ``[N]`` or ``[N, m]``.
