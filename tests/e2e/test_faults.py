@@ -304,11 +304,17 @@ def test_kill_9_between_round_0_training_and_its_curation_then_resume(reference,
 # kill -9 right after a round's commit: tests/e2e/test_cli.py::test_kill_9_mid_run_then_resume_matches_uninterrupted
 @pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_run_stopped_after_a_round_keeps_it_and_resumes(reference, tmp_path, capsys, how, code):
+    """The signal comes while the run is held at its first reward call after round 0's commit, so
+    it always lands before round 1 ends (an ungated signal raced the end of this tiny run)."""
     run = tmp_path / "run"
+    gate = tmp_path / "gate"
+    gate.touch()
     cfg = _config(tmp_path, run)
-    proc = _Child(tmp_path, ["-c", cfg], "run")
-    _wait_for(run / "rounds" / "round_000" / "manifest.json", proc)
+    after = run / "rounds" / "round_000" / "manifest.json"
+    proc = _Child(tmp_path, ["-c", cfg], "run", env={"LC_TEST_GATE": str(gate), "LC_TEST_GATE_AFTER": str(after)})
+    _wait_for(Path(str(gate) + ".reached"), proc)
     proc.send_signal(getattr(signal, how))
+    gate.unlink()
     assert _finish(proc) == code
     err = (tmp_path / "run.err").read_text()
     assert f"{how}: the run stopped after round 0 of 1" in err
