@@ -63,16 +63,26 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
-    """A real crash: SIGKILL the console script once round 1 is stored, then resume."""
+    """A real crash: SIGKILL the console script once round 1 is stored, then resume.
+
+    The run is held at its first reward call after round 1's commit (``run_configs.GatedReward``), so
+    the kill always lands before round 2 however fast the machine is."""
     ref_run, crash_run = tmp_path / "ref", tmp_path / "crash"
-    cfg_ref = write_config(tmp_path / "ref.yaml", tiny_config(ref_run))
-    cfg = write_config(tmp_path / "crash.yaml", tiny_config(crash_run))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reward = {"class_path": "run_configs.GatedReward", "init_args": {"dataset": "mog8", "targets": [0, 1]}}
+    cfg_ref = write_config(tmp_path / "ref.yaml", tiny_config(ref_run, reward=reward))
+    cfg = write_config(tmp_path / "crash.yaml", tiny_config(crash_run, reward=reward))
+    gate = tmp_path / "gate"
+    gate.touch()
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    gated = {**env, "LC_TEST_GATE": str(gate),
+             "LC_TEST_GATE_AFTER": str(crash_run / "rounds" / "round_001" / "manifest.json")}
     cmd = [sys.executable, "-m", "lightning_curate", "fit", "-c"]
-    proc = subprocess.Popen(cmd + [str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd + [str(cfg)], env=gated, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
-        while not (crash_run / "rounds" / "round_001" / "manifest.json").exists():
+        while not Path(str(gate) + ".reached").exists():
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.time() < deadline, "round 1 never appeared"
             time.sleep(0.05)
