@@ -15,7 +15,7 @@ its own process, one after the other, with one torch thread:
   the whole set in batches, so it takes as many optimizer steps as the package.
 * ``package.yaml``: ``configs/mog8.yaml`` with the same sizes, run through
   ``lightning_curate.cli.main`` (what ``lightning-curate fit`` runs), with its
-  progress bar, CSV logger and checkpoints as configured (once a round); only
+  progress bar, CSV logger and a checkpoint every epoch as configured; only
   the per-round plots are off (the bare loop draws none).
 
 Both time their own work from after the imports (``seconds``, and the
