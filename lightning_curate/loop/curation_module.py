@@ -28,6 +28,7 @@ from lightning_curate.loop.curators import (
     curator_settings,
     draw_curators,
     members,
+    same_reward,
 )
 from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
 from lightning_curate.models.generator import Generator
@@ -104,6 +105,7 @@ class CurationModule(L.LightningModule):
         self.lr, self.weight_decay, self.preview_size, self.backend = lr, weight_decay, preview_size, backend
         self.log_choices = log_choices
         self.curators, self._pi, self.curator_names = check_population(curators)
+        self._reuses_reference = [same_reward(c.reward, self.reward) for c in members(self.curators)]
         self.curator_reward = nn.ModuleList([RewardStats() for _ in self.curator_names])
         self.curator_curated = nn.ModuleList([RewardStats() for _ in self.curator_names])
         self.curator_slots = ModeShares(len(self.curator_names)) if self.curators is not None else None
@@ -230,9 +232,10 @@ class CurationModule(L.LightningModule):
                     for b, nb in zip(blocks, sizes)])
             with self._phase("reward"):
                 rewards = self.score(cands, round_idx)
-                if self.curators is not None:  # [U, n]: every curator scores every candidate
-                    rewards = torch.stack([rewards] + [self.score(cands, round_idx, c.reward)
-                                                       for c in members(self.curators)])
+                if self.curators is not None:  # [1 + U, n]: every curator scores every candidate, once
+                    rewards = torch.stack([rewards] + [rewards if same else self.score(cands, round_idx, c.reward)
+                                                       for c, same in zip(members(self.curators),
+                                                                          self._reuses_reference)])
                 labels = label_fn(cands) if n_classes and label_fn is not None else None
             with self._phase("curate"):
                 part, probe = self._curate_blocks(blocks, sizes, cands, rewards, labels, seed)

@@ -49,7 +49,7 @@ from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float
 
-__all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings",
+__all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings", "same_reward",
            "draw_curators", "exact_metrics", "exact_population", "ideal_columns", "members", "mixture_weights",
            "population_columns", "population_shares", "predict_next"]
 
@@ -203,6 +203,12 @@ def curator_settings(curators: Optional[nn.ModuleList]) -> list[dict[str, Any]]:
         return []
     return [{"name": c.name, "weight": c.weight, "share": c.share, "beta": c.beta, "mode": c.mode,
              "reward": _describe(c.reward)} for c in members(curators)]
+
+
+def same_reward(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two reward modules are the same function (class, arguments and state), so one's
+    scores can stand for the other's: an honest curator's reward is usually the reference's."""
+    return a is b or _describe(a) == _describe(b)
 
 
 def _describe(module: nn.Module) -> dict[str, Any]:

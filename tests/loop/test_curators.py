@@ -184,6 +184,23 @@ def test_log_choices_must_be_a_count():
         build(log_choices=-1)
 
 
+def test_a_curator_with_the_reference_reward_reuses_its_scores(assigner):
+    """The honest curator's reward is the reference's (a separate but equal module): its candidates
+    are scored once, and the round is what scoring them twice gives."""
+    module = build(population())
+    assert module._reuses_reference == [True, False]
+    twice = build(population())
+    twice._reuses_reference = [False, False]
+
+    def never(x):
+        raise AssertionError("the reference reward's scores were not reused")
+
+    module.curators[0].reward.forward = never
+    assert_same_outcome(curate(module, assigner), curate(twice, assigner))
+    other = ClippedDistanceReward(dataset="mog8", targets=[0, 1], radius=0.7)
+    assert build([Curator(other, name="wider")])._reuses_reference == [False]
+
+
 def test_a_population_of_one_predicts_what_one_curator_predicts(assigner):
     one, alone = build(), build([Curator(honest(), beta=1.0, name="only")])
     probe = curate(one, assigner).tensors
