@@ -159,19 +159,25 @@ def _short_error(err: BaseException) -> str:
     return "; ".join(reasons) if "Errors:" in text and reasons else text
 
 
+_PATH_LOCALS = ("filepath", "fname", "filename")
+
+
 def _file_error(err: OSError) -> str:
     """An OSError with the file it concerns.
 
-    That is its own ``filename``, else the ``filepath`` the innermost writer held: a checkpoint save
-    reports EFBIG or ENOSPC without naming its file.
+    That is its own ``filename``, else the path the innermost writer held (``filepath`` of a
+    checkpoint save, ``fname`` or ``filename`` of a figure's): they report EFBIG or ENOSPC
+    without naming their file.
     """
     path = err.filename
     if path is None:
         tb = err.__traceback__
         while tb is not None:  # to the innermost frame: the writer's own path wins
-            value = tb.tb_frame.f_locals.get("filepath")
-            if isinstance(value, (str, os.PathLike)):
-                path = value
+            for name in _PATH_LOCALS:
+                value = tb.tb_frame.f_locals.get(name)
+                if isinstance(value, os.PathLike) or (isinstance(value, str) and value):
+                    path = value
+                    break
             tb = tb.tb_next
     return f"could not write {os.fspath(path)}: {err}" if path is not None else str(err)
 

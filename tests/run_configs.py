@@ -42,7 +42,7 @@ def tiny_config(run_dir: Path, *, rounds: int = 3, real_fraction: float = 0.0, p
             "callbacks": [
                 {"class_path": "lightning_curate.loop.RetrainingLoop",
                  "init_args": {"rounds": rounds, "epochs_per_round": 2, "initial_epochs": 3, "seed": 0}},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                {"class_path": "lightning_curate.loop.RoundCheckpoint",
                  "init_args": {"dirpath": "${....default_root_dir}/checkpoints", "save_last": True,
                                "save_top_k": 1}},
             ],

@@ -57,10 +57,13 @@ class IndexBatches:
         num_batches: a fixed number of full batches per epoch instead of one pass over the rows:
             the epoch then walks through as many consecutive seeded permutations as it needs, so
             its optimizer steps no longer depend on how many rows the round has.
+        group: batches per item: above 1 each item is a list of up to ``group`` consecutive
+            batches (the same batches, in the same order), for a module that takes several
+            optimizer steps per Lightning batch (``CurationModule(steps_per_batch=...)``).
     """
 
     def __init__(self, data: Tensor, batch_size: int, seed: int, epoch: int = 0, rank: int = 0,
-                 world_size: int = 1, num_batches: Optional[int] = None):
+                 world_size: int = 1, num_batches: Optional[int] = None, group: int = 1):
         check_int("batch_size", batch_size, minimum=1)
         check_int("world_size", world_size, minimum=1)
         check_int("rank", rank, minimum=0)
@@ -71,6 +74,7 @@ class IndexBatches:
         self.data, self.batch_size, self.seed, self.epoch = data, batch_size, seed, epoch
         self.rank, self.world_size = rank, world_size
         self.num_batches = None if num_batches is None else check_int("num_batches", num_batches, minimum=1)
+        self.group = check_int("group", group, minimum=1)
         if self.num_batches is None:
             self.num_samples = math.ceil(data.shape[0] / world_size)
         else:
@@ -95,12 +99,23 @@ class IndexBatches:
         return order[self.rank:total:self.world_size]
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(math.ceil(self.num_samples / self.batch_size) / self.group)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Tensor | list[Tensor]]:
         order = self.indices()
-        for start in range(0, order.shape[0], self.batch_size):
-            yield self.data[order[start:start + self.batch_size]]
+        batches = (self.data[order[start:start + self.batch_size]]
+                   for start in range(0, order.shape[0], self.batch_size))
+        if self.group == 1:
+            yield from batches
+            return
+        group: list[Tensor] = []
+        for batch in batches:
+            group.append(batch)
+            if len(group) == self.group:
+                yield group
+                group = []
+        if group:
+            yield group
 
 
 class BlendingDataModule(L.LightningDataModule):
@@ -238,6 +253,9 @@ class BlendingDataModule(L.LightningDataModule):
         dataset = self.dataset_for_round(self.round_of_epoch(epoch))
         # Not a DataLoader, so Lightning injects no sampler: the order depends only
         # on (seed, epoch), and under DDP each rank indexes its own shard.
+        # A module that takes several optimizer steps per batch gets its batches in groups.
+        group = getattr(getattr(trainer, "lightning_module", None), "steps_per_batch", 1) if trainer else 1
         return IndexBatches(dataset.tensors[0], self.batch_size, seed=derive_seed(self.seed, "shuffle") % (1 << 31),
                             epoch=epoch, rank=getattr(trainer, "global_rank", 0),
-                            world_size=getattr(trainer, "world_size", 1), num_batches=self.steps_per_epoch)
+                            world_size=getattr(trainer, "world_size", 1), num_batches=self.steps_per_epoch,
+                            group=group)

@@ -176,6 +176,9 @@ def _dir_name(values: dict[str, Any]) -> str:
 
 
 
+CHECKPOINT_CLASSES = ("ModelCheckpoint", "RoundCheckpoint")
+
+
 def _isolate_run_dirs(config: dict, run_dir: Path) -> list[str]:
     """Point the checkpoint and logger directories of ``config`` into ``run_dir``; returns notes."""
     notes = []
@@ -183,13 +186,13 @@ def _isolate_run_dirs(config: dict, run_dir: Path) -> list[str]:
     trainer["default_root_dir"] = str(run_dir)
     callbacks = trainer.get("callbacks") or []
     for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
-        if not isinstance(cb, dict) or not str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+        if not isinstance(cb, dict) or not str(cb.get("class_path", "")).endswith(CHECKPOINT_CLASSES):
             continue
         args = cb.setdefault("init_args", {})
         dirpath = args.get("dirpath")
         if dirpath is not None and "${" not in str(dirpath):
             args["dirpath"] = str(run_dir / "checkpoints")
-            notes.append(f"ModelCheckpoint dirpath {dirpath!r} -> {args['dirpath']!r}")
+            notes.append(f"checkpoint dirpath {dirpath!r} -> {args['dirpath']!r}")
     logger = trainer.get("logger")
     for lg in logger if isinstance(logger, list) else [logger]:
         if isinstance(lg, dict):

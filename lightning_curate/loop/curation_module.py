@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, cast
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
@@ -30,6 +29,7 @@ from lightning_curate.loop.curators import (
     members,
     same_reward,
 )
+from lightning_curate.loop.training import GeneratorTraining
 from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
 from lightning_curate.models.generator import Generator
 from lightning_curate.ops.kchoice import BACKENDS, MODES, kchoice
@@ -53,7 +53,7 @@ class CurationOutcome:
     row: dict[str, float] = field(default_factory=dict)
 
 
-class CurationModule(L.LightningModule):
+class CurationModule(GeneratorTraining):
     """Wraps a :class:`~lightning_curate.models.Generator` and a reward model.
 
     Args:
@@ -77,14 +77,17 @@ class CurationModule(L.LightningModule):
             ``lightning-curate-reward``: ``choice_candidates [n, K, ...]``, ``choice_index [n, m]``,
             ``choice_slot``, ``choice_rewards [n, K]`` (the reference reward) and, with curators,
             ``choice_curator``.
+        steps_per_batch: optimizer steps per Lightning batch; above 1, Lightning's per-batch
+            work runs once per that many steps, with the same trained weights bit for bit
+            (see :class:`~lightning_curate.loop.training.GeneratorTraining`).
     """
 
     def __init__(self, generator: Generator, reward: nn.Module, num_slots: int = 2000,
                  num_candidates: int = 4, beta: float = 1.0, num_winners: int = 1, mode: str = "softmax",
                  chunk_size: int = 8192, lr: float = 1e-3, weight_decay: float = 0.0,
                  preview_size: int = 2000, backend: str = "auto", curators: Optional[list[Curator]] = None,
-                 log_choices: int = 0):
-        super().__init__()
+                 log_choices: int = 0, steps_per_batch: int = 1):
+        super().__init__(steps_per_batch)
         check_int("num_slots", num_slots, minimum=1)
         check_int("num_candidates", num_candidates, minimum=1)
         check_int("num_winners", num_winners, minimum=1)
@@ -119,15 +122,6 @@ class CurationModule(L.LightningModule):
         self.model_shares: Optional[ModeShares] = None  # sized once the class names are known
         self.curated_shares: Optional[ModeShares] = None
         self.timings = dict.fromkeys(PHASES, 0.0)
-        self._epoch_loss: list = [None, 0]  # the epoch's sample-weighted loss sum and sample count
-
-    def __setattr__(self, name: str, value) -> None:
-        # Lightning sets _current_fx_name around every hook it calls (dozens per step);
-        # it is never a parameter, buffer or submodule, so skip nn.Module's slow checks.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def prepare_data(self) -> None:
         # A reward that needs local artifacts (a classifier checkpoint) makes them here, once.
@@ -136,52 +130,13 @@ class CurationModule(L.LightningModule):
             if callable(prepare):
                 prepare()
 
-    # -- training -----------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        """The generator's loss on a batch (a tensor, or a one-tensor list or tuple).
-
-        ``train/loss_step`` is logged only on the steps the logger writes
-        (every ``log_every_n_steps``), and ``train/loss_epoch`` (the
-        sample-weighted mean) once per epoch from a running sum: no per-step
-        logging machinery and no per-step device sync.
-        """
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        loss = self.generator.loss(x)
-        n = x.shape[0]
-        detached = loss.detach()
-        running = self._epoch_loss  # a plain list: no nn.Module.__setattr__ per step
-        running[0] = detached * n if running[0] is None else running[0] + detached * n
-        running[1] += n
-        # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
-        every = cast(Any, self.trainer).log_every_n_steps if self._trainer is not None else 1
-        if every and (self.global_step + 1) % every == 0:
-            self.log("train/loss_step", detached, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        total, count = self._epoch_loss
-        if total is not None:
-            self.log("train/loss_epoch", total / count, prog_bar=True, on_step=False, on_epoch=True)
-        self._epoch_loss[:] = [None, 0]
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.generator.update_ema()
-
+    # -- training (the rest is GeneratorTraining's) ---------------------------
     def train(self, mode: bool = True):
         super().train(mode)
         self.reward.eval()  # the reward model is a fixed judge: never in training mode
         for c in members(self.curators):
             c.reward.eval()
         return self
-
-    def configure_optimizers(self):
-        """AdamW on the generator's trainable weights, multi-tensor (``foreach``) on every device.
-
-        torch picks the one-tensor-at-a-time loop on CPUs by default; the multi-tensor
-        update is about twice as fast for a UNet's hundred-odd weight tensors.
-        """
-        params = [p for p in self.generator.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
 
     # -- curation -----------------------------------------------------------
     def score(self, x: Tensor, round_idx: int, reward: Optional[nn.Module] = None) -> Tensor:

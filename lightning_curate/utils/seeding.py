@@ -32,7 +32,20 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 
 
 def seed_all(seed: int) -> None:
-    """Seed torch (CPU and CUDA), NumPy and ``random`` (quietly, unlike Lightning's seed_everything)."""
-    torch.manual_seed(seed)
+    """Seed torch (CPU and CUDA), NumPy and ``random`` (quietly, unlike Lightning's seed_everything).
+
+    Without an accelerator only the CPU generator is seeded: ``torch.manual_seed`` would also queue a
+    lazy CUDA seeding with its call stack, about a millisecond a call.
+    """
+    if _accelerator_available():
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
     np.random.seed(seed % (1 << 32))
     random.seed(seed)
+
+
+def _accelerator_available() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or torch.backends.mps.is_available()
+            or bool(xpu is not None and xpu.is_available()))

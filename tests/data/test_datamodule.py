@@ -302,3 +302,19 @@ def test_a_fixed_step_budget_gives_full_batches_from_consecutive_permutations():
 def test_steps_per_epoch_is_checked():
     with pytest.raises(ValueError, match="steps_per_epoch must be an int >= 1, got 0"):
         BlendingDataModule(Toy2D("mog8", num_train=16, num_heldout=8), steps_per_epoch=0)
+
+
+@pytest.mark.parametrize("group, num_batches", [(3, None), (4, None), (2, 7), (50, None)])
+def test_grouped_batches_are_the_same_batches_in_lists(group, num_batches):
+    """group > 1 hands over lists of consecutive batches: flattened, exactly the ungrouped epoch."""
+    data = torch.arange(46 * 2, dtype=torch.float32).view(46, 2)
+    plain = list(IndexBatches(data, 4, seed=9, epoch=3, num_batches=num_batches))
+    grouped_batches = IndexBatches(data, 4, seed=9, epoch=3, num_batches=num_batches, group=group)
+    groups = list(grouped_batches)
+    assert len(groups) == len(grouped_batches) == -(-len(plain) // group)
+    assert all(isinstance(g, list) for g in groups)
+    assert [len(g) for g in groups[:-1]] == [group] * (len(groups) - 1) and 1 <= len(groups[-1]) <= group
+    flat = [b for g in groups for b in g]
+    assert len(flat) == len(plain) and all(torch.equal(a, b) for a, b in zip(flat, plain))
+    with pytest.raises(ValueError, match="group"):
+        IndexBatches(data, 4, seed=9, group=0)

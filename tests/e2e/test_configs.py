@@ -97,7 +97,7 @@ def test_every_run_directory_is_its_own():
     # Interpolation follows the overlay: the logger and checkpoints move with the run.
     config = composed("mog8_real")
     assert config["trainer"]["logger"]["init_args"]["save_dir"] == "runs/mog8_real"
-    checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
+    checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("RoundCheckpoint"))
     assert checkpoint["init_args"]["dirpath"] == "runs/mog8_real/checkpoints"
 
 

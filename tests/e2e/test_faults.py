@@ -283,8 +283,9 @@ def test_kill_9_mid_write_of_a_round_then_resume(reference, tmp_path, capsys):
 
 
 def test_kill_9_between_round_0_training_and_its_curation_then_resume(reference, tmp_path, capsys):
-    """Killed once the first epoch's checkpoint exists: no round, a stale lock; the resume takes the lock
-    over (its holder is dead) and ends with the reference rounds."""
+    """Killed as round 0's curation starts: no round and no checkpoint yet (RoundCheckpoint saves at
+    round ends), a stale lock; the resume takes the lock over (its holder is dead), starts over and
+    ends with the reference rounds."""
     run = tmp_path / "run"
     gate = tmp_path / "gate"
     gate.touch()
@@ -293,7 +294,7 @@ def test_kill_9_between_round_0_training_and_its_curation_then_resume(reference,
     _wait_for(Path(str(gate) + ".reached"), proc)  # round 0's training is over, its curation is starting
     proc.kill()
     _finish(proc)
-    assert (run / LOCK_NAME).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / LOCK_NAME).is_file() and not (run / "checkpoints").exists()
     assert not (run / "rounds").exists() or RoundStore(run / "rounds").rounds() == []
     code, err = _main(capsys, "-c", cfg, "--ckpt_path", "last")
     assert code == 0, err
@@ -379,14 +380,26 @@ def test_a_file_size_limit_names_the_part_and_stores_no_round(tmp_path):
     assert not (run / "rounds" / "round_000").exists() and not (run / LOCK_NAME).exists()
 
 
-def test_a_file_size_limit_on_a_checkpoint_names_it(tmp_path):
+def _fsize_limit_for_checkpoints():
+    """Round 0's part (about 11 kB) fits, its checkpoint (about 100 kB) does not."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
+
+
+@pytest.mark.parametrize("plots", [False, True])
+def test_a_file_size_limit_on_a_checkpoint_or_a_figure_names_it(tmp_path, plots):
     run = tmp_path / "run"
-    proc = _Child(tmp_path, ["-c", _config(tmp_path, run)], "run", setup=_fsize_limit)
+    cfg = tiny_config(run, rounds=1, reward=REWARD)
+    cfg["trainer"]["callbacks"][0]["init_args"]["plots"] = plots  # the figures come before the checkpoint
+    proc = _Child(tmp_path, ["-c", write_config(tmp_path / "cfg.yaml", cfg)], "run",
+                  setup=_fsize_limit_for_checkpoints)
     assert _finish(proc) == 1
     err = (tmp_path / "run.err").read_text()
-    assert f"error: could not write {run / 'checkpoints'}" in err and "File too large" in err, err[-2000:]
+    written = run / "round_metrics" if plots else run / "checkpoints"  # the figure goes through a temp file
+    assert f"error: could not write {written}" in err and "File too large" in err, err[-2000:]
     assert "Traceback" not in err
-    assert not (run / "rounds").exists() and not (run / LOCK_NAME).exists()
+    # The checkpoint is saved after the round's commit: round 0 is whole, nothing after it.
+    assert RoundStore(run / "rounds").rounds() == [0] and not (run / LOCK_NAME).exists()
 
 
 def _read_only(path: Path):
