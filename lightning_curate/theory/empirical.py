@@ -8,7 +8,7 @@ winners), the order-statistics form (``argmax``), or is ``1`` (``uniform``).
 :mod:`lightning_curate.theory.ideal_learner` turns it into next-round predictions.
 
 Cost: the race integral is evaluated on a log-spaced quadrature grid of ``T``
-nodes (``T ~ 20 * (28 + beta * (r_max - r_min))``), once for the law
+nodes (``T ~ 5 * (32 + beta * (r_max - r_min))``), once for the law
 (``O(T * support)``) and once per distinct reward value (``O(T * values)``),
 in bounded chunks. Rewards that take more than ``max_support`` distinct values
 (continuous rewards) are compressed to ``max_support`` groups of equal mass for
@@ -28,11 +28,13 @@ __all__ = ["DEFAULT_MAX_SUPPORT", "check_curation", "empirical_curation_weights"
 
 DEFAULT_MAX_SUPPORT = 4096
 # Quadrature of the race integral in u = log s (the integrand is analytic in a strip
-# |Im u| < pi/2, so the trapezoid rule converges geometrically: du = 0.05 is far
-# below float64 error). w is normalised to max 1; [S_LO, S_HI_FACTOR / w_min] holds
-# everything but a relative 1e-12 at the low end (added back analytically) and
-# exp(-S_HI_FACTOR) at the high end.
-_DU = 0.05
+# |Im u| < pi/2, so the trapezoid rule converges geometrically, with a relative error
+# about exp(-pi^2 / du): 5e-22 at du = 0.2, below float64 rounding; measured against
+# du = 0.05, H agrees to 4e-15 for continuous, wide, m > 1 and atomic laws, 4-5x faster).
+# w is normalised to max 1; [S_LO, S_HI_FACTOR / w_min] holds everything but a
+# relative 1e-12 at the low end (added back analytically) and exp(-S_HI_FACTOR) at
+# the high end.
+_DU = 0.2
 _S_LO = 1e-12
 _S_HI_FACTOR = 50.0
 _LOG_W_FLOOR = -700.0  # exp(-700) ~ 1e-304: weights below it count as this small
