@@ -20,8 +20,8 @@ def _load():
 
 
 def test_bench_overhead_tiny_prints_both_programs_phases_and_ratios(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--json"], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--json", "--repeats", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     results = json.loads(lines[-1])
@@ -42,6 +42,11 @@ def test_bench_overhead_tiny_prints_both_programs_phases_and_ratios(tmp_path):
     assert set(result["package"]["phases"]) == set(bench.PHASES)
     assert result["ratio"] == pytest.approx(result["package"]["seconds"] / result["bare"]["seconds"])
     assert result["ratio_cpu"] == pytest.approx(result["package"]["cpu_seconds"] / result["bare"]["cpu_seconds"])
+    # Two alternating runs of each; the fastest of each is the one compared.
+    each = result["cpu_seconds_of_each_run"]
+    assert result["repeats"] == 2 and len(each["bare"]) == len(each["package"]) == 2
+    for program in ("bare", "package"):
+        assert result[program]["cpu_seconds"] == min(each[program])
     # The bare loop's per-round rows: round 0 plus 2 curated rounds, shares of a real mixture.
     rows = result["bare"]["rows"]
     assert [r["round"] for r in rows] == [0, 1, 2] and all(0 <= r["share_mode0"] <= 1 for r in rows)
@@ -51,6 +56,7 @@ def test_bench_overhead_tiny_prints_both_programs_phases_and_ratios(tmp_path):
     for phase in bench.PHASES + ("total",):
         assert re.search(rf"^ *{phase} +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ ", text, re.M), phase
     assert f"package / bare = {result['ratio']:.2f}x wall, {result['ratio_cpu']:.2f}x CPU" in text
+    assert "fastest of 2 alternating runs each (CPU s: bare " in text
     assert not list(tmp_path.iterdir()), "the bench writes into a temporary folder only"
 
 
