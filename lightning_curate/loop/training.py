@@ -33,8 +33,8 @@ class GeneratorTraining(L.LightningModule):
             manual optimization, so it refuses what that cannot do: several processes (DDP
             would sync one backward per batch), and Lightning refuses ``gradient_clip_val``
             and ``accumulate_grad_batches``. Lightning's batch counts (``limit_train_batches``,
-            the progress bar, the step axis of ``train/loss_step``) then count groups;
-            ``trainer.global_step`` and the round rows still count optimizer steps.
+            the progress bar) then count groups; ``trainer.global_step``, the step axis of
+            the logged losses and the round rows still count optimizer steps.
     """
 
     generator: Any
@@ -60,28 +60,36 @@ class GeneratorTraining(L.LightningModule):
         ``steps_per_batch > 1``, one optimizer step on each batch of a group (a list of them).
 
         ``train/loss_step`` is logged only on the steps the logger writes
-        (every ``log_every_n_steps``; every group with ``steps_per_batch > 1``), and
+        (every ``log_every_n_steps`` optimizer steps, whatever ``steps_per_batch``), and
         ``train/loss_epoch`` (the sample-weighted mean) once per epoch from a running sum:
         no per-step logging machinery and no per-step device sync.
         """
+        # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
+        every = cast(Any, self.trainer).log_every_n_steps if self._trainer is not None else 1
         if self.automatic_optimization:
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             loss = self._loss(x)
-            # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
-            every = cast(Any, self.trainer).log_every_n_steps if self._trainer is not None else 1
             if every and (self.global_step + 1) % every == 0:
-                self._log_step(loss, x.shape[0])
+                self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False,
+                         batch_size=x.shape[0])
             return loss
         optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer
-        group = batch if isinstance(batch, (list, tuple)) else [batch]
-        for x in group:
+        for x in batch if isinstance(batch, (list, tuple)) else [batch]:
             loss = self._loss(x)
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
             self.generator.update_ema()
-        self._log_step(loss, group[-1].shape[0])
+            if every and self.global_step % every == 0:
+                self._log_step_to_loggers(loss)
         return loss.detach()
+
+    def _log_step_to_loggers(self, loss: Tensor) -> None:
+        """``train/loss_step`` of the step just taken, straight to the loggers at that step (as
+        Lightning writes it for one step a batch): ``self.log`` once per group costs more than a step."""
+        metrics = {"train/loss_step": float(loss.detach()), "epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step - 1)
 
     def _loss(self, x: Tensor) -> Tensor:
         loss = self.generator.loss(x)
@@ -90,9 +98,6 @@ class GeneratorTraining(L.LightningModule):
         running[0] = detached * n if running[0] is None else running[0] + detached * n
         running[1] += n
         return loss
-
-    def _log_step(self, loss: Tensor, n: int) -> None:
-        self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
 
     def on_train_epoch_end(self) -> None:
         total, count = self._epoch_loss

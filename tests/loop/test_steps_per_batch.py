@@ -1,6 +1,7 @@
 """Several optimizer steps per Lightning batch: the same training, bit for bit, with less per-batch work."""
 
 import copy
+import csv
 import types
 
 import pytest
@@ -14,6 +15,11 @@ from lightning_curate.rewards import ClippedDistanceReward
 TIMING_COLUMNS = ("time_", "seconds")
 
 
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
 def _run(tmp_path, name, steps_per_batch):
     cfg = tiny_config(tmp_path / name, rounds=2, steps_per_batch=steps_per_batch)
     del cfg["trainer"]["limit_train_batches"]  # it would count groups: compare whole epochs
@@ -21,13 +27,15 @@ def _run(tmp_path, name, steps_per_batch):
     last = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     rows = [{k: v for k, v in row.items() if not any(t in k for t in TIMING_COLUMNS)}
             for row in read_rows(tmp_path / name)]
-    return last, rows
+    losses = [(r["epoch"], r["step"], r["train/loss_step"]) for r in read_csv(tmp_path / name / "metrics.csv")
+              if r.get("train/loss_step")]
+    return last, rows, losses
 
 
 def test_grouped_steps_train_the_same_weights_as_one_step_per_batch(tmp_path):
     # 2,000 real rows at batch 128 are 16 batches an epoch: groups of 3 end with a short one.
-    one, one_rows = _run(tmp_path, "one", 1)
-    grouped, grouped_rows = _run(tmp_path, "grouped", 3)
+    one, one_rows, one_losses = _run(tmp_path, "one", 1)
+    grouped, grouped_rows, grouped_losses = _run(tmp_path, "grouped", 3)
     assert one["global_step"] == grouped["global_step"] == 3 * 16 + 2 * 2 * 5  # optimizer steps
     state_one, state_grouped = one["state_dict"], grouped["state_dict"]
     assert state_one.keys() == state_grouped.keys()
@@ -37,6 +45,8 @@ def test_grouped_steps_train_the_same_weights_as_one_step_per_batch(tmp_path):
     adam_grouped = grouped["optimizer_states"][0]["state"]
     assert all(torch.equal(adam_one[i]["exp_avg_sq"], adam_grouped[i]["exp_avg_sq"]) for i in adam_one)
     assert one_rows == grouped_rows and len(one_rows) == 3
+    # Every step's loss is logged at the same step (log_every_n_steps: 1), whatever the grouping.
+    assert one_losses == grouped_losses and len(one_losses) == one["global_step"]
 
 
 def _module(steps_per_batch):
