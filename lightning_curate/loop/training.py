@@ -81,13 +81,13 @@ class GeneratorTraining(L.LightningModule):
             optimizer.step()
             self.generator.update_ema()
             if every and self.global_step % every == 0:
-                self._log_step_to_loggers(loss)
+                self._log_to_loggers("train/loss_step", loss)
         return loss.detach()
 
-    def _log_step_to_loggers(self, loss: Tensor) -> None:
-        """``train/loss_step`` of the step just taken, straight to the loggers at that step (as
-        Lightning writes it for one step a batch): ``self.log`` once per group costs more than a step."""
-        metrics = {"train/loss_step": float(loss.detach()), "epoch": self.current_epoch}
+    def _log_to_loggers(self, name: str, value: Tensor) -> None:
+        """``value`` straight to the loggers at the last optimizer step taken, as Lightning writes it
+        for one step a batch (``self.log`` once per group would cost more than a step)."""
+        metrics = {name: float(value.detach()), "epoch": self.current_epoch}
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step - 1)
 
@@ -102,7 +102,13 @@ class GeneratorTraining(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         total, count = self._epoch_loss
         if total is not None:
-            self.log("train/loss_epoch", total / count, prog_bar=True, on_step=False, on_epoch=True)
+            # Grouped steps: Lightning's step axis would count groups, so the loggers get the value
+            # at the optimizer step (as with one step a batch) and the progress bar its own copy.
+            grouped = not self.automatic_optimization
+            self.log("train/loss_epoch", total / count, prog_bar=True, on_step=False, on_epoch=True,
+                     logger=not grouped)
+            if grouped:
+                self._log_to_loggers("train/loss_epoch", total / count)
         self._epoch_loss[:] = [None, 0]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

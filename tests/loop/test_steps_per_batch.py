@@ -27,8 +27,8 @@ def _run(tmp_path, name, steps_per_batch):
     last = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     rows = [{k: v for k, v in row.items() if not any(t in k for t in TIMING_COLUMNS)}
             for row in read_rows(tmp_path / name)]
-    losses = [(r["epoch"], r["step"], r["train/loss_step"]) for r in read_csv(tmp_path / name / "metrics.csv")
-              if r.get("train/loss_step")]
+    losses = [(key, r["epoch"], r["step"], r[key]) for r in read_csv(tmp_path / name / "metrics.csv")
+              for key in ("train/loss_step", "train/loss_epoch") if r.get(key)]
     return last, rows, losses
 
 
@@ -45,8 +45,9 @@ def test_grouped_steps_train_the_same_weights_as_one_step_per_batch(tmp_path):
     adam_grouped = grouped["optimizer_states"][0]["state"]
     assert all(torch.equal(adam_one[i]["exp_avg_sq"], adam_grouped[i]["exp_avg_sq"]) for i in adam_one)
     assert one_rows == grouped_rows and len(one_rows) == 3
-    # Every step's loss is logged at the same step (log_every_n_steps: 1), whatever the grouping.
-    assert one_losses == grouped_losses and len(one_losses) == one["global_step"]
+    # Every step's loss and every epoch's mean are logged at the same step, whatever the grouping.
+    assert one_losses == grouped_losses
+    assert len(one_losses) == one["global_step"] + 3 + 2 * 2  # log_every_n_steps: 1, and 7 epochs
 
 
 def _module(steps_per_batch):
