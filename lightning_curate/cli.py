@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_curate.loop.callback import RetrainingLoop
+from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
 from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs
 from lightning_curate.store.rounds import StoreError
@@ -39,7 +40,7 @@ __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "Curate
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 # Errors that explain themselves: printed as one line (LIGHTNING_CURATE_DEBUG=1 shows the traceback).
-_REFUSALS = (RunLockError, StoreError, SettingsMismatch)
+_REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError)
 
 
 @dataclass

@@ -32,9 +32,15 @@ from lightning_curate.store.rounds import RoundStore
 from lightning_curate.utils.seeding import derive_seed, generator
 from lightning_curate.utils.validation import check_int
 
-__all__ = ["BlendingDataModule", "IndexBatches", "POLICIES"]
+__all__ = ["BatchGroup", "BlendingDataModule", "IndexBatches", "POLICIES"]
 
 POLICIES = ("replace", "accumulate", "accumulate_subsample")
+
+
+class BatchGroup(list):
+    """Consecutive training batches handed over together, one optimizer step each
+    (``CurationModule(steps_per_batch=...)``); a type of its own, so it is never taken
+    for an ``(x, y)`` batch."""
 
 
 class IndexBatches:
@@ -57,7 +63,7 @@ class IndexBatches:
         num_batches: a fixed number of full batches per epoch instead of one pass over the rows:
             the epoch then walks through as many consecutive seeded permutations as it needs, so
             its optimizer steps no longer depend on how many rows the round has.
-        group: batches per item: above 1 each item is a list of up to ``group`` consecutive
+        group: batches per item: above 1 each item is a ``BatchGroup`` (a list) of up to ``group`` consecutive
             batches (the same batches, in the same order), for a module that takes several
             optimizer steps per Lightning batch (``CurationModule(steps_per_batch=...)``).
     """
@@ -101,19 +107,19 @@ class IndexBatches:
     def __len__(self) -> int:
         return math.ceil(math.ceil(self.num_samples / self.batch_size) / self.group)
 
-    def __iter__(self) -> Iterator[Tensor | list[Tensor]]:
+    def __iter__(self) -> Iterator[Tensor | BatchGroup]:
         order = self.indices()
         batches = (self.data[order[start:start + self.batch_size]]
                    for start in range(0, order.shape[0], self.batch_size))
         if self.group == 1:
             yield from batches
             return
-        group: list[Tensor] = []
+        group = BatchGroup()
         for batch in batches:
             group.append(batch)
             if len(group) == self.group:
                 yield group
-                group = []
+                group = BatchGroup()
         if group:
             yield group
 

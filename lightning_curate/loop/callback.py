@@ -28,6 +28,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from lightning_curate.loop.checkpoint import epoch_finished
 from lightning_curate.loop.curators import exact_metrics, predict_next
 from lightning_curate.loop.fidelity import fidelity_columns, round_zero_quality
 from lightning_curate.loop.report import PlotBudget, fidelity_advice, log_row, plot_run, summary, write_table
@@ -256,7 +257,7 @@ class RetrainingLoop(Callback):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
         round_idx = self.round_of_epoch(epoch)
-        if epoch != self.last_epoch_of_round(round_idx):
+        if epoch != self.last_epoch_of_round(round_idx) or not epoch_finished(trainer):  # not if cut short
             return
         row = self._curate(trainer, pl_module, round_idx, epoch)
         self.rows[round_idx] = row

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["RoundCheckpoint"]
+__all__ = ["RoundCheckpoint", "epoch_finished"]
 
 _SCHEDULES = ("every_n_epochs", "every_n_train_steps", "train_time_interval")
 
@@ -19,7 +19,8 @@ class RoundCheckpoint(ModelCheckpoint):
     are what a user resumes between. Saving after every epoch instead cost the main
     job 128 saves of two files each, 7% of its time. A run stopped between two round
     ends (a crash, SIGTERM, ``max_time``) resumes from the last round's end and trains
-    the epochs since again, exactly as they first ran.
+    the epochs since again, exactly as they first ran; nothing is saved between round
+    ends, and ``last.ckpt`` follows the newest round even when no top-k file is written.
 
     It takes ``ModelCheckpoint``'s arguments except the ones that schedule saves
     (``every_n_epochs``, ``every_n_train_steps``, ``train_time_interval``: the rounds
@@ -38,13 +39,19 @@ class RoundCheckpoint(ModelCheckpoint):
             if kwargs.get(name) is not None:
                 raise ValueError(f"RoundCheckpoint saves at each round's end: {name}={kwargs[name]!r} is not "
                                  "used; use lightning.pytorch.callbacks.ModelCheckpoint for another schedule")
+        if kwargs.get("save_on_exception"):
+            raise ValueError("RoundCheckpoint saves at each round's end: save_on_exception=True would save a "
+                             "state between two round ends, from which a resume is not exact")
         super().__init__(dirpath=dirpath, save_last=save_last, save_top_k=save_top_k, **kwargs)
 
     @staticmethod
     def at_round_end(trainer: Any) -> bool:
-        """Whether the epoch now ending is the last of a round (always, without a RetrainingLoop)."""
+        """Whether the epoch now ending is the whole last epoch of a round (any whole epoch, without a
+        RetrainingLoop). An epoch cut short (``max_time``, ``max_steps``, a stop) is no round end."""
         from lightning_curate.loop.callback import RetrainingLoop
 
+        if not epoch_finished(trainer):
+            return False
         loop = next((c for c in trainer.callbacks if isinstance(c, RetrainingLoop)), None)
         if loop is None:
             return True
@@ -52,9 +59,26 @@ class RoundCheckpoint(ModelCheckpoint):
         return epoch == loop.last_epoch_of_round(loop.round_of_epoch(epoch))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.at_round_end(trainer):
-            super().on_train_epoch_end(trainer, pl_module)
+        if not self.at_round_end(trainer):
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.save_last and self._last_global_step_saved != trainer.global_step \
+                and not self._should_skip_saving_checkpoint(trainer):
+            # No top-k file this round (save_top_k: 0, or a monitored value that did not improve):
+            # last.ckpt still follows the newest round, which is what --ckpt_path last resumes.
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if self.at_round_end(trainer):
             super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Nothing: ``ModelCheckpoint`` would save ``last.ckpt`` here, between two round ends."""
+
+
+def epoch_finished(trainer: Any) -> bool:
+    """Whether the epoch now ending ran all its batches (an epoch cut short by a stop did not)."""
+    total = trainer.num_training_batches
+    if total == float("inf"):  # a loader without a length: only a stop tells
+        return not trainer.should_stop
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready >= total

@@ -18,9 +18,14 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
+from lightning_curate.data.blending import BatchGroup
 from lightning_curate.utils.validation import check_int
 
-__all__ = ["GeneratorTraining"]
+__all__ = ["GeneratorTraining", "TrainingSetupError"]
+
+
+class TrainingSetupError(ValueError):
+    """A trainer setting that grouped steps cannot honour, or a resume across the optimization modes."""
 
 
 class GeneratorTraining(L.LightningModule):
@@ -73,15 +78,26 @@ class GeneratorTraining(L.LightningModule):
                 self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False,
                          batch_size=x.shape[0])
             return loss
+        if isinstance(batch, Tensor):
+            batch = BatchGroup([batch])
+        elif not isinstance(batch, BatchGroup):  # a list from another loader may be (x, y), not a group
+            raise TypeError(f"steps_per_batch={self.steps_per_batch} trains on BatchGroup batches (what "
+                            f"BlendingDataModule hands over) or tensors, got a {type(batch).__name__}")
         optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer
-        for x in batch if isinstance(batch, (list, tuple)) else [batch]:
+        max_steps, logged = self.trainer.max_steps, None
+        for x in batch:
+            if 0 <= max_steps <= self.global_step:  # Lightning checks max_steps between batches only
+                break
             loss = self._loss(x)
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
             self.generator.update_ema()
             if every and self.global_step % every == 0:
-                self._log_to_loggers("train/loss_step", loss)
+                logged = loss.detach()
+                self._log_to_loggers("train/loss_step", logged)
+        if logged is not None:  # the progress bar and callback_metrics, once per group
+            self.log("train/loss_step", logged, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss.detach()
 
     def _log_to_loggers(self, name: str, value: Tensor) -> None:
@@ -116,16 +132,28 @@ class GeneratorTraining(L.LightningModule):
             self.generator.update_ema()
 
     def on_fit_start(self) -> None:
-        if self.steps_per_batch > 1 and self.trainer.world_size > 1:
-            raise ValueError(f"steps_per_batch={self.steps_per_batch} runs on one process (DDP syncs one "
-                             f"backward per batch), got {self.trainer.world_size}: use steps_per_batch: 1")
+        """Refuse what grouped steps would silently change (Lightning itself refuses clipping and
+        gradient accumulation under manual optimization)."""
+        if self.steps_per_batch == 1:
+            return
+        trainer, fix = self.trainer, "or use steps_per_batch: 1"
+        if trainer.world_size > 1:
+            raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch} runs on one process (DDP syncs one "
+                                     f"backward per batch), got {trainer.world_size}: {fix}")
+        if trainer.lr_scheduler_configs:
+            raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch}: Lightning does not step learning-"
+                                     f"rate schedulers under manual optimization; remove the scheduler {fix}")
+        if any(getattr(cb, "_every_n_train_steps", 0) for cb in trainer.checkpoint_callbacks):
+            raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch}: a checkpoint every_n_train_steps "
+                                     f"would be checked once per group of steps; save per epoch or round {fix}")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("steps_per_batch", 1)
         if (saved == 1) != (self.steps_per_batch == 1):
-            raise ValueError(f"cannot resume: the checkpoint was trained with steps_per_batch={saved}, the config "
-                             f"says {self.steps_per_batch}; Lightning counts automatic (1) and manual (> 1) "
-                             "optimization steps apart, so keep one side of 1")
+            raise TrainingSetupError(
+                f"cannot resume: the checkpoint was trained with steps_per_batch={saved}, the config says "
+                f"{self.steps_per_batch}; Lightning counts automatic (1) and manual (> 1) optimization steps "
+                "apart, so keep one side of 1")
 
     def configure_optimizers(self):
         """AdamW on the generator's trainable weights, multi-tensor (``foreach``) on every device.

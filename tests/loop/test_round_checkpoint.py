@@ -5,7 +5,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from run_configs import tiny_config, write_config
+from run_configs import read_rows, store_digest, tiny_config, write_config
 
 from lightning_curate.cli import main
 from lightning_curate.loop import RoundCheckpoint
@@ -42,6 +42,51 @@ def test_saves_once_per_round_end_after_the_commit(tmp_path, monkeypatch):
 def test_schedule_arguments_are_refused(name, value):
     with pytest.raises(ValueError, match=f"RoundCheckpoint saves at each round's end: {name}={value} is not used"):
         RoundCheckpoint(**{name: value})
+    with pytest.raises(ValueError, match="save_on_exception=True would save a state between two round ends"):
+        RoundCheckpoint(save_on_exception=True)
+
+
+def _config(tmp_path, name, checkpoint_args=None, file=None, **trainer):
+    cfg = tiny_config(tmp_path / name, rounds=2)
+    cfg["trainer"].update(trainer)
+    cfg["trainer"]["callbacks"][1]["init_args"].update(checkpoint_args or {})
+    return write_config(tmp_path / (file or f"{name}.yaml"), cfg)
+
+
+def _fit(*args) -> int:
+    try:
+        main(["fit", *map(str, args)])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+# The tiny schedule has 4 steps an epoch: round 0 ends at step 12 (epoch 2), round 1 at 20, round 2 at 28.
+@pytest.mark.parametrize("max_steps, saved, stored", [
+    (14, [2], [0]),  # stopped inside round 1: round 0's end is the checkpoint
+    (10, [], []),  # stopped inside round 0's last epoch: that epoch is no round end, nothing is committed
+])
+def test_a_run_stopped_between_round_ends_resumes_exactly(tmp_path, monkeypatch, max_steps, saved, stored):
+    from lightning_curate.store.rounds import RoundStore
+
+    assert _fit("-c", _config(tmp_path, "reference")) == 0
+    saves = _record_saves(monkeypatch)
+    cfg = _config(tmp_path, "run")
+    assert _fit("-c", _config(tmp_path, "run", file="stopped.yaml", max_steps=max_steps)) == 1  # incomplete
+    assert sorted({epoch for epoch, _ in saves}) == saved  # nothing saved at the stop itself
+    assert RoundStore(tmp_path / "run" / "rounds").rounds() == stored
+    assert _fit("-c", cfg, "--ckpt_path", "last") == 0
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 28
+    assert store_digest(tmp_path / "run") == store_digest(tmp_path / "reference")
+    assert read_rows(tmp_path / "run") == read_rows(tmp_path / "reference")
+
+
+def test_last_checkpoint_follows_every_round_without_top_k_files(tmp_path, monkeypatch):
+    """save_top_k: 0 writes no top-k file; Lightning would then skip last.ckpt too."""
+    saves = _record_saves(monkeypatch)
+    assert _fit("-c", _config(tmp_path, "run", {"save_top_k": 0})) == 0
+    assert saves == [(2, "last.ckpt"), (4, "last.ckpt"), (6, "last.ckpt")]
 
 
 class _Tiny(L.LightningModule):

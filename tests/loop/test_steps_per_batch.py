@@ -4,12 +4,16 @@ import copy
 import csv
 import types
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from loop_helpers import build_module
 from run_configs import read_rows, tiny_config, write_config
 
 from lightning_curate.cli import main
+from lightning_curate.data.blending import BatchGroup
+from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.rewards import ClippedDistanceReward
 
 TIMING_COLUMNS = ("time_", "seconds")
@@ -43,7 +47,7 @@ def test_grouped_steps_train_the_same_weights_as_one_step_per_batch(tmp_path):
         assert torch.equal(state_one[key], state_grouped[key]), key
     adam_one = one["optimizer_states"][0]["state"]
     adam_grouped = grouped["optimizer_states"][0]["state"]
-    assert all(torch.equal(adam_one[i]["exp_avg_sq"], adam_grouped[i]["exp_avg_sq"]) for i in adam_one)
+    assert all(torch.equal(adam_one[i][k], adam_grouped[i][k]) for i in adam_one for k in adam_one[i])
     assert one_rows == grouped_rows and len(one_rows) == 3
     # Every step's loss and every epoch's mean are logged at the same step, whatever the grouping.
     assert one_losses == grouped_losses
@@ -57,8 +61,8 @@ def _module(steps_per_batch):
 def test_grouped_steps_refuse_several_processes():
     module = _module(4)
     assert not module.automatic_optimization and _module(1).automatic_optimization
-    module._trainer = types.SimpleNamespace(world_size=2)
-    with pytest.raises(ValueError, match=r"steps_per_batch=4 runs on one process .* got 2: use steps_per_batch: 1"):
+    module._trainer = types.SimpleNamespace(world_size=2, lr_scheduler_configs=[], checkpoint_callbacks=[])
+    with pytest.raises(TrainingSetupError, match=r"steps_per_batch=4 runs on one process .* got 2: or use"):
         module.on_fit_start()
 
 
@@ -76,3 +80,62 @@ def test_a_resume_may_not_switch_between_one_and_several_steps(saved, now, refus
 def test_bad_steps_per_batch_is_named():
     with pytest.raises(ValueError, match="steps_per_batch"):
         _module(0)
+
+
+class _Batches:
+    """Fixed batches as one loader (a plain list would be taken for several loaders)."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def _fit(module, tmp_path, max_steps=-1, callbacks=(), batches=None):
+    """Fit ``module`` on 40 fixed grouped batches of 2-D points (no data module)."""
+    gen = torch.Generator().manual_seed(1)
+    data = [torch.randn(16, 2, generator=gen) for _ in range(40)]
+    G = module.steps_per_batch
+    items = batches if batches is not None else ([BatchGroup(data[i:i + G]) for i in range(0, 40, G)]
+                                                 if G > 1 else data)
+    loader = _Batches(items)
+    trainer = L.Trainer(max_epochs=1, max_steps=max_steps, logger=False, enable_checkpointing=bool(callbacks),
+                        callbacks=list(callbacks), enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    torch.manual_seed(5)  # the losses' draws: the same stream for every module fitted here
+    trainer.fit(module, train_dataloaders=loader)
+    return trainer
+
+
+def test_grouped_steps_stop_at_max_steps_exactly(tmp_path):
+    one, grouped = _module(1), _module(3)
+    assert _fit(one, tmp_path / "a", max_steps=10).global_step == 10
+    assert _fit(grouped, tmp_path / "b", max_steps=10).global_step == 10  # not 12: the group is cut
+    for a, b in zip(one.generator.state_dict().values(), grouped.generator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_grouped_steps_refuse_a_learning_rate_scheduler(tmp_path):
+    module = _module(4)
+    optimizer = module.configure_optimizers()
+    module.configure_optimizers = lambda: {"optimizer": optimizer,
+                                           "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 2)}
+    with pytest.raises(TrainingSetupError, match="does not step learning-rate schedulers"):
+        _fit(module, tmp_path)
+
+
+def test_grouped_steps_refuse_checkpoints_every_n_train_steps(tmp_path):
+    with pytest.raises(TrainingSetupError, match="every_n_train_steps"):
+        _fit(_module(4), tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5)])
+
+
+def test_grouped_steps_refuse_a_plain_list_batch(tmp_path):
+    """An (x, y) list from another loader is not a group of batches: refused, never stepped on."""
+    gen = torch.Generator().manual_seed(1)
+    pairs = [[torch.randn(16, 2, generator=gen), torch.randn(16, 2, generator=gen)] for _ in range(4)]
+    with pytest.raises(TypeError, match="trains on BatchGroup batches .* got a list"):
+        _fit(_module(2), tmp_path, batches=pairs)

@@ -308,14 +308,26 @@ def test_mmd_same_law_small_different_law_large_and_reset():
     assert abs(same) < 0.01 and shifted > 0.3
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_sliced_wasserstein_column_sort_is_torch_sort_bit_for_bit(dtype):
-    """The CPU fast path (NumPy's sort) gives torch.sort's values, NaN and infinities included."""
+@pytest.mark.parametrize("dtype, transposed", [(torch.float32, False), (torch.float64, False),
+                                               (torch.float32, True)])
+def test_sliced_wasserstein_column_sort_is_torch_sort_bit_for_bit(dtype, transposed):
+    """The CPU fast path (NumPy's sort) gives torch.sort's values, NaN and infinities included,
+    also on a non-contiguous input."""
     from lightning_curate.metrics.curation import _sort_columns
 
     p = torch.randn(300, 9, generator=torch.Generator().manual_seed(0)).to(dtype)
+    p = p.T.contiguous().T if transposed else p
+    assert p.is_contiguous() != transposed
     p[3, 2], p[10, 1], p[11, 1], p[5, 4] = float("nan"), float("inf"), -float("inf"), p[6, 4]  # a tie too
     expected = torch.sort(p, dim=0).values
     got = _sort_columns(p)
     assert got.shape == expected.shape and got.dtype == dtype
     assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+
+
+def test_sliced_wasserstein_column_sort_keeps_autograd():
+    from lightning_curate.metrics.curation import _sort_columns
+
+    p = torch.randn(50, 3, requires_grad=True)
+    got = _sort_columns(p)
+    assert got.requires_grad and torch.equal(got, torch.sort(p, dim=0).values)
