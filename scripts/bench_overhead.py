@@ -288,7 +288,7 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[dict, fl
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
-def run_size(name: str, threads: int = 1, timeout: float = 1800, repeats: int = 1) -> dict:
+def run_size(name: str, threads: int = 1, timeout: float = 1800, repeats: int = 3) -> dict:
     """Run the bare loop, then the package, on size ``name``, ``repeats`` times alternating; the
     fastest run of each (least CPU time: the least disturbed on a shared machine) and the ratios."""
     work = {**SIZES[name], "threads": threads}
