@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from run_configs import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +74,18 @@ def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):
     data = cfg["data"]["init_args"]
     assert data["batch_size"] == 512 and data["source"]["init_args"]["num_train"] == 20000
     assert cfg["torch_num_threads"] == 1 and cfg["trainer"]["default_root_dir"] == str(tmp_path / "run")
+    # The main size is the shipped main job's, and the bare loop restarts its EMA each round as the config does.
+    shipped = yaml.safe_load(bench.MAIN_CONFIG.read_text())
+    main_loop = next(c for c in shipped["trainer"]["callbacks"]
+                     if c["class_path"].endswith("RetrainingLoop"))["init_args"]
+    main, shipped_model, shipped_data = bench.SIZES["main"], shipped["model"]["init_args"], shipped["data"]["init_args"]
+    assert {k: main[k] for k in ("epochs_per_round", "initial_epochs", "rounds")} == \
+        {k: main_loop[k] for k in ("epochs_per_round", "initial_epochs", "rounds")}
+    assert (main["num_slots"], main["num_candidates"], main["steps"], main["batch_size"], main["num_train"]) == (
+        shipped_model["num_slots"], shipped_model["num_candidates"], shipped_model["generator"]["init_args"]["steps"],
+        shipped_data["batch_size"], shipped_data["source"]["init_args"]["num_train"])
+    assert shipped_model["generator"]["init_args"]["ema_reset"] == "round"
+    assert "restart_ema=True" in bench.bare_loop_source()
     # The bare loop is valid Python that reads its sizes from argv.
     compile(bench.bare_loop_source(), "bare_loop.py", "exec")
     assert "json.loads(sys.argv[1])" in bench.bare_loop_source()
