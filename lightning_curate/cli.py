@@ -149,14 +149,19 @@ def _catch_sigterm():
         return None
 
 
+_UNION_BOILERPLATE = ("Does not validate against any of the Union subtypes", "Not a valid subclass of",
+                      "a class path (str)", "a dict with class_path entry", "a dict without class_path",
+                      "a dict with parameters accepted by the base class")
+
+
 def _short_error(err: BaseException) -> str:
     """The message of a config error without jsonargparse's listing of every Union alternative."""
     text = str(err)
     reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")
                and "Expected a <class 'NoneType'>" not in line]
-    # A nested Union (a list of class_path entries) adds its own header line: not a reason.
-    reasons = [r for r in reasons if not r.startswith("Does not validate against any of the Union subtypes")] \
-        or reasons
+    # A nested Union (a list of class_path entries) adds its own header line, and the alternatives that
+    # do not apply (a single class instead of a list, the accepted forms of one) list themselves: not reasons.
+    reasons = [r for r in reasons if not r.startswith(_UNION_BOILERPLATE)] or reasons
     return "; ".join(reasons) if "Errors:" in text and reasons else text
 
 

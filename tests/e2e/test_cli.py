@@ -177,6 +177,21 @@ def test_a_bad_curator_in_a_list_is_named_in_one_line(tmp_path, capsys):
     assert not (run / "rounds").exists()
 
 
+def test_a_bad_callback_in_the_list_is_named_in_one_line(tmp_path, capsys):
+    """jsonargparse's Union alternatives that do not apply (a single Callback, the forms of one) stay out."""
+    run = tmp_path / "run"
+    cfg = tiny_config(run)
+    cfg["trainer"]["callbacks"][1]["init_args"]["every_n_epochs"] = 2
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == ("error: RoundCheckpoint saves at each round's end: every_n_epochs=2 is "
+                                            "not used; use lightning.pytorch.callbacks.ModelCheckpoint for another "
+                                            "schedule")
+    assert not run.exists() or not any(run.iterdir())
+
+
 @pytest.mark.parametrize("body, message", [
     ("return x[:, 0] * float('nan')", "round 0: the reward model returned 600"),
     ("return x[:, :1]", "round 0: the reward model returned shape"),
