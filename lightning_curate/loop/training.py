@@ -139,7 +139,8 @@ class GeneratorTraining(L.LightningModule):
         trainer, fix = self.trainer, "or use steps_per_batch: 1"
         if trainer.world_size > 1:
             raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch} runs on one process (DDP syncs one "
-                                     f"backward per batch), got {trainer.world_size}: {fix}")
+                                     f"backward per batch), got {trainer.world_size} processes; use "
+                                     "--model.init_args.steps_per_batch 1")
         if trainer.lr_scheduler_configs:
             raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch}: Lightning does not step learning-"
                                      f"rate schedulers under manual optimization; remove the scheduler {fix}")

@@ -62,7 +62,8 @@ def test_grouped_steps_refuse_several_processes():
     module = _module(4)
     assert not module.automatic_optimization and _module(1).automatic_optimization
     module._trainer = types.SimpleNamespace(world_size=2, lr_scheduler_configs=[], checkpoint_callbacks=[])
-    with pytest.raises(TrainingSetupError, match=r"steps_per_batch=4 runs on one process .* got 2: or use"):
+    with pytest.raises(TrainingSetupError, match=r"steps_per_batch=4 runs on one process .* got 2 processes; use "
+                                                 r"--model.init_args.steps_per_batch 1"):
         module.on_fit_start()
 
 
