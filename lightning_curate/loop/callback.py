@@ -114,12 +114,13 @@ class RetrainingLoop(Callback):
         return self.initial_epochs + self.rounds * self.epochs_per_round
 
     def round_of_epoch(self, epoch: int) -> int:
-        if epoch < self.initial_epochs:
-            return 0
-        return 1 + (epoch - self.initial_epochs) // self.epochs_per_round
+        return 0 if epoch < self.initial_epochs else 1 + (epoch - self.initial_epochs) // self.epochs_per_round
 
     def last_epoch_of_round(self, round_idx: int) -> int:
         return self.initial_epochs - 1 + round_idx * self.epochs_per_round
+
+    def ends_round(self, epoch: int) -> bool:
+        return epoch == self.last_epoch_of_round(self.round_of_epoch(epoch))
 
     # -- setup and resume ---------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -256,9 +257,9 @@ class RetrainingLoop(Callback):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
-        round_idx = self.round_of_epoch(epoch)
-        if epoch != self.last_epoch_of_round(round_idx) or not epoch_finished(trainer):  # not if cut short
+        if not self.ends_round(epoch) or not epoch_finished(trainer):  # not if cut short
             return
+        round_idx = self.round_of_epoch(epoch)
         row = self._curate(trainer, pl_module, round_idx, epoch)
         self.rows[round_idx] = row
         if trainer.is_global_zero:

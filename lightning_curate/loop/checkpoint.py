@@ -55,10 +55,7 @@ class RoundCheckpoint(ModelCheckpoint):
         if not epoch_finished(trainer):
             return False
         loop = next((c for c in trainer.callbacks if isinstance(c, RetrainingLoop)), None)
-        if loop is None:
-            return True
-        epoch = trainer.current_epoch
-        return epoch == loop.last_epoch_of_round(loop.round_of_epoch(epoch))
+        return loop is None or loop.ends_round(trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.at_round_end(trainer):

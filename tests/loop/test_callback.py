@@ -19,6 +19,8 @@ def test_round_schedule_matches_an_epoch_by_epoch_oracle(rounds, per_round, init
     for t in range(rounds + 1):
         last = max(e for e, r in enumerate(schedule) if r == t)
         assert loop.last_epoch_of_round(t) == last
+    ends = [e for e in range(len(schedule)) if e + 1 == len(schedule) or schedule[e + 1] != schedule[e]]
+    assert [e for e in range(len(schedule)) if loop.ends_round(e)] == ends
 
 
 def test_schedule_of_the_tiny_config():
