@@ -46,6 +46,15 @@ class RoundCheckpoint(ModelCheckpoint):
                              "state between two round ends, from which a resume is not exact")
         super().__init__(dirpath=dirpath, save_last=save_last, save_top_k=save_top_k, **kwargs)
 
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint.state_key``, built once: its arguments do not change during a fit, and
+        Lightning reads the key around every hook of every callback (a ``repr`` of a dict each time)."""
+        key = self.__dict__.get("_state_key_cached")
+        if key is None:
+            key = self._state_key_cached = super().state_key
+        return key
+
     @staticmethod
     def at_round_end(trainer: Any) -> bool:
         """Whether the epoch now ending is the whole last epoch of a round (any whole epoch, without a

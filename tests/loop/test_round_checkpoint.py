@@ -108,3 +108,12 @@ def test_without_a_retraining_loop_it_saves_every_epoch(tmp_path, monkeypatch):
     trainer.fit(_Tiny(), train_dataloaders=torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=4))
     assert sorted({epoch for epoch, _ in saves}) == [0, 1, 2]
     assert (tmp_path / "last.ckpt").is_file()
+
+
+def test_state_key_is_modelcheckpoints_built_once(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = RoundCheckpoint(dirpath=str(tmp_path), monitor="train/loss_epoch", mode="min")
+    key = checkpoint.state_key
+    assert key == ModelCheckpoint.state_key.fget(checkpoint)  # what ModelCheckpoint itself would say
+    assert "train/loss_epoch" in key and checkpoint.state_key is key  # built once, then reused

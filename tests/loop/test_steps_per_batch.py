@@ -140,3 +140,26 @@ def test_grouped_steps_refuse_a_plain_list_batch(tmp_path):
     pairs = [[torch.randn(16, 2, generator=gen), torch.randn(16, 2, generator=gen)] for _ in range(4)]
     with pytest.raises(TypeError, match="trains on BatchGroup batches .* got a list"):
         _fit(_module(2), tmp_path, batches=pairs)
+
+
+class _GradientNorms(L.Callback):
+    """A callback that reads every step's gradients, as a gradient-norm logger would."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_after_backward(self, trainer, pl_module):
+        self.norms.append(float(torch.cat([p.grad.flatten() for p in pl_module.generator.velocity.parameters()])
+                                .norm()))
+
+
+def test_backward_hooks_still_run_every_step_under_grouped_steps(tmp_path):
+    plain = _module(4)
+    _fit(plain, tmp_path / "plain")
+    assert plain._backward is torch.Tensor.backward  # nothing to call around it: the plain backward
+    hooked, norms = _module(4), _GradientNorms()
+    trainer = _fit(hooked, tmp_path / "hooked", callbacks=[norms])
+    assert hooked._backward is None  # manual_backward, with the hooks
+    assert len(norms.norms) == trainer.global_step == 40 and all(n > 0 for n in norms.norms)
+    for a, b in zip(plain.generator.state_dict().values(), hooked.generator.state_dict().values()):
+        assert torch.equal(a, b)  # the same training either way
