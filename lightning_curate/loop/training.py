@@ -74,7 +74,8 @@ class GeneratorTraining(L.LightningModule):
         ``train/loss_epoch`` (the sample-weighted mean) once per epoch from a running sum:
         no per-step logging machinery and no per-step device sync. With grouped steps
         ``train/loss_step`` goes to the loggers only (``self.log`` costs about a step of a small
-        model), and the progress bar and ``callback_metrics`` get ``train/loss_epoch``.
+        model), and the progress bar and ``callback_metrics`` get ``train/loss_epoch``
+        (written there directly, see ``on_train_epoch_end``).
         """
         # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
         every = cast(Any, self.trainer).log_every_n_steps if self._trainer is not None else 1
@@ -122,15 +123,20 @@ class GeneratorTraining(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         total, count = self._epoch_loss
-        if total is not None:
-            # Grouped steps: Lightning's step axis would count groups, so the loggers get the value
-            # at the optimizer step (as with one step a batch) and the progress bar its own copy.
-            grouped = not self.automatic_optimization
-            self.log("train/loss_epoch", total / count, prog_bar=True, on_step=False, on_epoch=True,
-                     logger=not grouped)
-            if grouped:
-                self._log_to_loggers("train/loss_epoch", total / count)
         self._epoch_loss[:] = [None, 0]
+        if total is None:
+            return
+        mean = total / count
+        if self.automatic_optimization:
+            self.log("train/loss_epoch", mean, prog_bar=True, on_step=False, on_epoch=True)
+            return
+        # Grouped steps: the loggers get the value at the optimizer step (Lightning's step axis
+        # would count groups), and the progress bar and the monitoring callbacks (which run after
+        # this hook) what self.log would give them, without its 1 ms of result bookkeeping.
+        trainer = self.trainer
+        self._log_to_loggers("train/loss_epoch", mean)
+        trainer.callback_metrics["train/loss_epoch"] = mean
+        trainer.progress_bar_metrics["train/loss_epoch"] = float(mean)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.automatic_optimization:  # grouped steps update the average after each of theirs

@@ -163,3 +163,16 @@ def test_backward_hooks_still_run_every_step_under_grouped_steps(tmp_path):
     assert len(norms.norms) == trainer.global_step == 40 and all(n > 0 for n in norms.norms)
     for a, b in zip(plain.generator.state_dict().values(), hooked.generator.state_dict().values()):
         assert torch.equal(a, b)  # the same training either way
+
+
+def test_grouped_steps_give_monitors_and_the_bar_the_epoch_loss(tmp_path):
+    """train/loss_epoch reaches callback_metrics (what ModelCheckpoint and EarlyStopping read) and the
+    progress bar, with the value of one step a batch, and a monitored checkpoint picks the best epoch."""
+    results = {}
+    for G in (1, 4):
+        best = ModelCheckpoint(dirpath=tmp_path / f"ckpt{G}", monitor="train/loss_epoch", mode="min")
+        trainer = _fit(_module(G), tmp_path / f"run{G}", callbacks=[best])
+        results[G] = (trainer.callback_metrics["train/loss_epoch"], trainer.progress_bar_metrics["train/loss_epoch"],
+                      best.best_model_score)
+    assert torch.equal(results[1][0], results[4][0]) and results[1][1] == results[4][1]
+    assert torch.equal(results[4][2], results[4][0])  # the one epoch's loss is the best score
