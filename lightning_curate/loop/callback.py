@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate.loop.checkpoint import epoch_finished
 from lightning_curate.loop.curators import exact_metrics, predict_next
-from lightning_curate.loop.fidelity import fidelity_columns, round_zero_quality
+from lightning_curate.loop.fidelity import fidelity_columns, p0_quality
 from lightning_curate.loop.report import PlotBudget, fidelity_advice, log_row, plot_run, summary, write_table
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
@@ -63,11 +63,16 @@ class RetrainingLoop(Callback):
         init: how each curated round starts training: ``warm`` fine-tunes the previous round's
             model (the default), ``scratch`` restarts from the initial weights with a fresh
             optimizer state, so round ``t + 1``'s model depends on round ``t``'s data only.
+        learner_noise: the learner's refit jitter of a round's ``reward_mean`` (reward units; measure
+            it with ``scripts/learner_jitter.py``): a round's fidelity is reported only where its
+            predicted move stands above this noise and the sampling noise. 0 counts sampling only.
+        learner_share_noise: the same for a class share (share units).
     """
 
     def __init__(self, rounds: int = 10, epochs_per_round: int = 1, initial_epochs: Optional[int] = None,
                  seed: int = 0, plots: bool = True, allow_changed_settings: Optional[list[str] | str] = None,
-                 fidelity_threshold: float = 0.85, init: str = "warm"):
+                 fidelity_threshold: float = 0.85, init: str = "warm", learner_noise: float = 0.0,
+                 learner_share_noise: float = 0.0):
         super().__init__()
         check_int("rounds", rounds, minimum=0)
         check_int("epochs_per_round", epochs_per_round, minimum=1)
@@ -81,6 +86,8 @@ class RetrainingLoop(Callback):
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
         self.init = check_choice("init", init, INITS)
+        self.learner_noise = check_float("learner_noise", learner_noise, minimum=0.0)
+        self.learner_share_noise = check_float("learner_share_noise", learner_share_noise, minimum=0.0)
         self._initial_state: Optional[dict[str, Any]] = None  # the generator's weights before any training
         self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
         self.settings: Optional[dict[str, Any]] = None
@@ -349,24 +356,15 @@ class RetrainingLoop(Callback):
     def _fidelity_columns(self, trainer: Any, pl_module: Any, round_idx: int, row: dict, preview) -> dict[str, float]:
         """Round 0: how well ``p_0`` fits the data; later rounds: fidelity to the ideal learner's prediction."""
         k = pl_module.num_candidates
-        if round_idx > 0:
-            previous = self.rows.get(round_idx - 1)
-            if previous is None:
-                return {}
-            probe = min(pl_module.preview_size, pl_module.num_slots) * k
-            return fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k, num_probe=probe or None)
-        if preview is None or "sw_distance" not in row:
+        if round_idx == 0:
+            return p0_quality(row, preview, trainer.datamodule.real, self._real_labels,
+                              trainer.datamodule.class_names, pl_module.sample_distance)
+        previous = self.rows.get(round_idx - 1)
+        if previous is None:
             return {}
-        real = trainer.datamodule.real
-        n = min(len(preview), len(real.train))
-        real_distance = pl_module.sample_distance(real.train[:n], real.heldout)
-        real_shares: dict[str, float] = {}
-        if self._real_labels is not None and trainer.datamodule.class_names:
-            counts = self._real_labels.bincount(minlength=len(trainer.datamodule.class_names)).double()
-            real_shares = {name: float(c) / max(1.0, float(counts.sum()))
-                           for name, c in zip(trainer.datamodule.class_names, counts)}
-        model_shares = {k[len("share_"):]: v for k, v in row.items() if k.startswith("share_")}
-        return round_zero_quality(model_shares, real_shares, row["sw_distance"], real_distance)
+        probe = min(pl_module.preview_size, pl_module.num_slots) * k
+        return fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k, num_probe=probe or None,
+                                learner_noise=self.learner_noise, learner_share_noise=self.learner_share_noise)
 
     # -- artifacts ----------------------------------------------------------
     @property

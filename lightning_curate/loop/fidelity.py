@@ -17,16 +17,19 @@ errors of zero (late rounds near collapse, say) gets ``NaN`` and
 Standard errors come from the rows themselves: a class share ``s`` measured on
 ``n`` candidates has ``sqrt(s (1 - s) / n)``; a mean reward ``reward_std /
 sqrt(n)``; a prediction its own ``predicted_*_stderr`` column when the row has
-one (else the same form on the probe's size).
+one (else the same form on the probe's size). The learner adds its own: trained
+again on the same data with another batch order, it lands elsewhere. That
+*refit jitter* (``learner_noise``, ``learner_share_noise``, measured by
+``scripts/learner_jitter.py``) is added to the observed move's noise.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-__all__ = ["DEFAULT_Z", "aggregate_fidelity", "fidelity_columns", "round_zero_quality"]
+__all__ = ["DEFAULT_Z", "aggregate_fidelity", "fidelity_columns", "p0_quality", "round_zero_quality"]
 
 DEFAULT_Z = 3.0
 _ROUND_OFF = 1e-9
@@ -63,7 +66,8 @@ def _ratio(observed_move: float, predicted_move: float, se_observed: float, se_p
 
 
 def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *, num_candidates: int,
-                     num_probe: Optional[int] = None, z: float = DEFAULT_Z) -> dict[str, float]:
+                     num_probe: Optional[int] = None, z: float = DEFAULT_Z, learner_noise: float = 0.0,
+                     learner_share_noise: float = 0.0) -> dict[str, float]:
     """The fidelity columns of row ``current`` (round ``t + 1``) against row ``previous`` (round ``t``).
 
     Args:
@@ -75,6 +79,9 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         num_probe: candidates the prediction was computed from (the preview slots times ``K``);
             defaults to ``num_candidates``.
         z: a ratio is reported only where the predicted move exceeds ``z`` standard errors.
+        learner_noise: the learner's refit jitter of ``reward_mean`` (its standard deviation over
+            trainings on the same data), added to the observed move's noise; 0: sampling noise only.
+        learner_share_noise: the same for one class's share (not added to the gaining classes' total).
 
     Returns:
         ``reward_fidelity`` (and ``_stderr``), ``class_fidelity_<name>`` for every class whose
@@ -101,7 +108,7 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
     if not math.isfinite(se_pred):
         se_pred = std / math.sqrt(n_pred)
     fid, fid_se = _ratio(r_cur - r_prev, _number(previous, "predicted_reward_mean") - r_prev,
-                         std * math.sqrt(2.0 / n_obs), se_pred, z)
+                         math.hypot(std * math.sqrt(2.0 / n_obs), learner_noise), se_pred, z)
     out["reward_fidelity"], out["reward_fidelity_stderr"] = fid, fid_se
     out["fidelity_reliable"] = float(math.isfinite(fid))
 
@@ -113,12 +120,14 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
             s_prev, s_cur = _number(previous, _SHARE + name), _number(current, _SHARE + name)
             s_pred = _number(previous, _PREDICTED_SHARE + name)
             gap += abs(s_cur - s_pred)
-            se_obs = math.hypot(_share_se(s_prev, n_obs), _share_se(s_cur, n_obs))
+            se_obs = math.hypot(_share_se(s_prev, n_obs), _share_se(s_cur, n_obs), learner_share_noise)
             se_p = _share_se(s_pred, n_pred)
             out[f"class_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
             if s_pred > s_prev:
                 gain_prev, gain_cur, gain_pred = gain_prev + s_prev, gain_cur + s_cur, gain_pred + s_pred
         out["l1_gap_to_prediction"] = gap
+        # Not learner_share_noise: that is one class's jitter, mostly the split among the gaining
+        # classes (mog8's two rewarded modes), which their total does not see.
         se_obs = math.hypot(_share_se(gain_prev, n_obs), _share_se(gain_cur, n_obs))
         se_p = _share_se(gain_pred, n_pred)
         out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
@@ -156,3 +165,27 @@ def round_zero_quality(model_shares: Mapping[str, float], real_shares: Mapping[s
         out["p0_share_error_max"] = worst
     out["p0_distance_ratio"] = model_distance / real_distance if real_distance > 0 else math.nan
     return out
+
+
+def p0_quality(row: Mapping[str, Any], preview: Any, real: Any, real_labels: Any, class_names: Optional[Sequence[str]],
+               sample_distance: Callable[[Any, Any], float]) -> dict[str, float]:
+    """:func:`round_zero_quality` of round 0's ``row`` and ``preview`` samples against the real data.
+
+    Args:
+        row: round 0's row (its ``share_*`` and ``sw_distance`` to held-out data).
+        preview: round 0's preview samples (``None``: no columns).
+        real: the real data (``.train``, ``.heldout``).
+        real_labels: class labels of ``real.train`` (``None`` without classes).
+        class_names: the classes' names.
+        sample_distance: the distance ``row["sw_distance"]`` was measured with.
+    """
+    if preview is None or "sw_distance" not in row:
+        return {}
+    n = min(len(preview), len(real.train))
+    real_distance = sample_distance(real.train[:n], real.heldout)
+    real_shares: dict[str, float] = {}
+    if real_labels is not None and class_names:
+        counts = real_labels.bincount(minlength=len(class_names)).double()
+        real_shares = {name: float(c) / max(1.0, float(counts.sum())) for name, c in zip(class_names, counts)}
+    model_shares = {k[len(_SHARE):]: v for k, v in row.items() if k.startswith(_SHARE)}
+    return round_zero_quality(model_shares, real_shares, row["sw_distance"], real_distance)

@@ -70,3 +70,22 @@ def test_a_collapsed_round_reports_no_ratio():
     assert math.isnan(out["reward_fidelity"]) and out["fidelity_reliable"] == 0.0
     assert math.isnan(out["class_fidelity_a"]) and math.isnan(out["gain_share_fidelity"])
     assert out["l1_gap_to_prediction"] == pytest.approx(2e-13)
+
+
+def test_the_learners_refit_jitter_widens_the_noise():
+    # Predicted move 0.02 on 10^8 candidates: sampling noise ~1.4e-4, far below the move...
+    prev = {"reward_mean": 0.0, "reward_std": 1.0, "predicted_reward_mean": 0.02,
+            "share_a": 0.5, "predicted_share_a": 0.52}
+    cur = {"reward_mean": 0.01, "share_a": 0.51}
+    out = fidelity_columns(prev, cur, num_candidates=10**8)
+    assert out["reward_fidelity"] == pytest.approx(0.5) and out["class_fidelity_a"] == pytest.approx(0.5)
+    # ...but a learner whose refits land 0.01 apart: 3 x 0.01 > 0.02, no ratio.
+    jittery = fidelity_columns(prev, cur, num_candidates=10**8, learner_noise=0.01, learner_share_noise=0.01)
+    assert math.isnan(jittery["reward_fidelity"]) and jittery["fidelity_reliable"] == 0.0
+    assert math.isnan(jittery["class_fidelity_a"])
+    # A smaller jitter keeps the ratio and widens its standard error: hypot(sampling, 0.005) / 0.02.
+    calm = fidelity_columns(prev, cur, num_candidates=10**8, learner_noise=0.005)
+    assert calm["reward_fidelity"] == pytest.approx(0.5)
+    sampling = math.sqrt(2 / 1e8)
+    expected = math.hypot(math.hypot(sampling, 0.005), 0.5 / 1e4) / 0.02
+    assert calm["reward_fidelity_stderr"] == pytest.approx(expected)

@@ -1,0 +1,59 @@
+"""scripts/learner_jitter.py: refits of one round from the same checkpoint, and the noise they show."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from run_configs import load_script, read_rows, tiny_config, write_config
+
+from lightning_curate.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "learner_jitter.py"
+
+
+def test_jitter_of_rows_is_the_refits_spread():
+    jitter = load_script(SCRIPT).jitter_of_rows
+    rows = [{"reward_mean": m, "reward_std": 2.0, "share_a": a, "share_b": 1 - a}
+            for m, a in ((1.0, 0.5), (1.2, 0.6), (1.4, 0.4))]
+    out = jitter(rows, num_candidates=400)
+    assert out["learner_noise"] == pytest.approx(0.2)  # sample standard deviation of 1.0, 1.2, 1.4
+    assert out["reward_sampling_se"] == pytest.approx(2.0 / 20)
+    assert out["share_class"] == "a" and out["learner_share_noise"] == pytest.approx(0.1)
+    assert out["share_sampling_se"] == pytest.approx(math.sqrt(0.25 / 400))
+    with pytest.raises(ValueError, match="at least two refits"):
+        jitter(rows[:1], 400)
+
+
+def test_refits_start_from_the_same_round_and_refit_zero_is_the_run_itself(tmp_path):
+    cfg = tiny_config(tmp_path / "run", rounds=1)
+    cfg["trainer"]["callbacks"][0]["init_args"]["plots"] = False
+    config = write_config(tmp_path / "tiny.yaml", cfg)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "-c", str(config), "--rounds", "1", "--refits", "2",
+                           "--work-dir", str(tmp_path / "jitter"), "--json"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    means = result["rounds"]["1"]["reward_means"]
+    # The run straight through its round 1 (no resume, the config's own shuffling seed) is refit 0.
+    main(["fit", "-c", str(config)])
+    assert float(read_rows(tmp_path / "run")[1]["reward_mean"]) == means[0]
+    # Both refits trained round 1 from the same round 0 (the same stored rows), with other batches.
+    refits = [read_rows(tmp_path / "jitter" / f"round1_refit{k}") for k in (0, 1)]
+    assert refits[0][0] == refits[1][0]
+    assert means[0] != means[1]
+    assert result["learner_noise"] == result["rounds"]["1"]["learner_noise"] >= 0.0
+    assert "learner_noise:" in proc.stdout
+
+
+def test_bad_rounds_and_refits_are_refused(tmp_path):
+    for args, message in ((["--rounds", "0"], "--rounds must be >= 1"), (["--rounds", "2", "--refits", "1"],
+                                                                          "--refits must be >= 2")):
+        proc = subprocess.run([sys.executable, str(SCRIPT), "-c", "configs/mog8.yaml", *args],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert proc.returncode == 2 and message in proc.stderr
