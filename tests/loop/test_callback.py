@@ -1,5 +1,7 @@
 """RetrainingLoop on its own: the round schedule, the resume checks, the settings it records."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -187,6 +189,15 @@ def test_init_must_be_warm_or_scratch():
         RetrainingLoop(init="cold")
 
 
+@pytest.mark.parametrize("name", ["learner_noise", "learner_share_noise"])
+def test_learner_noise_must_be_a_non_negative_number(name):
+    with pytest.raises(ValueError, match=name):
+        RetrainingLoop(**{name: -0.01})
+    with pytest.raises(ValueError, match=name):
+        RetrainingLoop(**{name: float("nan")})
+    assert getattr(RetrainingLoop(**{name: 0.003}), name) == 0.003
+
+
 def test_a_run_stopped_before_its_last_round_still_draws_its_last_finished_round(tmp_path, monkeypatch):
     """The figures are redrawn only within their time budget; a run that ends early redraws at its end."""
     from lightning.pytorch.callbacks import Callback
@@ -221,3 +232,26 @@ def test_predictions_and_fidelity_only_under_the_replace_policy(tmp_path):
     assert "predicted_reward_mean" in replace[0] and "reward_fidelity" in replace[0]
     assert not [k for k in accumulate[0] if k.startswith(("predicted_", "reward_fidelity", "ideal_"))]
     assert [r["reward_mean"] != "" for r in accumulate] == [True] * 3
+
+
+def test_learner_noise_reaches_the_rows_fidelity(tmp_path):
+    """The same run with a learner noise far above every move reports no ratio; without one it does."""
+    import lightning as L
+    from loop_helpers import build_module
+
+    from lightning_curate import BlendingDataModule, Toy2D
+    from lightning_curate.rewards import ClippedDistanceReward
+
+    rows = {}
+    for noise in (0.0, 100.0):
+        model = build_module(ClippedDistanceReward(dataset="mog8", targets=[0]), num_slots=256, num_candidates=4)
+        data = BlendingDataModule(Toy2D("mog8", num_train=512, num_heldout=64), batch_size=128)
+        loop = RetrainingLoop(rounds=2, epochs_per_round=2, initial_epochs=3, plots=False, learner_noise=noise)
+        trainer = L.Trainer(default_root_dir=tmp_path / str(noise), callbacks=[loop], accelerator="cpu",
+                            logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                            enable_model_summary=False)
+        trainer.fit(model, data)
+        rows[noise] = loop.rows
+    assert [rows[0.0][t]["reward_mean"] for t in range(3)] == [rows[100.0][t]["reward_mean"] for t in range(3)]
+    assert rows[0.0][1]["fidelity_reliable"] == 1.0 and math.isfinite(rows[0.0][1]["reward_fidelity"])
+    assert all(rows[100.0][t]["fidelity_reliable"] == 0.0 for t in (1, 2))
