@@ -16,12 +16,14 @@ shuffling seed (``--data.init_args.seed``; refit 0 keeps the config's, so it is
 the run's own round ``t``), and compares the rows of round ``t``. The loop's
 seed stays, so every refit generates its candidates from the same noise: the
 sampling noise is common to the refits, and their spread is the learner's own.
-It prints, per round, the refits' ``reward_mean``, their spread, the sampling
-error a round's mean has on its own (for scale), and the same for the class
-share that moves most. Pass the largest spreads as
-``RetrainingLoop(learner_noise=..., learner_share_noise=...)``: a round's
+It prints, per round, the refits' ``reward_mean``, their spread, and that
+spread as a multiple of the sampling error a round's mean has on its own
+(``reward_std / sqrt(n)``); the same for the class share whose multiple is
+largest; and each refit's fidelity. The jitter shrinks with the sampling error
+as the rewards concentrate, so the multiple is what carries from round to
+round: pass the largest as ``RetrainingLoop(learner_noise=...)``, and a round's
 fidelity is then reported only where the predicted move stands above both
-noises.
+noises. With four refits a spread is known to about +-40%, hence the largest.
 
 Examples::
 
@@ -107,37 +109,43 @@ def _std(values: list[float]) -> float:
 
 
 def jitter_of_rows(rows: list[dict[str, float]], num_candidates: int) -> dict[str, float]:
-    """The refits' spread of one round's ``reward_mean`` and class shares: the learner's noise.
+    """The refits' spread of one round's ``reward_mean`` and class shares, against their sampling error.
 
     The refits draw their candidates from the same noise (the loop's seed), so sampling noise
-    is common to them and their spread is the learner's own; the sampling error of one round's
-    mean is returned beside it, for scale.
+    is common to them and their spread is the learner's own.
 
     Args:
         rows: round ``t``'s row of each refit (at least two).
         num_candidates: candidates a round's means are measured on (``num_slots * K``).
 
     Returns:
-        ``learner_noise`` (the standard deviation of ``reward_mean`` over the refits),
-        ``reward_sampling_se`` (``reward_std / sqrt(n)``), and for the class share whose spread
-        is largest ``share_class``, ``learner_share_noise`` and ``share_sampling_se``.
+        ``reward_spread`` (the standard deviation of ``reward_mean`` over the refits),
+        ``reward_sampling_se`` (``reward_std / sqrt(n)``) and ``reward_ratio`` (their ratio); for
+        the class share whose ratio is largest ``share_class``, ``share_spread``,
+        ``share_sampling_se`` and ``share_ratio``; ``learner_noise``, the larger ratio.
 
     Example:
         >>> rows = [{"reward_mean": m, "reward_std": 1.0} for m in (0.0, 0.2)]
-        >>> round(jitter_of_rows(rows, 100)["learner_noise"], 4)
-        0.1414
+        >>> round(jitter_of_rows(rows, 100)["learner_noise"], 3)
+        1.414
     """
     if len(rows) < 2:
         raise ValueError(f"jitter needs at least two refits, got {len(rows)}")
     n = max(1, int(num_candidates))
-    out = {"learner_noise": _std([r["reward_mean"] for r in rows]),
-           "reward_sampling_se": sum(r.get("reward_std", 0.0) for r in rows) / len(rows) / math.sqrt(n)}
-    names = [k for k in rows[0] if k.startswith("share_") and all(k in r for r in rows)]
-    if names:
-        name = max(names, key=lambda k: _std([r[k] for r in rows]))
-        mean = sum(r[name] for r in rows) / len(rows)
-        out.update(share_class=name[len("share_"):], learner_share_noise=_std([r[name] for r in rows]),
-                   share_sampling_se=math.sqrt(max(mean * (1 - mean), 0.0) / n))
+    spread = _std([r["reward_mean"] for r in rows])
+    se = sum(r.get("reward_std", 0.0) for r in rows) / len(rows) / math.sqrt(n)
+    out = {"reward_spread": spread, "reward_sampling_se": se, "reward_ratio": spread / se if se > 0 else math.inf}
+    shares = {}
+    for name in [k for k in rows[0] if k.startswith("share_") and all(k in r for r in rows)]:
+        values = [r[name] for r in rows]
+        mean = sum(values) / len(values)
+        share_se = max(math.sqrt(max(mean * (1 - mean), 0.0) / n), 1.0 / n)  # as the loop's noise rule
+        shares[name] = (_std(values), share_se)
+    if shares:
+        name, (spread, se) = max(shares.items(), key=lambda item: item[1][0] / item[1][1])
+        out.update(share_class=name[len("share_"):], share_spread=spread, share_sampling_se=se,
+                   share_ratio=spread / se)
+    out["learner_noise"] = max(out["reward_ratio"], out.get("share_ratio", 0.0))
     return out
 
 
@@ -172,20 +180,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_row(refit, t))
         results[t] = {**jitter_of_rows(rows, num_candidates), "reward_means": [r["reward_mean"] for r in rows],
                       "reward_fidelity": [r.get("reward_fidelity", math.nan) for r in rows]}
-    print(f"{'round':>5} {'reward_mean of each refit':>34} {'learner':>8} {'samp.se':>8} {'share':>8}"
-          f" {'learner':>8} {'samp.se':>8} {'fidelity of each refit':>30}")
+    print(f"{'round':>5} {'reward_mean of each refit':>34} {'spread':>8} {'samp.se':>8} {'ratio':>6}"
+          f" {'share':>8} {'spread':>8} {'samp.se':>8} {'ratio':>6}  fidelity of each refit")
     for t, r in results.items():
         means = ", ".join(f"{m:.4f}" for m in r["reward_means"])
         fidelity = ", ".join(f"{f:.2f}" for f in r["reward_fidelity"])
-        print(f"{t:5d} {means:>34} {r['learner_noise']:8.4f} {r['reward_sampling_se']:8.4f} "
-              f"{r.get('share_class', '-'):>8} {r.get('learner_share_noise', math.nan):8.4f} "
-              f"{r.get('share_sampling_se', math.nan):8.4f} {fidelity:>30}")
+        print(f"{t:5d} {means:>34} {r['reward_spread']:8.4f} {r['reward_sampling_se']:8.4f} "
+              f"{r['reward_ratio']:6.2f} {r.get('share_class', '-'):>8} {r.get('share_spread', math.nan):8.4f} "
+              f"{r.get('share_sampling_se', math.nan):8.4f} {r.get('share_ratio', math.nan):6.2f}  {fidelity}")
     noise = max(r["learner_noise"] for r in results.values())
-    share_noise = max((r.get("learner_share_noise", 0.0) for r in results.values()), default=0.0)
-    print(f"learner_noise: {noise:.4g}   learner_share_noise: {share_noise:.4g}   "
-          f"(the largest over rounds {sorted(results)}; runs in {work})")
+    print(f"learner_noise: {noise:.2f}   (the largest ratio over rounds {sorted(results)}: the learner's refit "
+          f"jitter in units of a round mean's sampling error; runs in {work})")
     if args.json:
-        print(json.dumps({"rounds": results, "learner_noise": noise, "learner_share_noise": share_noise}))
+        print(json.dumps({"rounds": results, "learner_noise": noise}))
     return 0
 
 

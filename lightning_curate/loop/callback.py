@@ -63,16 +63,15 @@ class RetrainingLoop(Callback):
         init: how each curated round starts training: ``warm`` fine-tunes the previous round's
             model (the default), ``scratch`` restarts from the initial weights with a fresh
             optimizer state, so round ``t + 1``'s model depends on round ``t``'s data only.
-        learner_noise: the learner's refit jitter of a round's ``reward_mean`` (reward units; measure
-            it with ``scripts/learner_jitter.py``): a round's fidelity is reported only where its
-            predicted move stands above this noise and the sampling noise. 0 counts sampling only.
-        learner_share_noise: the same for a class share (share units).
+        learner_noise: the learner's refit jitter as a multiple of a round mean's sampling
+            standard error (measure it with ``scripts/learner_jitter.py``): a round's fidelity is
+            reported only where its predicted move stands above this noise and the sampling
+            noise. 0 (the default) counts sampling only.
     """
 
     def __init__(self, rounds: int = 10, epochs_per_round: int = 1, initial_epochs: Optional[int] = None,
                  seed: int = 0, plots: bool = True, allow_changed_settings: Optional[list[str] | str] = None,
-                 fidelity_threshold: float = 0.85, init: str = "warm", learner_noise: float = 0.0,
-                 learner_share_noise: float = 0.0):
+                 fidelity_threshold: float = 0.85, init: str = "warm", learner_noise: float = 0.0):
         super().__init__()
         check_int("rounds", rounds, minimum=0)
         check_int("epochs_per_round", epochs_per_round, minimum=1)
@@ -87,7 +86,6 @@ class RetrainingLoop(Callback):
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
         self.init = check_choice("init", init, INITS)
         self.learner_noise = check_float("learner_noise", learner_noise, minimum=0.0)
-        self.learner_share_noise = check_float("learner_share_noise", learner_share_noise, minimum=0.0)
         self._initial_state: Optional[dict[str, Any]] = None  # the generator's weights before any training
         self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
         self.settings: Optional[dict[str, Any]] = None
@@ -364,7 +362,7 @@ class RetrainingLoop(Callback):
             return {}
         probe = min(pl_module.preview_size, pl_module.num_slots) * k
         return fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k, num_probe=probe or None,
-                                learner_noise=self.learner_noise, learner_share_noise=self.learner_share_noise)
+                                learner_noise=self.learner_noise)
 
     # -- artifacts ----------------------------------------------------------
     @property

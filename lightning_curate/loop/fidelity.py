@@ -19,8 +19,10 @@ Standard errors come from the rows themselves: a class share ``s`` measured on
 sqrt(n)``; a prediction its own ``predicted_*_stderr`` column when the row has
 one (else the same form on the probe's size). The learner adds its own: trained
 again on the same data with another batch order, it lands elsewhere. That
-*refit jitter* (``learner_noise``, ``learner_share_noise``, measured by
-``scripts/learner_jitter.py``) is added to the observed move's noise.
+*refit jitter* scales with the round's own sampling error (both shrink as the
+rewards and shares concentrate), so it is given as a multiple of it,
+``learner_noise`` (measured by ``scripts/learner_jitter.py``), and added to the
+observed move's noise.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def _ratio(observed_move: float, predicted_move: float, se_observed: float, se_p
 
 
 def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *, num_candidates: int,
-                     num_probe: Optional[int] = None, z: float = DEFAULT_Z, learner_noise: float = 0.0,
-                     learner_share_noise: float = 0.0) -> dict[str, float]:
+                     num_probe: Optional[int] = None, z: float = DEFAULT_Z,
+                     learner_noise: float = 0.0) -> dict[str, float]:
     """The fidelity columns of row ``current`` (round ``t + 1``) against row ``previous`` (round ``t``).
 
     Args:
@@ -79,10 +81,9 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         num_probe: candidates the prediction was computed from (the preview slots times ``K``);
             defaults to ``num_candidates``.
         z: a ratio is reported only where the predicted move exceeds ``z`` standard errors.
-        learner_noise: the learner's refit jitter of ``reward_mean`` (its standard deviation over
-            trainings on the same data), added to the observed move's noise; 0: sampling noise only.
-        learner_share_noise: the same for one class's share (not added to the gaining classes' total).
-
+        learner_noise: the learner's refit jitter (the spread of round ``t + 1``'s means over
+            trainings on the same data) as a multiple of the sampling standard error of one
+            round's mean; added to the observed move's noise. 0: sampling noise only.
     Returns:
         ``reward_fidelity`` (and ``_stderr``), ``class_fidelity_<name>`` for every class whose
         predicted move is above noise, ``gain_share_fidelity`` for the total share of the
@@ -107,8 +108,10 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
     se_pred = _number(previous, "predicted_reward_stderr")
     if not math.isfinite(se_pred):
         se_pred = std / math.sqrt(n_pred)
+    std_cur = _number(current, "reward_std")
+    jitter = learner_noise * (std_cur if math.isfinite(std_cur) else std) / math.sqrt(n_obs)
     fid, fid_se = _ratio(r_cur - r_prev, _number(previous, "predicted_reward_mean") - r_prev,
-                         math.hypot(std * math.sqrt(2.0 / n_obs), learner_noise), se_pred, z)
+                         math.hypot(std * math.sqrt(2.0 / n_obs), jitter), se_pred, z)
     out["reward_fidelity"], out["reward_fidelity_stderr"] = fid, fid_se
     out["fidelity_reliable"] = float(math.isfinite(fid))
 
@@ -120,15 +123,15 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
             s_prev, s_cur = _number(previous, _SHARE + name), _number(current, _SHARE + name)
             s_pred = _number(previous, _PREDICTED_SHARE + name)
             gap += abs(s_cur - s_pred)
-            se_obs = math.hypot(_share_se(s_prev, n_obs), _share_se(s_cur, n_obs), learner_share_noise)
+            se_cur = _share_se(s_cur, n_obs)
+            se_obs = math.hypot(_share_se(s_prev, n_obs), se_cur, learner_noise * se_cur)
             se_p = _share_se(s_pred, n_pred)
             out[f"class_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
             if s_pred > s_prev:
                 gain_prev, gain_cur, gain_pred = gain_prev + s_prev, gain_cur + s_cur, gain_pred + s_pred
         out["l1_gap_to_prediction"] = gap
-        # Not learner_share_noise: that is one class's jitter, mostly the split among the gaining
-        # classes (mog8's two rewarded modes), which their total does not see.
-        se_obs = math.hypot(_share_se(gain_prev, n_obs), _share_se(gain_cur, n_obs))
+        se_cur = _share_se(gain_cur, n_obs)
+        se_obs = math.hypot(_share_se(gain_prev, n_obs), se_cur, learner_noise * se_cur)
         se_p = _share_se(gain_pred, n_pred)
         out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
     return out

@@ -17,15 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "learner_jitter.py"
 
 
-def test_jitter_of_rows_is_the_refits_spread():
+def test_jitter_of_rows_is_the_refits_spread_in_sampling_errors():
     jitter = load_script(SCRIPT).jitter_of_rows
     rows = [{"reward_mean": m, "reward_std": 2.0, "share_a": a, "share_b": 1 - a}
             for m, a in ((1.0, 0.5), (1.2, 0.6), (1.4, 0.4))]
     out = jitter(rows, num_candidates=400)
-    assert out["learner_noise"] == pytest.approx(0.2)  # sample standard deviation of 1.0, 1.2, 1.4
-    assert out["reward_sampling_se"] == pytest.approx(2.0 / 20)
-    assert out["share_class"] == "a" and out["learner_share_noise"] == pytest.approx(0.1)
+    assert out["reward_spread"] == pytest.approx(0.2)  # sample standard deviation of 1.0, 1.2, 1.4
+    assert out["reward_sampling_se"] == pytest.approx(2.0 / 20) and out["reward_ratio"] == pytest.approx(2.0)
+    assert out["share_spread"] == pytest.approx(0.1)  # both classes' shares spread by 0.1
     assert out["share_sampling_se"] == pytest.approx(math.sqrt(0.25 / 400))
+    assert out["share_ratio"] == pytest.approx(4.0) and out["learner_noise"] == pytest.approx(4.0)
     with pytest.raises(ValueError, match="at least two refits"):
         jitter(rows[:1], 400)
 

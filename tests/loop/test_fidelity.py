@@ -73,19 +73,21 @@ def test_a_collapsed_round_reports_no_ratio():
 
 
 def test_the_learners_refit_jitter_widens_the_noise():
-    # Predicted move 0.02 on 10^8 candidates: sampling noise ~1.4e-4, far below the move...
-    prev = {"reward_mean": 0.0, "reward_std": 1.0, "predicted_reward_mean": 0.02,
+    # 40,000 candidates, reward_std 1: each mean's sampling error is 0.005, and so is the prediction's.
+    prev = {"reward_mean": 0.0, "reward_std": 1.0, "predicted_reward_mean": 0.06,
             "share_a": 0.5, "predicted_share_a": 0.52}
-    cur = {"reward_mean": 0.01, "share_a": 0.51}
-    out = fidelity_columns(prev, cur, num_candidates=10**8)
+    cur = {"reward_mean": 0.03, "reward_std": 1.0, "share_a": 0.51}
+    n = 40_000
+    out = fidelity_columns(prev, cur, num_candidates=n)
     assert out["reward_fidelity"] == pytest.approx(0.5) and out["class_fidelity_a"] == pytest.approx(0.5)
-    # ...but a learner whose refits land 0.01 apart: 3 x 0.01 > 0.02, no ratio.
-    jittery = fidelity_columns(prev, cur, num_candidates=10**8, learner_noise=0.01, learner_share_noise=0.01)
-    assert math.isnan(jittery["reward_fidelity"]) and jittery["fidelity_reliable"] == 0.0
-    assert math.isnan(jittery["class_fidelity_a"])
-    # A smaller jitter keeps the ratio and widens its standard error: hypot(sampling, 0.005) / 0.02.
-    calm = fidelity_columns(prev, cur, num_candidates=10**8, learner_noise=0.005)
-    assert calm["reward_fidelity"] == pytest.approx(0.5)
-    sampling = math.sqrt(2 / 1e8)
-    expected = math.hypot(math.hypot(sampling, 0.005), 0.5 / 1e4) / 0.02
-    assert calm["reward_fidelity_stderr"] == pytest.approx(expected)
+    # A learner whose refits land 3 sampling errors apart: the move's noise is 0.005 * sqrt(2 + 9 + 1)
+    # = 0.0173, 3 x that 0.052 < 0.06 for the reward (kept, with a wider error); the share's is
+    # 0.0025 * sqrt(12), 3 x that 0.026 > its 0.02 move (dropped).
+    jittery = fidelity_columns(prev, cur, num_candidates=n, learner_noise=3.0)
+    assert jittery["reward_fidelity"] == pytest.approx(0.5)
+    expected = math.hypot(0.005 * math.sqrt(11), 0.5 * 0.005) / 0.06
+    assert jittery["reward_fidelity_stderr"] == pytest.approx(expected)
+    assert math.isnan(jittery["class_fidelity_a"]) and math.isnan(jittery["gain_share_fidelity"])
+    # 4 sampling errors: 0.005 * sqrt(19) * 3 = 0.065 > 0.06, the reward's move is noise too.
+    louder = fidelity_columns(prev, cur, num_candidates=n, learner_noise=4.0)
+    assert math.isnan(louder["reward_fidelity"]) and louder["fidelity_reliable"] == 0.0
