@@ -392,4 +392,4 @@ class RetrainingLoop(Callback):
 
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""
-        return summary([self.rows[t] for t in sorted(self.rows)], self._run_dir, last_checkpoint)
+        return summary([self.rows[t] for t in sorted(self.rows)], self._run_dir, last_checkpoint, self.learner_noise)

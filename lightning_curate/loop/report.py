@@ -62,8 +62,10 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
             "every refit shows is the learner's, not noise. See docs/THEORY.md section 5.")
 
 
-def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: Optional[Path] = None) -> str:
-    """A short per-round table (reward, curated reward, real share, fidelity, top shares) and the artifacts."""
+def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: Optional[Path] = None,
+            learner_noise: float = 0.0) -> str:
+    """A short per-round table (reward, curated reward, real share, fidelity, top shares) and the artifacts;
+    ``learner_noise`` is named beside the fidelity when the noise rule counts it."""
     shares = [c for c in rows[-1] if c.startswith("share_")]
     top = sorted(shares, key=lambda c: -rows[-1][c])[:3]
     head = (f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} {'fidelity':>8} "
@@ -75,8 +77,9 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
                      + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
     aggregate = aggregate_fidelity(rows)
     if math.isfinite(aggregate):
+        noise = "sampling" + (f" + learner jitter {learner_noise:g}x" if learner_noise > 0 else "")
         lines.append(f"learner fidelity (mean over rounds whose predicted move is above noise): {aggregate:.2f}"
-                     " (1 = the ideal learner)")
+                     f" (1 = the ideal learner; noise: {noise})")
     lines += ["", f"Artifacts in {run_dir}:",
               f"  rounds.csv            per-round metrics ({len(rows)} rows)",
               "  rounds/round_NNN/     curated data + manifest of each round"]

@@ -32,6 +32,8 @@ def test_summary_shows_fidelity_and_only_existing_artifacts(tmp_path):
     row1 = next(line for line in lines if line.strip().startswith("1 "))
     assert "0.50" in row1
     assert "learner fidelity (mean over rounds whose predicted move is above noise): 0.55" in text
+    assert "(1 = the ideal learner; noise: sampling)" in text
+    assert "noise: sampling + learner jitter 1.5x)" in summary(_rows([0.5, 0.6]), tmp_path, learner_noise=1.5)
     assert "round_metrics.png" not in text and "config.yaml" not in text
     (tmp_path / "config.yaml").write_text("x")
     assert "config.yaml" in summary(_rows([0.5]), tmp_path)
