@@ -22,7 +22,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -102,9 +102,7 @@ class CurateCLI(LightningCLI):
         """Build the classes, then check the run directory (reads only) before fit writes anything."""
         super().instantiate_classes()
         self.run_state.trainer = self.trainer
-        # Trainer.callbacks is set at runtime; the Trainer type stub does not declare it.
-        callbacks = cast(Any, self.trainer).callbacks
-        loop = next((c for c in callbacks if isinstance(c, RetrainingLoop)), None)
+        loop = RetrainingLoop.of(self.trainer)
         if loop is None or self.subcommand != "fit":
             return
         self.run_state.loop = loop

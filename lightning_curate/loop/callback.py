@@ -113,6 +113,11 @@ class RetrainingLoop(Callback):
             raise RuntimeError("RetrainingLoop: the run directory is set in setup(); use the loop inside Trainer.fit")
         return self.run_dir
 
+    @staticmethod
+    def of(trainer: Any) -> Optional[RetrainingLoop]:
+        """The trainer's ``RetrainingLoop``, or ``None``: how other callbacks find the round schedule."""
+        return next((c for c in trainer.callbacks if isinstance(c, RetrainingLoop)), None)
+
     # -- the schedule -------------------------------------------------------
     @property
     def total_epochs(self) -> int:

@@ -63,7 +63,7 @@ class RoundCheckpoint(ModelCheckpoint):
 
         if not epoch_finished(trainer):
             return False
-        loop = next((c for c in trainer.callbacks if isinstance(c, RetrainingLoop)), None)
+        loop = RetrainingLoop.of(trainer)
         return loop is None or loop.ends_round(trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

@@ -45,7 +45,7 @@ class RoundProgressBar(TQDMProgressBar):
     def _span_of(self, trainer: Any, epoch: int) -> tuple[tuple[int, int], str]:
         from lightning_curate.loop.callback import RetrainingLoop
 
-        loop = next((c for c in trainer.callbacks if isinstance(c, RetrainingLoop)), None)
+        loop = RetrainingLoop.of(trainer)
         if loop is None:
             return (epoch, epoch), f"Epoch {epoch}"
         round_idx = loop.round_of_epoch(epoch)
