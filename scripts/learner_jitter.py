@@ -56,7 +56,9 @@ def composed_config(config_files: list[str]) -> dict[str, Any]:
         args += ["-c", name]
     proc = subprocess.run(args + ["--print_config"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"error: cannot compose {config_files}: {proc.stderr.strip().splitlines()[-1:]}")
+        lines = proc.stderr.strip().splitlines()
+        why = lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}"
+        raise SystemExit(f"error: cannot compose {' + '.join(config_files)}: {why}")
     return yaml.safe_load(proc.stdout)
 
 

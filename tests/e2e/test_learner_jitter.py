@@ -58,3 +58,11 @@ def test_bad_rounds_and_refits_are_refused(tmp_path):
         proc = subprocess.run([sys.executable, str(SCRIPT), "-c", "configs/mog8.yaml", *args],
                               capture_output=True, text=True, timeout=60, cwd=REPO)
         assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_a_missing_config_is_named(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "-c", str(tmp_path / "nope.yaml"), "--rounds", "2"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1
+    assert f"error: cannot compose {tmp_path / 'nope.yaml'}: " in proc.stderr and "does not exist" in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing was written
