@@ -66,7 +66,8 @@ def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):
     work = {**bench.SIZES["large"], "threads": 1}
     cfg = bench.package_config(work, tmp_path / "run", threads=1)
     loop = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RetrainingLoop"))["init_args"]
-    assert loop == {"rounds": 10, "epochs_per_round": 20, "initial_epochs": 37, "seed": 0, "plots": False}
+    assert loop == {"rounds": 10, "epochs_per_round": 20, "initial_epochs": 37, "seed": 0, "plots": False,
+                    "learner_noise": 1.5}  # the shipped noise rule: it changes no work
     assert cfg["trainer"]["callbacks"][0]["class_path"] == "bench_timer.EpochTimer"
     model = cfg["model"]["init_args"]
     assert (model["num_slots"], model["num_candidates"], model["generator"]["init_args"]["steps"]) == (10000, 4, 20)
