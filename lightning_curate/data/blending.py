@@ -8,9 +8,12 @@ synthetic samples from the round store, chosen by ``policy``:
 - ``accumulate``: everything curated so far;
 - ``accumulate_subsample``: everything curated so far, subsampled to ``synthetic_size``.
 
-Datasets are built lazily in ``train_dataloader()`` (Lightning reloads it at
-each epoch; the set is cached per round), because a restored run only knows
-its epoch after ``setup()``. Batches are drawn by index straight from the
+Datasets are built lazily in ``train_dataloader()``, because a restored run
+only knows its epoch after ``setup()``. Lightning asks for a new loader only
+when the round changes (the data module sets the trainer's
+``reload_dataloaders_every_n_epochs`` to the epochs left in the round), and
+tells the loader each epoch's number in between (``IndexBatches.set_epoch``):
+rebuilding it every epoch cost 0.5 ms an epoch of the main job's 680. Batches are drawn by index straight from the
 round's tensor (:class:`IndexBatches`: no per-sample ``__getitem__``, no
 collate). Shuffling is seeded from (seed, epoch) exactly as a
 ``DistributedSampler`` would shuffle, so a resumed run sees the same batches
@@ -20,7 +23,7 @@ as an uninterrupted one, and under DDP each rank takes its own shard.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, cast
 
 import lightning as L
 import torch
@@ -90,6 +93,16 @@ class IndexBatches:
     def dataset(self) -> TensorDataset:
         """The rows as a ``TensorDataset`` (what a ``DataLoader`` would hold)."""
         return TensorDataset(self.data)
+
+    @property
+    def sampler(self) -> IndexBatches:
+        """Itself: Lightning calls ``loader.sampler.set_epoch(epoch)`` at every epoch's start (as for a
+        ``DistributedSampler``), so one loader serves every epoch of a round."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle the next pass for ``epoch``."""
+        self.epoch = epoch
 
     def indices(self) -> Tensor:
         """This rank's row indices for the epoch, in order."""
@@ -253,10 +266,17 @@ class BlendingDataModule(L.LightningDataModule):
         return self._round_sets[round_idx]
 
     def train_dataloader(self) -> IndexBatches:
-        """This epoch's batches: the round's set, shuffled from (seed, epoch), this rank's shard."""
+        """The round's batches: its set, shuffled from (seed, epoch), this rank's shard.
+
+        Also tells the trainer to ask again when the round changes, not before: the loader
+        reshuffles for each epoch in between (``set_epoch``)."""
         trainer = self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
-        dataset = self.dataset_for_round(self.round_of_epoch(epoch))
+        round_idx = self.round_of_epoch(epoch)
+        dataset = self.dataset_for_round(round_idx)
+        if trainer is not None:  # a Trainer attribute its type stub does not declare
+            cast(Any, trainer).reload_dataloaders_every_n_epochs = self._epochs_left_in_round(
+                epoch, round_idx, getattr(trainer, "max_epochs", None))
         # Not a DataLoader, so Lightning injects no sampler: the order depends only
         # on (seed, epoch), and under DDP each rank indexes its own shard.
         # A module that takes several optimizer steps per batch gets its batches in groups.
@@ -265,3 +285,11 @@ class BlendingDataModule(L.LightningDataModule):
                             epoch=epoch, rank=getattr(trainer, "global_rank", 0),
                             world_size=getattr(trainer, "world_size", 1), num_batches=self.steps_per_epoch,
                             group=group)
+
+    def _epochs_left_in_round(self, epoch: int, round_idx: int, max_epochs: Optional[int]) -> int:
+        """Epochs from ``epoch`` to the next round's first (0: no later round before ``max_epochs``)."""
+        last = max_epochs if max_epochs is not None and max_epochs > epoch else epoch + 1
+        for later in range(epoch + 1, last):
+            if self.round_of_epoch(later) != round_idx:
+                return later - epoch
+        return 0

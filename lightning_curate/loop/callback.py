@@ -9,9 +9,9 @@ blend the DataModule builds. One round happens here, in
 2. the round store writes the winners and a manifest (atomic, checksummed);
 3. the round's row goes to ``rounds.csv``, the logger, and the plots.
 
-Lightning reloads the train dataloader at the next epoch, before
-``on_train_epoch_start``, so the data for round ``t + 1`` is curated at the end
-of round ``t``. Every draw is seeded from (seed, round) or (seed, epoch), so a
+Lightning reloads the train dataloader at the next round's first epoch,
+before ``on_train_epoch_start``, so the data for round ``t + 1`` is curated at
+the end of round ``t``. Every draw is seeded from (seed, round) or (seed, epoch), so a
 run resumed from any checkpoint repeats exactly what the uninterrupted run does.
 
 Before anything is written the run directory is locked (one run per
@@ -147,8 +147,7 @@ class RetrainingLoop(Callback):
             # Rank 0's: every replica restarts each round from the same weights, whatever the seeding.
             state = {k: v.detach().cpu().clone() for k, v in pl_module.generator.state_dict().items()}
             self._initial_state = trainer.strategy.broadcast(state, 0)
-        trainer.fit_loop.max_epochs = self.total_epochs
-        trainer.reload_dataloaders_every_n_epochs = 1
+        trainer.fit_loop.max_epochs = self.total_epochs  # the data module reloads at round starts
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero and held_lock_for(run_dir) is None:
             self._lock = RunLock(run_dir).acquire()  # without the CLI: lock here

@@ -318,3 +318,54 @@ def test_grouped_batches_are_the_same_batches_in_lists(group, num_batches):
     assert len(flat) == len(plain) and all(torch.equal(a, b) for a, b in zip(flat, plain))
     with pytest.raises(ValueError, match="group"):
         IndexBatches(data, 4, seed=9, group=0)
+
+
+def test_one_loader_a_round_reshuffled_every_epoch(tmp_path, monkeypatch):
+    """Lightning asks for a loader at each round's first epoch only, and the loader's order in every
+    epoch is the one a loader built for that epoch would give (seed + epoch)."""
+    import lightning as L
+
+    from lightning_curate.loop import RetrainingLoop
+    from lightning_curate.loop.curation_module import CurationModule
+    from lightning_curate.models import FlowMatching, MLPVelocity
+    from lightning_curate.rewards import ClippedDistanceReward
+
+    built, passes = [], []
+    original_loader, original_iter = BlendingDataModule.train_dataloader, IndexBatches.__iter__
+
+    def loader(self):
+        built.append(self.trainer.current_epoch)
+        return original_loader(self)
+
+    def iterate(self):
+        passes.append((id(self), self.epoch, self.indices()))
+        return original_iter(self)
+
+    monkeypatch.setattr(BlendingDataModule, "train_dataloader", loader)
+    monkeypatch.setattr(IndexBatches, "__iter__", iterate)
+    torch.manual_seed(0)
+    model = CurationModule(FlowMatching(MLPVelocity(2, 16, 1), [2], steps=2, ema_decay=0.0),
+                           ClippedDistanceReward(dataset="mog8", targets=[0]), num_slots=64, num_candidates=2)
+    data = BlendingDataModule(Toy2D("mog8", num_train=256, num_heldout=64), batch_size=64, seed=5)
+    loop = RetrainingLoop(rounds=2, epochs_per_round=3, initial_epochs=2, plots=False)
+    trainer = L.Trainer(default_root_dir=tmp_path, callbacks=[loop], accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(model, data)
+    assert built == [0, 2, 5]  # round 0 is epochs 0-1, round 1 epochs 2-4, round 2 epochs 5-7
+    # Lightning may iterate a new loader once more while it sets it up: one loader per round all the same.
+    loader_of = {epoch: loader_id for loader_id, epoch, _ in passes}
+    assert sorted(loader_of) == list(range(8))
+    assert len({loader_of[e] for e in (0, 1)}) == len({loader_of[e] for e in (2, 3, 4)}) == 1
+    assert len({loader_of[e] for e in (5, 6, 7)}) == 1 and len(set(loader_of.values())) == 3
+    for _, epoch, order in passes:
+        rows = 256 if epoch < 2 else 64
+        fresh = IndexBatches(torch.zeros(rows, 2), 64, seed=data_seed(data), epoch=epoch).indices()
+        assert torch.equal(order, fresh), epoch
+    orders = {epoch: order for _, epoch, order in passes}
+    assert not torch.equal(orders[2], orders[3])  # a new order each epoch of a round
+
+
+def data_seed(data):
+    from lightning_curate.utils.seeding import derive_seed
+
+    return derive_seed(data.seed, "shuffle") % (1 << 31)
