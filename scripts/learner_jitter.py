@@ -13,7 +13,10 @@ This script measures the jitter for a config. For each requested round ``t``
 it runs the config up to round ``t - 1`` once, then retrains round ``t``
 ``--refits`` times from that same checkpoint and store, each with another
 shuffling seed (``--data.init_args.seed``; refit 0 keeps the config's, so it is
-the run's own round ``t``), and compares the rows of round ``t``. The loop's
+the run's own round ``t``), and compares the rows of round ``t``. Under
+``real_fraction > 0`` or ``policy: accumulate_subsample`` that seed also draws
+which real or stored samples a round blends in, so there the spread includes
+that resampling too. The loop's
 seed stays, so every refit generates its candidates from the same noise: the
 sampling noise is common to the refits, and their spread is the learner's own.
 It prints, per round, the refits' ``reward_mean``, their spread, and that
@@ -76,6 +79,11 @@ def _in_dir(value: Any, old: str, new: str) -> Any:
 def _run(config: dict[str, Any], run_dir: Path, rounds: int, data_seed: int, resume: bool) -> None:
     old = str(config["trainer"]["default_root_dir"])
     cfg = _in_dir(config, old, str(run_dir))
+    for callback in cfg["trainer"].get("callbacks") or []:
+        dirpath = (callback.get("init_args") or {}).get("dirpath")
+        if dirpath is not None and not Path(dirpath).resolve().is_relative_to(run_dir.resolve()):
+            raise SystemExit(f"error: {callback['class_path']} saves to {dirpath}, outside the run directory "
+                             f"{old}: the refits would share its checkpoints; put its dirpath under the run's")
     loop = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RetrainingLoop"))
     loop["init_args"].update(rounds=rounds, plots=False)
     cfg["data"]["init_args"]["seed"] = data_seed
@@ -95,6 +103,11 @@ def _row(run_dir: Path, round_idx: int) -> dict[str, float]:
             if int(row["round"]) == round_idx:
                 return {k: float(v) for k, v in row.items() if v not in ("", None) and _is_number(v)}
     raise SystemExit(f"error: {run_dir / 'rounds.csv'} has no round {round_idx}")
+
+
+def _last_round(run_dir: Path) -> int:
+    with open(run_dir / "rounds.csv") as fh:
+        return max(int(row["round"]) for row in csv.DictReader(fh))
 
 
 def _is_number(text: str) -> bool:
@@ -173,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     for t in sorted(set(args.rounds)):
         print(f"round {t}: training rounds 0-{t - 1} once, then round {t} {args.refits} times", file=sys.stderr)
         _run(config, base, t - 1, seed, resume=(base / "checkpoints" / "last.ckpt").exists())
+        done = _last_round(base)
+        if done != t - 1:  # a reused --work-dir whose base went further: its refits would train nothing
+            raise SystemExit(f"error: {base} holds rounds up to {done}, so round {t} cannot be refitted from it; "
+                             "use a new --work-dir, or ask for later rounds only")
         rows = []
         for k in range(args.refits):
             refit = work / f"round{t}_refit{k}"

@@ -46,6 +46,13 @@ class BatchGroup(list):
     for an ``(x, y)`` batch."""
 
 
+class _EpochHook:
+    """``IndexBatches`` as the sampler Lightning tells each epoch's number (``set_epoch``)."""
+
+    def __init__(self, batches: IndexBatches) -> None:
+        self.sampler = batches
+
+
 class IndexBatches:
     """One epoch of shuffled batches of the rows of ``data``, drawn by index.
 
@@ -95,10 +102,11 @@ class IndexBatches:
         return TensorDataset(self.data)
 
     @property
-    def sampler(self) -> IndexBatches:
-        """Itself: Lightning calls ``loader.sampler.set_epoch(epoch)`` at every epoch's start (as for a
-        ``DistributedSampler``), so one loader serves every epoch of a round."""
-        return self
+    def batch_sampler(self) -> _EpochHook:
+        """Where Lightning looks for ``set_epoch`` at every epoch's start (``batch_sampler.sampler``,
+        as for a ``DistributedSampler``), so one loader serves every epoch of a round. Not a
+        ``sampler`` attribute: Lightning would try to swap that for ``overfit_batches``."""
+        return _EpochHook(self)
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle the next pass for ``epoch``."""
@@ -269,7 +277,8 @@ class BlendingDataModule(L.LightningDataModule):
         """The round's batches: its set, shuffled from (seed, epoch), this rank's shard.
 
         Also tells the trainer to ask again when the round changes, not before: the loader
-        reshuffles for each epoch in between (``set_epoch``)."""
+        reshuffles for each epoch in between (``set_epoch``). This sets the trainer's
+        ``reload_dataloaders_every_n_epochs`` (a value in the trainer's config is replaced)."""
         trainer = self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
         round_idx = self.round_of_epoch(epoch)

@@ -84,9 +84,11 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         learner_noise: the learner's refit jitter (the spread of round ``t + 1``'s means over
             trainings on the same data) as a multiple of the sampling standard error of one
             round's mean; added to the observed move's noise. 0: sampling noise only.
+
     Returns:
-        ``reward_fidelity`` (and ``_stderr``), ``class_fidelity_<name>`` for every class whose
-        predicted move is above noise, ``gain_share_fidelity`` for the total share of the
+        ``reward_fidelity`` (and ``_stderr``), ``learner_noise`` (as given),
+        ``class_fidelity_<name>`` for every class whose predicted move is above noise,
+        ``gain_share_fidelity`` for the total share of the
         classes the ideal learner says grow (the rewarded set: mog8's two target modes,
         digits' class 0), ``l1_gap_to_prediction`` (``sum |share_{t+1} - predicted_share_t|``) and
         ``fidelity_reliable`` (1 when the reward's ratio is meaningful, else 0). Empty when
@@ -114,6 +116,7 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
                          math.hypot(std * math.sqrt(2.0 / n_obs), jitter), se_pred, z)
     out["reward_fidelity"], out["reward_fidelity_stderr"] = fid, fid_se
     out["fidelity_reliable"] = float(math.isfinite(fid))
+    out["learner_noise"] = float(learner_noise)  # the rule this row was judged by
 
     names = [k[len(_PREDICTED_SHARE):] for k in previous if k.startswith(_PREDICTED_SHARE)]
     names = [n for n in names if f"{_SHARE}{n}" in previous and f"{_SHARE}{n}" in current]

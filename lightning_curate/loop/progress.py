@@ -38,9 +38,11 @@ class RoundProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.min_interval = check_float("min_interval", min_interval, minimum=0.0)
         self._span: Optional[tuple[int, int]] = None  # first and last epoch of the bar
+        self._epoch = -1  # the epoch the counts below are for
         self._batches_before = 0  # batches of the bar's earlier epochs
         self._n = 0  # batches done in the bar's span
         self._drawn_at = -float("inf")
+        self._round_done = False  # a round ended: draw it once more, with its last epoch's metrics
 
     def _span_of(self, trainer: Any, epoch: int) -> tuple[tuple[int, int], str]:
         from lightning_curate.loop.callback import RetrainingLoop
@@ -52,23 +54,35 @@ class RoundProgressBar(TQDMProgressBar):
         first = 0 if round_idx == 0 else loop.last_epoch_of_round(round_idx - 1) + 1
         return (first, loop.last_epoch_of_round(round_idx)), f"Round {round_idx}/{loop.rounds} · epoch {epoch}"
 
-    def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
-        epoch = trainer.current_epoch
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._span, self._epoch, self._round_done = None, -1, False
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._finish_round(trainer, pl_module)
+        self._enter_epoch(trainer)
+
+    def _enter_epoch(self, trainer: Any) -> None:
+        """Counts (and, at a round's start or after a resume, a new bar) for the epoch now running."""
+        epoch = self._epoch = trainer.current_epoch
         span, description = self._span_of(trainer, epoch)
         per_epoch = convert_inf(self.total_train_batches)
+        # A round's set is fixed, so its epochs have the same number of batches.
+        self._batches_before = self._n = (epoch - span[0]) * (per_epoch or 0)
         if span != self._span:  # a new round (or a resume): a new bar
             if self._leave and self._span is not None:
                 self.train_progress_bar = self.init_train_tqdm()
             self._span = span
             bar = self.train_progress_bar
-            bar.reset(total=None if per_epoch is None else per_epoch * (span[1] - span[0] + 1))
-            bar.initial = 0
+            bar.total = None if per_epoch is None else per_epoch * (span[1] - span[0] + 1)
+            bar.reset()  # keeps the total just set (tqdm's reset(total=None) would keep the old one)
+            bar.initial = self._batches_before  # a resume mid-round: the rate counts from here
             self._drawn_at = time.monotonic()
-        # A round's set is fixed, so its epochs have the same number of batches.
-        self._batches_before = self._n = (epoch - span[0]) * (per_epoch or 0)
         self.train_progress_bar.set_description(description, refresh=False)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._epoch != trainer.current_epoch:  # restarted mid-epoch: the epoch-start hooks were skipped
+            self._enter_epoch(trainer)
         self._n = self._batches_before + batch_idx + 1
         if not self.is_enabled or (batch_idx + 1) % self.refresh_rate:
             return
@@ -78,8 +92,18 @@ class RoundProgressBar(TQDMProgressBar):
             self._drawn_at = now
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self._span is not None and trainer.current_epoch == self._span[1]:  # the round's end
-            self._draw(trainer, pl_module)  # with the epoch's metrics (train/loss_epoch)
+        # The module logs the epoch's loss after this hook: the round's last draw waits for the next
+        # epoch's start (or the end of training), when the progress-bar metrics hold it.
+        self._round_done = self._span is not None and trainer.current_epoch == self._span[1]
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._finish_round(trainer, pl_module)
+        super().on_train_end(trainer, pl_module)
+
+    def _finish_round(self, trainer: Any, pl_module: Any) -> None:
+        if self._round_done:
+            self._round_done = False
+            self._draw(trainer, pl_module)
             if self._leave:
                 self.train_progress_bar.close()
 

@@ -369,3 +369,18 @@ def data_seed(data):
     from lightning_curate.utils.seeding import derive_seed
 
     return derive_seed(data.seed, "shuffle") % (1 << 31)
+
+
+def test_index_batches_pass_lightnings_overfit_check():
+    """``overfit_batches`` swaps a loader's ``sampler``; IndexBatches has none to swap (it takes the
+    epoch through ``batch_sampler.sampler.set_epoch``), so the check leaves it alone."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from lightning.pytorch.trainer.connectors.data_connector import _resolve_overfit_batches
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities import CombinedLoader
+
+    batches = IndexBatches(torch.arange(20.0)[:, None], 4, seed=1, epoch=0)
+    _resolve_overfit_batches(CombinedLoader(batches), RunningStage.TRAINING)
+    _set_sampler_epoch(batches, 3)
+    assert batches.epoch == 3
+    assert torch.equal(batches.indices(), IndexBatches(torch.zeros(20, 1), 4, seed=1, epoch=3).indices())

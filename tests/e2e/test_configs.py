@@ -126,7 +126,7 @@ def test_overlays_are_small():
         if "callbacks" in raw["trainer"]:
             ours = raw["trainer"]["callbacks"]
             assert [c["class_path"] for c in ours] == [c["class_path"] for c in base_callbacks], path.name
-            schedule = ("epochs_per_round", "initial_epochs", "rounds", "learner_noise", "learner_share_noise")
+            schedule = ("epochs_per_round", "initial_epochs", "rounds", "learner_noise")
             for mine, base in zip(ours, base_callbacks):
                 mine_args, base_args = mine.get("init_args", {}), base.get("init_args", {})
                 assert {k: v for k, v in mine_args.items() if k not in schedule} == \

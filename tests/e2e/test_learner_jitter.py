@@ -66,3 +66,29 @@ def test_a_missing_config_is_named(tmp_path):
     assert proc.returncode == 1
     assert f"error: cannot compose {tmp_path / 'nope.yaml'}: " in proc.stderr and "does not exist" in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing was written
+
+
+def test_a_reused_work_dir_whose_base_went_further_is_refused(tmp_path, monkeypatch):
+    """Its refits would resume past round t and train nothing: equal rows, a learner noise of 0."""
+    script = load_script(SCRIPT)
+    config = {"trainer": {"default_root_dir": "runs/x"}, "data": {"init_args": {"seed": 0}},
+              "model": {"init_args": {"num_slots": 10, "num_candidates": 2}}}
+    monkeypatch.setattr(script, "composed_config", lambda files: config)
+    runs = []
+    monkeypatch.setattr(script, "_run", lambda cfg, run_dir, rounds, seed, resume: runs.append((run_dir, rounds)))
+    base = tmp_path / "work" / "base"
+    base.mkdir(parents=True)
+    (base / "rounds.csv").write_text("round,reward_mean\n0,1.0\n1,1.5\n2,1.7\n3,1.8\n")
+    with pytest.raises(SystemExit, match=r"holds rounds up to 3, so round 2 cannot be refitted from it"):
+        script.main(["-c", "cfg.yaml", "--rounds", "2", "--work-dir", str(tmp_path / "work")])
+    assert runs == [(base, 1)]  # the base was asked for round 1 only; no refit ran
+
+
+def test_a_checkpoint_folder_outside_the_run_is_refused(tmp_path):
+    script = load_script(SCRIPT)
+    config = {"trainer": {"default_root_dir": str(tmp_path / "run"), "callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "/tmp/shared"}}]},
+        "data": {"init_args": {}}}
+    with pytest.raises(SystemExit, match="saves to /tmp/shared, outside the run directory"):
+        script._run(config, tmp_path / "refit0", rounds=1, data_seed=0, resume=False)
+    assert not (tmp_path / "refit0.yaml").exists()

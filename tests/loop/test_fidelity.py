@@ -84,6 +84,7 @@ def test_the_learners_refit_jitter_widens_the_noise():
     # = 0.0173, 3 x that 0.052 < 0.06 for the reward (kept, with a wider error); the share's is
     # 0.0025 * sqrt(12), 3 x that 0.026 > its 0.02 move (dropped).
     jittery = fidelity_columns(prev, cur, num_candidates=n, learner_noise=3.0)
+    assert jittery["learner_noise"] == 3.0 and out["learner_noise"] == 0.0  # each row says its rule
     assert jittery["reward_fidelity"] == pytest.approx(0.5)
     expected = math.hypot(0.005 * math.sqrt(11), 0.5 * 0.005) / 0.06
     assert jittery["reward_fidelity_stderr"] == pytest.approx(expected)
