@@ -2,7 +2,7 @@
 """What lightning_curate costs over a bare PyTorch loop doing the same work.
 
 For each size it writes two programs into a temporary folder and runs each in
-its own process, alternating, ``--repeats`` times each (default 3), with one
+its own process, alternating, ``--repeats`` times each (default 5), with one
 torch thread; the fastest run of each program (least CPU time: the one the
 shared machine disturbed least) is compared, and every run's CPU time printed:
 
@@ -294,7 +294,7 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[dict, fl
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
-def run_size(name: str, threads: int = 1, timeout: float = 1800, repeats: int = 3) -> dict:
+def run_size(name: str, threads: int = 1, timeout: float = 1800, repeats: int = 5) -> dict:
     """Run the bare loop, then the package, on size ``name``, ``repeats`` times alternating; the
     fastest run of each (least CPU time: the least disturbed on a shared machine) and the ratios."""
     work = {**SIZES[name], "threads": threads}
@@ -360,8 +360,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["main", "large"], choices=sorted(SIZES))
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both programs")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each program, alternating; the fastest of each is compared (default 3)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs of each program, alternating; the fastest of each is compared (default 5)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every number")
     args = parser.parse_args(argv)
     if args.threads < 1:
