@@ -41,6 +41,7 @@ import csv
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,11 +119,6 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _std(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def jitter_of_rows(rows: list[dict[str, float]], num_candidates: int) -> dict[str, float]:
     """The refits' spread of one round's ``reward_mean`` and class shares, against their sampling error.
 
@@ -147,7 +143,7 @@ def jitter_of_rows(rows: list[dict[str, float]], num_candidates: int) -> dict[st
     if len(rows) < 2:
         raise ValueError(f"jitter needs at least two refits, got {len(rows)}")
     n = max(1, int(num_candidates))
-    spread = _std([r["reward_mean"] for r in rows])
+    spread = statistics.stdev([r["reward_mean"] for r in rows])
     se = sum(r.get("reward_std", 0.0) for r in rows) / len(rows) / math.sqrt(n)
     out = {"reward_spread": spread, "reward_sampling_se": se, "reward_ratio": spread / se if se > 0 else math.inf}
     shares = {}
@@ -155,7 +151,7 @@ def jitter_of_rows(rows: list[dict[str, float]], num_candidates: int) -> dict[st
         values = [r[name] for r in rows]
         mean = sum(values) / len(values)
         share_se = max(math.sqrt(max(mean * (1 - mean), 0.0) / n), 1.0 / n)  # as the loop's noise rule
-        shares[name] = (_std(values), share_se)
+        shares[name] = (statistics.stdev(values), share_se)
     if shares:
         name, (spread, se) = max(shares.items(), key=lambda item: item[1][0] / item[1][1])
         out.update(share_class=name[len("share_"):], share_spread=spread, share_sampling_se=se,
