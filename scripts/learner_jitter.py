@@ -89,6 +89,9 @@ def _run(config: dict[str, Any], run_dir: Path, rounds: int, data_seed: int, res
     loop["init_args"].update(rounds=rounds, plots=False)
     cfg["data"]["init_args"]["seed"] = data_seed
     path = run_dir.parent / f"{run_dir.name}.yaml"
+    if resume and path.is_file() and _without_rounds(yaml.safe_load(path.read_text())) != _without_rounds(cfg):
+        raise SystemExit(f"error: {run_dir} was trained with another config than {path.name} would now hold "
+                         "(a reused --work-dir from another config?); use a new --work-dir")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     args = [sys.executable, "-m", "lightning_curate", "fit", "-c", str(path)]
     if resume:
@@ -96,6 +99,26 @@ def _run(config: dict[str, Any], run_dir: Path, rounds: int, data_seed: int, res
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"error: the run in {run_dir} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def _check_base(base: Path, t: int, trained: bool) -> None:
+    """Refuse a base (a reused ``--work-dir``) that holds rounds past ``t - 1``: its refits would
+    train nothing. Once trained, it must end exactly at ``t - 1``."""
+    done = _last_round(base) if (base / "rounds.csv").is_file() else -1
+    if done > t - 1 or (trained and done != t - 1):
+        raise SystemExit(f"error: {base} holds rounds up to {done}, so round {t} cannot be refitted from it; "
+                         "use a new --work-dir, or ask for later rounds only")
+
+
+def _without_rounds(cfg: Any) -> Any:
+    """``cfg`` with the loop's ``rounds`` left out: what a resumed base must share with its config."""
+    if not isinstance(cfg, dict):
+        return cfg
+    out = json.loads(json.dumps(cfg))
+    for callback in (out.get("trainer") or {}).get("callbacks") or []:
+        if str(callback.get("class_path", "")).endswith("RetrainingLoop"):
+            (callback.get("init_args") or {}).pop("rounds", None)
+    return out
 
 
 def _row(run_dir: Path, round_idx: int) -> dict[str, float]:
@@ -181,11 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     base, results = work / "base", {}
     for t in sorted(set(args.rounds)):
         print(f"round {t}: training rounds 0-{t - 1} once, then round {t} {args.refits} times", file=sys.stderr)
+        _check_base(base, t, trained=False)  # Lightning would refuse to resume a base that went further
         _run(config, base, t - 1, seed, resume=(base / "checkpoints" / "last.ckpt").exists())
-        done = _last_round(base)
-        if done != t - 1:  # a reused --work-dir whose base went further: its refits would train nothing
-            raise SystemExit(f"error: {base} holds rounds up to {done}, so round {t} cannot be refitted from it; "
-                             "use a new --work-dir, or ask for later rounds only")
+        _check_base(base, t, trained=True)
         rows = []
         for k in range(args.refits):
             refit = work / f"round{t}_refit{k}"

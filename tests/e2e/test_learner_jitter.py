@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from run_configs import load_script, read_rows, tiny_config, write_config
 
 from lightning_curate.cli import main
@@ -81,7 +82,28 @@ def test_a_reused_work_dir_whose_base_went_further_is_refused(tmp_path, monkeypa
     (base / "rounds.csv").write_text("round,reward_mean\n0,1.0\n1,1.5\n2,1.7\n3,1.8\n")
     with pytest.raises(SystemExit, match=r"holds rounds up to 3, so round 2 cannot be refitted from it"):
         script.main(["-c", "cfg.yaml", "--rounds", "2", "--work-dir", str(tmp_path / "work")])
-    assert runs == [(base, 1)]  # the base was asked for round 1 only; no refit ran
+    assert runs == []  # refused before the base resumed (Lightning would refuse it, past max_epochs) or a refit ran
+
+
+def test_a_reused_base_of_another_config_is_refused(tmp_path):
+    """Resuming it would mix the rounds of two configs; only the loop's rounds may differ."""
+    script = load_script(SCRIPT)
+    config = {"trainer": {"default_root_dir": str(tmp_path / "run"), "callbacks": [
+        {"class_path": "lightning_curate.loop.RetrainingLoop", "init_args": {"rounds": 10, "seed": 0}}]},
+        "data": {"init_args": {"seed": 0}}, "model": {"init_args": {"lr": 0.002}}}
+    stored = script._in_dir(config, str(tmp_path / "run"), str(tmp_path / "base"))
+    stored["trainer"]["callbacks"][0]["init_args"].update(rounds=1, plots=False)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(stored))
+    other = json.loads(json.dumps(config))
+    other["model"]["init_args"]["lr"] = 0.005
+    with pytest.raises(SystemExit, match="was trained with another config"):
+        script._run(other, tmp_path / "base", rounds=2, data_seed=0, resume=True)
+    assert yaml.safe_load((tmp_path / "base.yaml").read_text()) == stored  # left as it was
+    calls = []
+    script.subprocess = type("Recorder", (), {"run": staticmethod(
+        lambda args, **kw: calls.append(args) or type("Done", (), {"returncode": 0})())})
+    script._run(config, tmp_path / "base", rounds=2, data_seed=0, resume=True)  # the same config, more rounds
+    assert calls and calls[0][-2:] == ["--ckpt_path", "last"]
 
 
 def test_a_checkpoint_folder_outside_the_run_is_refused(tmp_path):

@@ -1,0 +1,73 @@
+"""scripts/solver_check.py: one checkpoint sampled with several ODE solvers on the same noise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from run_configs import load_script, tiny_config, tree_digest, write_config
+
+from lightning_curate.cli import main as curate
+from lightning_curate.models import FlowMatching, MLPVelocity
+from lightning_curate.rewards import ClippedDistanceReward
+
+REPO = Path(__file__).resolve().parents[2]
+script = load_script(REPO / "scripts" / "solver_check.py")
+
+
+def test_solver_specs_and_same_cost_alternatives():
+    assert script.parse_solver("rk4:6") == ("rk4", 6)
+    assert script.parse_solver("dopri5") == ("dopri5", 0)
+    for bad in ("rk5:3", "euler", "euler:0", "midpoint:x", "dopri5:3"):
+        with pytest.raises(ValueError, match="--solvers"):
+            script.parse_solver(bad)
+    # 24 evaluations a sample: Euler 24, midpoint 12, rk4 6; the run's own first.
+    assert script.same_cost_solvers("euler", 24) == [("euler", 24), ("midpoint", 12), ("rk4", 6)]
+    assert script.same_cost_solvers("rk4", 1) == [("rk4", 1), ("euler", 4), ("midpoint", 2)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("solver_check")
+    cfg = tiny_config(root / "run", rounds=2)
+    cfg["trainer"]["callbacks"][0]["init_args"]["plots"] = False
+    curate(["fit", "-c", str(write_config(root / "tiny.yaml", cfg))])  # returns only when every round finished
+    return root / "run"
+
+
+def test_each_solver_samples_the_same_noise_with_the_run_weights(finished_run, capsys):
+    before = tree_digest(finished_run)
+    assert script.main([str(finished_run), "--solvers", "euler:8", "midpoint:4", "-n", "300", "--seed", "5",
+                        "--json"]) == 0
+    out = capsys.readouterr().out
+    rows = {row["solver"]: row for row in json.loads(out.strip().splitlines()[-1])}
+    assert list(rows) == ["dopri5", "euler:8", "midpoint:4"]  # the reference first
+    assert rows["euler:8"]["nfe"] == rows["midpoint:4"]["nfe"] == 8 and rows["dopri5"]["nfe"] > 8
+    assert rows["dopri5"]["reward_gap"] == 0.0
+    # The oracle: the tiny config's generator, rebuilt by hand, with the run's last weights.
+    generator = FlowMatching(MLPVelocity(dim=2, hidden=64, depth=2), data_shape=[2], solver="euler", steps=8,
+                             ema_decay=0.9)
+    state = torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    generator.load_state_dict({k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")})
+    x = generator.sample(300, generator=torch.Generator().manual_seed(5))
+    reward = ClippedDistanceReward(dataset="mog8", targets=[0, 1], radius=0.5)(x).double().mean().item()
+    assert rows["euler:8"]["reward_mean"] == reward
+    assert rows["euler:8"]["reward_gap"] == reward - rows["dopri5"]["reward_mean"]
+    assert sum(rows["euler:8"]["shares"]) == pytest.approx(1.0) and len(rows["euler:8"]["shares"]) == 8
+    assert "<- the run's" in out  # the config's own solver, euler:8, is marked
+    assert tree_digest(finished_run) == before  # the check only reads the run
+
+
+def test_bad_input_is_named(finished_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        script.main([str(finished_run), "--solvers", "rk5:3"])
+    assert err.value.code == 2 and "--solvers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        script.main([str(finished_run), "-n", "1"])
+    assert err.value.code == 2 and "-n must be >= 2" in capsys.readouterr().err
+    assert script.main([str(tmp_path)]) == 1
+    assert "no config.yaml" in capsys.readouterr().err
+    assert script.main([str(finished_run), "--ckpt", str(tmp_path / "nope.ckpt")]) == 1
+    assert "nope.ckpt does not exist" in capsys.readouterr().err
