@@ -9,7 +9,7 @@ shared machine disturbed least) is compared, and every run's CPU time printed:
 * ``bare_loop.py``: a plain PyTorch script. 8 Gaussians on a ring, the same
   MLP velocity network (sinusoidal time embedding, SiLU layers), flow matching
   with AdamW and an EMA of the weights, pre-training epochs on the real data,
-  then rounds: ``num_slots * K`` candidates by Euler steps from the EMA net
+  then rounds: ``num_slots * K`` candidates by the config's ODE steps (Euler or RK4) from the EMA net
   (2,048 at a time, which on a CPU is faster than all at once),
   the clipped-distance reward and nearest-centre mode labels, Bradley-Terry
   curation by Gumbel-max, the winners saved with ``torch.save``, and
@@ -32,9 +32,9 @@ setup until training starts) and ``other`` (the rest: the trainer's own
 per-step and per-epoch work, logging, the progress bar, the summary). It prints a table per
 size and, with ``--json``, one JSON line with every number.
 
-Sizes: ``main`` is ``configs/mog8.yaml`` as shipped (2,000 slots, 24 Euler
-steps, batch 256, 8,000 real points, 40 + 10 x 64 epochs; before this release
-10 x 8, which ``--sizes main8`` still runs); ``large`` is the
+Sizes: ``main`` is ``configs/mog8.yaml`` as shipped (2,000 slots, 8 rk4
+steps, batch 256, 8,000 real points, 40 + 10 x 64 epochs; two releases ago
+24 Euler steps and 10 x 8 epochs, which ``--sizes main8`` still runs); ``large`` is the
 10,000-slot job of the performance issue (20 steps, batch 512, 20,000 real
 points, 37 + 10 x 20 epochs). ``tiny`` is a few-second smoke size for tests.
 
@@ -68,13 +68,13 @@ __all__ = ["SIZES", "bare_loop_source", "package_config", "run_size", "main"]
 
 # The work of each size: what both programs do.
 SIZES = {
-    "main": dict(num_slots=2000, num_candidates=4, steps=24, batch_size=256, num_train=8000,
+    "main": dict(num_slots=2000, num_candidates=4, solver="rk4", steps=8, batch_size=256, num_train=8000,
                  initial_epochs=40, epochs_per_round=64, rounds=10),
-    "large": dict(num_slots=10000, num_candidates=4, steps=20, batch_size=512, num_train=20000,
+    "large": dict(num_slots=10000, num_candidates=4, solver="euler", steps=20, batch_size=512, num_train=20000,
                   initial_epochs=37, epochs_per_round=20, rounds=10),
-    "main8": dict(num_slots=2000, num_candidates=4, steps=24, batch_size=256, num_train=8000,
+    "main8": dict(num_slots=2000, num_candidates=4, solver="euler", steps=24, batch_size=256, num_train=8000,
                   initial_epochs=40, epochs_per_round=8, rounds=10),
-    "tiny": dict(num_slots=256, num_candidates=4, steps=4, batch_size=128, num_train=512,
+    "tiny": dict(num_slots=256, num_candidates=4, solver="euler", steps=4, batch_size=128, num_train=512,
                  initial_epochs=2, epochs_per_round=1, rounds=2),
 }
 
@@ -133,6 +133,19 @@ class Phase:
 out_dir = tempfile.mkdtemp()
 
 
+def ode_step(x, t, h):
+    """One step of the config's solver: Euler, or classic RK4 (4 network evaluations, as torchdiffeq's)."""
+    def v(y, s):
+        return ema(y, torch.full((y.shape[0],), s))
+    if work["solver"] == "euler":
+        return x + h * v(x, t)
+    k1 = v(x, t)
+    k2 = v(x + h / 2 * k1, t + h / 2)
+    k3 = v(x + h / 2 * k2, t + h / 2)
+    k4 = v(x + h * k3, t + h)
+    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
 def train(data, epochs, restart_ema=False):
   with Phase("train"):
     if restart_ema:  # the config's ema_reset: round: the average restarts from the live weights
@@ -162,7 +175,7 @@ for rnd in range(work["rounds"] + 1):
             for c in range(0, N * K, CHUNK):  # cache-sized chunks: faster than all at once
                 xc = x[c:c + CHUNK]
                 for i in range(STEPS):
-                    xc = xc + ema(xc, torch.full((xc.shape[0],), i / STEPS)) / STEPS
+                    xc = ode_step(xc, i / STEPS, 1 / STEPS)
                 x[c:c + CHUNK] = xc
         with Phase("reward"):
             r = -(torch.cdist(x, targets).min(1).values - 0.5).clamp_min(0)
@@ -277,7 +290,7 @@ def package_config(work: dict, root: Path, threads: int) -> dict:
     trainer["callbacks"].insert(0, {"class_path": "bench_timer.EpochTimer"})
     model = cfg["model"]["init_args"]
     model.update(num_slots=work["num_slots"], num_candidates=work["num_candidates"])
-    model["generator"]["init_args"]["steps"] = work["steps"]
+    model["generator"]["init_args"].update(solver=work["solver"], steps=work["steps"])
     data = cfg["data"]["init_args"]
     data["batch_size"] = work["batch_size"]
     data["source"]["init_args"]["num_train"] = work["num_train"]
@@ -335,7 +348,8 @@ def format_result(result: dict) -> str:
     """A table: wall and CPU seconds per phase for both programs, and the ratios."""
     w = result["work"]
     bare, package = result["bare"], result["package"]
-    lines = [f"size {result['size']}: {w['num_slots']} slots x K={w['num_candidates']}, {w['steps']} Euler steps, "
+    lines = [f"size {result['size']}: {w['num_slots']} slots x K={w['num_candidates']}, "
+             f"{w['steps']} {w['solver']} steps, "
              f"batch {w['batch_size']}, {result['optimizer_steps']} optimizer steps, {w['rounds']} rounds, "
              f"{w['threads']} thread(s)",
              f"{'phase':>13} {'bare wall':>10} {'pkg wall':>9} {'bare cpu':>9} {'pkg cpu':>8} {'cpu ratio':>9}"]

@@ -53,7 +53,7 @@ def test_bench_overhead_tiny_prints_both_programs_phases_and_ratios(tmp_path):
     assert [r["round"] for r in rows] == [0, 1, 2] and all(0 <= r["share_mode0"] <= 1 for r in rows)
     # The table: one line per phase and the ratio line.
     text = proc.stdout
-    assert "size tiny: 256 slots x K=4, 4 Euler steps, batch 128, 12 optimizer steps" in text
+    assert "size tiny: 256 slots x K=4, 4 euler steps, batch 128, 12 optimizer steps" in text
     for phase in bench.PHASES + ("total",):
         assert re.search(rf"^ *{phase} +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ ", text, re.M), phase
     assert f"package / bare = {result['ratio']:.2f}x wall, {result['ratio_cpu']:.2f}x CPU" in text
@@ -67,10 +67,12 @@ def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):
     cfg = bench.package_config(work, tmp_path / "run", threads=1)
     loop = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RetrainingLoop"))["init_args"]
     assert loop == {"rounds": 10, "epochs_per_round": 20, "initial_epochs": 37, "seed": 0, "plots": False,
-                    "learner_noise": 1.5}  # the shipped noise rule: it changes no work
+                    "learner_noise": 1.2}  # the shipped noise rule: it changes no work
     assert cfg["trainer"]["callbacks"][0]["class_path"] == "bench_timer.EpochTimer"
     model = cfg["model"]["init_args"]
-    assert (model["num_slots"], model["num_candidates"], model["generator"]["init_args"]["steps"]) == (10000, 4, 20)
+    generator = model["generator"]["init_args"]
+    assert (model["num_slots"], model["num_candidates"]) == (10000, 4)
+    assert (generator["solver"], generator["steps"]) == ("euler", 20)
     assert model["generator"]["init_args"]["velocity"]["init_args"] == {"dim": 2, "hidden": 128, "depth": 3}
     data = cfg["data"]["init_args"]
     assert data["batch_size"] == 512 and data["source"]["init_args"]["num_train"] == 20000
@@ -82,11 +84,28 @@ def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):
     main, shipped_model, shipped_data = bench.SIZES["main"], shipped["model"]["init_args"], shipped["data"]["init_args"]
     assert {k: main[k] for k in ("epochs_per_round", "initial_epochs", "rounds")} == \
         {k: main_loop[k] for k in ("epochs_per_round", "initial_epochs", "rounds")}
-    assert (main["num_slots"], main["num_candidates"], main["steps"], main["batch_size"], main["num_train"]) == (
-        shipped_model["num_slots"], shipped_model["num_candidates"], shipped_model["generator"]["init_args"]["steps"],
-        shipped_data["batch_size"], shipped_data["source"]["init_args"]["num_train"])
+    shipped_generator = shipped_model["generator"]["init_args"]
+    assert (main["num_slots"], main["num_candidates"], main["solver"], main["steps"], main["batch_size"],
+            main["num_train"]) == (shipped_model["num_slots"], shipped_model["num_candidates"],
+                                   shipped_generator["solver"], shipped_generator["steps"],
+                                   shipped_data["batch_size"], shipped_data["source"]["init_args"]["num_train"])
     assert shipped_model["generator"]["init_args"]["ema_reset"] == "round"
     assert "restart_ema=True" in bench.bare_loop_source()
     # The bare loop is valid Python that reads its sizes from argv.
     compile(bench.bare_loop_source(), "bare_loop.py", "exec")
     assert "json.loads(sys.argv[1])" in bench.bare_loop_source()
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_the_bare_loop_steps_as_the_named_solver(solver):
+    """On v(x, t) = x a step multiplies by Euler's 1 + h, or RK4's Taylor polynomial of exp(h) to h^4."""
+    import torch
+
+    source = _load().bare_loop_source()
+    step_source = source[source.index("def ode_step"):source.index("def train")]
+    namespace = {"torch": torch, "work": {"solver": solver}, "ema": lambda y, t: y}
+    exec(step_source, namespace)
+    h = 0.25
+    x = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    factor = 1 + h if solver == "euler" else 1 + h + h**2 / 2 + h**3 / 6 + h**4 / 24
+    assert torch.allclose(namespace["ode_step"](x, 0.0, h), x * factor, rtol=1e-15, atol=0)
