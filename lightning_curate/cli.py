@@ -89,6 +89,12 @@ class CurateCLI(LightningCLI):
                 raise ValueError(f"torch_num_threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
         parse_allowed(config.get("allow_changed_settings"))
+        trainer = config.get("trainer")
+        if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            # `--trainer.enable_progress_bar false` on a config with a RoundProgressBar: no bar, rather
+            # than Lightning refusing the pair.
+            trainer["callbacks"] = [c for c in trainer["callbacks"]
+                                    if not str(getattr(c, "class_path", "")).endswith(".RoundProgressBar")]
         if self.subcommand and is_rank_zero_env():
             # Before anything is instantiated or written: the logger, the config save, the store.
             root = config.get("trainer", {}).get("default_root_dir") or os.getcwd()

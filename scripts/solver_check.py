@@ -96,6 +96,14 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> tuple[Any, Any
     return module, datamodule, config
 
 
+def _finite(text: Optional[str]) -> bool:
+    """A ``rounds.csv`` cell holding a finite number (a round without a ratio holds ``nan`` or nothing)."""
+    try:
+        return math.isfinite(float(text or "nan"))
+    except ValueError:
+        return False
+
+
 def smallest_counted_move(run_dir: Path) -> Optional[float]:
     """The smallest predicted move (``predicted_reward_mean - reward_mean`` of round ``t``) whose
     fidelity the run reports (``reward_fidelity`` of round ``t + 1`` is set), from ``rounds.csv``."""
@@ -106,7 +114,8 @@ def smallest_counted_move(run_dir: Path) -> Optional[float]:
         rows = list(csv.DictReader(f))
     moves = [float(row["predicted_reward_mean"]) - float(row["reward_mean"])
              for row, after in zip(rows, rows[1:])
-             if after.get("reward_fidelity") and row.get("predicted_reward_mean") and row.get("reward_mean")]
+             if _finite(after.get("reward_fidelity")) and _finite(row.get("predicted_reward_mean"))
+             and _finite(row.get("reward_mean"))]
     return min(moves, key=abs) if moves else None
 
 

@@ -46,6 +46,20 @@ def test_fit_three_rounds_writes_every_artifact(tmp_path, capsys):
     assert "per-round summary" in out and str(run) in out
 
 
+def test_turning_the_progress_bar_off_drops_the_configs_round_bar(tmp_path, capsys):
+    """Lightning refuses enable_progress_bar=False beside a progress-bar callback; the flag wins."""
+    cfg = tiny_config(tmp_path / "run", rounds=1)
+    cfg["trainer"]["callbacks"].insert(1, {"class_path": "lightning_curate.loop.RoundProgressBar"})
+    cfg["trainer"]["callbacks"][0]["init_args"]["plots"] = False
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    main(["fit", "-c", str(config), "--trainer.enable_progress_bar", "false"])
+    assert [int(r["round"]) for r in read_rows(tmp_path / "run")] == [0, 1]
+    assert "Round 1/1" not in "".join(capsys.readouterr())  # no bar drew
+    main(["fit", "-c", str(config), "--trainer.default_root_dir", str(tmp_path / "with_bar"),
+          "--trainer.enable_progress_bar", "true"])
+    assert "Round 1/1" in "".join(capsys.readouterr())  # the config's bar, when the trainer has one
+
+
 def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path):
     ref_run, crash_run = tmp_path / "ref", tmp_path / "crash"
     main(["fit", "-c", str(write_config(tmp_path / "ref.yaml", tiny_config(ref_run)))])

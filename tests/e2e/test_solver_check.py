@@ -71,3 +71,12 @@ def test_bad_input_is_named(finished_run, tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
     assert script.main([str(finished_run), "--ckpt", str(tmp_path / "nope.ckpt")]) == 1
     assert "nope.ckpt does not exist" in capsys.readouterr().err
+
+
+def test_the_yardstick_is_the_smallest_move_whose_fidelity_is_reported(tmp_path):
+    rows = ["round,reward_mean,predicted_reward_mean,reward_fidelity",
+            "0,0.5,1.5,", "1,1.4,3.4,0.9", "2,3.3,3.5,0.95", "3,3.49,3.50,nan", "4,3.5,3.6,"]
+    (tmp_path / "rounds.csv").write_text("\n".join(rows) + "\n")
+    # Rounds 0 and 1 predicted moves that rounds 1 and 2 report (1.0 and 2.0); round 3 reports none.
+    assert script.smallest_counted_move(tmp_path) == pytest.approx(1.0)
+    assert script.smallest_counted_move(tmp_path / "nowhere") is None
