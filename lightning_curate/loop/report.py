@@ -59,7 +59,8 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
             "Train more per round (RetrainingLoop epochs_per_round, or a larger lr), shorten the EMA memory "
             "(FlowMatching ema_decay closer to 0, or an EMA reset each round), and check round 0's p0_* columns "
             "for an under-fitted start. scripts/learner_jitter.py retrains a round several times: a lag that "
-            "every refit shows is the learner's, not noise. See docs/THEORY.md section 5.")
+            "every refit shows is the learner's, not noise. scripts/solver_check.py RUN_DIR measures how much "
+            "of it is the ODE sampler's (FlowMatching solver and steps). See docs/THEORY.md section 5.")
 
 
 def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: Optional[Path] = None,

@@ -20,6 +20,7 @@ def test_guard_warns_below_threshold_and_names_the_knobs():
     assert fidelity_advice(_rows([1.0, 0.9]), 0.85) is None
     advice = fidelity_advice(_rows([0.5, 0.6]), 0.85)
     assert "0.55x" in advice and "epochs_per_round" in advice and "ema_decay" in advice and "p0_" in advice
+    assert "scripts/solver_check.py" in advice and "solver and steps" in advice
     # No meaningful ratio at all: nothing to say (a collapsed run is not an unfaithful one).
     assert fidelity_advice(_rows([math.nan, math.nan]), 0.85) is None
 
