@@ -3,20 +3,24 @@
 
 A flow-matching generator samples by integrating its velocity field, and a
 fixed-step solver with few steps lands off the flow it learned. That error
-counts against the learner in every fidelity ratio: on the main job (mog8,
-Euler with 24 steps) the last model lost 0.009 reward units to its solver, as
-much as a late round's whole predicted move. This script takes a run's
-checkpoint and samples the same source noise with several solvers, against a
-adaptive reference (``dopri5``, ``rtol = atol = --tolerance``, default 1e-5), and prints per
-solver: the network evaluations per sample (NFE), the time, the reward mean,
-its gap to the reference, the L1 gap of the class shares, and the reward gap
-as a share of the smallest predicted move whose fidelity the run reports
-(``predicted_reward_mean - reward_mean`` in ``rounds.csv``). A solver whose gap is a visible share of
-that move biases the run's fidelity; pick the cheapest one that is not.
+counts against the learner in every fidelity ratio: on the main job as it
+was (mog8, Euler with 24 steps) the last model lost 0.009 reward units to its
+solver, 61% of the smallest predicted move the run's fidelity counted.
 
-Because every solver integrates the same noise, the gaps are measured with
-common random numbers: they are far more precise than the means themselves.
-The script only reads the run directory.
+This script samples a run's checkpoint with several solvers on the same
+source noise, against an adaptive reference (``dopri5`` with ``rtol = atol =
+--tolerance``, default 1e-5). Per solver it prints the network evaluations a
+sample (NFE), the time, the reward mean, its gap to the reference, the L1 gap
+of the class shares, and the reward gap as a share of the smallest predicted
+move whose fidelity the run reports (``predicted_reward_mean - reward_mean``
+in ``rounds.csv``). A solver whose gap is a visible share of that move biases
+the run's fidelity: pick the cheapest one that is not.
+
+Every solver integrates the same noise, so the gaps are measured with common
+random numbers and are far more precise than the means themselves. The script
+only reads the run directory. Its ``config.yaml`` is trusted as any config is
+(it names the classes to build, as the run did); the checkpoint is read with
+``weights_only=True``.
 
 Examples::
 
