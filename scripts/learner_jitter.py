@@ -37,6 +37,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -114,7 +115,7 @@ def _without_rounds(cfg: Any) -> Any:
     """``cfg`` with the loop's ``rounds`` left out: what a resumed base must share with its config."""
     if not isinstance(cfg, dict):
         return cfg
-    out = json.loads(json.dumps(cfg))
+    out = copy.deepcopy(cfg)
     for callback in (out.get("trainer") or {}).get("callbacks") or []:
         if str(callback.get("class_path", "")).endswith("RetrainingLoop"):
             (callback.get("init_args") or {}).pop("rounds", None)
