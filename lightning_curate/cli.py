@@ -93,7 +93,8 @@ class CurateCLI(LightningCLI):
         if trainer is not None and trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             # `--trainer.enable_progress_bar false` on a config with a RoundProgressBar: no bar, rather
             # than Lightning refusing the pair.
-            trainer["callbacks"] = [c for c in trainer["callbacks"]
+            callbacks = trainer["callbacks"] if isinstance(trainer["callbacks"], list) else [trainer["callbacks"]]
+            trainer["callbacks"] = [c for c in callbacks
                                     if not str(getattr(c, "class_path", "")).endswith(".RoundProgressBar")]
         if self.subcommand and is_rank_zero_env():
             # Before anything is instantiated or written: the logger, the config save, the store.

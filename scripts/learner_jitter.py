@@ -78,9 +78,12 @@ def _in_dir(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def _run(config: dict[str, Any], run_dir: Path, rounds: int, data_seed: int, resume: bool) -> None:
+def _run(config: dict[str, Any], run_dir: Path, rounds: int, data_seed: int, resume: bool,
+         reused: bool = False) -> None:
+    """Run ``config`` in ``run_dir`` up to ``rounds``; ``reused``: ``run_dir`` may hold an earlier
+    run of this script (the base), which must then be of the same config."""
     old = str(config["trainer"]["default_root_dir"])
-    cfg = _in_dir(config, old, str(run_dir))
+    cfg = _in_dir(config, old, str(run_dir.resolve()))
     for callback in cfg["trainer"].get("callbacks") or []:
         dirpath = (callback.get("init_args") or {}).get("dirpath")
         if dirpath is not None and not Path(dirpath).resolve().is_relative_to(run_dir.resolve()):
@@ -90,7 +93,7 @@ def _run(config: dict[str, Any], run_dir: Path, rounds: int, data_seed: int, res
     loop["init_args"].update(rounds=rounds, plots=False)
     cfg["data"]["init_args"]["seed"] = data_seed
     path = run_dir.parent / f"{run_dir.name}.yaml"
-    if resume and path.is_file() and _without_rounds(yaml.safe_load(path.read_text())) != _without_rounds(cfg):
+    if reused and path.is_file() and _without_rounds(yaml.safe_load(path.read_text())) != _without_rounds(cfg):
         raise SystemExit(f"error: {run_dir} was trained with another config than {path.name} would now hold "
                          "(a reused --work-dir from another config?); use a new --work-dir")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in sorted(set(args.rounds)):
         print(f"round {t}: training rounds 0-{t - 1} once, then round {t} {args.refits} times", file=sys.stderr)
         _check_base(base, t, trained=False)  # Lightning would refuse to resume a base that went further
-        _run(config, base, t - 1, seed, resume=(base / "checkpoints" / "last.ckpt").exists())
+        _run(config, base, t - 1, seed, resume=(base / "checkpoints" / "last.ckpt").exists(), reused=True)
         _check_base(base, t, trained=True)
         rows = []
         for k in range(args.refits):

@@ -43,10 +43,11 @@ import torch
 import yaml
 
 __all__ = ["NFE_PER_STEP", "check_solvers", "load_run", "main", "parse_solver", "same_cost_solvers",
-           "smallest_counted_move"]
+           "smallest_counted_move", "solver_label"]
 
 NFE_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
-REFERENCE = ("dopri5", 0)
+REFERENCE = ("dopri5", 0)  # adaptive, at --tolerance
+RUN_DOPRI5 = ("dopri5", -1)  # adaptive, at the run's own rtol and atol
 
 
 def parse_solver(spec: str) -> tuple[str, int]:
@@ -60,8 +61,14 @@ def parse_solver(spec: str) -> tuple[str, int]:
 
 
 def same_cost_solvers(solver: str, steps: int) -> list[tuple[str, int]]:
-    """The run's own solver and the others at (at most) its network evaluations per sample."""
-    nfe = steps * NFE_PER_STEP.get(solver, 1)
+    """The run's own solver and the others at (at most) its network evaluations per sample.
+
+    A run that samples with ``dopri5`` is compared, at its own tolerances, with the fixed-step
+    solvers at 32 evaluations a sample.
+    """
+    if solver == "dopri5":
+        return [RUN_DOPRI5] + [(name, 32 // per_step) for name, per_step in NFE_PER_STEP.items()]
+    nfe = steps * NFE_PER_STEP[solver]
     out = [(solver, steps)]
     for name, per_step in NFE_PER_STEP.items():
         if name != solver and nfe // per_step >= 1:
@@ -97,7 +104,17 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> tuple[Any, Any
     generator = getattr(module, "generator", None)
     if generator is None or not hasattr(generator, "solver") or not hasattr(generator, "steps"):
         raise ValueError(f"{run_dir}: the generator ({type(generator).__name__}) has no ODE solver to check")
+    check = getattr(module.reward, "check", None)
+    if callable(check):  # a classifier reward whose weights are missing: say so before any sampling
+        check()
     return module, datamodule, config
+
+
+def solver_label(solver: str, steps: int, rtol: float) -> str:
+    """``rk4:8``; ``dopri5`` for the reference; ``dopri5@1e-05`` for a run's own adaptive solver."""
+    if solver != "dopri5":
+        return f"{solver}:{steps}"
+    return "dopri5" if steps == 0 else f"dopri5@{rtol:g}"
 
 
 def _finite(text: Optional[str]) -> bool:
@@ -144,15 +161,17 @@ def check_solvers(module: Any, datamodule: Any, solvers: list[tuple[str, int]], 
     try:
         for solver, steps in [REFERENCE] + [s for s in solvers if s != REFERENCE]:
             generator.solver, calls[0] = solver, 0
-            if solver == "dopri5":
+            if (solver, steps) == REFERENCE:
                 generator.rtol = generator.atol = tolerance
             else:
-                generator.steps, generator.rtol, generator.atol = steps, saved[2], saved[3]
+                generator.steps, generator.rtol, generator.atol = max(steps, 1), saved[2], saved[3]
             start = time.perf_counter()
             x = generator.sample(n, generator=torch.Generator().manual_seed(seed), device=device)
+            if x.is_cuda:  # fixed-step solvers queue their work: wait for it before reading the clock
+                torch.cuda.synchronize(x.device)
             seconds = time.perf_counter() - start
             rewards = module.score(x, round_idx=-1).double().cpu()
-            row: dict[str, Any] = {"solver": solver if solver == "dopri5" else f"{solver}:{steps}",
+            row: dict[str, Any] = {"solver": solver_label(solver, steps, saved[2]),
                                    "nfe": calls[0] / chunks, "seconds": seconds,
                                    "reward_mean": rewards.mean().item(),
                                    "reward_se": rewards.std().item() / math.sqrt(n)}
@@ -213,14 +232,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     torch.set_num_threads(int(config.get("torch_num_threads") or torch.get_num_threads()))
     generator = module.generator
-    own = generator.solver if generator.solver == "dopri5" else f"{generator.solver}:{generator.steps}"
+    own = solver_label(generator.solver, -1 if generator.solver == "dopri5" else generator.steps, generator.rtol)
     solvers = solvers or same_cost_solvers(generator.solver, generator.steps)
     move = smallest_counted_move(args.run_dir)
     print(f"{args.run_dir}: {args.n} samples per solver, the same source noise (seed {args.seed})", flush=True)
     rows = check_solvers(module, datamodule, solvers, n=args.n, seed=args.seed, device=args.device,
                          tolerance=args.tolerance, predicted_move=move)
     print(_table(rows, own))
-    if move is not None:
+    if move:
         print(f"gap/move: |reward gap| over the smallest predicted move whose fidelity the run reports "
               f"({move:+.4f}, rounds.csv); a solver's gap counts as the learner's in that ratio")
     if args.json:

@@ -58,6 +58,11 @@ def test_turning_the_progress_bar_off_drops_the_configs_round_bar(tmp_path, caps
     main(["fit", "-c", str(config), "--trainer.default_root_dir", str(tmp_path / "with_bar"),
           "--trainer.enable_progress_bar", "true"])
     assert "Round 1/1" in "".join(capsys.readouterr())  # the config's bar, when the trainer has one
+    cfg["trainer"]["callbacks"] = cfg["trainer"]["callbacks"][0]  # one callback, not a list: left alone
+    single = write_config(tmp_path / "single.yaml", cfg)
+    main(["fit", "-c", str(single), "--trainer.default_root_dir", str(tmp_path / "single"),
+          "--trainer.enable_progress_bar", "false"])
+    assert [int(r["round"]) for r in read_rows(tmp_path / "single")] == [0, 1]
 
 
 def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path):

@@ -76,7 +76,7 @@ def test_a_reused_work_dir_whose_base_went_further_is_refused(tmp_path, monkeypa
               "model": {"init_args": {"num_slots": 10, "num_candidates": 2}}}
     monkeypatch.setattr(script, "composed_config", lambda files: config)
     runs = []
-    monkeypatch.setattr(script, "_run", lambda cfg, run_dir, rounds, seed, resume: runs.append((run_dir, rounds)))
+    monkeypatch.setattr(script, "_run", lambda cfg, run_dir, rounds, seed, **kw: runs.append((run_dir, rounds)))
     base = tmp_path / "work" / "base"
     base.mkdir(parents=True)
     (base / "rounds.csv").write_text("round,reward_mean\n0,1.0\n1,1.5\n2,1.7\n3,1.8\n")
@@ -85,25 +85,31 @@ def test_a_reused_work_dir_whose_base_went_further_is_refused(tmp_path, monkeypa
     assert runs == []  # refused before the base resumed (Lightning would refuse it, past max_epochs) or a refit ran
 
 
-def test_a_reused_base_of_another_config_is_refused(tmp_path):
+def test_a_reused_base_of_another_config_is_refused(tmp_path, monkeypatch):
     """Resuming it would mix the rounds of two configs; only the loop's rounds may differ."""
     script = load_script(SCRIPT)
-    config = {"trainer": {"default_root_dir": str(tmp_path / "run"), "callbacks": [
+    calls = []
+    monkeypatch.setattr(script.subprocess, "run",
+                        lambda args, **kw: calls.append(args) or subprocess.CompletedProcess(args, 0))
+    config = {"trainer": {"default_root_dir": "runs/x", "callbacks": [
         {"class_path": "lightning_curate.loop.RetrainingLoop", "init_args": {"rounds": 10, "seed": 0}}]},
         "data": {"init_args": {"seed": 0}}, "model": {"init_args": {"lr": 0.002}}}
-    stored = script._in_dir(config, str(tmp_path / "run"), str(tmp_path / "base"))
-    stored["trainer"]["callbacks"][0]["init_args"].update(rounds=1, plots=False)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(stored))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    script._run(config, Path("work/base"), rounds=1, data_seed=0, resume=False, reused=True)
+    stored = yaml.safe_load((tmp_path / "work" / "base.yaml").read_text())
     other = json.loads(json.dumps(config))
     other["model"]["init_args"]["lr"] = 0.005
     with pytest.raises(SystemExit, match="was trained with another config"):
-        script._run(other, tmp_path / "base", rounds=2, data_seed=0, resume=True)
-    assert yaml.safe_load((tmp_path / "base.yaml").read_text()) == stored  # left as it was
-    calls = []
-    script.subprocess = type("Recorder", (), {"run": staticmethod(
-        lambda args, **kw: calls.append(args) or type("Done", (), {"returncode": 0})())})
-    script._run(config, tmp_path / "base", rounds=2, data_seed=0, resume=True)  # the same config, more rounds
-    assert calls and calls[0][-2:] == ["--ckpt_path", "last"]
+        script._run(other, tmp_path / "work" / "base", rounds=2, data_seed=0, resume=True, reused=True)
+    assert yaml.safe_load((tmp_path / "work" / "base.yaml").read_text()) == stored  # left as it was
+    # The same config, more rounds, the work dir spelled another way: resumed.
+    script._run(config, tmp_path / "work" / "base", rounds=2, data_seed=0, resume=True, reused=True)
+    assert len(calls) == 2 and calls[1][-2:] == ["--ckpt_path", "last"]
+    # A refit folder is rebuilt from the base each time: an old config file beside it is not compared.
+    (tmp_path / "work" / "round2_refit0.yaml").write_text(yaml.safe_dump(other))
+    script._run(config, tmp_path / "work" / "round2_refit0", rounds=2, data_seed=0, resume=True)
+    assert len(calls) == 3
 
 
 def test_a_checkpoint_folder_outside_the_run_is_refused(tmp_path):

@@ -80,3 +80,25 @@ def test_the_yardstick_is_the_smallest_move_whose_fidelity_is_reported(tmp_path)
     # Rounds 0 and 1 predicted moves that rounds 1 and 2 report (1.0 and 2.0); round 3 reports none.
     assert script.smallest_counted_move(tmp_path) == pytest.approx(1.0)
     assert script.smallest_counted_move(tmp_path / "nowhere") is None
+
+
+def test_chunked_sampling_counts_evaluations_per_sample_and_the_generator_is_restored(finished_run):
+    module, datamodule, _ = script.load_run(finished_run)
+    generator = module.generator
+    generator.sample_batch_size = 128  # 300 samples in 3 chunks
+    rows = script.check_solvers(module, datamodule, [("euler", 8), ("rk4", 2)], n=300, seed=0)
+    assert [r["nfe"] for r in rows[1:]] == [8, 8]
+    assert (generator.solver, generator.steps, generator.rtol, generator.atol) == ("euler", 8, 1e-5, 1e-5)
+    assert not generator.sampling_velocity._forward_hooks  # the counter is gone
+
+
+def test_a_run_sampling_with_dopri5_is_checked_at_its_own_tolerance(finished_run):
+    module, datamodule, _ = script.load_run(finished_run)
+    generator = module.generator
+    generator.solver, generator.rtol, generator.atol = "dopri5", 1e-3, 1e-3
+    solvers = script.same_cost_solvers("dopri5", generator.steps)
+    assert solvers == [script.RUN_DOPRI5, ("euler", 32), ("midpoint", 16), ("rk4", 8)]
+    rows = script.check_solvers(module, datamodule, solvers, n=200, seed=0, tolerance=1e-6)
+    assert [r["solver"] for r in rows] == ["dopri5", "dopri5@0.001", "euler:32", "midpoint:16", "rk4:8"]
+    assert rows[1]["nfe"] < rows[0]["nfe"]  # the run's looser tolerance takes fewer steps than the reference
+    assert (generator.solver, generator.rtol, generator.atol) == ("dopri5", 1e-3, 1e-3)
