@@ -98,8 +98,7 @@ class RetrainingLoop(Callback):
         self.run_dir: Optional[Path] = None
         self._restored = False
         self._previews: dict[int, Any] = {}
-        self._real_rewards = None  # rewards and labels of the real training data, for predictions
-        self._real_labels = None
+        self._real_rewards = self._real_labels = None  # the real training data's, for predictions
 
     @property
     def _store(self) -> RoundStore:
@@ -128,6 +127,9 @@ class RetrainingLoop(Callback):
 
     def last_epoch_of_round(self, round_idx: int) -> int:
         return self.initial_epochs - 1 + round_idx * self.epochs_per_round
+
+    def first_epoch_of_round(self, round_idx: int) -> int:
+        return 0 if round_idx == 0 else self.last_epoch_of_round(round_idx - 1) + 1
 
     def ends_round(self, epoch: int) -> bool:
         return epoch == self.last_epoch_of_round(self.round_of_epoch(epoch))
@@ -174,8 +176,7 @@ class RetrainingLoop(Callback):
             "reward": reward_config, "generator": qualname(pl_module.generator),
             "seed": self.seed, "epochs_per_round": self.epochs_per_round, "initial_epochs": self.initial_epochs,
             "init": self.init, "steps_per_epoch": getattr(datamodule, "steps_per_epoch", None),
-            **getattr(pl_module, "population_settings", dict)(),
-        })
+            **getattr(pl_module, "population_settings", dict)()})
 
     def check_run_dir(self, run_dir: Path, pl_module: Any, datamodule: Any, *,
                       ckpt_path: Optional[str], checkpoint_dirs: list[Path], checkpoint_loaded: bool = False) -> None:
@@ -256,7 +257,7 @@ class RetrainingLoop(Callback):
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
         round_idx = self.round_of_epoch(epoch)
-        if round_idx == 0 or epoch != self.last_epoch_of_round(round_idx - 1) + 1:
+        if round_idx == 0 or epoch != self.first_epoch_of_round(round_idx):
             return
         if self._initial_state is not None:  # init: scratch
             pl_module.generator.load_state_dict(self._initial_state)
@@ -321,8 +322,7 @@ class RetrainingLoop(Callback):
                 "seed": self.seed, "round_seed": derive_seed(self.seed, "round", round_idx), "world_size": world,
                 "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
                 "settings": self.settings, "fingerprint": fingerprint(self.settings or {}),
-                "timings": dict(pl_module.timings), "row": row,
-            }
+                "timings": dict(pl_module.timings), "row": row}
             if self.settings_changed:
                 manifest["settings_changed"] = self.settings_changed
             self._store.commit(round_idx, manifest)

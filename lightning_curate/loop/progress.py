@@ -51,8 +51,8 @@ class RoundProgressBar(TQDMProgressBar):
         if loop is None:
             return (epoch, epoch), f"Epoch {epoch}"
         round_idx = loop.round_of_epoch(epoch)
-        first = 0 if round_idx == 0 else loop.last_epoch_of_round(round_idx - 1) + 1
-        return (first, loop.last_epoch_of_round(round_idx)), f"Round {round_idx}/{loop.rounds} · epoch {epoch}"
+        span = (loop.first_epoch_of_round(round_idx), loop.last_epoch_of_round(round_idx))
+        return span, f"Round {round_idx}/{loop.rounds} · epoch {epoch}"
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)
