@@ -85,6 +85,9 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> tuple[Any, Any
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule, LightningModule
 
+    from lightning_curate.store.preflight import check_checkpoint_file
+    from lightning_curate.store.rounds import StoreError
+
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"run directory {run_dir}: no config.yaml (is it a lightning-curate run?)")
@@ -99,6 +102,10 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> tuple[Any, Any
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     built = parser.instantiate(parser.parse_object({"model": config["model"], "data": config["data"]}))
     module, datamodule = built.model, built.data
+    try:
+        check_checkpoint_file(checkpoint)
+    except StoreError as err:
+        raise ValueError(f"checkpoint {checkpoint} is truncated or damaged; pass another with --ckpt") from err
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     generator = getattr(module, "generator", None)

@@ -71,6 +71,10 @@ def test_bad_input_is_named(finished_run, tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
     assert script.main([str(finished_run), "--ckpt", str(tmp_path / "nope.ckpt")]) == 1
     assert "nope.ckpt does not exist" in capsys.readouterr().err
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((finished_run / "checkpoints" / "last.ckpt").read_bytes()[:4000])
+    assert script.main([str(finished_run), "--ckpt", str(truncated)]) == 1
+    assert f"checkpoint {truncated} is truncated or damaged" in capsys.readouterr().err
 
 
 def test_the_yardstick_is_the_smallest_move_whose_fidelity_is_reported(tmp_path):
