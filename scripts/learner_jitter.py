@@ -22,7 +22,9 @@ sampling noise is common to the refits, and their spread is the learner's own.
 It prints, per round, the refits' ``reward_mean``, their spread, and that
 spread as a multiple of the sampling error a round's mean has on its own
 (``reward_std / sqrt(n)``); the same for the class share whose multiple is
-largest; and each refit's fidelity. The jitter shrinks with the sampling error
+largest; and each refit's fidelity and learner gap (its reward against the
+very set it trained on: a gap that every refit shows is the learner's bias, not
+its jitter). The jitter shrinks with the sampling error
 as the rewards concentrate, so the multiple is what carries from round to
 round: pass the largest as ``RetrainingLoop(learner_noise=...)``, and a round's
 fidelity is then reported only where the predicted move stands above both
@@ -219,15 +221,18 @@ def main(argv: list[str] | None = None) -> int:
             _run(config, refit, t, seed + k, resume=True)  # refit 0 is the run's own next round
             rows.append(_row(refit, t))
         results[t] = {**jitter_of_rows(rows, num_candidates), "reward_means": [r["reward_mean"] for r in rows],
-                      "reward_fidelity": [r.get("reward_fidelity", math.nan) for r in rows]}
+                      "reward_fidelity": [r.get("reward_fidelity", math.nan) for r in rows],
+                      "learner_gap": [r.get("learner_gap", math.nan) for r in rows]}
     print(f"{'round':>5} {'reward_mean of each refit':>34} {'spread':>8} {'samp.se':>8} {'ratio':>6}"
-          f" {'share':>8} {'spread':>8} {'samp.se':>8} {'ratio':>6}  fidelity of each refit")
+          f" {'share':>8} {'spread':>8} {'samp.se':>8} {'ratio':>6}  fidelity of each refit  (learner gap)")
     for t, r in results.items():
         means = ", ".join(f"{m:.4f}" for m in r["reward_means"])
         fidelity = ", ".join(f"{f:.2f}" for f in r["reward_fidelity"])
+        gaps = ", ".join(f"{g:+.4f}" for g in r["learner_gap"])
         print(f"{t:5d} {means:>34} {r['reward_spread']:8.4f} {r['reward_sampling_se']:8.4f} "
               f"{r['reward_ratio']:6.2f} {r.get('share_class', '-'):>8} {r.get('share_spread', math.nan):8.4f} "
-              f"{r.get('share_sampling_se', math.nan):8.4f} {r.get('share_ratio', math.nan):6.2f}  {fidelity}")
+              f"{r.get('share_sampling_se', math.nan):8.4f} {r.get('share_ratio', math.nan):6.2f}  {fidelity}"
+              f"  ({gaps})")
     noise = max(r["learner_noise"] for r in results.values())
     print(f"learner_noise: {noise:.2f}   (the largest ratio over rounds {sorted(results)}: the learner's refit "
           f"jitter in units of a round mean's sampling error; runs in {work})")

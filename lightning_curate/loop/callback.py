@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate.loop.checkpoint import epoch_finished
 from lightning_curate.loop.curators import exact_metrics, predict_next
-from lightning_curate.loop.fidelity import fidelity_columns, p0_quality
+from lightning_curate.loop.fidelity import fidelity_columns, learner_gap_columns, p0_quality
 from lightning_curate.loop.report import PlotBudget, fidelity_advice, log_row, plot_run, summary, write_table
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
@@ -77,10 +77,8 @@ class RetrainingLoop(Callback):
         check_int("epochs_per_round", epochs_per_round, minimum=1)
         if initial_epochs is not None:
             check_int("initial_epochs", initial_epochs, minimum=1)
-        self.rounds = rounds
-        self.epochs_per_round = epochs_per_round
+        self.rounds, self.epochs_per_round, self.seed = rounds, epochs_per_round, seed
         self.initial_epochs = initial_epochs if initial_epochs is not None else epochs_per_round
-        self.seed = seed
         self.make_plots, self._plot_budget, self._drawn = plots, PlotBudget(), -1
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
@@ -356,17 +354,19 @@ class RetrainingLoop(Callback):
         return columns
 
     def _fidelity_columns(self, trainer: Any, pl_module: Any, round_idx: int, row: dict, preview) -> dict[str, float]:
-        """Round 0: how well ``p_0`` fits the data; later rounds: fidelity to the ideal learner's prediction."""
-        k = pl_module.num_candidates
+        """The gap to the round's own training set, then round 0's fit of the data or the fidelity to the prediction."""
+        datamodule, k, previous = trainer.datamodule, pl_module.num_candidates, self.rows.get(round_idx - 1)
+        trained_on = datamodule.dataset_for_round(round_idx).tensors[0].to(pl_module.device)
+        columns = learner_gap_columns(row, float(pl_module.score(trained_on, round_idx).double().mean()),
+                                      num_candidates=pl_module.num_slots * k)
         if round_idx == 0:
-            return p0_quality(row, preview, trainer.datamodule.real, self._real_labels,
-                              trainer.datamodule.class_names, pl_module.sample_distance)
-        previous = self.rows.get(round_idx - 1)
-        if previous is None:
-            return {}
-        probe = min(pl_module.preview_size, pl_module.num_slots) * k
-        return fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k, num_probe=probe or None,
-                                learner_noise=self.learner_noise)
+            columns.update(p0_quality(row, preview, datamodule.real, self._real_labels, datamodule.class_names,
+                                      pl_module.sample_distance))
+        elif previous is not None:
+            probe = min(pl_module.preview_size, pl_module.num_slots) * k
+            columns.update(fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k,
+                                            num_probe=probe or None, learner_noise=self.learner_noise))
+        return columns
 
     # -- artifacts ----------------------------------------------------------
     @property

@@ -23,6 +23,20 @@ again on the same data with another batch order, it lands elsewhere. That
 rewards and shares concentrate), so it is given as a multiple of it,
 ``learner_noise`` (measured by ``scripts/learner_jitter.py``), and added to the
 observed move's noise.
+
+A ratio needs a move well above noise; the *learner gap* does not. It compares
+a round's generator with the very set it was trained on,
+``learner_gap = reward_mean - training_set_reward_mean``, and that set's mean is
+exact (it is the data itself), so the gap is known to one round's sampling
+error even near collapse. It splits every round's move exactly::
+
+    observed move = predicted move
+                    + (training_set_reward_mean - predicted_reward_mean)   # the curated draw's luck
+                    + learner_gap                                          # the learner's own part
+
+so a steady gap ``g`` against a shrinking predicted move ``m`` gives fidelity
+``1 + g / m``: a learner that ends each round a fixed amount below its data
+looks faithful early and lags late (docs/THEORY.md section 5.5).
 """
 
 from __future__ import annotations
@@ -31,7 +45,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-__all__ = ["DEFAULT_Z", "aggregate_fidelity", "fidelity_columns", "p0_quality", "round_zero_quality"]
+__all__ = ["DEFAULT_Z", "aggregate_fidelity", "fidelity_columns", "learner_gap_columns", "mean_learner_gap",
+           "p0_quality", "round_zero_quality"]
 
 DEFAULT_Z = 3.0
 _ROUND_OFF = 1e-9
@@ -145,6 +160,58 @@ def aggregate_fidelity(rows: Sequence[Mapping[str, Any]], key: str = "reward_fid
     values = [_number(r, key) for r in rows]
     values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float, *,
+                        num_candidates: int) -> dict[str, float]:
+    """How far a round's generator ended from the reward of the set it was trained on.
+
+    Args:
+        row: the round's row (``reward_mean``, ``reward_std`` of its candidates).
+        training_set_reward_mean: the mean reward of the round's training set (round 0: the
+            real data; later rounds: the curated, and any real, samples it trained on), scored
+            with the same reward as the row.
+        num_candidates: candidates the row's ``reward_mean`` is measured on.
+
+    Returns:
+        ``training_set_reward_mean`` (as given), ``learner_gap`` (``reward_mean`` minus it: 0 for
+        a learner that reproduces its data, below 0 for one that falls short of it) and
+        ``learner_gap_stderr`` (the row's sampling error; the training set's mean is exact).
+
+    Example:
+        >>> row = {"reward_mean": -0.045, "reward_std": 0.1}
+        >>> out = learner_gap_columns(row, -0.04, num_candidates=10_000)
+        >>> round(out["learner_gap"], 6), round(out["learner_gap_stderr"], 6)
+        (-0.005, 0.001)
+    """
+    mean, std = _number(row, "reward_mean"), _number(row, "reward_std")
+    return {"training_set_reward_mean": float(training_set_reward_mean),
+            "learner_gap": mean - float(training_set_reward_mean),
+            "learner_gap_stderr": std / math.sqrt(max(1, int(num_candidates)))}
+
+
+def mean_learner_gap(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """``(mean, standard error)`` of ``learner_gap`` over the curated rounds (round >= 1); nans if none.
+
+    The mean is weighted by inverse variance: early rounds, whose rewards spread widely,
+    know their gap far less well than late ones (the plain mean where a row has no error).
+
+    Example:
+        >>> rows = [{"round": 0, "learner_gap": -1.0}, {"round": 1, "learner_gap": -0.004, "learner_gap_stderr": 0.001},
+        ...         {"round": 2, "learner_gap": -0.006, "learner_gap_stderr": 0.001}]
+        >>> [round(v, 6) for v in mean_learner_gap(rows)]
+        [-0.005, 0.000707]
+    """
+    pairs = [(_number(r, "learner_gap"), _number(r, "learner_gap_stderr")) for r in rows
+             if _number(r, "round") >= 1]
+    pairs = [(g, se) for g, se in pairs if math.isfinite(g)]
+    if not pairs:
+        return math.nan, math.nan
+    if not all(math.isfinite(se) and se > 0 for _, se in pairs):
+        return sum(g for g, _ in pairs) / len(pairs), math.nan
+    weights = [1.0 / (se * se) for _, se in pairs]
+    total = sum(weights)
+    return sum(w * g for w, (g, _) in zip(weights, pairs)) / total, 1.0 / math.sqrt(total)
 
 
 def round_zero_quality(model_shares: Mapping[str, float], real_shares: Mapping[str, float],

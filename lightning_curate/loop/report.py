@@ -16,7 +16,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from lightning_curate import plots
-from lightning_curate.loop.fidelity import aggregate_fidelity
+from lightning_curate.loop.fidelity import aggregate_fidelity, mean_learner_gap
 from lightning_curate.utils.table import write_csv
 
 __all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "log_row", "plot_run", "summary",
@@ -27,7 +27,7 @@ PLOT_TIME_SHARE = 0.1
 
 ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
              "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance", "reward_fidelity",
-             "gain_share_fidelity", "l1_gap_to_prediction"]
+             "learner_gap", "gain_share_fidelity", "l1_gap_to_prediction"]
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -54,10 +54,17 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
     aggregate = aggregate_fidelity(rows)
     if not math.isfinite(aggregate) or aggregate >= threshold:
         return None
+    gap, gap_se = mean_learner_gap(rows)
+    shortfall = ""
+    if math.isfinite(gap) and math.isfinite(gap_se) and gap < -3.0 * gap_se:
+        shortfall = (f" Each curated round ended on average {-gap:.3g} (+-{gap_se:.1g}) reward units below the very "
+                     "set it was trained on (learner_gap): a steady shortfall that weighs more as the predicted "
+                     "moves shrink; a larger batch or more optimizer steps per round narrow it "
+                     "(scripts/learner_budget.py measures by how much).")
     return (f"the generator moved {aggregate:.2f}x as far per round as the ideal learner predicts (aggregate "
-            f"reward fidelity, threshold {threshold:g}): it does not follow the process the theory describes. "
-            "Train more per round (RetrainingLoop epochs_per_round, or a larger lr), shorten the EMA memory "
-            "(FlowMatching ema_decay closer to 0, or an EMA reset each round), and check round 0's p0_* columns "
+            f"reward fidelity, threshold {threshold:g}): it does not follow the process the theory describes."
+            f"{shortfall} Train more per round (RetrainingLoop epochs_per_round, or a larger lr), shorten the EMA "
+            "memory (FlowMatching ema_decay closer to 0, or an EMA reset each round), and check round 0's p0_* columns "
             "for an under-fitted start. scripts/learner_jitter.py retrains a round several times: a lag that "
             "every refit shows is the learner's, not noise. scripts/solver_check.py RUN_DIR measures how much "
             "of it is the ODE sampler's (FlowMatching solver and steps). See docs/THEORY.md section 5.")
@@ -65,26 +72,30 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
 
 def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: Optional[Path] = None,
             learner_noise: float = 0.0) -> str:
-    """A short per-round table (reward, curated reward, real share, fidelity, top shares) and the artifacts;
-    ``learner_noise`` is named beside the fidelity when the noise rule counts it."""
+    """A short per-round table (reward, curated reward, real share, fidelity, learner gap, top shares) and
+    the artifacts; ``learner_noise`` is named beside the fidelity when the noise rule counts it."""
     shares = [c for c in rows[-1] if c.startswith("share_")]
     top = sorted(shares, key=lambda c: -rows[-1][c])[:3]
-    head = (f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} {'fidelity':>8} "
+    head = (f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} {'fidelity':>8} {'gap':>8} "
             + " ".join(f"{c[6:]:>9}" for c in top))
     lines = ["", "Curated retraining: per-round summary", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['round']:>5} {_cell(r.get('reward_mean'), 9)} {_cell(r.get('curated_reward_mean'), 9)} "
                      f"{100 * r.get('real_fraction', 0):>6.1f} {_cell(r.get('reward_fidelity'), 8, '.2f')} "
-                     + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
+                     f"{_cell(r.get('learner_gap'), 8)} " + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
     aggregate = aggregate_fidelity(rows)
     if math.isfinite(aggregate):
         noise = "sampling" + (f" + learner jitter {learner_noise:g}x" if learner_noise > 0 else "")
         lines.append(f"learner fidelity (mean over rounds whose predicted move is above noise): {aggregate:.2f}"
                      f" (1 = the ideal learner; noise: {noise})")
+    gap, gap_se = mean_learner_gap(rows)
+    if math.isfinite(gap):
+        lines.append(f"learner gap (a round's reward minus that of the set it trained on, mean over curated rounds):"
+                     f" {gap:+.4f} +- {gap_se:.4f} (0 = reproduces its data)")
     lines += ["", f"Artifacts in {run_dir}:",
               f"  rounds.csv            per-round metrics ({len(rows)} rows)",
               "  rounds/round_NNN/     curated data + manifest of each round"]
-    for name, what in (("round_metrics.png", "reward, shares and fidelity over rounds"),
+    for name, what in (("round_metrics.png", "reward, shares, fidelity, learner gap"),
                        ("samples.png", "model samples of every round")):
         if (run_dir / name).is_file():
             lines.insert(-1, f"  {name:<21} {what}")

@@ -1,4 +1,4 @@
-"""The per-round table as a figure: reward, distances to the real data, and mode shares over rounds.
+"""The per-round table as a figure: reward, distances to the real data, shares, fidelity and the learner gap.
 
 A run's ``round_metrics.png``, drawn from ``rounds.csv`` rows as they are (numbers,
 CSV strings, empty cells), so the same function serves a live run and a table
@@ -78,7 +78,10 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
 
     predicted_keys = _predicted_share_keys(rows, keys, share_prefix)
     fidelity_keys = [k for k in FIDELITY_KEYS if k in keys and np.isfinite(_column(rows, k)).any()]
-    n_panels = 1 + bool(dist_keys) + bool(share_keys) + bool(predicted_keys) + bool(fidelity_keys)
+    gap = _column(rows, "learner_gap")
+    gap_shown = np.isfinite(gap) & (rounds >= 1)  # round 0's gap (p_0 against the real data) sits in rounds.csv
+    n_panels = (1 + bool(dist_keys) + bool(share_keys) + bool(predicted_keys) + bool(fidelity_keys)
+                + bool(gap_shown.any()))
     fig = new_figure(4.6 * n_panels + (1.4 if share_keys else 0.0), 3.6)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     single = len(rows) == 1
@@ -213,6 +216,20 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
                 ax.plot(rounds, values, "-o", ms=4, lw=1.4, color=color, label=key.replace("_", " "))
         ax.set_title("Learner fidelity (1 = ideal learner)")
         ax.set_ylabel("observed move / predicted move")
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+        _finish_x(ax)
+        panel += 1
+
+    # --- learner gap ----------------------------------------------------------
+    if gap_shown.any():
+        ax = axes[panel]
+        ax.set_label("learner gap")
+        ax.axhline(0.0, color="0.3", lw=1.0, ls="--", label="reproduces its training set")
+        err = _column(rows, "learner_gap_stderr")
+        ax.errorbar(rounds[gap_shown], gap[gap_shown], yerr=np.nan_to_num(err[gap_shown]), fmt="-o", ms=4, lw=1.4,
+                    capsize=3, color=palette(1)[0], label="model reward - training set's (±1 se)")
+        ax.set_title("Learner gap to its own training set")
+        ax.set_ylabel("reward difference")
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
         _finish_x(ax)
     return fig

@@ -51,6 +51,10 @@ def test_refits_start_from_the_same_round_and_refit_zero_is_the_run_itself(tmp_p
     assert means[0] != means[1]
     assert result["learner_noise"] == result["rounds"]["1"]["learner_noise"] >= 0.0
     assert "learner_noise:" in proc.stdout
+    # Each refit's learner gap is its own row's, and the table prints it.
+    gaps = result["rounds"]["1"]["learner_gap"]
+    assert gaps == [float(rows[1]["learner_gap"]) for rows in refits]
+    assert f"({gaps[0]:+.4f}, {gaps[1]:+.4f})" in proc.stdout
 
 
 def test_bad_rounds_and_refits_are_refused(tmp_path):

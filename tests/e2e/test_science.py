@@ -8,9 +8,14 @@ Fixed seeds make each run deterministic; the thresholds are the issue's claims.
 from __future__ import annotations
 
 import pytest
+import yaml
 from run_configs import read_rows, tiny_config, write_config
 
 from lightning_curate.cli import main
+from lightning_curate.data import BlendingDataModule, Toy2D
+from lightning_curate.loop import RetrainingLoop
+from lightning_curate.rewards import ClippedDistanceReward
+from lightning_curate.store import RoundStore
 
 
 def run_mog8(tmp_path, real_fraction: float) -> list[dict]:
@@ -50,3 +55,15 @@ def test_real_data_keeps_every_mode_while_the_reward_rises(tmp_path):
         assert min(mode_shares(row)) >= 0.04, (row["round"], mode_shares(row))
     # The rewarded modes gain, but stay far from collapse.
     assert 0.4 < mode_shares(rows[-1])[0] + mode_shares(rows[-1])[1] < 0.8
+    # Each round's learner gap is taken against the blend it trained on, rebuilt here from the store.
+    cfg = yaml.safe_load((tmp_path / "cfg_0.5.yaml").read_text())
+    data = BlendingDataModule(Toy2D(**cfg["data"]["init_args"]["source"]["init_args"]), real_fraction=0.5,
+                              batch_size=256)
+    loop_args = cfg["trainer"]["callbacks"][0]["init_args"]
+    data.attach(RoundStore(tmp_path / "run_0.5" / "rounds"), RetrainingLoop(**loop_args).round_of_epoch)
+    reward = ClippedDistanceReward(**cfg["model"]["init_args"]["reward"]["init_args"])
+    for row in rows:
+        blend = data.dataset_for_round(int(row["round"])).tensors[0]
+        assert len(blend) == (4000 if row["round"] == 0 else 2000)
+        assert row["training_set_reward_mean"] == pytest.approx(reward(blend).double().mean().item(), abs=1e-6)
+        assert row["learner_gap"] == pytest.approx(row["reward_mean"] - row["training_set_reward_mean"], abs=1e-9)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import yaml
 from run_configs import read_rows
 
@@ -33,6 +34,12 @@ def test_exact_learner_follows_the_predicted_next_round(tmp_path):
         assert abs(nxt["share_class0"] - p) < 6 * sigma + 2e-3, (now["round"], p, nxt["share_class0"])
         assert abs(nxt["reward_mean"] - now["predicted_reward_mean"]) < 0.05
         assert nxt["improvement_violation"] == 0.0  # docs/THEORY.md 4.2 holds for an exact learner
+    # The exact learner reproduces its training set: its gap is the sampling error alone,
+    # against the very set it trained on (round t's is round t - 1's curated set here).
+    for prev, row in zip(rows, rows[1:]):
+        assert row["training_set_reward_mean"] == pytest.approx(prev["curated_reward_mean"], abs=1e-6)
+    for row in rows:
+        assert abs(row["learner_gap"]) < 4 * row["learner_gap_stderr"], row["round"]
     # The ideal-learner law itself: 0.1 -> 0.338 -> 0.798 (docs/THEORY.md section 3).
     assert abs(rows[0]["predicted_share_class0"] - 0.338) < 0.02
     assert abs(rows[1]["predicted_share_class0"] - 0.798) < 0.02

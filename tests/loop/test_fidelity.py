@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from lightning_curate.loop.fidelity import aggregate_fidelity, fidelity_columns, round_zero_quality
+from lightning_curate.loop.fidelity import (
+    aggregate_fidelity,
+    fidelity_columns,
+    learner_gap_columns,
+    mean_learner_gap,
+    round_zero_quality,
+)
 
 
 def test_reward_fidelity_is_the_ratio_of_observed_to_predicted_move():
@@ -92,3 +98,41 @@ def test_the_learners_refit_jitter_widens_the_noise():
     # 4 sampling errors: 0.005 * sqrt(19) * 3 = 0.065 > 0.06, the reward's move is noise too.
     louder = fidelity_columns(prev, cur, num_candidates=n, learner_noise=4.0)
     assert math.isnan(louder["reward_fidelity"]) and louder["fidelity_reliable"] == 0.0
+
+
+def test_learner_gap_is_the_reward_against_the_rounds_own_training_set():
+    out = learner_gap_columns({"reward_mean": -0.045, "reward_std": 0.2}, -0.04, num_candidates=40_000)
+    assert out["training_set_reward_mean"] == -0.04
+    assert out["learner_gap"] == pytest.approx(-0.005, abs=1e-15)
+    assert out["learner_gap_stderr"] == pytest.approx(0.001)  # 0.2 / sqrt(4e4): the set's mean is exact
+    # A learner that overshoots its data has a positive gap.
+    assert learner_gap_columns({"reward_mean": 1.0, "reward_std": 1.0}, 0.5, num_candidates=1)["learner_gap"] == 0.5
+
+
+def test_the_gap_and_the_curated_draw_split_the_fidelity_shortfall_exactly():
+    """observed move = predicted move + (training set - predicted) + learner gap, so
+    fidelity = 1 + (draw + gap) / predicted move (docs/THEORY.md 5.5)."""
+    prev = {"reward_mean": -0.0495, "reward_std": 0.1, "predicted_reward_mean": -0.0372}
+    cur = {"reward_mean": -0.0422, "reward_std": 0.1}
+    gap = learner_gap_columns(cur, -0.0381, num_candidates=8000)["learner_gap"]
+    fid = fidelity_columns(prev, cur, num_candidates=8000)["reward_fidelity"]
+    move = prev["predicted_reward_mean"] - prev["reward_mean"]
+    draw = -0.0381 - prev["predicted_reward_mean"]
+    assert fid == pytest.approx(1 + (draw + gap) / move, rel=1e-12)
+    assert fid == pytest.approx(0.0073 / 0.0123, rel=1e-9)
+
+
+def test_mean_learner_gap_weighs_rounds_by_how_well_they_know_their_gap():
+    rows = [{"round": 0, "learner_gap": -1.0, "learner_gap_stderr": 0.1},  # p_0 against the data: not counted
+            {"round": 1, "learner_gap": -0.02, "learner_gap_stderr": 0.02},
+            {"round": 2, "learner_gap": -0.004, "learner_gap_stderr": 0.001},
+            {"round": 3, "learner_gap": math.nan, "learner_gap_stderr": 0.001}]
+    mean, se = mean_learner_gap(rows)
+    w1, w2 = 1 / 0.02**2, 1 / 0.001**2
+    assert mean == pytest.approx((w1 * -0.02 + w2 * -0.004) / (w1 + w2), rel=1e-12)
+    assert se == pytest.approx((w1 + w2) ** -0.5, rel=1e-12)
+    # Without errors: the plain mean, and no error; without curated rounds: nothing.
+    plain = [{"round": 1, "learner_gap": -0.02}, {"round": 2, "learner_gap": -0.004}]
+    mean, se = mean_learner_gap(plain)
+    assert mean == pytest.approx(-0.012) and math.isnan(se)
+    assert all(math.isnan(v) for v in mean_learner_gap(rows[:1]))

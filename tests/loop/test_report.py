@@ -25,6 +25,19 @@ def test_guard_warns_below_threshold_and_names_the_knobs():
     assert fidelity_advice(_rows([math.nan, math.nan]), 0.85) is None
 
 
+def test_guard_names_a_steady_learner_gap_only_when_it_stands_above_its_noise():
+    rows = _rows([0.5, 0.6])
+    for row, gap in zip(rows[1:], (-0.004, -0.006)):
+        row.update(learner_gap=gap, learner_gap_stderr=0.001)
+    advice = fidelity_advice(rows, 0.85)
+    # Inverse-variance mean -0.005 +- 0.0007: well below zero.
+    assert "ended on average 0.005 (+-0.0007) reward units below the very set it was trained on" in advice
+    assert "larger batch or more optimizer steps per round" in advice and "scripts/learner_budget.py" in advice
+    for row in rows[1:]:
+        row["learner_gap_stderr"] = 0.01  # the same gaps, within noise: not blamed
+    assert "learner_gap" not in fidelity_advice(rows, 0.85)
+
+
 def test_summary_shows_fidelity_and_only_existing_artifacts(tmp_path):
     text = summary(_rows([0.5, 0.6]), tmp_path)
     lines = text.splitlines()
@@ -36,6 +49,13 @@ def test_summary_shows_fidelity_and_only_existing_artifacts(tmp_path):
     assert "(1 = the ideal learner; noise: sampling)" in text
     assert "noise: sampling + learner jitter 1.5x)" in summary(_rows([0.5, 0.6]), tmp_path, learner_noise=1.5)
     assert "round_metrics.png" not in text and "config.yaml" not in text
+    assert "gap" in head and "learner gap" not in text  # no gap columns: a "-" cell and no mean line
+    rows = _rows([0.5, 0.6])
+    rows[1].update(learner_gap=-0.004, learner_gap_stderr=0.001)
+    rows[2].update(learner_gap=-0.006, learner_gap_stderr=0.001)
+    gap_text = summary(rows, tmp_path)
+    assert "-0.0040" in next(line for line in gap_text.splitlines() if line.strip().startswith("1 "))
+    assert "over curated rounds): -0.0050 +- 0.0007 (0 = reproduces its data)" in gap_text
     (tmp_path / "config.yaml").write_text("x")
     assert "config.yaml" in summary(_rows([0.5]), tmp_path)
 

@@ -42,3 +42,16 @@ def test_no_fidelity_columns_no_extra_panels():
     rows = [{k: v for k, v in r.items() if "fidelity" not in k and not k.startswith("predicted_share")}
             for r in _rows()]
     assert [ax.get_label() for ax in build_round_metrics_figure(rows).axes] == ["reward", "shares"]
+
+
+def test_learner_gap_panel_shows_the_curated_rounds_with_their_errors():
+    rows = _rows()
+    for t, row in enumerate(rows):
+        row.update(learner_gap=-0.5 if t == 0 else -0.001 * t, learner_gap_stderr=0.0005)
+    fig = build_round_metrics_figure(rows)
+    assert [ax.get_label() for ax in fig.axes] == ["reward", "shares", "predicted shares", "fidelity", "learner gap"]
+    bars = fig.axes[4].containers[0]
+    # Round 0's gap (p_0 against the real data) stays in rounds.csv, off this panel's scale.
+    assert list(bars.lines[0].get_xdata()) == [1.0, 2.0, 3.0]
+    assert [round(v, 9) for v in bars.lines[0].get_ydata()] == [-0.001, -0.002, -0.003]
+    assert fig.axes[4].get_legend() is not None

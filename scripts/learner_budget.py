@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""How a round's learner gap shrinks with the round's training budget.
+
+The *learner gap* (docs/THEORY.md 5.5) is how far a round's generator ends
+from the mean reward of the very set it was trained on. A steady gap is what
+pulls late rounds' fidelity down, when the predicted moves are small. This
+script measures the gap against the budget with everything else fixed: it
+refits one round of a run from the run's own state at that round's start (the
+weights, the EMA, the optimizer's moments and the training set the loop would
+build), once for every pair of ``--steps`` (optimizer steps) and
+``--batch-sizes``, with ``--seeds`` shuffling seeds each, then samples every
+refit from the same source noise with the run's own solver and scores it.
+
+``RUN_DIR`` is a run stopped at the end of round ``t - 1``: its
+``checkpoints/last.ckpt``, its ``config.yaml`` and its round store. The
+script refits round ``t``. A run with ``rounds: t - 1`` in its loop is one;
+``scripts/learner_jitter.py --work-dir W`` leaves one in ``W/base``. The run
+directory is only read; its ``config.yaml`` is trusted as any config is (it
+names the classes to build, as the run did) and the checkpoint is read with
+``weights_only=True``.
+
+Per budget it prints the samples seen (steps x batch), each seed's gap, their
+mean and spread, and the training seconds a refit took. The row of the run's
+own budget is marked ``*``. Refits use the module's optimizer
+(``configure_optimizers``), one optimizer step per batch and an EMA update
+after each, as the loop does; batches are drawn by a plain seeded shuffle, so
+a refit with the run's own budget is a refit like another, not the run's
+own round.
+
+Examples::
+
+    python scripts/learner_jitter.py -c configs/mog8.yaml --rounds 6 --refits 2 --work-dir /tmp/w
+    python scripts/learner_budget.py /tmp/w/base --steps 512 1024 --batch-sizes 256 1024 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+__all__ = ["load_round_start", "main", "refit_gap"]
+
+
+def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str, Any], int]:
+    """The run's module and data module at the end of its last round, the checkpoint, the config, and ``t``.
+
+    ``t`` is the round to refit: one past the last round the checkpoint's ``RetrainingLoop`` finished.
+    """
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from lightning_curate.store.preflight import check_checkpoint_file
+    from lightning_curate.store.rounds import RoundStore, StoreError
+
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"run directory {run_dir}: no config.yaml (is it a lightning-curate run?)")
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict) or "model" not in config or "data" not in config:
+        raise ValueError(f"{config_path}: expected the model and data sections a run saves")
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: RUN_DIR must be a run stopped at the end "
+                                "of the round before the one to refit")
+    try:
+        check_checkpoint_file(checkpoint)
+    except StoreError as err:
+        raise ValueError(f"checkpoint {checkpoint} is truncated or damaged") from err
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    finished = [v["finished_rounds"] for v in state.get("callbacks", {}).values()
+                if isinstance(v, dict) and "finished_rounds" in v]
+    if not finished or not finished[0]:
+        raise ValueError(f"checkpoint {checkpoint} has no finished round of a RetrainingLoop")
+    t = max(finished[0]) + 1
+    loop = next((c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks") or []
+                 if isinstance(c, dict) and str(c.get("class_path", "")).endswith("RetrainingLoop")), {})
+    if loop.get("init", "warm") != "warm":
+        raise ValueError(f"{config_path}: init: {loop.get('init')!r}; only warm rounds (the default) can be refitted "
+                         "from the run's state")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    built = parser.instantiate(parser.parse_object({"model": config["model"], "data": config["data"]}))
+    module, datamodule = built.model, built.data
+    module.load_state_dict(state["state_dict"])
+    store = RoundStore(run_dir / "rounds")
+    if datamodule.policy == "replace" and not store.has(t - 1) and datamodule.real_fraction < 1:
+        raise ValueError(f"{run_dir}: the round store has no round {t - 1}, the curated set round {t} trains on")
+    datamodule.attach(store, lambda epoch: t)
+    check = getattr(module.reward, "check", None)
+    if callable(check):  # a classifier reward whose weights are missing: say so before any training
+        check()
+    return module, datamodule, state, config, t
+
+
+def refit_gap(module: Any, optimizer_state: Optional[dict], data: torch.Tensor, round_idx: int, *, steps: int,
+              batch_size: int, seed: int, n: int, train_mean: float) -> dict[str, float]:
+    """Refit ``module``'s generator on ``data`` for ``steps`` optimizer steps of ``batch_size`` rows, then the gap.
+
+    The module's weights (live, EMA) and optimizer moments are restored afterwards, so refits
+    of one round all start from the same state. Every refit samples ``n`` points from the same
+    source noise (seed 0): common random numbers across budgets and seeds.
+    """
+    generator = module.generator
+    saved = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+    optimizer = module.configure_optimizers()
+    if optimizer_state is not None:
+        # A copy: load_state_dict keeps the given tensors, and the steps would update them in place.
+        optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+    torch.manual_seed(seed)
+    shuffle = torch.Generator().manual_seed(seed)
+    generator.train()
+    generator.start_round(round_idx)
+    start, done = time.perf_counter(), 0
+    try:
+        while done < steps:
+            order = torch.randperm(data.shape[0], generator=shuffle)
+            for first in range(0, data.shape[0], batch_size):
+                loss = generator.loss(data[order[first:first + batch_size]])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                generator.update_ema()
+                done += 1
+                if done == steps:
+                    break
+        seconds = time.perf_counter() - start
+        samples = generator.sample(n, generator=torch.Generator().manual_seed(0))
+        rewards = module.score(samples, round_idx).double()
+    finally:
+        generator.load_state_dict(saved)
+    mean = float(rewards.mean())
+    return {"steps": steps, "batch_size": batch_size, "seed": seed, "reward_mean": mean,
+            "learner_gap": mean - train_mean, "train_seconds": seconds}
+
+
+def own_budget(datamodule: Any, config: dict[str, Any], n_train: int) -> tuple[int, int]:
+    """The run's optimizer steps and batch size per curated round, from its config (one process)."""
+    loop = next((c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks") or []
+                 if isinstance(c, dict) and str(c.get("class_path", "")).endswith("RetrainingLoop")), {})
+    per_epoch = datamodule.steps_per_epoch or math.ceil(n_train / datamodule.batch_size)
+    return int(loop.get("epochs_per_round", 1)) * per_epoch, int(datamodule.batch_size)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a run stopped at the end of round t - 1 (refits round t)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="optimizer steps of the refitted round (default: the run's own and twice it)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="batch sizes (default: the run's own and twice it)")
+    parser.add_argument("--seeds", type=int, default=3, help="refits per budget, each with its own seed (default 3)")
+    parser.add_argument("-n", type=int, default=20000, help="samples scored per refit (default 20000)")
+    parser.add_argument("--json", action="store_true", help="also print every refit as one JSON line")
+    args = parser.parse_args(argv)
+    for name, values in (("--steps", args.steps), ("--batch-sizes", args.batch_sizes)):
+        if values is not None and any(v < 1 for v in values):
+            parser.error(f"{name} must be positive ints, got {values}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.n < 2:
+        parser.error(f"-n must be >= 2, got {args.n}")
+    try:
+        module, datamodule, state, config, t = load_round_start(args.run_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    generator = module.generator
+    if not all(hasattr(generator, a) for a in ("loss", "update_ema", "start_round", "sample")):
+        print(f"error: {args.run_dir}: the generator ({type(generator).__name__}) has no loss, update_ema, "
+              "start_round and sample to refit with", file=sys.stderr)
+        return 1
+    torch.set_num_threads(int(config.get("torch_num_threads") or torch.get_num_threads()))
+    data = datamodule.dataset_for_round(t).tensors[0]
+    train_mean = float(module.score(data, t).double().mean())
+    own_steps, own_batch = own_budget(datamodule, config, data.shape[0])
+    steps = args.steps or [own_steps, 2 * own_steps]
+    batches = args.batch_sizes or [own_batch, 2 * own_batch]
+    optimizer_state = (state.get("optimizer_states") or [None])[0]
+    print(f"{args.run_dir}: refitting round {t} on its {data.shape[0]} training samples (mean reward "
+          f"{train_mean:+.5f}), {args.seeds} seed(s) per budget, {args.n} samples each", flush=True)
+    refits = []
+    for n_steps in steps:
+        for batch in batches:
+            for seed in range(args.seeds):
+                refits.append(refit_gap(module, optimizer_state, data, t, steps=n_steps, batch_size=batch,
+                                        seed=seed, n=args.n, train_mean=train_mean))
+    print(f"{'':1}{'steps':>7} {'batch':>6} {'samples':>9} {'gap of each seed':>30} {'mean':>9} {'spread':>8} "
+          f"{'train s':>8}")
+    for n_steps in steps:
+        for batch in batches:
+            rows = [r for r in refits if r["steps"] == n_steps and r["batch_size"] == batch]
+            gaps = [r["learner_gap"] for r in rows]
+            spread = statistics.stdev(gaps) if len(gaps) > 1 else math.nan
+            mark = "*" if (n_steps, batch) == (own_steps, own_batch) else " "
+            each = ", ".join(f"{g:+.5f}" for g in gaps)
+            print(f"{mark}{n_steps:7d} {batch:6d} {n_steps * batch:9d} {each:>30} {statistics.fmean(gaps):+9.5f} "
+                  f"{spread:8.5f} {statistics.fmean(r['train_seconds'] for r in rows):8.2f}")
+    print(f"gap: a refit's mean reward minus its training set's ({train_mean:+.5f}); * the run's own budget "
+          f"({own_steps} steps of {own_batch})")
+    if args.json:
+        print(json.dumps({"round": t, "training_set_reward_mean": train_mean, "refits": refits}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""scripts/learner_budget.py: one round refitted from a run's state at several budgets, and its learner gap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from run_configs import load_script, read_rows, tiny_config, tree_digest, write_config
+
+from lightning_curate.cli import main as curate
+from lightning_curate.rewards import ClippedDistanceReward
+from lightning_curate.store import RoundStore
+
+REPO = Path(__file__).resolve().parents[2]
+script = load_script(REPO / "scripts" / "learner_budget.py")
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """A run stopped at the end of round 1: the state round 2 starts from."""
+    root = tmp_path_factory.mktemp("learner_budget")
+    cfg = tiny_config(root / "run", rounds=1)
+    cfg["trainer"]["callbacks"][0]["init_args"]["plots"] = False
+    curate(["fit", "-c", str(write_config(root / "tiny.yaml", cfg))])
+    return root / "run"
+
+
+def test_refits_score_against_the_set_the_round_trains_on_and_leave_the_run_alone(base_run, capsys):
+    before = tree_digest(base_run)
+    assert script.main([str(base_run), "--steps", "3", "6", "--batch-sizes", "50", "--seeds", "2", "-n", "300",
+                        "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["round"] == 2
+    # Round 2 trains on round 1's curated set (real_fraction 0): its mean reward, by hand.
+    curated = RoundStore(base_run / "rounds").read(1).tensors["x"]
+    reward = ClippedDistanceReward(dataset="mog8", targets=[0, 1], radius=0.5)
+    assert result["training_set_reward_mean"] == pytest.approx(reward(curated).double().mean().item(), abs=1e-9)
+    assert float(read_rows(base_run)[1]["curated_reward_mean"]) == pytest.approx(
+        result["training_set_reward_mean"], abs=1e-6)
+    refits = result["refits"]
+    assert [(r["steps"], r["batch_size"], r["seed"]) for r in refits] == [(3, 50, 0), (3, 50, 1), (6, 50, 0),
+                                                                          (6, 50, 1)]
+    for r in refits:
+        assert r["learner_gap"] == r["reward_mean"] - result["training_set_reward_mean"]
+    assert len({r["reward_mean"] for r in refits}) == 4  # other seeds and budgets land elsewhere
+    assert "round 2 on its 600 training samples" in out and "gap of each seed" in out
+    assert tree_digest(base_run) == before  # only read
+
+
+def test_a_refit_takes_exactly_its_steps_and_restores_the_run_state(base_run):
+    module, datamodule, state, _, t = script.load_round_start(base_run)
+    data = datamodule.dataset_for_round(t).tensors[0]
+    generator = module.generator
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    shapes = []
+    loss = generator.loss
+
+    def spy(x):
+        shapes.append(x.shape[0])
+        assert all((data == row).all(dim=1).any() for row in x[:5])  # rows of the training set
+        return loss(x)
+
+    generator.loss = spy
+    kwargs = dict(steps=9, batch_size=256, n=64, train_mean=0.0)
+    first = script.refit_gap(module, state["optimizer_states"][0], data, t, seed=0, **kwargs)
+    # 600 rows in batches of 256: 256, 256, 88, then the next epoch's, until 9 steps.
+    assert shapes == [256, 256, 88, 256, 256, 88, 256, 256, 88]
+    assert all(torch.equal(before[k], v) for k, v in generator.state_dict().items())
+    # Same seed and budget from the restored state: the same refit; another seed: another one.
+    assert script.refit_gap(module, state["optimizer_states"][0], data, t, seed=0, **kwargs)["reward_mean"] == \
+        first["reward_mean"]
+    assert script.refit_gap(module, state["optimizer_states"][0], data, t, seed=1, **kwargs)["reward_mean"] != \
+        first["reward_mean"]
+
+
+def test_the_runs_own_budget_is_the_default_and_is_marked(base_run, capsys):
+    assert script.main([str(base_run), "--steps", "2", "--seeds", "1", "-n", "50"]) == 0
+    out = capsys.readouterr().out
+    # tiny_config: batch 128 on 600 rows, 2 epochs a round: 10 steps of 128; the batch sizes default to 128, 256.
+    assert "(10 steps of 128)" in out
+    lines = [line for line in out.splitlines() if line[1:].split()[:2] in (["2", "128"], ["2", "256"])]
+    assert len(lines) == 2 and not any(line.startswith("*") for line in lines)
+
+
+def test_bad_input_is_named(base_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(base_run), "--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps must be positive ints" in capsys.readouterr().err
+    assert script.main([str(tmp_path)]) == 1
+    assert "no config.yaml" in capsys.readouterr().err
+    no_ckpt = tmp_path / "no_ckpt"
+    no_ckpt.mkdir()
+    (no_ckpt / "config.yaml").write_text((base_run / "config.yaml").read_text())
+    assert script.main([str(no_ckpt)]) == 1
+    assert "checkpoints/last.ckpt does not exist" in capsys.readouterr().err
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "checkpoints").mkdir()
+    (scratch / "checkpoints" / "last.ckpt").write_bytes((base_run / "checkpoints" / "last.ckpt").read_bytes())
+    cfg = yaml.safe_load((base_run / "config.yaml").read_text())
+    cfg["trainer"]["callbacks"][0]["init_args"]["init"] = "scratch"
+    (scratch / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert script.main([str(scratch)]) == 1
+    assert "only warm rounds" in capsys.readouterr().err
