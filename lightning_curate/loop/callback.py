@@ -356,9 +356,8 @@ class RetrainingLoop(Callback):
     def _fidelity_columns(self, trainer: Any, pl_module: Any, round_idx: int, row: dict, preview) -> dict[str, float]:
         """The gap to the round's own training set, then round 0's fit of the data or the fidelity to the prediction."""
         datamodule, k, previous = trainer.datamodule, pl_module.num_candidates, self.rows.get(round_idx - 1)
-        trained_on = datamodule.dataset_for_round(round_idx).tensors[0].to(pl_module.device)
-        columns = learner_gap_columns(row, float(pl_module.score(trained_on, round_idx).double().mean()),
-                                      num_candidates=pl_module.num_slots * k)
+        columns = learner_gap_columns(row, pl_module.mean_score(datamodule.dataset_for_round(round_idx).tensors[0],
+                                                                round_idx), num_candidates=pl_module.num_slots * k)
         if round_idx == 0:
             columns.update(p0_quality(row, preview, datamodule.real, self._real_labels, datamodule.class_names,
                                       pl_module.sample_distance))

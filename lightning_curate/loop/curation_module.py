@@ -154,6 +154,12 @@ class CurationModule(GeneratorTraining):
                              f"out of {x.shape[0]}")
         return r.float().clone()
 
+    def mean_score(self, x: Tensor, round_idx: int, chunk: int = 4096) -> float:
+        """The mean reward of ``x`` (on the module's device, ``chunk`` rows at a time: a whole
+        training set at once could exhaust a GPU's memory), in float64."""
+        total = sum(float(self.score(part.to(self.device), round_idx).double().sum()) for part in x.split(chunk))
+        return total / max(1, x.shape[0])
+
     @torch.no_grad()
     def curate_round(self, round_idx: int, seed: int,
                      label_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,

@@ -243,6 +243,21 @@ def test_score_returns_a_float_copy():
     r.add_(1.0)  # a normal tensor: editable outside inference mode
 
 
+def test_mean_score_scores_a_set_in_chunks():
+    calls = []
+
+    def reward(x):
+        calls.append(x.shape[0])
+        return x[:, 0].double()
+
+    module = build(FixedReward(reward))
+    x = torch.arange(20.0).reshape(10, 2)
+    assert module.mean_score(x, 0, chunk=4) == 9.0  # (0 + 2 + ... + 18) / 10
+    assert calls == [4, 4, 2]
+    with pytest.raises(ValueError, match="round 3: .*non-finite"):
+        module.mean_score(x.index_fill(0, torch.tensor([9]), math.nan), 3, chunk=4)
+
+
 @pytest.mark.parametrize("kwargs, key", [
     ({"num_candidates": 0}, "num_candidates"),
     ({"num_slots": 0}, "num_slots"),
