@@ -257,7 +257,8 @@ def population_columns(base: dict[str, float], probe: dict[str, Tensor], curator
     def mix(real: float, synthetic: float) -> float:
         return synthetic if rho == 0.0 else rho * real + (1 - rho) * synthetic
 
-    out = {key: v for key, v in base.items() if not key.startswith(("predicted_", "tilt_"))}
+    # A slot's winner depends on its curator too: the one-curator selection spreads do not apply.
+    out = {key: v for key, v in base.items() if not key.startswith(("predicted_", "tilt_", "selection_"))}
     out["exp_reward_lower_bound"] = out["exp_reward_lower_bound_stderr"] = math.nan
     real_ref = real_rewards.double().flatten()
     curated = float((q * r_ref.flatten()).sum())

@@ -17,7 +17,11 @@ errors of zero (late rounds near collapse, say) gets ``NaN`` and
 Standard errors come from the rows themselves: a class share ``s`` measured on
 ``n`` candidates has ``sqrt(s (1 - s) / n)``; a mean reward ``reward_std /
 sqrt(n)``; a prediction its own ``predicted_*_stderr`` column when the row has
-one (else the same form on the probe's size). The learner adds its own: trained
+one (else the same form on the probe's size), widened by the *curated draw*:
+round ``t + 1`` trains on a finite draw from the curated law, not on the law,
+and its mean misses the law's by about ``selection_reward_sd / sqrt(n_synthetic)``
+(times ``1 - real_fraction``): the winner of a slot is still random given its
+candidates. The learner adds its own: trained
 again on the same data with another batch order, it lands elsewhere. That
 *refit jitter* scales with the round's own sampling error (both shrink as the
 rewards and shares concentrate), so it is given as a multiple of it,
@@ -52,6 +56,8 @@ DEFAULT_Z = 3.0
 _ROUND_OFF = 1e-9
 _SHARE = "share_"
 _PREDICTED_SHARE = "predicted_share_"
+_CURATED_SHARE = "curated_share_"
+_SELECTION_SHARE = "selection_share_sd_"
 
 
 def _number(row: Mapping[str, Any], key: str) -> float:
@@ -65,6 +71,34 @@ def _share_se(share: float, n: int) -> float:
     """Binomial standard error of a share on ``n`` draws, floored at one draw's worth (``1 / n``):
     a share of exactly 0 or 1 is still only known to that resolution."""
     return max(math.sqrt(max(share * (1.0 - share), 0.0) / n), 1.0 / n)
+
+
+def _bernoulli_sd(share: float) -> float:
+    """The standard deviation of one draw's membership in a class of this share (nan stays nan)."""
+    return math.sqrt(min(max(share * (1.0 - share), 0.0), 0.25)) if math.isfinite(share) else math.nan
+
+
+def _spread(row: Mapping[str, Any], key: str, fallback: str) -> float:
+    """``row[key]``, or ``row[fallback]`` where the row has no finite ``key``."""
+    value = _number(row, key)
+    return value if math.isfinite(value) else _number(row, fallback)
+
+
+def _draw_se(current: Mapping[str, Any], curated_sd: float) -> float:
+    """How far the curated part of round ``t + 1``'s training set misses the curated law by chance.
+
+    Round ``t + 1`` trains on ``n_synthetic`` curated draws (a ``1 - real_fraction`` share of
+    its set), not on the curated law the prediction describes: its mean misses the law's by
+    about ``(1 - real_fraction) sd / sqrt(n_synthetic)``, where ``sd`` is how much one slot's
+    winner varies given its candidates (``selection_*_sd``, one winner a slot) or, where the
+    row has no such column (several winners, a population), the curated samples' own spread,
+    an upper bound. (The real part's resampling, under ``real_fraction > 0``, is in the
+    measured ``learner_noise``: refits redraw it.)
+    """
+    n_syn, rho = _number(current, "n_synthetic"), _number(current, "real_fraction")
+    if not (math.isfinite(n_syn) and n_syn >= 1 and math.isfinite(curated_sd)):
+        return 0.0
+    return (1.0 - (rho if math.isfinite(rho) else 0.0)) * curated_sd / math.sqrt(n_syn)
 
 
 def _ratio(observed_move: float, predicted_move: float, se_observed: float, se_predicted: float,
@@ -125,6 +159,7 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
     se_pred = _number(previous, "predicted_reward_stderr")
     if not math.isfinite(se_pred):
         se_pred = std / math.sqrt(n_pred)
+    se_pred = math.hypot(se_pred, _draw_se(current, _spread(previous, "selection_reward_sd", "curated_reward_std")))
     std_cur = _number(current, "reward_std")
     jitter = learner_noise * (std_cur if math.isfinite(std_cur) else std) / math.sqrt(n_obs)
     fid, fid_se = _ratio(r_cur - r_prev, _number(previous, "predicted_reward_mean") - r_prev,
@@ -136,21 +171,24 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
     names = [k[len(_PREDICTED_SHARE):] for k in previous if k.startswith(_PREDICTED_SHARE)]
     names = [n for n in names if f"{_SHARE}{n}" in previous and f"{_SHARE}{n}" in current]
     if names:
-        gap, gain_prev, gain_cur, gain_pred = 0.0, 0.0, 0.0, 0.0
+        gap, gain_prev, gain_cur, gain_pred, gain_curated = 0.0, 0.0, 0.0, 0.0, 0.0
         for name in names:
             s_prev, s_cur = _number(previous, _SHARE + name), _number(current, _SHARE + name)
-            s_pred = _number(previous, _PREDICTED_SHARE + name)
+            s_pred, s_curated = _number(previous, _PREDICTED_SHARE + name), _number(previous, _CURATED_SHARE + name)
             gap += abs(s_cur - s_pred)
             se_cur = _share_se(s_cur, n_obs)
             se_obs = math.hypot(_share_se(s_prev, n_obs), se_cur, learner_noise * se_cur)
-            se_p = _share_se(s_pred, n_pred)
+            selection = _number(previous, _SELECTION_SHARE + name)
+            se_p = math.hypot(_share_se(s_pred, n_pred),
+                              _draw_se(current, selection if math.isfinite(selection) else _bernoulli_sd(s_curated)))
             out[f"class_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
             if s_pred > s_prev:
                 gain_prev, gain_cur, gain_pred = gain_prev + s_prev, gain_cur + s_cur, gain_pred + s_pred
+                gain_curated += s_curated
         out["l1_gap_to_prediction"] = gap
         se_cur = _share_se(gain_cur, n_obs)
         se_obs = math.hypot(_share_se(gain_prev, n_obs), se_cur, learner_noise * se_cur)
-        se_p = _share_se(gain_pred, n_pred)
+        se_p = math.hypot(_share_se(gain_pred, n_pred), _draw_se(current, _bernoulli_sd(gain_curated)))
         out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
     return out
 

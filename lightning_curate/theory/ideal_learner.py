@@ -40,7 +40,7 @@ from lightning_curate.theory.empirical import (
 from lightning_curate.theory.laws import rlhf_coefficient
 from lightning_curate.utils.validation import check_float
 
-__all__ = ["check_improvement", "improvement_violated", "predict_round"]
+__all__ = ["check_improvement", "improvement_violated", "predict_round", "selection_probabilities"]
 
 
 
@@ -58,6 +58,24 @@ def _labels(x, n: int, n_classes: int, name: str) -> Tensor:
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= n_classes):
         raise ValueError(f"{name} must be in 0..{n_classes - 1}, got values in {int(lab.min())}..{int(lab.max())}")
     return lab
+
+
+def selection_probabilities(rewards: Tensor, beta: float, mode: str) -> Tensor:
+    """``[N, K]``: the chance that each of a slot's ``K`` candidates is its one winner.
+
+    ``softmax``: ``softmax(beta r)`` over the slot; ``argmax``: the best (ties shared); ``uniform``: ``1 / K``.
+
+    Example:
+        >>> selection_probabilities(torch.tensor([[0.0, 1.0, 1.0]]), 1.0, "argmax").tolist()
+        [[0.0, 0.5, 0.5]]
+    """
+    r = rewards.double()
+    if mode == "softmax":
+        return torch.softmax(beta * r, dim=1)
+    if mode == "argmax":
+        best = (r == r.max(dim=1, keepdim=True).values).double()
+        return best / best.sum(dim=1, keepdim=True)
+    return torch.full_like(r, 1.0 / r.shape[1])
 
 
 def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optional[Sequence[str]] = None,
@@ -96,7 +114,11 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
       standard error of that estimate;
     * ``rlhf_coefficient``: ``1 / (t beta)`` (when ``round_idx`` is given; ``inf`` at ``t = 0``);
     * ``prediction_support``: distinct reward values the law of ``p_t`` was represented
-      with (``max_support`` when compressed).
+      with (``max_support`` when compressed);
+    * with one winner a slot, ``selection_reward_sd``: how much a slot's winner's reward still
+      varies given its candidates (the root mean over slots of its variance), and
+      ``selection_share_sd_<name>`` the same for membership in each class: the curated set
+      is a draw, whose mean misses the curated law's by this over ``sqrt(slots)``.
 
     The predictions are for the ``replace`` policy; under ``accumulate`` the synthetic
     part is the average of the rounds' curated laws, i.e. of their ``predicted_curated_*``.
@@ -153,6 +175,12 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
     else:
         out["exp_reward_lower_bound"] = math.nan
         out["exp_reward_lower_bound_stderr"] = math.nan
+    pick = selection_probabilities(r_nk, beta, mode) if num_winners == 1 else None
+    if pick is not None:
+        # Given these candidates, a slot's one winner is still a draw: its reward varies by Var_s.
+        # The curated set's mean over n slots then misses the law's by sqrt(mean_s Var_s / n).
+        var_s = (pick * r_nk**2).sum(dim=1) - (pick * r_nk).sum(dim=1) ** 2
+        out["selection_reward_sd"] = math.sqrt(max(float(var_s.mean()), 0.0))
     if round_idx is not None:
         out["rlhf_coefficient"] = rlhf_coefficient(round_idx, beta)
     out["prediction_support"] = float(min(torch.unique(r).numel(), max_support)) if mode == "softmax" \
@@ -181,6 +209,11 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
             out[f"predicted_curated_share_{name}"] = float(curated_shares[c])
         for c, name in enumerate(names):
             out[f"tilt_share_{name}"] = mix(float(real_shares[c]), float(tilt_shares[c]))
+        if pick is not None:  # a winner's membership in each class, per slot: Bernoulli(p_s(c))
+            p_class = torch.zeros(N, C, dtype=torch.float64).scatter_add_(1, lab.reshape(N, K), pick)
+            sd = (p_class * (1 - p_class)).clamp(min=0.0).mean(dim=0).sqrt()
+            for c, name in enumerate(names):
+                out[f"selection_share_sd_{name}"] = float(sd[c])
     return out
 
 

@@ -221,3 +221,5 @@ def test_a_population_of_one_predicts_what_one_curator_predicts(assigner):
     assert got["ideal_reward_mean"] == pytest.approx(float(law @ r), abs=1e-9)
     assert got["ideal_reward_mean_only"] == pytest.approx(float(law @ r), abs=1e-9)
     assert not any(k.startswith("tilt_") for k in got)
+    # A slot's winner depends on its curator: the one-curator selection spreads are not reported.
+    assert "selection_reward_sd" in want and not any(k.startswith("selection_") for k in got)

@@ -136,3 +136,60 @@ def test_mean_learner_gap_weighs_rounds_by_how_well_they_know_their_gap():
     mean, se = mean_learner_gap(plain)
     assert mean == pytest.approx(-0.012) and math.isnan(se)
     assert all(math.isnan(v) for v in mean_learner_gap(rows[:1]))
+
+
+def test_the_curated_draw_widens_the_prediction_noise():
+    """Round t + 1 trains on n_synthetic draws from the curated law: their mean misses the law's
+    by curated_std / sqrt(n_synthetic), times the curated part of the set (1 - real_fraction)."""
+    prev = {"reward_mean": 0.0, "reward_std": 0.1, "predicted_reward_mean": 0.01, "curated_reward_std": 0.2}
+    cur = {"reward_mean": 0.008, "reward_std": 0.1, "n_synthetic": 2000, "real_fraction": 0.0}
+    n = 40_000
+    se_obs, se_pred = 0.1 * math.sqrt(2 / n), math.hypot(0.1 / 200, 0.2 / math.sqrt(2000))
+    # Without the draw: 3 * hypot(se_obs, 0.1 / 200) = 0.0026 < 0.01, a ratio; with it, 3 * 0.0048 > 0.01.
+    no_draw = fidelity_columns(prev, {"reward_mean": 0.008, "reward_std": 0.1}, num_candidates=n)
+    assert no_draw["reward_fidelity"] == pytest.approx(0.8)
+    assert math.isnan(fidelity_columns(prev, cur, num_candidates=n)["reward_fidelity"])
+    # A larger move stands clear of it; its error counts the draw.
+    wide = dict(prev, predicted_reward_mean=0.1)
+    out = fidelity_columns(wide, dict(cur, reward_mean=0.08), num_candidates=n)
+    assert out["reward_fidelity"] == pytest.approx(0.8)
+    assert out["reward_fidelity_stderr"] == pytest.approx(math.hypot(se_obs, 0.8 * se_pred) / 0.1, rel=1e-12)
+    # Half real data: half the set is curated, half the draw's effect on its mean.
+    half = fidelity_columns(wide, dict(cur, reward_mean=0.08, real_fraction=0.5), num_candidates=n)
+    se_half = math.hypot(0.1 / 200, 0.5 * 0.2 / math.sqrt(2000))
+    assert half["reward_fidelity_stderr"] == pytest.approx(math.hypot(se_obs, 0.8 * se_half) / 0.1, rel=1e-12)
+
+
+def test_the_curated_draw_widens_a_class_shares_noise():
+    prev = {"reward_mean": 0.0, "reward_std": 1.0, "predicted_reward_mean": 1.0,
+            "share_a": 0.5, "share_b": 0.5, "predicted_share_a": 0.52, "predicted_share_b": 0.48,
+            "curated_share_a": 0.5, "curated_share_b": 0.5}
+    cur = {"reward_mean": 1.0, "share_a": 0.516, "share_b": 0.484}
+    n = 10**6
+    # Sampling alone: se ~ 0.0009, the 0.02 move stands clear; the draw of 500 curated samples
+    # (binomial 0.5: 0.022) swamps it.
+    assert fidelity_columns(prev, cur, num_candidates=n)["class_fidelity_a"] == pytest.approx(0.8)
+    drawn = fidelity_columns(prev, dict(cur, n_synthetic=500, real_fraction=0.0), num_candidates=n)
+    assert math.isnan(drawn["class_fidelity_a"]) and math.isnan(drawn["gain_share_fidelity"])
+    many = fidelity_columns(prev, dict(cur, n_synthetic=10**6, real_fraction=0.0), num_candidates=n)
+    assert many["class_fidelity_a"] == pytest.approx(0.8)
+
+
+def test_a_rows_selection_spread_replaces_the_curated_spread():
+    """With one winner a slot the row knows how much a winner varies given its candidates; that,
+    not the curated samples' whole spread (an upper bound), sets the draw's noise."""
+    prev = {"reward_mean": 0.0, "reward_std": 0.1, "predicted_reward_mean": 0.1, "curated_reward_std": 0.2,
+            "selection_reward_sd": 0.05}
+    cur = {"reward_mean": 0.08, "reward_std": 0.1, "n_synthetic": 2000, "real_fraction": 0.0}
+    n = 40_000
+    se_obs, se_pred = 0.1 * math.sqrt(2 / n), math.hypot(0.1 / 200, 0.05 / math.sqrt(2000))
+    out = fidelity_columns(prev, cur, num_candidates=n)
+    assert out["reward_fidelity_stderr"] == pytest.approx(math.hypot(se_obs, 0.8 * se_pred) / 0.1, rel=1e-12)
+    shares = {"share_a": 0.5, "predicted_share_a": 0.52, "curated_share_a": 0.5, "share_b": 0.5,
+              "predicted_share_b": 0.48, "curated_share_b": 0.5}
+    cur_shares = dict(cur, share_a=0.516, share_b=0.484, n_synthetic=500)
+    # The curated shares' binomial spread (0.5 over sqrt(500)) swamps the 0.02 move; a selection
+    # spread of 0.05 does not.
+    assert math.isnan(fidelity_columns(dict(prev, **shares), cur_shares, num_candidates=10**6)["class_fidelity_a"])
+    sharp = dict(prev, **shares, selection_share_sd_a=0.05, selection_share_sd_b=0.05)
+    assert fidelity_columns(sharp, cur_shares, num_candidates=10**6)["class_fidelity_a"] == pytest.approx(0.8)

@@ -215,3 +215,25 @@ def test_predictions_at_rewards_past_exps_range_keep_their_shift_free_columns(of
         assert math.isnan(far[key]) and math.isfinite(base[key]), key
     for key in ("predicted_reward_mean", "predicted_curated_reward_mean", "tilt_reward_mean"):
         assert far[key] == pytest.approx(base[key] + offset, abs=1e-9), key
+
+
+def test_selection_spread_is_the_winners_variance_given_each_slots_candidates():
+    """Slot 1: rewards 0 and log 3 -> softmax picks them w.p. 1/4, 3/4, variance (3/16) log(3)^2;
+    slot 2: equal rewards -> no spread in reward, but a coin flip between two classes."""
+    log3 = math.log(3.0)
+    rewards = torch.tensor([[0.0, log3], [1.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([[0, 1], [0, 1]])
+    out = predict_round(rewards, 1.0, labels=labels, class_names=["a", "b"])
+    assert out["selection_reward_sd"] == pytest.approx(math.sqrt((3 / 16 * log3**2 + 0.0) / 2), rel=1e-12)
+    # Membership of class a: Bernoulli(1/4) in slot 1, Bernoulli(1/2) in slot 2.
+    assert out["selection_share_sd_a"] == pytest.approx(math.sqrt((3 / 16 + 1 / 4) / 2), rel=1e-12)
+    assert out["selection_share_sd_b"] == out["selection_share_sd_a"]
+    # Best-of-K is no draw at all given the candidates (ties split evenly); uniform is the slots' variance.
+    best = predict_round(rewards, 1.0, mode="argmax", labels=labels, class_names=["a", "b"])
+    assert best["selection_reward_sd"] == 0.0
+    assert best["selection_share_sd_a"] == pytest.approx(math.sqrt((0 + 1 / 4) / 2), rel=1e-12)
+    uniform = predict_round(rewards, 1.0, mode="uniform")
+    assert uniform["selection_reward_sd"] == pytest.approx(math.sqrt((log3**2 / 4) / 2), rel=1e-12)
+    # Several winners a slot: no one-winner spread (the fidelity's noise rule falls back to the
+    # curated samples' spread).
+    assert not any(k.startswith("selection_") for k in predict_round(rewards, 1.0, num_winners=2))
