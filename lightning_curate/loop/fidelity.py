@@ -188,6 +188,7 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         out["l1_gap_to_prediction"] = gap
         se_cur = _share_se(gain_cur, n_obs)
         se_obs = math.hypot(_share_se(gain_prev, n_obs), se_cur, learner_noise * se_cur)
+        # The gain set's draw: its curated share's binomial spread (the per-slot one is per class only).
         se_p = math.hypot(_share_se(gain_pred, n_pred), _draw_se(current, _bernoulli_sd(gain_curated)))
         out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
     return out
