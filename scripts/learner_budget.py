@@ -22,10 +22,12 @@ names the classes to build, as the run did) and the checkpoint is read with
 Per budget it prints the samples seen (steps x batch), each seed's gap, their
 mean and spread, and the training seconds a refit took. The row of the run's
 own budget is marked ``*``. Refits use the module's optimizer
-(``configure_optimizers``), one optimizer step per batch and an EMA update
-after each, as the loop does; batches are drawn by a plain seeded shuffle, so
-a refit with the run's own budget is a refit like another, not the run's
-own round.
+(``configure_optimizers``), the loop's batches (``IndexBatches``, with the
+data module's ``steps_per_epoch``), the trainer's gradient clipping, one
+optimizer step per batch and an EMA update after each; the shuffling seeds
+are the refits' own, so a refit with the run's own budget is a refit like
+another, not the run's own round. They train in float32 on ``--device``: a
+config's mixed precision is not applied.
 
 Examples::
 
@@ -49,6 +51,12 @@ import torch
 import yaml
 
 __all__ = ["load_round_start", "main", "refit_gap"]
+
+
+def loop_args(config: dict[str, Any]) -> dict[str, Any]:
+    """The init args of the config's ``RetrainingLoop`` (empty when it names none)."""
+    return next((c.get("init_args") or {} for c in config.get("trainer", {}).get("callbacks") or []
+                 if isinstance(c, dict) and str(c.get("class_path", "")).endswith("RetrainingLoop")), {})
 
 
 def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str, Any], int]:
@@ -82,8 +90,13 @@ def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str,
     if not finished or not finished[0]:
         raise ValueError(f"checkpoint {checkpoint} has no finished round of a RetrainingLoop")
     t = max(finished[0]) + 1
-    loop = next((c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks") or []
-                 if isinstance(c, dict) and str(c.get("class_path", "")).endswith("RetrainingLoop")), {})
+    loop = loop_args(config)
+    epochs = int(loop.get("epochs_per_round", 1))
+    round_end = int(loop.get("initial_epochs") or epochs) - 1 + (t - 1) * epochs
+    if state.get("epoch") != round_end:
+        raise ValueError(f"checkpoint {checkpoint} was saved at epoch {state.get('epoch')}, not at the end of round "
+                         f"{t - 1} (epoch {round_end}): refits must start from a round's start (save with "
+                         "RoundCheckpoint, as the shipped configs do, and stop the run at a round's end)")
     if loop.get("init", "warm") != "warm":
         raise ValueError(f"{config_path}: init: {loop.get('init')!r}; only warm rounds (the default) can be refitted "
                          "from the run's state")
@@ -104,13 +117,19 @@ def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str,
 
 
 def refit_gap(module: Any, optimizer_state: Optional[dict], data: torch.Tensor, round_idx: int, *, steps: int,
-              batch_size: int, seed: int, n: int, train_mean: float) -> dict[str, float]:
+              batch_size: int, seed: int, n: int, train_mean: float, steps_per_epoch: Optional[int] = None,
+              clip: Optional[tuple[float, str]] = None) -> dict[str, float]:
     """Refit ``module``'s generator on ``data`` for ``steps`` optimizer steps of ``batch_size`` rows, then the gap.
 
-    The module's weights (live, EMA) and optimizer moments are restored afterwards, so refits
-    of one round all start from the same state. Every refit samples ``n`` points from the same
-    source noise (seed 0): common random numbers across budgets and seeds.
+    Batches are the loop's (``IndexBatches``: one seeded pass an epoch, or ``steps_per_epoch``
+    full batches), with the shuffling seed ``seed``; ``clip`` is the trainer's
+    ``(gradient_clip_val, gradient_clip_algorithm)``. The module's weights (live, EMA) and
+    optimizer moments are restored afterwards, so refits of one round all start from the same
+    state. Every refit samples ``n`` points from the same source noise (seed 0): common random
+    numbers across budgets and seeds.
     """
+    from lightning_curate.data.blending import IndexBatches
+
     generator = module.generator
     saved = {k: v.detach().clone() for k, v in generator.state_dict().items()}
     optimizer = module.configure_optimizers()
@@ -118,38 +137,48 @@ def refit_gap(module: Any, optimizer_state: Optional[dict], data: torch.Tensor, 
         # A copy: load_state_dict keeps the given tensors, and the steps would update them in place.
         optimizer.load_state_dict(copy.deepcopy(optimizer_state))
     torch.manual_seed(seed)
-    shuffle = torch.Generator().manual_seed(seed)
     generator.train()
     generator.start_round(round_idx)
-    start, done = time.perf_counter(), 0
+    start, done, epoch = time.perf_counter(), 0, 0
+    params = [p for p in generator.parameters() if p.requires_grad]
     try:
         while done < steps:
-            order = torch.randperm(data.shape[0], generator=shuffle)
-            for first in range(0, data.shape[0], batch_size):
-                loss = generator.loss(data[order[first:first + batch_size]])
+            for batch in IndexBatches(data, batch_size, seed, epoch=epoch, num_batches=steps_per_epoch):
+                loss = generator.loss(batch)
                 optimizer.zero_grad()
                 loss.backward()
+                if clip is not None and clip[1] == "value":
+                    torch.nn.utils.clip_grad_value_(params, clip[0])
+                elif clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip[0])
                 optimizer.step()
                 generator.update_ema()
                 done += 1
                 if done == steps:
                     break
+            epoch += 1
         seconds = time.perf_counter() - start
         samples = generator.sample(n, generator=torch.Generator().manual_seed(0))
-        rewards = module.score(samples, round_idx).double()
+        mean = module.mean_score(samples, round_idx)
     finally:
         generator.load_state_dict(saved)
-    mean = float(rewards.mean())
     return {"steps": steps, "batch_size": batch_size, "seed": seed, "reward_mean": mean,
             "learner_gap": mean - train_mean, "train_seconds": seconds}
 
 
 def own_budget(datamodule: Any, config: dict[str, Any], n_train: int) -> tuple[int, int]:
     """The run's optimizer steps and batch size per curated round, from its config (one process)."""
-    loop = next((c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks") or []
-                 if isinstance(c, dict) and str(c.get("class_path", "")).endswith("RetrainingLoop")), {})
     per_epoch = datamodule.steps_per_epoch or math.ceil(n_train / datamodule.batch_size)
-    return int(loop.get("epochs_per_round", 1)) * per_epoch, int(datamodule.batch_size)
+    return int(loop_args(config).get("epochs_per_round", 1)) * per_epoch, int(datamodule.batch_size)
+
+
+def gradient_clip(config: dict[str, Any]) -> Optional[tuple[float, str]]:
+    """The trainer's ``(gradient_clip_val, gradient_clip_algorithm)``, or ``None`` without clipping."""
+    trainer = config.get("trainer") or {}
+    value = trainer.get("gradient_clip_val")
+    if value is None or float(value) <= 0:
+        return None
+    return float(value), str(trainer.get("gradient_clip_algorithm") or "norm")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -161,6 +190,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="batch sizes (default: the run's own and twice it)")
     parser.add_argument("--seeds", type=int, default=3, help="refits per budget, each with its own seed (default 3)")
     parser.add_argument("-n", type=int, default=20000, help="samples scored per refit (default 20000)")
+    parser.add_argument("--device", default="cpu", help="where the refits train (default cpu)")
     parser.add_argument("--json", action="store_true", help="also print every refit as one JSON line")
     args = parser.parse_args(argv)
     for name, values in (("--steps", args.steps), ("--batch-sizes", args.batch_sizes)):
@@ -172,8 +202,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"-n must be >= 2, got {args.n}")
     try:
         module, datamodule, state, config, t = load_round_start(args.run_dir)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        data = datamodule.dataset_for_round(t).tensors[0]
+    except Exception as err:  # a broken run directory: say what, not a traceback (the store's errors included)
+        print(f"error: {args.run_dir}: {err}", file=sys.stderr)
         return 1
     generator = module.generator
     if not all(hasattr(generator, a) for a in ("loss", "update_ema", "start_round", "sample")):
@@ -181,8 +212,9 @@ def main(argv: Optional[list[str]] = None) -> int:
               "start_round and sample to refit with", file=sys.stderr)
         return 1
     torch.set_num_threads(int(config.get("torch_num_threads") or torch.get_num_threads()))
-    data = datamodule.dataset_for_round(t).tensors[0]
-    train_mean = float(module.score(data, t).double().mean())
+    module.to(args.device)
+    data = data.to(args.device)
+    train_mean = module.mean_score(data, t)
     own_steps, own_batch = own_budget(datamodule, config, data.shape[0])
     steps = args.steps or [own_steps, 2 * own_steps]
     batches = args.batch_sizes or [own_batch, 2 * own_batch]
@@ -194,7 +226,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for batch in batches:
             for seed in range(args.seeds):
                 refits.append(refit_gap(module, optimizer_state, data, t, steps=n_steps, batch_size=batch,
-                                        seed=seed, n=args.n, train_mean=train_mean))
+                                        seed=seed, n=args.n, train_mean=train_mean,
+                                        steps_per_epoch=datamodule.steps_per_epoch, clip=gradient_clip(config)))
     print(f"{'':1}{'steps':>7} {'batch':>6} {'samples':>9} {'gap of each seed':>30} {'mean':>9} {'spread':>8} "
           f"{'train s':>8}")
     for n_steps in steps:

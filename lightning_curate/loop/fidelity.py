@@ -232,25 +232,36 @@ def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float,
 def mean_learner_gap(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
     """``(mean, standard error)`` of ``learner_gap`` over the curated rounds (round >= 1); nans if none.
 
-    The mean is weighted by inverse variance: early rounds, whose rewards spread widely,
-    know their gap far less well than late ones (the plain mean where a row has no error).
+    A round's gap carries its sampling error and the learner's refit jitter (``learner_noise``
+    sampling errors, which every row records), so its error is ``learner_gap_stderr *
+    sqrt(1 + learner_noise^2)``. The mean is weighted by inverse variance (early rounds, whose
+    rewards spread widely, know their gap far less well than late ones) and its error is
+    widened by ``sqrt(chi^2 / (k - 1))`` when the rounds disagree more than their errors say
+    (Birge's ratio). Rows without a positive error are left out of the weights; if no row has
+    one, the plain mean, with no error.
 
     Example:
         >>> rows = [{"round": 0, "learner_gap": -1.0}, {"round": 1, "learner_gap": -0.004, "learner_gap_stderr": 0.001},
         ...         {"round": 2, "learner_gap": -0.006, "learner_gap_stderr": 0.001}]
         >>> [round(v, 6) for v in mean_learner_gap(rows)]
-        [-0.005, 0.000707]
+        [-0.005, 0.001]
     """
-    pairs = [(_number(r, "learner_gap"), _number(r, "learner_gap_stderr")) for r in rows
-             if _number(r, "round") >= 1]
-    pairs = [(g, se) for g, se in pairs if math.isfinite(g)]
-    if not pairs:
+    gaps = [r for r in rows if _number(r, "round") >= 1 and math.isfinite(_number(r, "learner_gap"))]
+    if not gaps:
         return math.nan, math.nan
-    if not all(math.isfinite(se) and se > 0 for _, se in pairs):
-        return sum(g for g, _ in pairs) / len(pairs), math.nan
-    weights = [1.0 / (se * se) for _, se in pairs]
-    total = sum(weights)
-    return sum(w * g for w, (g, _) in zip(weights, pairs)) / total, 1.0 / math.sqrt(total)
+    weighed = []
+    for r in gaps:
+        noise = _number(r, "learner_noise")
+        se = _number(r, "learner_gap_stderr") * math.sqrt(1.0 + (noise * noise if math.isfinite(noise) else 0.0))
+        if math.isfinite(se) and se > 0:
+            weighed.append((_number(r, "learner_gap"), 1.0 / (se * se)))
+    if not weighed:
+        return sum(_number(r, "learner_gap") for r in gaps) / len(gaps), math.nan
+    total = sum(w for _, w in weighed)
+    mean = sum(w * g for g, w in weighed) / total
+    chi2 = sum(w * (g - mean) ** 2 for g, w in weighed)
+    birge = math.sqrt(max(1.0, chi2 / (len(weighed) - 1))) if len(weighed) > 1 else 1.0
+    return mean, birge / math.sqrt(total)
 
 
 def round_zero_quality(model_shares: Mapping[str, float], real_shares: Mapping[str, float],

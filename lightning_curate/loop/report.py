@@ -59,8 +59,8 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
     if math.isfinite(gap) and math.isfinite(gap_se) and gap < -3.0 * gap_se:
         shortfall = (f" Each curated round ended on average {-gap:.3g} (+-{gap_se:.1g}) reward units below the very "
                      "set it was trained on (learner_gap): a steady shortfall that weighs more as the predicted "
-                     "moves shrink; a larger batch or more optimizer steps per round narrow it "
-                     "(scripts/learner_budget.py measures by how much).")
+                     "moves shrink. On the main job a larger batch or more optimizer steps per round narrowed it; "
+                     "scripts/learner_budget.py measures that for this run.")
     return (f"the generator moved {aggregate:.2f}x as far per round as the ideal learner predicts (aggregate "
             f"reward fidelity, threshold {threshold:g}): it does not follow the process the theory describes."
             f"{shortfall} Train more per round (RetrainingLoop epochs_per_round, or a larger lr), shorten the EMA "
@@ -91,7 +91,7 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
     gap, gap_se = mean_learner_gap(rows)
     if math.isfinite(gap):
         lines.append(f"learner gap (a round's reward minus that of the set it trained on, mean over curated rounds):"
-                     f" {gap:+.4f} +- {gap_se:.4f} (0 = reproduces its data)")
+                     f" {gap:+.4f}{f' +- {gap_se:.4f}' if math.isfinite(gap_se) else ''} (0 = reproduces its data)")
     lines += ["", f"Artifacts in {run_dir}:",
               f"  rounds.csv            per-round metrics ({len(rows)} rows)",
               "  rounds/round_NNN/     curated data + manifest of each round"]

@@ -24,6 +24,7 @@ def base_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("learner_budget")
     cfg = tiny_config(root / "run", rounds=1)
     cfg["trainer"]["callbacks"][0]["init_args"]["plots"] = False
+    cfg["model"]["init_args"]["generator"]["init_args"]["ema_reset"] = "round"
     curate(["fit", "-c", str(write_config(root / "tiny.yaml", cfg))])
     return root / "run"
 
@@ -65,16 +66,40 @@ def test_a_refit_takes_exactly_its_steps_and_restores_the_run_state(base_run):
         return loss(x)
 
     generator.loss = spy
+    rounds_started = []
+    start_round = generator.start_round
+    generator.start_round = lambda t: (rounds_started.append(t), start_round(t))
     kwargs = dict(steps=9, batch_size=256, n=64, train_mean=0.0)
     first = script.refit_gap(module, state["optimizer_states"][0], data, t, seed=0, **kwargs)
     # 600 rows in batches of 256: 256, 256, 88, then the next epoch's, until 9 steps.
     assert shapes == [256, 256, 88, 256, 256, 88, 256, 256, 88]
+    assert rounds_started == [2]  # the round's EMA restart (ema_reset: round), as the loop does
+    # With a fixed budget an epoch is steps_per_epoch full batches, over consecutive shuffles.
+    shapes.clear()
+    script.refit_gap(module, None, data, t, seed=0, steps_per_epoch=2, **kwargs)
+    assert shapes == [256] * 9
     assert all(torch.equal(before[k], v) for k, v in generator.state_dict().items())
     # Same seed and budget from the restored state: the same refit; another seed: another one.
     assert script.refit_gap(module, state["optimizer_states"][0], data, t, seed=0, **kwargs)["reward_mean"] == \
         first["reward_mean"]
     assert script.refit_gap(module, state["optimizer_states"][0], data, t, seed=1, **kwargs)["reward_mean"] != \
         first["reward_mean"]
+    # The run's optimizer moments are part of the round's start: without them, another refit.
+    assert script.refit_gap(module, None, data, t, seed=0, **kwargs)["reward_mean"] != first["reward_mean"]
+
+
+def test_the_trainers_gradient_clipping_is_applied(base_run, monkeypatch):
+    assert script.gradient_clip({"trainer": {}}) is None
+    assert script.gradient_clip({"trainer": {"gradient_clip_val": 0}}) is None
+    assert script.gradient_clip({"trainer": {"gradient_clip_val": 1}}) == (1.0, "norm")
+    assert script.gradient_clip({"trainer": {"gradient_clip_val": 0.5, "gradient_clip_algorithm": "value"}}) == \
+        (0.5, "value")
+    module, datamodule, state, _, t = script.load_round_start(base_run)
+    calls = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, value: calls.append(value))
+    data = datamodule.dataset_for_round(t).tensors[0]
+    script.refit_gap(module, None, data, t, steps=5, batch_size=100, seed=0, n=16, train_mean=0.0, clip=(1.0, "norm"))
+    assert calls == [1.0] * 5
 
 
 def test_the_runs_own_budget_is_the_default_and_is_marked(base_run, capsys):
@@ -84,6 +109,9 @@ def test_the_runs_own_budget_is_the_default_and_is_marked(base_run, capsys):
     assert "(10 steps of 128)" in out
     lines = [line for line in out.splitlines() if line[1:].split()[:2] in (["2", "128"], ["2", "256"])]
     assert len(lines) == 2 and not any(line.startswith("*") for line in lines)
+    assert script.main([str(base_run), "--steps", "10", "--seeds", "1", "-n", "50"]) == 0
+    own = [line for line in capsys.readouterr().out.splitlines() if line.startswith("*")]
+    assert len(own) == 1 and own[0][1:].split()[:3] == ["10", "128", "1280"]
 
 
 def test_bad_input_is_named(base_run, tmp_path, capsys):
@@ -106,3 +134,21 @@ def test_bad_input_is_named(base_run, tmp_path, capsys):
     (scratch / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert script.main([str(scratch)]) == 1
     assert "only warm rounds" in capsys.readouterr().err
+    # A checkpoint from inside a round (a crash, a per-epoch ModelCheckpoint) is not a round's start.
+    mid = tmp_path / "mid"
+    mid.mkdir()
+    (mid / "checkpoints").mkdir()
+    (mid / "config.yaml").write_text((base_run / "config.yaml").read_text())
+    state = torch.load(base_run / "checkpoints" / "last.ckpt", weights_only=True)
+    state["epoch"] -= 1
+    torch.save(state, mid / "checkpoints" / "last.ckpt")
+    assert script.main([str(mid)]) == 1
+    assert "not at the end of round 1 (epoch 4)" in capsys.readouterr().err
+    # A store without the round's curated set: named, not a traceback.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "checkpoints").mkdir()
+    (bare / "config.yaml").write_text((base_run / "config.yaml").read_text())
+    (bare / "checkpoints" / "last.ckpt").write_bytes((base_run / "checkpoints" / "last.ckpt").read_bytes())
+    assert script.main([str(bare)]) == 1
+    assert "the round store has no round 1" in capsys.readouterr().err

@@ -131,6 +131,18 @@ def test_mean_learner_gap_weighs_rounds_by_how_well_they_know_their_gap():
     w1, w2 = 1 / 0.02**2, 1 / 0.001**2
     assert mean == pytest.approx((w1 * -0.02 + w2 * -0.004) / (w1 + w2), rel=1e-12)
     assert se == pytest.approx((w1 + w2) ** -0.5, rel=1e-12)
+    # The learner's refit jitter widens each round's error: learner_noise 1 -> sqrt(2) times.
+    jittery = [dict(r, learner_noise=1.0) for r in rows]
+    assert mean_learner_gap(jittery)[0] == pytest.approx(mean, rel=1e-12)
+    assert mean_learner_gap(jittery)[1] == pytest.approx(math.sqrt(2) * se, rel=1e-12)
+    # Rounds that disagree beyond their errors widen the mean's error by sqrt(chi^2 / (k - 1)).
+    apart = [{"round": 1, "learner_gap": 0.0, "learner_gap_stderr": 0.001},
+             {"round": 2, "learner_gap": -0.01, "learner_gap_stderr": 0.001}]
+    mean, se = mean_learner_gap(apart)
+    assert mean == pytest.approx(-0.005) and se == pytest.approx(0.001 / math.sqrt(2) * math.sqrt(50.0), rel=1e-9)
+    # A row without a positive error (every candidate alike) is left out of the weights.
+    flat = apart + [{"round": 3, "learner_gap": 0.5, "learner_gap_stderr": 0.0}]
+    assert mean_learner_gap(flat) == mean_learner_gap(apart)
     # Without errors: the plain mean, and no error; without curated rounds: nothing.
     plain = [{"round": 1, "learner_gap": -0.02}, {"round": 2, "learner_gap": -0.004}]
     mean, se = mean_learner_gap(plain)
