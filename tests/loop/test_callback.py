@@ -179,6 +179,16 @@ def test_round_rows_go_to_the_loggers_not_into_lightning_results(tmp_path):
 def test_each_curated_round_starts_once_and_scratch_restarts_from_the_initial_weights(tmp_path, init):
     calls, initial, _ = _fit_tiny(tmp_path, init)
     assert [t for t, _ in calls] == [1, 2]  # rounds 1 and 2, at their first epoch; never round 0
+    # Either way round 2 trained on round 1's curated set, and its gap is taken against that set.
+    import csv
+
+    from lightning_curate.rewards import ClippedDistanceReward
+    from lightning_curate.store import RoundStore
+
+    rows = list(csv.DictReader(open(tmp_path / "rounds.csv")))
+    curated = RoundStore(tmp_path / "rounds").read(1).tensors["x"]
+    assert float(rows[2]["training_set_reward_mean"]) == pytest.approx(
+        ClippedDistanceReward(dataset="mog8", targets=[0])(curated).double().mean().item(), abs=1e-6)
     for _, state in calls:
         same = all(torch.equal(state[k], initial[k]) for k in initial)
         assert same == (init == "scratch")
@@ -230,6 +240,16 @@ def test_predictions_and_fidelity_only_under_the_replace_policy(tmp_path):
     assert "predicted_reward_mean" in replace[0] and "reward_fidelity" in replace[0]
     assert not [k for k in accumulate[0] if k.startswith(("predicted_", "reward_fidelity", "ideal_"))]
     assert [r["reward_mean"] != "" for r in accumulate] == [True] * 3
+    # The learner gap needs no prediction: under accumulate round 2 trained on rounds 0 and 1's curated sets.
+    from lightning_curate.rewards import ClippedDistanceReward
+    from lightning_curate.store import RoundStore
+
+    store, reward = RoundStore(tmp_path / "accumulate" / "rounds"), ClippedDistanceReward(dataset="mog8", targets=[0])
+    both = torch.cat([store.read(0).tensors["x"], store.read(1).tensors["x"]])
+    assert float(accumulate[2]["training_set_reward_mean"]) == pytest.approx(reward(both).double().mean().item(),
+                                                                           abs=1e-6)
+    assert float(accumulate[2]["learner_gap"]) == pytest.approx(
+        float(accumulate[2]["reward_mean"]) - float(accumulate[2]["training_set_reward_mean"]), abs=1e-9)
 
 
 def test_learner_noise_reaches_the_rows_fidelity(tmp_path):
