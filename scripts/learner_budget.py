@@ -203,7 +203,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         module, datamodule, state, config, t = load_round_start(args.run_dir)
         data = datamodule.dataset_for_round(t).tensors[0]
-    except Exception as err:  # a broken run directory: say what, not a traceback (the store's errors included)
+    except (FileNotFoundError, ValueError) as err:  # these name the file
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a broken run directory (the store's errors included): say what, not a traceback
         print(f"error: {args.run_dir}: {err}", file=sys.stderr)
         return 1
     generator = module.generator
