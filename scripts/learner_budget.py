@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 
 __all__ = ["load_round_start", "main", "refit_gap"]
 
@@ -64,27 +63,18 @@ def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str,
 
     ``t`` is the round to refit: one past the last round the checkpoint's ``RetrainingLoop`` finished.
     """
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning_curate.experiments import load_run
+    from lightning_curate.store.rounds import RoundStore
 
-    from lightning_curate.store.preflight import check_checkpoint_file
-    from lightning_curate.store.rounds import RoundStore, StoreError
-
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"run directory {run_dir}: no config.yaml (is it a lightning-curate run?)")
-    config = yaml.safe_load(config_path.read_text())
-    if not isinstance(config, dict) or "model" not in config or "data" not in config:
-        raise ValueError(f"{config_path}: expected the model and data sections a run saves")
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: RUN_DIR must be a run stopped at the end "
-                                "of the round before the one to refit")
     try:
-        check_checkpoint_file(checkpoint)
-    except StoreError as err:
-        raise ValueError(f"checkpoint {checkpoint} is truncated or damaged") from err
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        run = load_run(run_dir)
+    except FileNotFoundError as err:
+        if "checkpoint" not in str(err):
+            raise
+        raise FileNotFoundError(f"{err}: RUN_DIR must be a run stopped at the end of the round before the one "
+                                "to refit") from err
+    config, state, checkpoint = run.config, run.state, run.checkpoint
+    module, datamodule = run.module, run.datamodule
     finished = [v["finished_rounds"] for v in state.get("callbacks", {}).values()
                 if isinstance(v, dict) and "finished_rounds" in v]
     if not finished or not finished[0]:
@@ -98,14 +88,8 @@ def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str,
                          f"{t - 1} (epoch {round_end}): refits must start from a round's start (save with "
                          "RoundCheckpoint, as the shipped configs do, and stop the run at a round's end)")
     if loop.get("init", "warm") != "warm":
-        raise ValueError(f"{config_path}: init: {loop.get('init')!r}; only warm rounds (the default) can be refitted "
-                         "from the run's state")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    built = parser.instantiate(parser.parse_object({"model": config["model"], "data": config["data"]}))
-    module, datamodule = built.model, built.data
-    module.load_state_dict(state["state_dict"])
+        raise ValueError(f"{run_dir / 'config.yaml'}: init: {loop.get('init')!r}; only warm rounds (the default) "
+                         "can be refitted from the run's state")
     store = RoundStore(run_dir / "rounds")
     if datamodule.policy == "replace" and not store.has(t - 1) and datamodule.real_fraction < 1:
         raise ValueError(f"{run_dir}: the round store has no round {t - 1}, the curated set round {t} trains on")

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 
 __all__ = ["NFE_PER_STEP", "check_solvers", "load_run", "main", "parse_solver", "same_cost_solvers",
            "smallest_counted_move", "solver_label"]
@@ -79,42 +78,27 @@ def same_cost_solvers(solver: str, steps: int) -> list[tuple[str, int]]:
 def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> tuple[Any, Any, dict[str, Any]]:
     """The run's module (weights from ``checkpoint``, default its ``last.ckpt``) and data module.
 
-    Both are built from ``run_dir/config.yaml``, the config the run itself saved: its
-    ``class_path`` entries are the ones the run was started with.
+    Both are built from ``run_dir/config.yaml``, the config the run itself saved
+    (:func:`lightning_curate.experiments.load_run`).
     """
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning_curate.experiments import load_run as open_run
 
-    from lightning_curate.store.preflight import check_checkpoint_file
-    from lightning_curate.store.rounds import StoreError
-
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"run directory {run_dir}: no config.yaml (is it a lightning-curate run?)")
-    config = yaml.safe_load(config_path.read_text())
-    if not isinstance(config, dict) or "model" not in config or "data" not in config:
-        raise ValueError(f"{config_path}: expected the model and data sections a run saves")
-    checkpoint = checkpoint or run_dir / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (pass --ckpt)")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(LightningModule, "model", required=True)
-    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
-    built = parser.instantiate(parser.parse_object({"model": config["model"], "data": config["data"]}))
-    module, datamodule = built.model, built.data
     try:
-        check_checkpoint_file(checkpoint)
-    except StoreError as err:
-        raise ValueError(f"checkpoint {checkpoint} is truncated or damaged; pass another with --ckpt") from err
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
+        run = open_run(run_dir, checkpoint)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} (pass --ckpt)" if "checkpoint" in str(err) else str(err)) from err
+    except ValueError as err:
+        if "truncated or damaged" in str(err):
+            raise ValueError(f"{err}; pass another with --ckpt") from err
+        raise
+    module = run.module
     generator = getattr(module, "generator", None)
     if generator is None or not hasattr(generator, "solver") or not hasattr(generator, "steps"):
         raise ValueError(f"{run_dir}: the generator ({type(generator).__name__}) has no ODE solver to check")
     check = getattr(module.reward, "check", None)
     if callable(check):  # a classifier reward whose weights are missing: say so before any sampling
         check()
-    return module, datamodule, config
+    return module, run.datamodule, run.config
 
 
 def solver_label(solver: str, steps: int, rtol: float) -> str:

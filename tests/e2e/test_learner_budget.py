@@ -114,41 +114,34 @@ def test_the_runs_own_budget_is_the_default_and_is_marked(base_run, capsys):
     assert len(own) == 1 and own[0][1:].split()[:3] == ["10", "128", "1280"]
 
 
+def _copy_of(base_run: Path, where: Path, *, checkpoint: bool = True, config: dict | None = None) -> Path:
+    """A run directory with the base's config (or ``config``) and last checkpoint, and no round store."""
+    (where / "checkpoints").mkdir(parents=True)
+    (where / "config.yaml").write_text(yaml.safe_dump(config) if config else (base_run / "config.yaml").read_text())
+    if checkpoint:
+        (where / "checkpoints" / "last.ckpt").write_bytes((base_run / "checkpoints" / "last.ckpt").read_bytes())
+    return where
+
+
 def test_bad_input_is_named(base_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.main([str(base_run), "--steps", "0"])
     assert exit_info.value.code == 2 and "--steps must be positive ints" in capsys.readouterr().err
     assert script.main([str(tmp_path)]) == 1
     assert "no config.yaml" in capsys.readouterr().err
-    no_ckpt = tmp_path / "no_ckpt"
-    no_ckpt.mkdir()
-    (no_ckpt / "config.yaml").write_text((base_run / "config.yaml").read_text())
-    assert script.main([str(no_ckpt)]) == 1
+    assert script.main([str(_copy_of(base_run, tmp_path / "no_ckpt", checkpoint=False))]) == 1
     assert "checkpoints/last.ckpt does not exist" in capsys.readouterr().err
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    (scratch / "checkpoints").mkdir()
-    (scratch / "checkpoints" / "last.ckpt").write_bytes((base_run / "checkpoints" / "last.ckpt").read_bytes())
     cfg = yaml.safe_load((base_run / "config.yaml").read_text())
     cfg["trainer"]["callbacks"][0]["init_args"]["init"] = "scratch"
-    (scratch / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert script.main([str(scratch)]) == 1
+    assert script.main([str(_copy_of(base_run, tmp_path / "scratch", config=cfg))]) == 1
     assert "only warm rounds" in capsys.readouterr().err
     # A checkpoint from inside a round (a crash, a per-epoch ModelCheckpoint) is not a round's start.
-    mid = tmp_path / "mid"
-    mid.mkdir()
-    (mid / "checkpoints").mkdir()
-    (mid / "config.yaml").write_text((base_run / "config.yaml").read_text())
+    mid = _copy_of(base_run, tmp_path / "mid")
     state = torch.load(base_run / "checkpoints" / "last.ckpt", weights_only=True)
     state["epoch"] -= 1
     torch.save(state, mid / "checkpoints" / "last.ckpt")
     assert script.main([str(mid)]) == 1
     assert "not at the end of round 1 (epoch 4)" in capsys.readouterr().err
     # A store without the round's curated set: named, not a traceback.
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    (bare / "checkpoints").mkdir()
-    (bare / "config.yaml").write_text((base_run / "config.yaml").read_text())
-    (bare / "checkpoints" / "last.ckpt").write_bytes((base_run / "checkpoints" / "last.ckpt").read_bytes())
-    assert script.main([str(bare)]) == 1
+    assert script.main([str(_copy_of(base_run, tmp_path / "bare"))]) == 1
     assert "the round store has no round 1" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""A finished (or stopped) run opened again in Python: its own config, modules and checkpoint.
+
+Diagnostics that look back at a run (``scripts/solver_check.py``,
+``scripts/learner_budget.py``, a notebook) need the run's model and data exactly
+as the run built them. A run saves the full config it was started with
+(``config.yaml``); :func:`load_run` builds the module and data module from it and
+loads a checkpoint's weights. The config is trusted as any config is (it names
+the classes to build, as the run did); the checkpoint is read with
+``weights_only=True``, so it cannot choose what is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from lightning_curate.store.preflight import check_checkpoint_file
+from lightning_curate.store.rounds import StoreError
+
+__all__ = ["SavedRun", "load_run"]
+
+
+@dataclass
+class SavedRun:
+    """What :func:`load_run` opens: the run's config, its rebuilt modules, and the checkpoint read."""
+
+    config: dict[str, Any]
+    module: Any
+    datamodule: Any
+    state: dict[str, Any]
+    checkpoint: Path
+
+
+def load_run(run_dir: Path | str, checkpoint: Optional[Path | str] = None) -> SavedRun:
+    """The run in ``run_dir``, rebuilt from its ``config.yaml``, with ``checkpoint``'s weights.
+
+    Args:
+        run_dir: a run directory (``config.yaml``, ``checkpoints/``).
+        checkpoint: a checkpoint of that run (default ``checkpoints/last.ckpt``).
+
+    Raises:
+        FileNotFoundError: no ``config.yaml``, or no such checkpoint.
+        ValueError: a config without model and data sections, or a truncated or damaged checkpoint.
+
+    Example:
+        >>> run = load_run("runs/mog8")  # doctest: +SKIP
+        >>> run.module.generator.sample(4).shape  # doctest: +SKIP
+        torch.Size([4, 2])
+    """
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"run directory {run_dir}: no config.yaml (is it a lightning-curate run?)")
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict) or "model" not in config or "data" not in config:
+        raise ValueError(f"{config_path}: expected the model and data sections a run saves")
+    path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        check_checkpoint_file(path)
+    except StoreError as err:
+        raise ValueError(f"checkpoint {path} is truncated or damaged") from err
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    built = parser.instantiate(parser.parse_object({"model": config["model"], "data": config["data"]}))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    built.model.load_state_dict(state["state_dict"])
+    return SavedRun(config=config, module=built.model, datamodule=built.data, state=state, checkpoint=path)
