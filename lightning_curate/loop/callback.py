@@ -356,8 +356,9 @@ class RetrainingLoop(Callback):
     def _fidelity_columns(self, trainer: Any, pl_module: Any, round_idx: int, row: dict, preview) -> dict[str, float]:
         """The gap to the round's own training set, then round 0's fit of the data or the fidelity to the prediction."""
         datamodule, k, previous = trainer.datamodule, pl_module.num_candidates, self.rows.get(round_idx - 1)
-        columns = learner_gap_columns(row, pl_module.mean_score(datamodule.dataset_for_round(round_idx).tensors[0],
-                                                                round_idx), num_candidates=pl_module.num_slots * k)
+        trained_on = self._real_rewards.double().mean().item() if round_idx == 0 and self._real_rewards is not None \
+            else pl_module.mean_score(datamodule.dataset_for_round(round_idx).tensors[0], round_idx)  # round 0: real
+        columns = learner_gap_columns(row, float(trained_on), num_candidates=pl_module.num_slots * k)
         if round_idx == 0:
             columns.update(p0_quality(row, preview, datamodule.real, self._real_labels, datamodule.class_names,
                                       pl_module.sample_distance))
