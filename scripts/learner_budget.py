@@ -52,10 +52,12 @@ import torch
 __all__ = ["load_round_start", "main", "refit_gap"]
 
 
-def loop_args(config: dict[str, Any]) -> dict[str, Any]:
-    """The init args of the config's ``RetrainingLoop`` (empty when it names none)."""
-    return next((c.get("init_args") or {} for c in config.get("trainer", {}).get("callbacks") or []
-                 if isinstance(c, dict) and str(c.get("class_path", "")).endswith("RetrainingLoop")), {})
+def retraining_loop(config: dict[str, Any]) -> Any:
+    """The run's ``RetrainingLoop``, rebuilt from its config: the schedule the run followed."""
+    from lightning_curate.experiments.config_keys import loop_entry
+    from lightning_curate.loop import RetrainingLoop
+
+    return RetrainingLoop(**(loop_entry(config).get("init_args") or {}))
 
 
 def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str, Any], int]:
@@ -80,15 +82,14 @@ def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str,
     if not finished or not finished[0]:
         raise ValueError(f"checkpoint {checkpoint} has no finished round of a RetrainingLoop")
     t = max(finished[0]) + 1
-    loop = loop_args(config)
-    epochs = int(loop.get("epochs_per_round", 1))
-    round_end = int(loop.get("initial_epochs") or epochs) - 1 + (t - 1) * epochs
+    loop = retraining_loop(config)
+    round_end = loop.last_epoch_of_round(t - 1)
     if state.get("epoch") != round_end:
         raise ValueError(f"checkpoint {checkpoint} was saved at epoch {state.get('epoch')}, not at the end of round "
                          f"{t - 1} (epoch {round_end}): refits must start from a round's start (save with "
                          "RoundCheckpoint, as the shipped configs do, and stop the run at a round's end)")
-    if loop.get("init", "warm") != "warm":
-        raise ValueError(f"{run_dir / 'config.yaml'}: init: {loop.get('init')!r}; only warm rounds (the default) "
+    if loop.init != "warm":
+        raise ValueError(f"{run_dir / 'config.yaml'}: init: {loop.init!r}; only warm rounds (the default) "
                          "can be refitted from the run's state")
     store = RoundStore(run_dir / "rounds")
     if datamodule.policy == "replace" and not store.has(t - 1) and datamodule.real_fraction < 1:
@@ -153,7 +154,7 @@ def refit_gap(module: Any, optimizer_state: Optional[dict], data: torch.Tensor, 
 def own_budget(datamodule: Any, config: dict[str, Any], n_train: int) -> tuple[int, int]:
     """The run's optimizer steps and batch size per curated round, from its config (one process)."""
     per_epoch = datamodule.steps_per_epoch or math.ceil(n_train / datamodule.batch_size)
-    return int(loop_args(config).get("epochs_per_round", 1)) * per_epoch, int(datamodule.batch_size)
+    return retraining_loop(config).epochs_per_round * per_epoch, int(datamodule.batch_size)
 
 
 def gradient_clip(config: dict[str, Any]) -> Optional[tuple[float, str]]:

@@ -75,7 +75,7 @@ def _share_se(share: float, n: int) -> float:
 
 def _bernoulli_sd(share: float) -> float:
     """The standard deviation of one draw's membership in a class of this share (nan stays nan)."""
-    return math.sqrt(min(max(share * (1.0 - share), 0.0), 0.25)) if math.isfinite(share) else math.nan
+    return math.sqrt(max(share * (1.0 - share), 0.0)) if math.isfinite(share) else math.nan
 
 
 def _spread(row: Mapping[str, Any], key: str, fallback: str) -> float:
