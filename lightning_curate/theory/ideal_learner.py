@@ -63,18 +63,18 @@ def _labels(x, n: int, n_classes: int, name: str) -> Tensor:
 def selection_probabilities(rewards: Tensor, beta: float, mode: str) -> Tensor:
     """``[N, K]``: the chance that each of a slot's ``K`` candidates is its one winner.
 
-    ``softmax``: ``softmax(beta r)`` over the slot; ``argmax``: the best (ties shared); ``uniform``: ``1 / K``.
+    ``softmax``: ``softmax(beta r)`` over the slot; ``argmax``: the best, the lowest index among
+    ties, as ``kchoice`` picks it (no draw at all); ``uniform``: ``1 / K``.
 
     Example:
         >>> selection_probabilities(torch.tensor([[0.0, 1.0, 1.0]]), 1.0, "argmax").tolist()
-        [[0.0, 0.5, 0.5]]
+        [[0.0, 1.0, 0.0]]
     """
     r = rewards.double()
     if mode == "softmax":
         return torch.softmax(beta * r, dim=1)
     if mode == "argmax":
-        best = (r == r.max(dim=1, keepdim=True).values).double()
-        return best / best.sum(dim=1, keepdim=True)
+        return torch.zeros_like(r).scatter_(1, r.argmax(dim=1, keepdim=True), 1.0)
     return torch.full_like(r, 1.0 / r.shape[1])
 
 

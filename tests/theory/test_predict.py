@@ -10,7 +10,12 @@ import torch
 
 from lightning_curate import kchoice, theory
 from lightning_curate.theory.empirical import empirical_curation_weights
-from lightning_curate.theory.ideal_learner import check_improvement, improvement_violated, predict_round
+from lightning_curate.theory.ideal_learner import (
+    check_improvement,
+    improvement_violated,
+    predict_round,
+    selection_probabilities,
+)
 
 WORKED_P, WORKED_R = [0.5, 0.3, 0.2], [0.0, 1.0, 2.0]
 
@@ -228,10 +233,14 @@ def test_selection_spread_is_the_winners_variance_given_each_slots_candidates():
     # Membership of class a: Bernoulli(1/4) in slot 1, Bernoulli(1/2) in slot 2.
     assert out["selection_share_sd_a"] == pytest.approx(math.sqrt((3 / 16 + 1 / 4) / 2), rel=1e-12)
     assert out["selection_share_sd_b"] == out["selection_share_sd_a"]
-    # Best-of-K is no draw at all given the candidates (ties split evenly); uniform is the slots' variance.
+    # Best-of-K is no draw at all given the candidates: kchoice breaks ties by the lowest index,
+    # so even slot 2's tie always keeps its class-a candidate. Uniform is the slots' variance.
     best = predict_round(rewards, 1.0, mode="argmax", labels=labels, class_names=["a", "b"])
     assert best["selection_reward_sd"] == 0.0
-    assert best["selection_share_sd_a"] == pytest.approx(math.sqrt((0 + 1 / 4) / 2), rel=1e-12)
+    assert best["selection_share_sd_a"] == 0.0 and best["selection_share_sd_b"] == 0.0
+    tied = torch.tensor([[1.0, 1.0, 0.5]] * 5)
+    assert kchoice(tied, mode="argmax", seed=0, backend="torch").index.tolist() == [0] * 5
+    assert selection_probabilities(tied, 1.0, "argmax")[:, 0].tolist() == [1.0] * 5
     uniform = predict_round(rewards, 1.0, mode="uniform")
     assert uniform["selection_reward_sd"] == pytest.approx(math.sqrt((log3**2 / 4) / 2), rel=1e-12)
     # Several winners a slot: no one-winner spread (the fidelity's noise rule falls back to the
