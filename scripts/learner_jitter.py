@@ -53,6 +53,8 @@ from typing import Any
 
 import yaml
 
+from lightning_curate.experiments.config_keys import loop_entry
+
 __all__ = ["composed_config", "jitter_of_rows", "main"]
 
 
@@ -91,8 +93,7 @@ def _run(config: dict[str, Any], run_dir: Path, rounds: int, data_seed: int, res
         if dirpath is not None and not Path(dirpath).resolve().is_relative_to(run_dir.resolve()):
             raise SystemExit(f"error: {callback['class_path']} saves to {dirpath}, outside the run directory "
                              f"{old}: the refits would share its checkpoints; put its dirpath under the run's")
-    loop = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RetrainingLoop"))
-    loop["init_args"].update(rounds=rounds, plots=False)
+    loop_entry(cfg).setdefault("init_args", {}).update(rounds=rounds, plots=False)
     cfg["data"]["init_args"]["seed"] = data_seed
     path = run_dir.parent / f"{run_dir.name}.yaml"
     if reused and path.is_file() and _without_rounds(yaml.safe_load(path.read_text())) != _without_rounds(cfg):
@@ -121,9 +122,10 @@ def _without_rounds(cfg: Any) -> Any:
     if not isinstance(cfg, dict):
         return cfg
     out = copy.deepcopy(cfg)
-    for callback in (out.get("trainer") or {}).get("callbacks") or []:
-        if str(callback.get("class_path", "")).endswith("RetrainingLoop"):
-            (callback.get("init_args") or {}).pop("rounds", None)
+    try:
+        (loop_entry(out).get("init_args") or {}).pop("rounds", None)
+    except ValueError:  # no loop at all: nothing to leave out
+        pass
     return out
 
 
