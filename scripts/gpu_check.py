@@ -17,13 +17,19 @@ Four steps, each timed; every figure is recorded with the card's name:
    runs, then a resume (``--ckpt_path last``) extends it to round 2; checks
    rounds.csv (rows 0, 1, 2, finite rewards) and records peak GPU memory. The
    digits run's class-0 share per round is compared with the CPU run's.
-4. summary: ``gpu_check.json`` and ``gpu_check.md`` in ``--out``.
+4. fidelity: ``configs/digits.yaml`` whole (all its rounds, its own epochs) on
+   CUDA, once in float32 and once with bf16 autocast and ``compile: true``: each
+   round's reward and top-class share fidelity against the ideal learner's
+   prediction and the mean learner gap, beside the CPU run's row (README). Each
+   run's ``rounds.csv`` and ``round_metrics.png`` are copied to ``--out``.
+5. summary: ``gpu_check.json`` and ``gpu_check.md`` in ``--out``.
 
 Exit status 0 when every check passed, 1 when one failed, 2 when there is no
 CUDA device (the script refuses to run rather than skip). Performance targets
-(>= 70% of peak bandwidth, >= 5x multinomial, the digits trajectory) are
-reported as PASS/FAIL in the summary without changing the exit status. About
-7.5 minutes on one H100 (measured 2026-11-26; figures in docs/GPU.md).
+(>= 70% of peak bandwidth, >= 5x multinomial, the digits trajectory, every
+fidelity ratio within 0.85-1.15) are reported as PASS/FAIL in the summary without
+changing the exit status. Steps 1-3 took about 7.5 minutes on one H100
+(2026-11-26; figures in docs/GPU.md); ``--skip`` leaves steps out.
 """
 
 from __future__ import annotations
@@ -44,6 +50,15 @@ CONFIGS = REPO / "configs"
 # class-0 share (judge) per round of configs/digits.yaml on the CPU (README).
 DIGITS_CPU_SHARE0 = (0.105, 0.297, 0.719)
 DIGITS_SHARE_TOLERANCE = 0.10
+# reward fidelity per round of configs/digits.yaml on the CPU (README; "-": within noise).
+DIGITS_CPU_FIDELITY = "0.89, 0.97, 0.96, 1.06, -, -"
+FIDELITY_BAND = (0.85, 1.15)
+# The digits runs' reward classifier and judge, trained into --out/checkpoints unless --classifiers gives them.
+# Each is its .ckpt and the net file beside it, which is what the run reads.
+CLASSIFIER_FILES = tuple(f"{name}.ckpt{tail}" for name in ("digits_classifier", "digits_judge")
+                         for tail in ("", ".net.safetensors"))
+# How the fidelity step runs the generator: (compile, autocast dtype).
+FIDELITY_VARIANTS = {"fp32": (False, None), "bf16": (True, "bfloat16")}
 
 
 def fail_without_cuda() -> None:
@@ -115,6 +130,17 @@ def digits_config(out: Path, rounds: int, accelerator: str = "gpu", compile_: bo
         target["init_args"].update({"checkpoint": str(ckpt / f"{name}.ckpt"), "train_config": str(path)})
     return run_config(cfg, out / "runs" / "digits", rounds=rounds, accelerator=accelerator, precision="32-true",
                       compile_=compile_, autocast=autocast)
+
+
+def fidelity_config(out: Path, variant: str, accelerator: str = "gpu") -> dict:
+    """configs/digits.yaml as shipped (all its rounds), run in ``variant`` (FIDELITY_VARIANTS) into its own folder."""
+    if variant not in FIDELITY_VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(FIDELITY_VARIANTS)}, got {variant!r}")
+    compile_, autocast = FIDELITY_VARIANTS[variant]
+    rounds = _callback(_load("digits.yaml"), "RetrainingLoop")["init_args"]["rounds"]
+    cfg = digits_config(out, rounds, accelerator=accelerator, compile_=compile_, autocast=autocast)
+    cfg["trainer"]["default_root_dir"] = str(out / "runs" / f"digits_{variant}")
+    return cfg
 
 
 def write_cifar_like(path: Path, n: int = 2048, seed: int = 0) -> Path:
@@ -254,6 +280,76 @@ def step_run(name: str, cfg_round1: dict, cfg_round2: dict, out: Path) -> dict:
     return result
 
 
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _cell(value: str) -> str:
+    number = _float(value)
+    return f"{number:.2f}" if math.isfinite(number) else "-"
+
+
+def fidelity_summary(rows: list[dict]) -> dict:
+    """A finished run's fidelity: each curated round's ratios ("-": within noise) and its mean learner gap."""
+    from lightning_curate.loop.fidelity import mean_learner_gap
+
+    curated = [r for r in rows if int(r["round"]) >= 1]
+    numeric = [{k: _float(r.get(k)) for k in ("round", "learner_gap", "learner_gap_stderr", "learner_noise")}
+               for r in rows]  # rounds.csv holds strings; mean_learner_gap reads numbers
+    gap, gap_se = mean_learner_gap(numeric)
+    ratios = [float(r[k]) for r in curated for k in ("reward_fidelity", "gain_share_fidelity")
+              if _cell(r.get(k, "")) != "-"]
+    return {"reward_fidelity": ", ".join(_cell(r.get("reward_fidelity", "")) for r in curated),
+            "gain_share_fidelity": ", ".join(_cell(r.get("gain_share_fidelity", "")) for r in curated),
+            "ratios": ratios, "mean_gap": gap, "mean_gap_stderr": gap_se}
+
+
+def step_fidelity(out: Path, variants: tuple[str, ...] = tuple(FIDELITY_VARIANTS), accelerator: str = "gpu") -> dict:
+    """Each variant's whole digits run: its fidelity row, wall time and files copied to ``out``."""
+    import shutil
+
+    result: dict = {"runs": {}}
+    problems = []
+    for variant in variants:
+        cfg = fidelity_config(out, variant, accelerator)
+        run_dir = Path(cfg["trainer"]["default_root_dir"])
+        t0 = time.perf_counter()
+        try:
+            _fit(_write(out / "configs" / f"digits_{variant}.yaml", cfg))
+            rows = read_rounds(run_dir)
+        except Exception as err:  # noqa: BLE001 - one variant's failure is recorded, the next still runs
+            problems.append(f"{variant}: {type(err).__name__}: {err}")
+            continue
+        seconds = round(time.perf_counter() - t0, 1)
+        rounds = _callback(cfg, "RetrainingLoop")["init_args"]["rounds"]
+        problems += [f"{variant}: {p}" for p in check_rounds(rows, rounds)]
+        for name in ("rounds.csv", "round_metrics.png"):
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, out / f"digits_{variant}_{name}")
+        result["runs"][variant] = {"seconds": seconds, **fidelity_summary(rows)}
+        print(f"   digits {variant}: reward fidelity {result['runs'][variant]['reward_fidelity']} "
+              f"({seconds} s)", flush=True)
+    result.update({"ok": not problems, "problems": problems})
+    return result
+
+
+def fidelity_target(step: dict, dev: str) -> dict:
+    low, high = FIDELITY_BAND
+    name = (f"digits fidelity (reward and top-class share) within {low}-{high} in every round with a ratio "
+            f"(CPU: {DIGITS_CPU_FIDELITY})")
+    runs = step.get("runs", {})
+    if not runs:
+        return {"name": name, "status": "SKIP", "detail": "no fidelity run finished"}
+    inside = all(low <= v <= high for run in runs.values() for v in run["ratios"])
+    detail = "; ".join(f"{variant} on {dev}: reward {run['reward_fidelity']}, share {run['gain_share_fidelity']}, "
+                       f"mean gap {run['mean_gap']:+.4f} +- {run['mean_gap_stderr']:.4f}, {run['seconds']} s"
+                       for variant, run in runs.items())
+    return {"name": name, "status": "PASS" if inside else "FAIL", "detail": detail}
+
+
 def digits_target(run: dict) -> dict:
     name = (f"digits class-0 share per round within {DIGITS_SHARE_TOLERANCE:.2f} of the CPU run "
             f"{list(DIGITS_CPU_SHARE0)}")
@@ -267,13 +363,17 @@ def digits_target(run: dict) -> dict:
 
 # --------------------------------------------------------------------------- summary
 
+STEPS = ("tests", "roofline", "digits", "cifar_like", "fidelity")
+
+
 def write_summary(out: Path, summary: dict) -> None:
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
     dev = summary["device_name"]
     lines = [f"# gpu_check on {dev}", "",
              f"`{summary['command']}`, {summary['date']}, torch {summary['torch']}, triton {summary['triton']}, "
-             f"CUDA {summary['cuda']}.", "", "| step | result | time (s) |", "|---|---|---|"]
-    for step in ("tests", "roofline", "digits", "cifar_like"):
+             f"CUDA {summary['cuda']}; digits classifiers: {summary['classifiers']}.", "",
+             "| step | result | time (s) |", "|---|---|---|"]
+    for step in STEPS:
         s = summary["steps"].get(step)
         if s is None:
             lines.append(f"| {step} | not run | |")
@@ -296,9 +396,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/gpu_check", help="folder for the summary, logs and runs")
-    p.add_argument("--skip", nargs="*", default=[], choices=("tests", "roofline", "digits", "cifar_like"),
+    p.add_argument("--skip", nargs="*", default=[], choices=STEPS,
                    help="steps to leave out")
+    p.add_argument("--classifiers", type=Path, default=None,
+                   help="a folder holding digits_classifier.ckpt and digits_judge.ckpt with their net files (say, "
+                        "the ones a CPU run trained in checkpoints/): the digits runs use them instead of "
+                        "training their own on the card, so that a CPU run and the GPU runs share one reward "
+                        "and one judge")
     args = p.parse_args(argv)
+    if args.classifiers is not None:
+        missing = [str(args.classifiers / f) for f in CLASSIFIER_FILES if not (args.classifiers / f).is_file()]
+        if missing:
+            sys.stderr.write(f"gpu_check: --classifiers {args.classifiers}: no {', '.join(missing)}; expected "
+                             f"the folder to hold {' and '.join(CLASSIFIER_FILES)}\n")
+            return 1
     os.environ["TRITON_INTERPRET"] = "0"  # the kernels must compile, not be interpreted
     fail_without_cuda()
     import torch
@@ -309,16 +420,24 @@ def main(argv=None) -> int:
         sys.stderr.write(f"gpu_check: {out / 'runs'} exists; pass a new --out\n")
         return 1
     out.mkdir(parents=True, exist_ok=True)
+    if args.classifiers is not None:
+        import shutil
+
+        (out / "checkpoints").mkdir(exist_ok=True)
+        for name in CLASSIFIER_FILES:
+            shutil.copyfile(args.classifiers / name, out / "checkpoints" / name)
     dev = torch.cuda.get_device_name()
     summary = {"device_name": dev, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "triton": triton.__version__,
-               "cuda": torch.version.cuda, "steps": {}, "targets": []}
+               "cuda": torch.version.cuda, "steps": {}, "targets": [],
+               "classifiers": str(args.classifiers.resolve()) if args.classifiers else "trained on the card"}
     print(f"gpu_check on {dev} -> {out}", flush=True)
     steps = {
         "tests": lambda: step_tests(out),
         "roofline": lambda: step_roofline(out),
         "digits": lambda: step_run("digits", digits_config(out, 1), digits_config(out, 2), out),
         "cifar_like": lambda: step_run("cifar_like", cifar_like_config(out, 1), cifar_like_config(out, 2), out),
+        "fidelity": lambda: step_fidelity(out),
     }
     for name, fn in steps.items():
         if name in args.skip:
@@ -340,6 +459,8 @@ def main(argv=None) -> int:
     summary["targets"] = list(summary["steps"].get("roofline", {}).get("targets", []))
     if "digits" in summary["steps"]:
         summary["targets"].append(digits_target(summary["steps"]["digits"]))
+    if "fidelity" in summary["steps"]:
+        summary["targets"].append(fidelity_target(summary["steps"]["fidelity"], dev))
     write_summary(out, summary)
     failed = [n for n, s in summary["steps"].items() if not s["ok"]]
     print(f"\nwrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")

@@ -73,3 +73,62 @@ def test_digits_config_parses(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "compile: true" in printed and "autocast: bfloat16" in printed and "accelerator: gpu" in printed
     assert str(tmp_path / "checkpoints" / "digits_classifier.ckpt") in printed
+
+
+def test_fidelity_config_is_the_shipped_digits_run_in_each_variant(tmp_path, capsys):
+    """The fidelity step runs configs/digits.yaml whole: its rounds and epochs, its own folder per variant."""
+    gc = _load()
+    shipped = gc._callback(gc._load("digits.yaml"), "RetrainingLoop")["init_args"]
+    for variant, (compile_, autocast) in (("fp32", (False, None)), ("bf16", (True, "bfloat16"))):
+        cfg = gc.fidelity_config(tmp_path, variant)
+        loop = gc._callback(cfg, "RetrainingLoop")["init_args"]
+        assert (loop["rounds"], loop["epochs_per_round"], loop["initial_epochs"]) == (
+            shipped["rounds"], shipped["epochs_per_round"], shipped["initial_epochs"])
+        assert cfg["trainer"]["default_root_dir"] == str(tmp_path / "runs" / f"digits_{variant}")
+        gen = cfg["model"]["init_args"]["generator"]["init_args"]
+        assert (gen["compile"], gen["autocast"]) == (compile_, autocast)
+    path = gc._write(tmp_path / "f.yaml", gc.fidelity_config(tmp_path, "fp32"))
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(path), "--print_config"])
+    assert info.value.code == 0
+    assert "accelerator: gpu" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="variant must be one of"):
+        gc.fidelity_config(tmp_path, "fp16")
+
+
+def _rows(reward, share, gaps):
+    rows = [{"round": "0", "reward_fidelity": "", "gain_share_fidelity": "", "learner_gap": "-0.5",
+             "learner_gap_stderr": "0.01", "learner_noise": "0"}]
+    for t, (r, s, g) in enumerate(zip(reward, share, gaps), start=1):
+        rows.append({"round": str(t), "reward_fidelity": r, "gain_share_fidelity": s, "learner_gap": g,
+                     "learner_gap_stderr": "0.01", "learner_noise": "0"})
+    return rows
+
+
+def test_fidelity_summary_and_target_read_the_band():
+    gc = _load()
+    rows = _rows(["0.9", "1.1", "nan"], ["0.95", "", "1.0"], ["-0.01", "-0.03", "-0.02"])
+    summary = gc.fidelity_summary(rows)
+    assert summary["reward_fidelity"] == "0.90, 1.10, -"
+    assert summary["gain_share_fidelity"] == "0.95, -, 1.00"
+    assert summary["ratios"] == [0.9, 0.95, 1.1, 1.0]
+    assert summary["mean_gap"] == pytest.approx(-0.02)  # equal errors: the plain mean of rounds 1-3, not round 0
+    step = {"runs": {"fp32": {"seconds": 1.0, **summary}}}
+    assert gc.fidelity_target(step, "card")["status"] == "PASS"
+    assert "fp32 on card: reward 0.90, 1.10, -" in gc.fidelity_target(step, "card")["detail"]
+    low = gc.fidelity_summary(_rows(["0.84"], ["1.0"], ["-0.01"]))
+    assert gc.fidelity_target({"runs": {"fp32": {"seconds": 1.0, **summary}, "bf16": {"seconds": 1.0, **low}}},
+                              "card")["status"] == "FAIL"
+    assert gc.fidelity_target({"runs": {}}, "card")["status"] == "SKIP"
+
+
+def test_classifiers_folder_without_its_checkpoints_is_refused_by_name(tmp_path):
+    """--classifiers names what is missing and stops before anything is written (even without CUDA)."""
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "digits_classifier.ckpt").write_bytes(b"x")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--classifiers",
+                           str(tmp_path / "cls")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"--classifiers {tmp_path / 'cls'}: no " in proc.stderr
+    assert "digits_classifier.ckpt.net.safetensors" in proc.stderr and "digits_judge.ckpt" in proc.stderr
+    assert not (tmp_path / "out").exists()
