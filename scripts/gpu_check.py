@@ -28,7 +28,8 @@ Exit status 0 when every check passed, 1 when one failed, 2 when there is no
 CUDA device (the script refuses to run rather than skip). Performance targets
 (>= 70% of peak bandwidth, >= 5x multinomial, the digits trajectory, every
 fidelity ratio within 0.85-1.15) are reported as PASS/FAIL in the summary without
-changing the exit status. Steps 1-3 took about 7.5 minutes on one H100
+changing the exit status (NEAR for fidelity: a ratio outside the band by at most two of its
+standard errors). Steps 1-3 took about 7.5 minutes on one H100
 (2026-11-26; figures in docs/GPU.md); ``--skip`` leaves steps out.
 """
 
@@ -132,15 +133,26 @@ def digits_config(out: Path, rounds: int, accelerator: str = "gpu", compile_: bo
                       compile_=compile_, autocast=autocast)
 
 
-def fidelity_config(out: Path, variant: str, accelerator: str = "gpu") -> dict:
-    """configs/digits.yaml as shipped (all its rounds), run in ``variant`` (FIDELITY_VARIANTS) into its own folder."""
+def fidelity_config(out: Path, variant: str, accelerator: str = "gpu", seed: int = 0) -> dict:
+    """configs/digits.yaml as shipped (all its rounds), run in ``variant`` (FIDELITY_VARIANTS) into its own folder.
+
+    ``seed`` replaces the config's three seeds (``seed_everything``, the loop's and the held-out
+    split's); 0 is the shipped run and keeps the folder name ``digits_<variant>``.
+    """
     if variant not in FIDELITY_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(FIDELITY_VARIANTS)}, got {variant!r}")
     compile_, autocast = FIDELITY_VARIANTS[variant]
     rounds = _callback(_load("digits.yaml"), "RetrainingLoop")["init_args"]["rounds"]
     cfg = digits_config(out, rounds, accelerator=accelerator, compile_=compile_, autocast=autocast)
-    cfg["trainer"]["default_root_dir"] = str(out / "runs" / f"digits_{variant}")
+    cfg["seed_everything"] = seed
+    _callback(cfg, "RetrainingLoop")["init_args"]["seed"] = seed
+    cfg["data"]["init_args"]["source"]["init_args"]["seed"] = seed
+    cfg["trainer"]["default_root_dir"] = str(out / "runs" / run_name(variant, seed))
     return cfg
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"digits_{variant}" if seed == 0 else f"digits_{variant}_seed{seed}"
 
 
 def write_cifar_like(path: Path, n: int = 2048, seed: int = 0) -> Path:
@@ -293,28 +305,33 @@ def _cell(value: str) -> str:
 
 
 def fidelity_summary(rows: list[dict]) -> dict:
-    """A finished run's fidelity: each curated round's ratios ("-": within noise) and its mean learner gap."""
-    from lightning_curate.loop.fidelity import mean_learner_gap
+    """A finished run's fidelity: each curated round's ratios ("-": within noise), where each stands against
+    the faithful band given its own error (``band_verdict``: in / near / out), and the mean learner gap."""
+    from lightning_curate.loop.fidelity import band_verdict, mean_learner_gap
 
     curated = [r for r in rows if int(r["round"]) >= 1]
     numeric = [{k: _float(r.get(k)) for k in ("round", "learner_gap", "learner_gap_stderr", "learner_noise")}
                for r in rows]  # rounds.csv holds strings; mean_learner_gap reads numbers
     gap, gap_se = mean_learner_gap(numeric)
-    ratios = [float(r[k]) for r in curated for k in ("reward_fidelity", "gain_share_fidelity")
-              if _cell(r.get(k, "")) != "-"]
+    keys = ("reward_fidelity", "gain_share_fidelity")
+    ratios = [_float(r.get(k)) for r in curated for k in keys if _cell(r.get(k, "")) != "-"]
+    verdicts = [band_verdict(_float(r.get(k)), _float(r.get(f"{k}_stderr"))) for r in curated for k in keys
+                if _cell(r.get(k, "")) != "-"]
     return {"reward_fidelity": ", ".join(_cell(r.get("reward_fidelity", "")) for r in curated),
             "gain_share_fidelity": ", ".join(_cell(r.get("gain_share_fidelity", "")) for r in curated),
-            "ratios": ratios, "mean_gap": gap, "mean_gap_stderr": gap_se}
+            "ratios": ratios, "verdicts": verdicts, "mean_gap": gap, "mean_gap_stderr": gap_se}
 
 
-def step_fidelity(out: Path, variants: tuple[str, ...] = tuple(FIDELITY_VARIANTS), accelerator: str = "gpu") -> dict:
-    """Each variant's whole digits run: its fidelity row, wall time and files copied to ``out``."""
+def step_fidelity(out: Path, variants: tuple[str, ...] = tuple(FIDELITY_VARIANTS), accelerator: str = "gpu",
+                  seeds: tuple[int, ...] = (0,)) -> dict:
+    """Each variant's whole digits run at each seed: its fidelity row, wall time and files copied to ``out``."""
     import shutil
 
     result: dict = {"runs": {}}
     problems = []
-    for variant in variants:
-        cfg = fidelity_config(out, variant, accelerator)
+    for seed, mode in [(seed, mode) for seed in seeds for mode in variants]:
+        cfg = fidelity_config(out, mode, accelerator, seed)
+        variant = run_name(mode, seed).removeprefix("digits_")  # fp32, bf16_seed1, ...
         run_dir = Path(cfg["trainer"]["default_root_dir"])
         t0 = time.perf_counter()
         try:
@@ -337,17 +354,24 @@ def step_fidelity(out: Path, variants: tuple[str, ...] = tuple(FIDELITY_VARIANTS
 
 
 def fidelity_target(step: dict, dev: str) -> dict:
+    """PASS: every ratio inside the band; NEAR: some outside, none by more than BAND_Z of its standard
+    errors; FAIL: one further out."""
+    from lightning_curate.loop.fidelity import BAND_Z
+
     low, high = FIDELITY_BAND
     name = (f"digits fidelity (reward and top-class share) within {low}-{high} in every round with a ratio "
             f"(CPU: {DIGITS_CPU_FIDELITY})")
     runs = step.get("runs", {})
     if not runs:
         return {"name": name, "status": "SKIP", "detail": "no fidelity run finished"}
-    inside = all(low <= v <= high for run in runs.values() for v in run["ratios"])
+    verdicts = [v for run in runs.values() for v in run["verdicts"]]
+    status = "FAIL" if "out" in verdicts else "NEAR" if "near" in verdicts else "PASS"
     detail = "; ".join(f"{variant} on {dev}: reward {run['reward_fidelity']}, share {run['gain_share_fidelity']}, "
                        f"mean gap {run['mean_gap']:+.4f} +- {run['mean_gap_stderr']:.4f}, {run['seconds']} s"
                        for variant, run in runs.items())
-    return {"name": name, "status": "PASS" if inside else "FAIL", "detail": detail}
+    tally = ", ".join(f"{verdicts.count(v)} {what}" for v, what in (
+        ("in", "inside"), ("near", f"outside by at most {BAND_Z:g} standard errors"), ("out", "further out")))
+    return {"name": name, "status": status, "detail": f"{detail} ({len(verdicts)} ratios: {tally})"}
 
 
 def digits_target(run: dict) -> dict:
@@ -403,6 +427,11 @@ def main(argv=None) -> int:
                         "the ones a CPU run trained in checkpoints/): the digits runs use them instead of "
                         "training their own on the card, so that a CPU run and the GPU runs share one reward "
                         "and one judge")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the fidelity step's digits runs (each replaces the config's three seeds; "
+                        "0 is the shipped run)")
+    p.add_argument("--variants", nargs="+", default=list(FIDELITY_VARIANTS), choices=list(FIDELITY_VARIANTS),
+                   help="how the fidelity step runs the generator: fp32 (no compile) and/or bf16 (autocast, compile)")
     args = p.parse_args(argv)
     if args.classifiers is not None:
         missing = [str(args.classifiers / f) for f in CLASSIFIER_FILES if not (args.classifiers / f).is_file()]
@@ -437,7 +466,7 @@ def main(argv=None) -> int:
         "roofline": lambda: step_roofline(out),
         "digits": lambda: step_run("digits", digits_config(out, 1), digits_config(out, 2), out),
         "cifar_like": lambda: step_run("cifar_like", cifar_like_config(out, 1), cifar_like_config(out, 2), out),
-        "fidelity": lambda: step_fidelity(out),
+        "fidelity": lambda: step_fidelity(out, tuple(args.variants), seeds=tuple(args.seeds)),
     }
     for name, fn in steps.items():
         if name in args.skip:

@@ -41,6 +41,13 @@ error even near collapse. It splits every round's move exactly::
 so a steady gap ``g`` against a shrinking predicted move ``m`` gives fidelity
 ``1 + g / m``: a learner that ends each round a fixed amount below its data
 looks faithful early and lags late (docs/THEORY.md section 5.5).
+
+A ratio has its own error (``reward_fidelity_stderr``): near the ``z`` threshold
+it is about ``1 / z``, wider than the faithful band 0.85-1.15 itself.
+:func:`band_verdict` therefore says where a ratio stands against the band
+*given* that error: inside it, outside it by less than two standard errors (a
+measurement that cannot tell this learner from a faithful one), or outside it
+by more (a learner that measurably is not).
 """
 
 from __future__ import annotations
@@ -49,10 +56,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-__all__ = ["DEFAULT_Z", "aggregate_fidelity", "fidelity_columns", "learner_gap_columns", "mean_learner_gap",
-           "p0_quality", "round_zero_quality"]
+__all__ = ["BAND_Z", "DEFAULT_Z", "FIDELITY_BAND", "aggregate_fidelity", "band_tally", "band_verdict",
+           "fidelity_columns", "learner_gap_columns", "mean_learner_gap", "p0_quality", "round_zero_quality"]
 
 DEFAULT_Z = 3.0
+FIDELITY_BAND = (0.85, 1.15)  # where a learner counts as faithful
+BAND_Z = 2.0  # standard errors a ratio may sit outside the band before it measurably is out of it
 _ROUND_OFF = 1e-9
 _SHARE = "share_"
 _PREDICTED_SHARE = "predicted_share_"
@@ -137,7 +146,7 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
     Returns:
         ``reward_fidelity`` (and ``_stderr``), ``learner_noise`` (as given),
         ``class_fidelity_<name>`` for every class whose predicted move is above noise,
-        ``gain_share_fidelity`` for the total share of the
+        ``gain_share_fidelity`` (and ``_stderr``) for the total share of the
         classes the ideal learner says grow (the rewarded set: mog8's two target modes,
         digits' class 0), ``l1_gap_to_prediction`` (``sum |share_{t+1} - predicted_share_t|``) and
         ``fidelity_reliable`` (1 when the reward's ratio is meaningful, else 0). Empty when
@@ -190,7 +199,8 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         se_obs = math.hypot(_share_se(gain_prev, n_obs), se_cur, learner_noise * se_cur)
         # The gain set's draw: its curated share's binomial spread (the per-slot one is per class only).
         se_p = math.hypot(_share_se(gain_pred, n_pred), _draw_se(current, _bernoulli_sd(gain_curated)))
-        out["gain_share_fidelity"], _ = _ratio(gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
+        out["gain_share_fidelity"], out["gain_share_fidelity_stderr"] = _ratio(
+            gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
     return out
 
 
@@ -199,6 +209,38 @@ def aggregate_fidelity(rows: Sequence[Mapping[str, Any]], key: str = "reward_fid
     values = [_number(r, key) for r in rows]
     values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def band_verdict(ratio: float, stderr: float, band: tuple[float, float] = FIDELITY_BAND,
+                 z: float = BAND_Z) -> str:
+    """Where one fidelity ratio stands against the faithful ``band``, given its standard error.
+
+    Returns:
+        ``"in"`` inside the band; ``"near"`` outside it by at most ``z`` standard errors (the
+        measurement cannot tell the learner from a faithful one); ``"out"`` outside by more;
+        ``"-"`` where there is no ratio (the predicted move was noise).
+
+    Example:
+        >>> band_verdict(0.81, 0.077), band_verdict(0.59, 0.08), band_verdict(1.0, 0.5), band_verdict(math.nan, 0.1)
+        ('near', 'out', 'in', '-')
+    """
+    if not math.isfinite(ratio):
+        return "-"
+    low, high = band
+    if low <= ratio <= high:
+        return "in"
+    distance = low - ratio if ratio < low else ratio - high
+    return "near" if math.isfinite(stderr) and distance <= z * stderr else "out"
+
+
+def band_tally(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") -> dict[str, int]:
+    """How many rounds' ``key`` ratios are ``in`` / ``near`` / ``out`` of the band (:func:`band_verdict`)."""
+    tally = {"in": 0, "near": 0, "out": 0}
+    for r in rows:
+        verdict = band_verdict(_number(r, key), _number(r, f"{key}_stderr"))
+        if verdict in tally:
+            tally[verdict] += 1
+    return tally
 
 
 def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float, *,

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from lightning_curate import plots
-from lightning_curate.loop.fidelity import aggregate_fidelity, mean_learner_gap
+from lightning_curate.loop.fidelity import BAND_Z, FIDELITY_BAND, aggregate_fidelity, band_tally, mean_learner_gap
 from lightning_curate.utils.table import write_csv
 
 __all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "log_row", "plot_run", "summary",
@@ -44,6 +44,15 @@ def _cell(value: Any, width: int, spec: str = ".4f") -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return f"{'-':>{width}}"
     return f"{value:>{width}{spec}}"
+
+
+def _ratio_cell(row: Mapping[str, Any], width: int) -> str:
+    """``1.42+-0.38``: a fidelity ratio with its standard error; ``-`` where there is none."""
+    ratio, se = row.get("reward_fidelity"), row.get("reward_fidelity_stderr")
+    if _cell(ratio, 1).strip() == "-":
+        return f"{'-':>{width}}"
+    text = f"{ratio:.2f}" + (f"+-{se:.2f}" if _cell(se, 1).strip() != "-" else "")
+    return f"{text:>{width}}"
 
 
 def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Optional[str]:
@@ -76,18 +85,21 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
     the artifacts; ``learner_noise`` is named beside the fidelity when the noise rule counts it."""
     shares = [c for c in rows[-1] if c.startswith("share_")]
     top = sorted(shares, key=lambda c: -rows[-1][c])[:3]
-    head = (f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} {'fidelity':>8} {'gap':>8} "
+    head = (f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} {'fidelity':>11} {'gap':>8} "
             + " ".join(f"{c[6:]:>9}" for c in top))
     lines = ["", "Curated retraining: per-round summary", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['round']:>5} {_cell(r.get('reward_mean'), 9)} {_cell(r.get('curated_reward_mean'), 9)} "
-                     f"{100 * r.get('real_fraction', 0):>6.1f} {_cell(r.get('reward_fidelity'), 8, '.2f')} "
+                     f"{100 * r.get('real_fraction', 0):>6.1f} {_ratio_cell(r, 11)} "
                      f"{_cell(r.get('learner_gap'), 8)} " + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
     aggregate = aggregate_fidelity(rows)
     if math.isfinite(aggregate):
         noise = "sampling" + (f" + learner jitter {learner_noise:g}x" if learner_noise > 0 else "")
         lines.append(f"learner fidelity (mean over rounds whose predicted move is above noise): {aggregate:.2f}"
                      f" (1 = the ideal learner; noise: {noise})")
+        tally = band_tally(rows)
+        lines.append(f"against the faithful band {FIDELITY_BAND[0]:g}-{FIDELITY_BAND[1]:g}: {tally['in']} inside, "
+                     f"{tally['near']} outside by at most {BAND_Z:g} standard errors, {tally['out']} further out")
     gap, gap_se = mean_learner_gap(rows)
     if math.isfinite(gap):
         lines.append(f"learner gap (a round's reward minus that of the set it trained on, mean over curated rounds):"

@@ -24,7 +24,9 @@ OTHER_COLOR = "#9a9a9a"  # shares that belong to no mode
 PREDICTED_SHARE = "predicted_share_"
 MAX_PREDICTED = 3  # classes drawn against the ideal learner's prediction
 FIDELITY_KEYS = ("reward_fidelity", "gain_share_fidelity")
-FIDELITY_BAND = (0.85, 1.15)  # where a learner counts as faithful
+# Where a learner counts as faithful: lightning_curate.loop.fidelity.FIDELITY_BAND (plots may not import
+# the loop; tests/loop/test_fidelity.py checks the two agree).
+FIDELITY_BAND = (0.85, 1.15)
 
 
 def _as_float(v) -> float:

@@ -5,7 +5,10 @@ import math
 import pytest
 
 from lightning_curate.loop.fidelity import (
+    FIDELITY_BAND,
     aggregate_fidelity,
+    band_tally,
+    band_verdict,
     fidelity_columns,
     learner_gap_columns,
     mean_learner_gap,
@@ -48,6 +51,12 @@ def test_share_columns_gain_set_and_l1_gap():
     assert out["class_fidelity_c"] == pytest.approx(0.5)
     # a and b are predicted to grow: 0.5 -> 0.8 predicted, 0.65 observed.
     assert out["gain_share_fidelity"] == pytest.approx(0.5)
+    def se(share):
+        return math.sqrt(share * (1 - share) / 10**6)
+
+    # observed move 0.5 -> 0.65, predicted 0.5 -> 0.8 (no n_synthetic: no curated-draw term)
+    expected = math.hypot(math.hypot(se(0.5), se(0.65)), 0.5 * se(0.8)) / 0.3
+    assert out["gain_share_fidelity_stderr"] == pytest.approx(expected, rel=1e-12)
     assert out["l1_gap_to_prediction"] == pytest.approx(0.10 + 0.05 + 0.15)
 
 
@@ -205,3 +214,25 @@ def test_a_rows_selection_spread_replaces_the_curated_spread():
     assert math.isnan(fidelity_columns(dict(prev, **shares), cur_shares, num_candidates=10**6)["class_fidelity_a"])
     sharp = dict(prev, **shares, selection_share_sd_a=0.05, selection_share_sd_b=0.05)
     assert fidelity_columns(sharp, cur_shares, num_candidates=10**6)["class_fidelity_a"] == pytest.approx(0.8)
+
+
+def test_band_verdict_weighs_the_distance_from_the_band_by_the_ratios_own_error():
+    assert band_verdict(0.85, 0.0) == "in" and band_verdict(1.15, math.nan) == "in"  # edges belong to the band
+    assert band_verdict(0.81, 0.021) == "near"  # 0.04 below: 1.9 standard errors
+    assert band_verdict(0.81, 0.019) == "out"  # 2.1
+    assert band_verdict(1.42, 0.38) == "near" and band_verdict(1.42, 0.13) == "out"
+    assert band_verdict(0.59, math.nan) == "out"  # outside with no error known: out
+    assert band_verdict(math.nan, 0.1) == "-"
+    assert band_verdict(0.9, 0.01, band=(0.95, 1.05)) == "out" and band_verdict(0.9, 0.01, band=(0.95, 1.05), z=6.0) == "near"
+    rows = [{"round": 0},
+            {"round": 1, "reward_fidelity": 0.81, "reward_fidelity_stderr": 0.077},
+            {"round": 2, "reward_fidelity": 0.97, "reward_fidelity_stderr": 0.05},
+            {"round": 3, "reward_fidelity": 0.59, "reward_fidelity_stderr": 0.08},
+            {"round": 4, "reward_fidelity": math.nan, "reward_fidelity_stderr": math.nan}]
+    assert band_tally(rows) == {"in": 1, "near": 1, "out": 1}
+
+
+def test_the_plots_band_is_the_fidelity_band():
+    from lightning_curate.plots.rounds import FIDELITY_BAND as PLOT_BAND
+
+    assert PLOT_BAND == FIDELITY_BAND == (0.85, 1.15)

@@ -45,7 +45,14 @@ def test_summary_shows_fidelity_and_only_existing_artifacts(tmp_path):
     head = next(line for line in lines if line.lstrip().startswith("round"))
     assert "fidelity" in head
     row1 = next(line for line in lines if line.strip().startswith("1 "))
-    assert "0.50" in row1
+    assert "0.50" in row1 and "+-" not in row1  # no stderr column: the ratio alone
+    assert "against the faithful band 0.85-1.15: 0 inside, 0 outside by at most 2 standard errors, 2 further" in text
+    with_errors = _rows([0.5, 0.9])
+    with_errors[1]["reward_fidelity_stderr"] = 0.2
+    with_errors[2]["reward_fidelity_stderr"] = 0.01
+    err_text = summary(with_errors, tmp_path)
+    assert " 0.50+-0.20 " in next(line for line in err_text.splitlines() if line.strip().startswith("1 "))
+    assert "band 0.85-1.15: 1 inside, 1 outside by at most 2 standard errors, 0 further out" in err_text
     assert "learner fidelity (mean over rounds whose predicted move is above noise): 0.55" in text
     assert "(1 = the ideal learner; noise: sampling)" in text
     assert "noise: sampling + learner jitter 1.5x)" in summary(_rows([0.5, 0.6]), tmp_path, learner_noise=1.5)

@@ -96,29 +96,38 @@ def test_fidelity_config_is_the_shipped_digits_run_in_each_variant(tmp_path, cap
         gc.fidelity_config(tmp_path, "fp16")
 
 
-def _rows(reward, share, gaps):
+def _rows(reward, share, gaps, stderr="0.05"):
     rows = [{"round": "0", "reward_fidelity": "", "gain_share_fidelity": "", "learner_gap": "-0.5",
              "learner_gap_stderr": "0.01", "learner_noise": "0"}]
     for t, (r, s, g) in enumerate(zip(reward, share, gaps), start=1):
-        rows.append({"round": str(t), "reward_fidelity": r, "gain_share_fidelity": s, "learner_gap": g,
+        rows.append({"round": str(t), "reward_fidelity": r, "reward_fidelity_stderr": stderr,
+                     "gain_share_fidelity": s, "gain_share_fidelity_stderr": stderr, "learner_gap": g,
                      "learner_gap_stderr": "0.01", "learner_noise": "0"})
     return rows
 
 
-def test_fidelity_summary_and_target_read_the_band():
+def test_fidelity_summary_and_target_read_the_band_with_each_ratios_error():
     gc = _load()
     rows = _rows(["0.9", "1.1", "nan"], ["0.95", "", "1.0"], ["-0.01", "-0.03", "-0.02"])
     summary = gc.fidelity_summary(rows)
     assert summary["reward_fidelity"] == "0.90, 1.10, -"
     assert summary["gain_share_fidelity"] == "0.95, -, 1.00"
     assert summary["ratios"] == [0.9, 0.95, 1.1, 1.0]
+    assert summary["verdicts"] == ["in"] * 4
     assert summary["mean_gap"] == pytest.approx(-0.02)  # equal errors: the plain mean of rounds 1-3, not round 0
     step = {"runs": {"fp32": {"seconds": 1.0, **summary}}}
-    assert gc.fidelity_target(step, "card")["status"] == "PASS"
-    assert "fp32 on card: reward 0.90, 1.10, -" in gc.fidelity_target(step, "card")["detail"]
-    low = gc.fidelity_summary(_rows(["0.84"], ["1.0"], ["-0.01"]))
-    assert gc.fidelity_target({"runs": {"fp32": {"seconds": 1.0, **summary}, "bf16": {"seconds": 1.0, **low}}},
-                              "card")["status"] == "FAIL"
+    target = gc.fidelity_target(step, "card")
+    assert target["status"] == "PASS"
+    assert "fp32 on card: reward 0.90, 1.10, -" in target["detail"]
+    assert "(4 ratios: 4 inside, 0 outside by at most 2 standard errors, 0 further out)" in target["detail"]
+    near = gc.fidelity_summary(_rows(["0.81"], ["1.0"], ["-0.01"], stderr="0.077"))  # 0.04 below: 0.5 se
+    assert near["verdicts"] == ["near", "in"]
+    both = {"runs": {"fp32": {"seconds": 1.0, **summary}, "bf16": {"seconds": 1.0, **near}}}
+    assert gc.fidelity_target(both, "card")["status"] == "NEAR"
+    out = gc.fidelity_summary(_rows(["0.59"], ["1.0"], ["-0.01"], stderr="0.08"))  # 0.26 below: 3.3 se
+    assert out["verdicts"] == ["out", "in"]
+    both["runs"]["bf16"] = {"seconds": 1.0, **out}
+    assert gc.fidelity_target(both, "card")["status"] == "FAIL"
     assert gc.fidelity_target({"runs": {}}, "card")["status"] == "SKIP"
 
 
@@ -132,3 +141,14 @@ def test_classifiers_folder_without_its_checkpoints_is_refused_by_name(tmp_path)
     assert f"--classifiers {tmp_path / 'cls'}: no " in proc.stderr
     assert "digits_classifier.ckpt.net.safetensors" in proc.stderr and "digits_judge.ckpt" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fidelity_config_seed_replaces_the_three_seeds_and_names_its_folder(tmp_path):
+    gc = _load()
+    shipped = gc.fidelity_config(tmp_path, "fp32")
+    assert shipped["seed_everything"] == 0 and shipped["trainer"]["default_root_dir"].endswith("digits_fp32")
+    cfg = gc.fidelity_config(tmp_path, "bf16", seed=2)
+    assert cfg["seed_everything"] == 2
+    assert gc._callback(cfg, "RetrainingLoop")["init_args"]["seed"] == 2
+    assert cfg["data"]["init_args"]["source"]["init_args"]["seed"] == 2
+    assert cfg["trainer"]["default_root_dir"] == str(tmp_path / "runs" / "digits_bf16_seed2")
