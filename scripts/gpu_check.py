@@ -293,10 +293,9 @@ def step_run(name: str, cfg_round1: dict, cfg_round2: dict, out: Path) -> dict:
 
 
 def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+    from lightning_curate.experiments.aggregate import as_float
+
+    return as_float(value)
 
 
 def _cell(value: str) -> str:
