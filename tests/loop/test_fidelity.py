@@ -223,7 +223,8 @@ def test_band_verdict_weighs_the_distance_from_the_band_by_the_ratios_own_error(
     assert band_verdict(1.42, 0.38) == "near" and band_verdict(1.42, 0.13) == "out"
     assert band_verdict(0.59, math.nan) == "out"  # outside with no error known: out
     assert band_verdict(math.nan, 0.1) == "-"
-    assert band_verdict(0.9, 0.01, band=(0.95, 1.05)) == "out" and band_verdict(0.9, 0.01, band=(0.95, 1.05), z=6.0) == "near"
+    assert band_verdict(0.9, 0.01, band=(0.95, 1.05)) == "out"
+    assert band_verdict(0.9, 0.01, band=(0.95, 1.05), z=6.0) == "near"
     rows = [{"round": 0},
             {"round": 1, "reward_fidelity": 0.81, "reward_fidelity_stderr": 0.077},
             {"round": 2, "reward_fidelity": 0.97, "reward_fidelity_stderr": 0.05},
