@@ -26,7 +26,10 @@ are skipped; unfinished runs with a checkpoint resume with ``--ckpt_path last``.
 At the end every ``rounds.csv`` goes into ``<out>/sweep.csv`` (one row per point
 x seed x round) and every metric gets a figure, ``<out>/figures/<metric>.png``:
 the mean over seeds per round, with a 95% confidence band (Student t), one line
-per grid point.
+per grid point. The learner's fidelity over seeds (each round's ratio averaged
+over the seeds, its error their spread, and where it stands against the band:
+:mod:`~lightning_curate.experiments.seed_fidelity`) is printed and written to
+``<out>/fidelity.csv``.
 
 The pieces live in :mod:`~lightning_curate.experiments.grid` (specs and planning),
 :mod:`~lightning_curate.experiments.config_keys` (dotted keys),
@@ -53,6 +56,11 @@ from lightning_curate.experiments.config_keys import (
 )
 from lightning_curate.experiments.grid import RunSpec, parse_grid_spec, parse_seeds, parse_set_spec, plan_sweep
 from lightning_curate.experiments.runner import RunResult, run_status, run_sweep
+from lightning_curate.experiments.seed_fidelity import (
+    fidelity_over_seeds,
+    format_fidelity_over_seeds,
+    write_fidelity_over_seeds,
+)
 
 __all__ = [
     "RunResult",
@@ -194,6 +202,14 @@ def finish(specs: Sequence[RunSpec], out: Path, *, figures: bool = True, metrics
             if point in summary and summary[point][0]:
                 rounds, means, halfs, n = summary[point]
                 say(f"  {point:<48} round {rounds[-1]:g}: {means[-1]:.4f} ± {halfs[-1]:.4f} (n={n})")
+    fidelity = fidelity_over_seeds(rows) if rows else {}
+    if any(f.n for rounds_ in fidelity.values() for f in rounds_):
+        path = write_fidelity_over_seeds(rows, out)
+        say(f"reward fidelity over seeds, per round (mean +- standard error, against the band 0.85-1.15; "
+            f"seeds with a ratio / seeds) -> {path}:")
+        for point in dict.fromkeys(s.point for s in specs):
+            if point in fidelity:
+                say(f"  {point}: {format_fidelity_over_seeds(fidelity[point])}")
     return table, paths
 
 

@@ -190,6 +190,16 @@ def test_two_by_two_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch):
     assert sorted(p.name for p in figures) == ["reward_mean.png", "share_class0.png"]
     for p in figures:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The learner's fidelity over seeds: printed per point and written beside sweep.csv, matching the rows.
+    assert any(line.startswith("reward fidelity over seeds") for line in lines)
+    with open(out / "fidelity.csv") as fh:
+        fidelity = list(csv.DictReader(fh))
+    for r in rows:
+        ratio = r["reward_fidelity"]
+        if r["round"] != "0" and ratio not in ("", "nan"):
+            (cell,) = [f for f in fidelity if f["point"] == r["point"] and f["key"] == "reward_fidelity"
+                       and f["round"] == r["round"]]
+            assert (cell["n"], float(cell["mean"])) == ("1", pytest.approx(float(ratio)))  # one seed: its own ratio
 
     # The console script reads a sweep file; --dry-run and --aggregate-only run nothing.
     sweep_file = tmp_path / "sweep.yaml"

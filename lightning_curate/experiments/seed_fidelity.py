@@ -1,0 +1,114 @@
+"""Learner fidelity over a sweep's seeds: each round's ratio averaged over the seeds, with their spread as its error.
+
+One run's ratio carries a modelled error (sampling, the curated draw, and the
+learner's refit jitter as ``learner_noise``; :mod:`lightning_curate.loop.fidelity`).
+Just above the noise threshold that error is about a third, wider than the
+faithful band 0.85-1.15, so one run cannot place a late round inside or
+outside the band. Several seeds can: the mean of their ratios has the seeds'
+own spread as its error, measured rather than modelled. Each round's verdict
+(``in``, ``near``, ``out``: :func:`~lightning_curate.loop.fidelity.band_verdict`)
+then says whether the config's learner follows the ideal one there.
+
+Only seeds whose run reports a ratio for the round count (a ratio within
+noise is left out, not taken as 1). The error of the mean is the seeds'
+standard error, never less than the runs' own modelled error over ``sqrt(n)``:
+two or three seeds can agree by chance, and that floor keeps a lucky agreement
+from turning a small excess into ``out``. A round that one seed alone reports
+keeps that run's own error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from lightning_curate.experiments.aggregate import as_float
+from lightning_curate.loop.fidelity import band_verdict
+from lightning_curate.utils.table import write_csv
+
+__all__ = ["FIDELITY_KEYS", "FIDELITY_TABLE", "SeedFidelity", "fidelity_over_seeds", "format_fidelity_over_seeds",
+           "write_fidelity_over_seeds"]
+
+FIDELITY_KEYS = ("reward_fidelity", "gain_share_fidelity")
+FIDELITY_TABLE = "fidelity.csv"
+
+
+@dataclass(frozen=True)
+class SeedFidelity:
+    """One round of one grid point: the ratio over the seeds that report it."""
+
+    round: int
+    n: int  # seeds with a ratio this round
+    seeds: int  # seeds with a row this round
+    mean: float
+    stderr: float
+    verdict: str  # in / near / out (band_verdict)
+
+
+def fidelity_over_seeds(rows: Sequence[dict], key: str = "reward_fidelity") -> dict[str, list[SeedFidelity]]:
+    """Per grid point, the curated rounds' ``key`` over seeds (rows as in ``sweep.csv``).
+
+    Example:
+        >>> rows = [{"point": "p", "seed": s, "round": 1, "reward_fidelity": f, "reward_fidelity_stderr": 0.05}
+        ...         for s, f in enumerate([0.9, 1.0, 1.1])]
+        >>> f = fidelity_over_seeds(rows)["p"][0]
+        >>> f.n, round(f.mean, 6), round(f.stderr, 4), f.verdict
+        (3, 1.0, 0.0577, 'in')
+    """
+    cells: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    counts: dict[str, dict[int, int]] = {}
+    for r in rows:
+        t = as_float(r.get("round"))
+        if not math.isfinite(t) or t < 1:
+            continue
+        point, t_int = str(r.get("point", "")), int(t)
+        counts.setdefault(point, {}).setdefault(t_int, 0)
+        counts[point][t_int] += 1
+        ratio, se = as_float(r.get(key)), as_float(r.get(f"{key}_stderr"))
+        if math.isfinite(ratio):
+            cells.setdefault(point, {}).setdefault(t_int, []).append((ratio, se))
+    out: dict[str, list[SeedFidelity]] = {}
+    for point, per_round in counts.items():
+        out[point] = []
+        for t in sorted(per_round):
+            values = cells.get(point, {}).get(t, [])
+            if not values:
+                out[point].append(SeedFidelity(t, 0, per_round[t], math.nan, math.nan, "-"))
+                continue
+            n = len(values)
+            mean = sum(v for v, _ in values) / n
+            modelled = [se for _, se in values if math.isfinite(se)]
+            floor = math.sqrt(sum(se * se for se in modelled) / len(modelled)) / math.sqrt(n) if modelled else 0.0
+            if n > 1:
+                spread = math.sqrt(sum((v - mean) ** 2 for v, _ in values) / (n - 1)) / math.sqrt(n)
+                stderr = max(spread, floor)
+            else:
+                stderr = floor if modelled else math.nan
+            out[point].append(SeedFidelity(t, n, per_round[t], mean, stderr, band_verdict(mean, stderr)))
+    return out
+
+
+def format_fidelity_over_seeds(rounds: Sequence[SeedFidelity]) -> str:
+    """``1: 0.91+-0.03 in (3/3), 2: ...``; a round no seed reports is ``-``."""
+    parts = []
+    for f in rounds:
+        if f.n == 0:
+            parts.append(f"{f.round}: - (0/{f.seeds})")
+        else:
+            parts.append(f"{f.round}: {f.mean:.2f}+-{f.stderr:.2f} {f.verdict} ({f.n}/{f.seeds})")
+    return ", ".join(parts)
+
+
+def write_fidelity_over_seeds(rows: Sequence[dict], out) -> Path:
+    """Write ``<out>/fidelity.csv``: one row per point x key x curated round, for every point and key
+    (FIDELITY_KEYS) with a ratio in at least one round."""
+    table = []
+    for key in FIDELITY_KEYS:
+        for point, rounds in fidelity_over_seeds(rows, key).items():
+            if any(f.n for f in rounds):
+                table += [{"point": point, "key": key, "round": f.round, "n": f.n, "seeds": f.seeds, "mean": f.mean,
+                           "stderr": f.stderr, "verdict": f.verdict} for f in rounds]
+    columns = ["point", "key", "round", "n", "seeds", "mean", "stderr", "verdict"]
+    return write_csv(Path(out) / FIDELITY_TABLE, columns, table)
