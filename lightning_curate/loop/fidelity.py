@@ -57,7 +57,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 __all__ = ["BAND_Z", "DEFAULT_Z", "FIDELITY_BAND", "aggregate_fidelity", "band_tally", "band_verdict",
-           "fidelity_columns", "learner_gap_columns", "mean_learner_gap", "p0_quality", "round_zero_quality"]
+           "fidelity_columns", "learner_gap_columns", "mean_learner_gap", "p0_quality", "round_zero_quality",
+           "rounds_out_of_band"]
 
 DEFAULT_Z = 3.0
 FIDELITY_BAND = (0.85, 1.15)  # where a learner counts as faithful
@@ -241,6 +242,11 @@ def band_tally(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") 
         if verdict in tally:
             tally[verdict] += 1
     return tally
+
+
+def rounds_out_of_band(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") -> list[Mapping[str, Any]]:
+    """The rows whose ``key`` ratio is measurably outside the band (:func:`band_verdict` says ``out``)."""
+    return [r for r in rows if band_verdict(_number(r, key), _number(r, f"{key}_stderr")) == "out"]
 
 
 def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float, *,

@@ -16,7 +16,14 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from lightning_curate import plots
-from lightning_curate.loop.fidelity import BAND_Z, FIDELITY_BAND, aggregate_fidelity, band_tally, mean_learner_gap
+from lightning_curate.loop.fidelity import (
+    BAND_Z,
+    FIDELITY_BAND,
+    aggregate_fidelity,
+    band_tally,
+    mean_learner_gap,
+    rounds_out_of_band,
+)
 from lightning_curate.utils.table import write_csv
 
 __all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "log_row", "plot_run", "summary",
@@ -70,9 +77,13 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
                      "set it was trained on (learner_gap): a steady shortfall that weighs more as the predicted "
                      "moves shrink. On the main job a larger batch or more optimizer steps per round narrowed it; "
                      "scripts/learner_budget.py measures that for this run.")
+    out = [f"{r['round']} ({_ratio_cell(r, 1).strip().replace('+-', ' +- ')})" for r in rounds_out_of_band(rows)]
+    measured = (f" Measurably outside the band {FIDELITY_BAND[0]:g}-{FIDELITY_BAND[1]:g} (by more than {BAND_Z:g} "
+                f"standard errors): round{'s' if len(out) > 1 else ''} {', '.join(out)}." if out else "")
     return (f"the generator moved {aggregate:.2f}x as far per round as the ideal learner predicts (aggregate "
             f"reward fidelity, threshold {threshold:g}): it does not follow the process the theory describes."
-            f"{shortfall} Train more per round (RetrainingLoop epochs_per_round, or a larger lr), shorten the EMA "
+            f"{measured}{shortfall} Train more per round (RetrainingLoop epochs_per_round, or a larger lr), "
+            "shorten the EMA "
             "memory (FlowMatching ema_decay closer to 0, or an EMA reset each round), and check round 0's p0_* columns "
             "for an under-fitted start. scripts/learner_jitter.py retrains a round several times: a lag that "
             "every refit shows is the learner's, not noise. scripts/solver_check.py RUN_DIR measures how much "

@@ -21,6 +21,14 @@ def test_guard_warns_below_threshold_and_names_the_knobs():
     advice = fidelity_advice(_rows([0.5, 0.6]), 0.85)
     assert "0.55x" in advice and "epochs_per_round" in advice and "ema_decay" in advice and "p0_" in advice
     assert "scripts/solver_check.py" in advice and "solver and steps" in advice
+    # No stderr column: a ratio outside the band counts as out, shown without an error.
+    assert "(by more than 2 standard errors): rounds 1 (0.50), 2 (0.60)." in advice
+    rows = _rows([0.5, 0.6, 0.9])
+    rows[1]["reward_fidelity_stderr"] = 0.1  # 0.35 under the band: 3.5 standard errors
+    rows[2]["reward_fidelity_stderr"] = 0.2  # 0.25 under: 1.25, near
+    rows[3]["reward_fidelity_stderr"] = 0.01  # inside
+    assert "Measurably outside the band 0.85-1.15 (by more than 2 standard errors): round 1 (0.50 +- 0.10)." in (
+        fidelity_advice(rows, 0.85))
     # No meaningful ratio at all: nothing to say (a collapsed run is not an unfaithful one).
     assert fidelity_advice(_rows([math.nan, math.nan]), 0.85) is None
 
