@@ -53,6 +53,7 @@ from typing import Any
 
 import yaml
 
+from lightning_curate.experiments.aggregate import as_float
 from lightning_curate.experiments.config_keys import loop_entry
 
 __all__ = ["composed_config", "jitter_of_rows", "main"]
@@ -133,21 +134,14 @@ def _row(run_dir: Path, round_idx: int) -> dict[str, float]:
     with open(run_dir / "rounds.csv") as fh:
         for row in csv.DictReader(fh):
             if int(row["round"]) == round_idx:
-                return {k: float(v) for k, v in row.items() if v not in ("", None) and _is_number(v)}
+                cells = {k: as_float(v) for k, v in row.items()}
+                return {k: v for k, v in cells.items() if not math.isnan(v)}  # numbers only
     raise SystemExit(f"error: {run_dir / 'rounds.csv'} has no round {round_idx}")
 
 
 def _last_round(run_dir: Path) -> int:
     with open(run_dir / "rounds.csv") as fh:
         return max(int(row["round"]) for row in csv.DictReader(fh))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def jitter_of_rows(rows: list[dict[str, float]], num_candidates: int) -> dict[str, float]:

@@ -110,10 +110,9 @@ def solver_label(solver: str, steps: int, rtol: float) -> str:
 
 def _finite(text: Optional[str]) -> bool:
     """A ``rounds.csv`` cell holding a finite number (a round without a ratio holds ``nan`` or nothing)."""
-    try:
-        return math.isfinite(float(text or "nan"))
-    except ValueError:
-        return False
+    from lightning_curate.experiments.aggregate import as_float
+
+    return math.isfinite(as_float(text))
 
 
 def smallest_counted_move(run_dir: Path) -> Optional[float]:
