@@ -61,6 +61,7 @@ from lightning_curate.experiments.seed_fidelity import (
     format_fidelity_over_seeds,
     write_fidelity_over_seeds,
 )
+from lightning_curate.loop.fidelity import FIDELITY_BAND
 
 __all__ = [
     "RunResult",
@@ -202,11 +203,12 @@ def finish(specs: Sequence[RunSpec], out: Path, *, figures: bool = True, metrics
             if point in summary and summary[point][0]:
                 rounds, means, halfs, n = summary[point]
                 say(f"  {point:<48} round {rounds[-1]:g}: {means[-1]:.4f} ± {halfs[-1]:.4f} (n={n})")
+    path = write_fidelity_over_seeds(rows, out) if rows else None
     fidelity = fidelity_over_seeds(rows) if rows else {}
-    if any(f.n for rounds_ in fidelity.values() for f in rounds_):
-        path = write_fidelity_over_seeds(rows, out)
-        say(f"reward fidelity over seeds, per round (mean +- standard error, against the band 0.85-1.15; "
-            f"seeds with a ratio / seeds) -> {path}:")
+    if path is not None and any(f.n for rounds_ in fidelity.values() for f in rounds_):
+        low, high = FIDELITY_BAND
+        say(f"reward fidelity over seeds, per round (mean +- standard error, against the band {low:g}-{high:g}; "
+            f"seeds with a ratio / seeds; the share ratios too in {path.name}) -> {path}:")
         for point in dict.fromkeys(s.point for s in specs):
             if point in fidelity:
                 say(f"  {point}: {format_fidelity_over_seeds(fidelity[point])}")

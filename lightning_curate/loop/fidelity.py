@@ -219,24 +219,31 @@ def band_verdict(ratio: float, stderr: float, band: tuple[float, float] = FIDELI
     Returns:
         ``"in"`` inside the band; ``"near"`` outside it by at most ``z`` standard errors (the
         measurement cannot tell the learner from a faithful one); ``"out"`` outside by more;
-        ``"-"`` where there is no ratio (the predicted move was noise).
+        ``"-"`` where there is no ratio (the predicted move was noise); ``"?"`` for a ratio
+        outside the band whose error is unknown (no ``*_stderr`` column, as in rows written
+        before it existed): nothing says how far outside it measurably is.
 
     Example:
         >>> band_verdict(0.81, 0.077), band_verdict(0.59, 0.08), band_verdict(1.0, 0.5), band_verdict(math.nan, 0.1)
         ('near', 'out', 'in', '-')
+        >>> band_verdict(0.59, math.nan)
+        '?'
     """
     if not math.isfinite(ratio):
         return "-"
     low, high = band
     if low <= ratio <= high:
         return "in"
+    if not (math.isfinite(stderr) and stderr >= 0):
+        return "?"
     distance = low - ratio if ratio < low else ratio - high
-    return "near" if math.isfinite(stderr) and distance <= z * stderr else "out"
+    return "near" if distance <= z * stderr else "out"
 
 
 def band_tally(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") -> dict[str, int]:
-    """How many rounds' ``key`` ratios are ``in`` / ``near`` / ``out`` of the band (:func:`band_verdict`)."""
-    tally = {"in": 0, "near": 0, "out": 0}
+    """How many rounds' ``key`` ratios are ``in`` / ``near`` / ``out`` of the band, and outside it with no
+    known error (``?``) (:func:`band_verdict`)."""
+    tally = {"in": 0, "near": 0, "out": 0, "?": 0}
     for r in rows:
         verdict = band_verdict(_number(r, key), _number(r, f"{key}_stderr"))
         if verdict in tally:

@@ -110,7 +110,8 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
                      f" (1 = the ideal learner; noise: {noise})")
         tally = band_tally(rows)
         lines.append(f"against the faithful band {FIDELITY_BAND[0]:g}-{FIDELITY_BAND[1]:g}: {tally['in']} inside, "
-                     f"{tally['near']} outside by at most {BAND_Z:g} standard errors, {tally['out']} further out")
+                     f"{tally['near']} outside by at most {BAND_Z:g} standard errors, {tally['out']} further out"
+                     + (f", {tally['?']} outside with no known error" if tally["?"] else ""))
     gap, gap_se = mean_learner_gap(rows)
     if math.isfinite(gap):
         lines.append(f"learner gap (a round's reward minus that of the set it trained on, mean over curated rounds):"

@@ -221,7 +221,8 @@ def test_band_verdict_weighs_the_distance_from_the_band_by_the_ratios_own_error(
     assert band_verdict(0.81, 0.021) == "near"  # 0.04 below: 1.9 standard errors
     assert band_verdict(0.81, 0.019) == "out"  # 2.1
     assert band_verdict(1.42, 0.38) == "near" and band_verdict(1.42, 0.13) == "out"
-    assert band_verdict(0.59, math.nan) == "out"  # outside with no error known: out
+    assert band_verdict(0.59, math.nan) == "?"  # outside, error unknown: not measurably out
+    assert band_verdict(0.59, 0.0) == "out" and band_verdict(0.86, math.nan) == "in"
     assert band_verdict(math.nan, 0.1) == "-"
     assert band_verdict(0.9, 0.01, band=(0.95, 1.05)) == "out"
     assert band_verdict(0.9, 0.01, band=(0.95, 1.05), z=6.0) == "near"
@@ -230,7 +231,9 @@ def test_band_verdict_weighs_the_distance_from_the_band_by_the_ratios_own_error(
             {"round": 2, "reward_fidelity": 0.97, "reward_fidelity_stderr": 0.05},
             {"round": 3, "reward_fidelity": 0.59, "reward_fidelity_stderr": 0.08},
             {"round": 4, "reward_fidelity": math.nan, "reward_fidelity_stderr": math.nan}]
-    assert band_tally(rows) == {"in": 1, "near": 1, "out": 1}
+    assert band_tally(rows) == {"in": 1, "near": 1, "out": 1, "?": 0}
+    rows[3]["reward_fidelity_stderr"] = math.nan
+    assert band_tally(rows) == {"in": 1, "near": 1, "out": 0, "?": 1}
 
 
 def test_the_plots_band_is_the_fidelity_band():

@@ -129,6 +129,10 @@ def test_fidelity_summary_and_target_read_the_band_with_each_ratios_error():
     both["runs"]["bf16"] = {"seconds": 1.0, **out}
     assert gc.fidelity_target(both, "card")["status"] == "FAIL"
     assert gc.fidelity_target({"runs": {}}, "card")["status"] == "SKIP"
+    # A variant that failed fails the target, named, even when the runs that finished are faithful.
+    crashed = gc.fidelity_target({"runs": {"fp32": {"seconds": 1.0, **summary}},
+                                  "problems": ["bf16: RuntimeError: boom"]}, "card")
+    assert crashed["status"] == "FAIL" and crashed["detail"].endswith("; FAILED: bf16: RuntimeError: boom")
 
 
 def test_classifiers_folder_without_its_checkpoints_is_refused_by_name(tmp_path):
