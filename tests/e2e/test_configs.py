@@ -28,6 +28,7 @@ EXPECTED = Path(__file__).resolve().parent / "expected_configs"
 COMPOSITIONS = {
     "mog8_real": ["mog8.yaml", "overlays/mog8_real.yaml"],
     "moons": ["mog8.yaml", "overlays/moons.yaml"],
+    "mog8_batch1024": ["mog8.yaml", "overlays/mog8_batch1024.yaml"],
     "digits_real": ["digits.yaml", "overlays/digits_real.yaml"],
     "digits_confidence": ["digits.yaml", "overlays/digits_confidence.yaml"],
     "digits_confidence_real": ["digits.yaml", "overlays/digits_confidence.yaml",
