@@ -1,11 +1,11 @@
-"""Learner fidelity over a sweep's seeds: each round's ratio averaged over the seeds, with their spread as its error.
+"""Learner fidelity over a sweep's seeds: each round's ratio averaged over the seeds, and its error.
 
 One run's ratio carries a modelled error (sampling, the curated draw, and the
 learner's refit jitter as ``learner_noise``; :mod:`lightning_curate.loop.fidelity`).
-Just above the noise threshold that error is about a third, wider than the
-faithful band 0.85-1.15, so one run cannot place a late round inside or
-outside the band. Several seeds can: the mean of their ratios has the seeds'
-own spread as its error, measured rather than modelled. Each round's verdict
+Just above the noise threshold that error is about a third, as wide as the
+whole faithful band 0.85-1.15, so one run cannot place a late round inside or
+outside the band. Several seeds can: the mean of their ratios has an error
+``sqrt(n)`` times smaller, and the seeds' spread checks the model. Each round's verdict
 (``in``, ``near``, ``out``: :func:`~lightning_curate.loop.fidelity.band_verdict`)
 then says whether the config's learner follows the ideal one there.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from lightning_curate.experiments.aggregate import as_float
 from lightning_curate.loop.fidelity import BAND_Z, band_verdict
@@ -118,12 +118,13 @@ def format_fidelity_over_seeds(rounds: Sequence[SeedFidelity]) -> str:
     return ", ".join(parts)
 
 
-def write_fidelity_over_seeds(rows: Sequence[dict], out) -> Optional[Path]:
-    """Write ``<out>/fidelity.csv``: one row per point x key x curated round, for every point and key
-    (FIDELITY_KEYS) with a ratio in at least one round; ``None`` (and no file) when there is none."""
+def write_fidelity_over_seeds(tables: Mapping[str, Mapping[str, Sequence[SeedFidelity]]], out) -> Optional[Path]:
+    """Write ``<out>/fidelity.csv`` from ``{key: fidelity_over_seeds(rows, key)}``: one row per point x key
+    x curated round, for every point and key with a ratio in at least one round; ``None`` (and no
+    file) when there is none."""
     table = []
-    for key in FIDELITY_KEYS:
-        for point, rounds in fidelity_over_seeds(rows, key).items():
+    for key, per_point in tables.items():
+        for point, rounds in per_point.items():
             if any(f.n for f in rounds):
                 table += [{"point": point, "key": key, "round": f.round, "n": f.n, "seeds": f.seeds, "mean": f.mean,
                            "stderr": f.stderr, "z": f.z, "verdict": f.verdict} for f in rounds]

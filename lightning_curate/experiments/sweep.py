@@ -27,7 +27,7 @@ At the end every ``rounds.csv`` goes into ``<out>/sweep.csv`` (one row per point
 x seed x round) and every metric gets a figure, ``<out>/figures/<metric>.png``:
 the mean over seeds per round, with a 95% confidence band (Student t), one line
 per grid point. The learner's fidelity over seeds (each round's ratio averaged
-over the seeds, its error their spread, and where it stands against the band:
+over the seeds, its error, and where it stands against the band:
 :mod:`~lightning_curate.experiments.seed_fidelity`) is printed and written to
 ``<out>/fidelity.csv``.
 
@@ -57,6 +57,7 @@ from lightning_curate.experiments.config_keys import (
 from lightning_curate.experiments.grid import RunSpec, parse_grid_spec, parse_seeds, parse_set_spec, plan_sweep
 from lightning_curate.experiments.runner import RunResult, run_status, run_sweep
 from lightning_curate.experiments.seed_fidelity import (
+    FIDELITY_KEYS,
     fidelity_over_seeds,
     format_fidelity_over_seeds,
     write_fidelity_over_seeds,
@@ -203,8 +204,9 @@ def finish(specs: Sequence[RunSpec], out: Path, *, figures: bool = True, metrics
             if point in summary and summary[point][0]:
                 rounds, means, halfs, n = summary[point]
                 say(f"  {point:<48} round {rounds[-1]:g}: {means[-1]:.4f} ± {halfs[-1]:.4f} (n={n})")
-    path = write_fidelity_over_seeds(rows, out) if rows else None
-    fidelity = fidelity_over_seeds(rows) if rows else {}
+    tables = {key: fidelity_over_seeds(rows, key) for key in FIDELITY_KEYS} if rows else {}
+    path = write_fidelity_over_seeds(tables, out)
+    fidelity = tables.get("reward_fidelity", {})
     if path is not None and any(f.n for rounds_ in fidelity.values() for f in rounds_):
         low, high = FIDELITY_BAND
         say(f"reward fidelity over seeds, per round (mean +- standard error, against the band {low:g}-{high:g}; "

@@ -43,7 +43,7 @@ so a steady gap ``g`` against a shrinking predicted move ``m`` gives fidelity
 looks faithful early and lags late (docs/THEORY.md section 5.5).
 
 A ratio has its own error (``reward_fidelity_stderr``): near the ``z`` threshold
-it is about ``1 / z``, wider than the faithful band 0.85-1.15 itself.
+it is about ``1 / z``, as wide as the whole faithful band 0.85-1.15.
 :func:`band_verdict` therefore says where a ratio stands against the band
 *given* that error: inside it, outside it by less than two standard errors (a
 measurement that cannot tell this learner from a faithful one), or outside it

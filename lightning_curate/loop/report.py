@@ -83,8 +83,8 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
     return (f"the generator moved {aggregate:.2f}x as far per round as the ideal learner predicts (aggregate "
             f"reward fidelity, threshold {threshold:g}): it does not follow the process the theory describes."
             f"{measured}{shortfall} Train more per round (RetrainingLoop epochs_per_round, or a larger lr), "
-            "shorten the EMA "
-            "memory (FlowMatching ema_decay closer to 0, or an EMA reset each round), and check round 0's p0_* columns "
+            "shorten the EMA memory (FlowMatching ema_decay closer to 0, or an EMA reset each round), and check "
+            "round 0's p0_* columns "
             "for an under-fitted start. scripts/learner_jitter.py retrains a round several times: a lag that "
             "every refit shows is the learner's, not noise. scripts/solver_check.py RUN_DIR measures how much "
             "of it is the ODE sampler's (FlowMatching solver and steps). See docs/THEORY.md section 5.")

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from lightning_curate.experiments.seed_fidelity import (
+    FIDELITY_KEYS,
     SeedFidelity,
     fidelity_over_seeds,
     format_fidelity_over_seeds,
@@ -81,10 +82,16 @@ def test_points_and_keys_are_kept_apart(tmp_path):
     table = fidelity_over_seeds(rows)
     assert [f.mean for f in table["a"]] == [1.0] and [f.mean for f in table["b"]] == [0.5]
     assert fidelity_over_seeds(rows, "gain_share_fidelity")["a"][0].mean == pytest.approx(0.9)
-    path = write_fidelity_over_seeds(rows, tmp_path)
+    path = write_fidelity_over_seeds({k: fidelity_over_seeds(rows, k) for k in FIDELITY_KEYS}, tmp_path)
     written = list(csv.DictReader(open(path)))
     assert [(r["point"], r["key"], r["round"], r["n"], r["verdict"]) for r in written] == [
         ("a", "reward_fidelity", "1", "2", "in"), ("b", "reward_fidelity", "1", "2", "out"),
         ("a", "gain_share_fidelity", "1", "2", "in")]
     assert isinstance(table["a"][0], SeedFidelity)
     assert table["a"][0].seeds == 2  # distinct seeds, not rows
+
+
+def test_nothing_to_write_writes_no_file(tmp_path):
+    rows = _rows("p", [[None], [None]])
+    assert write_fidelity_over_seeds({k: fidelity_over_seeds(rows, k) for k in FIDELITY_KEYS}, tmp_path) is None
+    assert not (tmp_path / "fidelity.csv").exists()
