@@ -47,19 +47,20 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     write_csv(path, columns, rows)
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _cell(value: Any, width: int, spec: str = ".4f") -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return f"{'-':>{width}}"
-    return f"{value:>{width}{spec}}"
+    return f"{value:>{width}{spec}}" if _finite(value) else f"{'-':>{width}}"
 
 
-def _ratio_cell(row: Mapping[str, Any], width: int) -> str:
+def _ratio_text(row: Mapping[str, Any], sep: str = "+-") -> str:
     """``1.42+-0.38``: a fidelity ratio with its standard error; ``-`` where there is none."""
     ratio, se = row.get("reward_fidelity"), row.get("reward_fidelity_stderr")
-    if _cell(ratio, 1).strip() == "-":
-        return f"{'-':>{width}}"
-    text = f"{ratio:.2f}" + (f"+-{se:.2f}" if _cell(se, 1).strip() != "-" else "")
-    return f"{text:>{width}}"
+    if not _finite(ratio):
+        return "-"
+    return f"{ratio:.2f}" + (f"{sep}{se:.2f}" if _finite(se) else "")
 
 
 def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Optional[str]:
@@ -77,7 +78,7 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
                      "set it was trained on (learner_gap): a steady shortfall that weighs more as the predicted "
                      "moves shrink. On the main job a larger batch or more optimizer steps per round narrowed it; "
                      "scripts/learner_budget.py measures that for this run.")
-    out = [f"{r['round']} ({_ratio_cell(r, 1).strip().replace('+-', ' +- ')})" for r in rounds_out_of_band(rows)]
+    out = [f"{r['round']} ({_ratio_text(r, ' +- ')})" for r in rounds_out_of_band(rows)]
     measured = (f" Measurably outside the band {FIDELITY_BAND[0]:g}-{FIDELITY_BAND[1]:g} (by more than {BAND_Z:g} "
                 f"standard errors): round{'s' if len(out) > 1 else ''} {', '.join(out)}." if out else "")
     return (f"the generator moved {aggregate:.2f}x as far per round as the ideal learner predicts (aggregate "
@@ -101,7 +102,7 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
     lines = ["", "Curated retraining: per-round summary", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['round']:>5} {_cell(r.get('reward_mean'), 9)} {_cell(r.get('curated_reward_mean'), 9)} "
-                     f"{100 * r.get('real_fraction', 0):>6.1f} {_ratio_cell(r, 11)} "
+                     f"{100 * r.get('real_fraction', 0):>6.1f} {_ratio_text(r):>11} "
                      f"{_cell(r.get('learner_gap'), 8)} " + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
     aggregate = aggregate_fidelity(rows)
     if math.isfinite(aggregate):
