@@ -1,5 +1,5 @@
 """The package's architecture, checked from its source: which subpackage may import which, no import
-cycles between subpackages, ``__all__`` in every module, and no module over 400 lines.
+cycle between subpackages nor between modules, ``__all__`` in every module, and no module over 400 lines.
 
 The imports are read with ``ast`` (nothing is imported, so a lazy import inside a function counts
 as much as one at the top). Layers, lowest first:
@@ -84,8 +84,8 @@ def layer_of(module: str) -> str:
     return "__init__"
 
 
-def imported(module: str, path: Path) -> set[str]:
-    """The lightning_curate modules (or names) ``path`` imports, relative imports resolved."""
+def imported(module: str, path: Path, root: str = "lightning_curate") -> set[str]:
+    """The ``root`` modules (or names) ``path`` imports, relative imports resolved."""
     package = module.split(".")[:-1]  # a module's package; for an __init__, the package itself
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -98,7 +98,7 @@ def imported(module: str, path: Path) -> set[str]:
             else:
                 base = node.module or ""
             out |= {f"{base}.{a.name}" for a in node.names}
-    return {name for name in out if name.split(".")[0] == "lightning_curate"}
+    return {name for name in out if name.split(".")[0] == root}
 
 
 def edges() -> list[tuple[str, str, str, str]]:
@@ -166,6 +166,87 @@ def test_no_import_cycles_between_subpackages():
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+def module_graph(found: list[tuple[str, Path]], root: str = "lightning_curate") -> dict[str, set[str]]:
+    """Which module imports which: ``from x import name`` counts as ``x.name`` where that is a module,
+    else as ``x`` (a package's ``x.__init__``). Lazy imports count like the others."""
+    names = {module for module, _ in found}
+
+    def module_of(name: str) -> str | None:
+        for candidate in (name, name.rsplit(".", 1)[0]):
+            for module in (candidate, f"{candidate}.__init__"):
+                if module in names:
+                    return module
+        return None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in found:
+        targets = {module_of(name) for name in imported(module, path, root)}
+        graph[module] = {t for t in targets if t is not None and t != module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The graph's strongly connected components of more than one module (Tarjan's algorithm), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_no_import_cycles_between_modules():
+    """Not even through a lazy import: two modules that need each other are one concept, or a third
+    module is missing (what both need)."""
+    graph = module_graph(modules())
+    cycles = import_cycles(graph)
+    assert not cycles, "import cycles between modules:\n" + "\n".join(
+        " <-> ".join(c) + "  (" + "; ".join(f"{m} imports {sorted(graph[m] & set(c))}" for m in c) + ")"
+        for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_planted_cycle(tmp_path):
+    """The checker itself, on a synthetic graph and on a tiny package with a lazy cycle through its
+    ``__init__`` (``from pkg import b`` where ``b`` is a module, and ``from pkg import thing``)."""
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert import_cycles({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}}) == [["a", "b"], ["c", "d"]]
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    files = {"__init__.py": "from pkg.a import thing\n", "a.py": "def thing():\n    from pkg import b\n",
+             "b.py": "from .c import helper\n", "c.py": "x = 1\n\ndef helper():\n    from pkg import thing\n"}
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    found = [(f"pkg.{Path(name).stem}", pkg / name) for name in files]
+    graph = module_graph(found, root="pkg")
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.c"] == {"pkg.__init__"}
+    assert import_cycles(graph) == [["pkg.__init__", "pkg.a", "pkg.b", "pkg.c"]]
+    (pkg / "c.py").write_text("x = 1\n")  # the cycle broken: none left
+    assert import_cycles(module_graph(found, root="pkg")) == []
 
 
 def test_the_layer_table_itself_has_no_cycle():

@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -176,8 +177,8 @@ def read_net_file(path: Union[str, Path]) -> tuple[dict[str, Any], dict[str, tor
 
 def _package_nets() -> dict[str, type]:
     """The RebuildableNet subclasses defined in lightning_curate, by class path (and exported short path)."""
-    from lightning_curate import classifiers
-
+    # This module's own package, loaded before any of its modules (looked up, not imported: no cycle).
+    classifiers = sys.modules[__name__.rpartition(".")[0]]
     found: dict[str, type] = {}
     todo = list(RebuildableNet.__subclasses__())
     while todo:

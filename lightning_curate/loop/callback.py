@@ -28,10 +28,10 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from lightning_curate.loop.checkpoint import epoch_finished
 from lightning_curate.loop.curators import exact_metrics, predict_next
 from lightning_curate.loop.fidelity import fidelity_columns, learner_gap_columns, p0_quality
 from lightning_curate.loop.report import PlotBudget, fidelity_advice, log_row, plot_run, summary, write_table
+from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
@@ -39,14 +39,14 @@ from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import fingerprint, init_args_of, normalise, parse_allowed, qualname
 from lightning_curate.theory.ideal_learner import check_improvement
 from lightning_curate.utils.seeding import derive_seed, seed_all
-from lightning_curate.utils.validation import check_choice, check_float, check_int
+from lightning_curate.utils.validation import check_choice, check_float
 
 __all__ = ["INITS", "RetrainingLoop"]
 
 INITS = ("warm", "scratch")
 
 
-class RetrainingLoop(Callback):
+class RetrainingLoop(RoundSchedule, Callback):
     """Drives the rounds; the trainer's ``max_epochs`` follows from them.
 
     Args:
@@ -72,13 +72,8 @@ class RetrainingLoop(Callback):
     def __init__(self, rounds: int = 10, epochs_per_round: int = 1, initial_epochs: Optional[int] = None,
                  seed: int = 0, plots: bool = True, allow_changed_settings: Optional[list[str] | str] = None,
                  fidelity_threshold: float = 0.85, init: str = "warm", learner_noise: float = 0.0):
-        super().__init__()
-        check_int("rounds", rounds, minimum=0)
-        check_int("epochs_per_round", epochs_per_round, minimum=1)
-        if initial_epochs is not None:
-            check_int("initial_epochs", initial_epochs, minimum=1)
-        self.rounds, self.epochs_per_round, self.seed = rounds, epochs_per_round, seed
-        self.initial_epochs = initial_epochs if initial_epochs is not None else epochs_per_round
+        super().__init__(rounds, epochs_per_round, initial_epochs)
+        self.seed = seed
         self.make_plots, self._plot_budget, self._drawn = plots, PlotBudget(), -1
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
@@ -115,23 +110,6 @@ class RetrainingLoop(Callback):
         """The trainer's ``RetrainingLoop``, or ``None``: how other callbacks find the round schedule."""
         return next((c for c in trainer.callbacks if isinstance(c, RetrainingLoop)), None)
 
-    # -- the schedule -------------------------------------------------------
-    @property
-    def total_epochs(self) -> int:
-        return self.initial_epochs + self.rounds * self.epochs_per_round
-
-    def round_of_epoch(self, epoch: int) -> int:
-        return 0 if epoch < self.initial_epochs else 1 + (epoch - self.initial_epochs) // self.epochs_per_round
-
-    def last_epoch_of_round(self, round_idx: int) -> int:
-        return self.initial_epochs - 1 + round_idx * self.epochs_per_round
-
-    def first_epoch_of_round(self, round_idx: int) -> int:
-        return 0 if round_idx == 0 else self.last_epoch_of_round(round_idx - 1) + 1
-
-    def ends_round(self, epoch: int) -> bool:
-        return epoch == self.last_epoch_of_round(self.round_of_epoch(epoch))
-
     # -- setup and resume ---------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
@@ -147,7 +125,7 @@ class RetrainingLoop(Callback):
             # Rank 0's: every replica restarts each round from the same weights, whatever the seeding.
             state = {k: v.detach().cpu().clone() for k, v in pl_module.generator.state_dict().items()}
             self._initial_state = trainer.strategy.broadcast(state, 0)
-        trainer.fit_loop.max_epochs = self.total_epochs  # the data module reloads at round starts
+        self.apply_to(trainer)  # max_epochs; the data module reloads at round starts
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero and held_lock_for(run_dir) is None:
             self._lock = RunLock(run_dir).acquire()  # without the CLI: lock here

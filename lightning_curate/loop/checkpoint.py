@@ -6,6 +6,9 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_curate.loop.schedule import at_round_end, epoch_finished
+from lightning_curate.utils.compat import save_last_if_unsaved
+
 __all__ = ["RoundCheckpoint", "epoch_finished"]
 
 _SCHEDULES = ("every_n_epochs", "every_n_train_steps", "train_time_interval")
@@ -58,23 +61,16 @@ class RoundCheckpoint(ModelCheckpoint):
     @staticmethod
     def at_round_end(trainer: Any) -> bool:
         """Whether the epoch now ending is the whole last epoch of a round (any whole epoch, without a
-        RetrainingLoop). An epoch cut short (``max_time``, ``max_steps``, a stop) is no round end."""
-        from lightning_curate.loop.callback import RetrainingLoop
-
-        if not epoch_finished(trainer):
-            return False
-        loop = RetrainingLoop.of(trainer)
-        return loop is None or loop.ends_round(trainer.current_epoch)
+        RetrainingLoop): :func:`~lightning_curate.loop.schedule.at_round_end`."""
+        return at_round_end(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.at_round_end(trainer):
             return
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and self._last_global_step_saved != trainer.global_step \
-                and not self._should_skip_saving_checkpoint(trainer):
-            # No top-k file this round (save_top_k: 0, or a monitored value that did not improve):
-            # last.ckpt still follows the newest round, which is what --ckpt_path last resumes.
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # No top-k file this round (save_top_k: 0, or a monitored value that did not improve):
+        # last.ckpt still follows the newest round, which is what --ckpt_path last resumes.
+        save_last_if_unsaved(self, trainer)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if self.at_round_end(trainer):
@@ -83,10 +79,3 @@ class RoundCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """Nothing: ``ModelCheckpoint`` would save ``last.ckpt`` here, between two round ends."""
 
-
-def epoch_finished(trainer: Any) -> bool:
-    """Whether the epoch now ending ran all its batches (an epoch cut short by a stop did not)."""
-    total = trainer.num_training_batches
-    if total == float("inf"):  # a loader without a length: only a stop tells
-        return not trainer.should_stop
-    return trainer.fit_loop.epoch_loop.batch_progress.current.ready >= total

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
+from lightning_curate.loop.schedule import schedule_of
+from lightning_curate.utils.compat import progress_bar_leaves, train_progress_bar
 from lightning_curate.utils.validation import check_float
 
 __all__ = ["RoundProgressBar"]
@@ -45,9 +47,7 @@ class RoundProgressBar(TQDMProgressBar):
         self._round_done = False  # a round ended: draw it once more, with its last epoch's metrics
 
     def _span_of(self, trainer: Any, epoch: int) -> tuple[tuple[int, int], str]:
-        from lightning_curate.loop.callback import RetrainingLoop
-
-        loop = RetrainingLoop.of(trainer)
+        loop = schedule_of(trainer)
         if loop is None:
             return (epoch, epoch), f"Epoch {epoch}"
         round_idx = loop.round_of_epoch(epoch)
@@ -66,11 +66,11 @@ class RoundProgressBar(TQDMProgressBar):
         """Counts (and, at a round's start or after a resume, a new bar) for the epoch now running."""
         epoch = self._epoch = trainer.current_epoch
         span, description = self._span_of(trainer, epoch)
-        per_epoch = convert_inf(self.total_train_batches)
+        per_epoch = _finite_count(self.total_train_batches)
         # A round's set is fixed, so its epochs have the same number of batches.
         self._batches_before = self._n = (epoch - span[0]) * (per_epoch or 0)
         if span != self._span:  # a new round (or a resume): a new bar
-            if self._leave and self._span is not None:
+            if progress_bar_leaves(self) and self._span is not None:
                 self.train_progress_bar = self.init_train_tqdm()
             self._span = span
             bar = self.train_progress_bar
@@ -104,13 +104,18 @@ class RoundProgressBar(TQDMProgressBar):
         if self._round_done:
             self._round_done = False
             self._draw(trainer, pl_module)
-            if self._leave:
+            if progress_bar_leaves(self):
                 self.train_progress_bar.close()
 
     def _draw(self, trainer: Any, pl_module: Any) -> None:
-        bar = self._train_progress_bar
+        bar = train_progress_bar(self)
         if bar is None or bar.disable:
             return
         bar.n = self._n
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
         bar.refresh()
+
+
+def _finite_count(count: Optional[float]) -> Optional[float]:
+    """A batch count tqdm can show: ``None`` for an unknown (infinite or NaN) one."""
+    return None if count is None or math.isinf(count) or math.isnan(count) else count

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from lightning_curate.data.blending import BatchGroup
+from lightning_curate.utils.compat import FastHookName, attached_trainer, saves_every_n_train_steps, set_epoch_metric
 from lightning_curate.utils.validation import check_int
 
 __all__ = ["GeneratorTraining", "TrainingSetupError"]
@@ -32,7 +33,7 @@ class TrainingSetupError(ValueError):
     """A trainer setting that grouped steps cannot honour, or a resume across the optimization modes."""
 
 
-class GeneratorTraining(L.LightningModule):
+class GeneratorTraining(FastHookName, L.LightningModule):
     """The training half of :class:`~lightning_curate.loop.CurationModule`: ``self.generator``'s own loss.
 
     Subclasses set ``generator``, ``lr`` and ``weight_decay``.
@@ -57,14 +58,6 @@ class GeneratorTraining(L.LightningModule):
         self._epoch_loss: list = [None, 0]  # the epoch's sample-weighted loss sum and sample count
         self._backward: Optional[Callable[[Tensor], None]] = None  # set in on_fit_start, see _plain_backward
 
-    def __setattr__(self, name: str, value) -> None:
-        # Lightning sets _current_fx_name around every hook it calls (dozens per step);
-        # it is never a parameter, buffer or submodule, so skip nn.Module's slow checks.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def training_step(self, batch, batch_idx: int) -> Tensor:
         """The generator's loss on a batch (a tensor, or a one-tensor list or tuple); with
         ``steps_per_batch > 1``, one optimizer step on each batch of a group (a list of them).
@@ -78,7 +71,7 @@ class GeneratorTraining(L.LightningModule):
         (written there directly, see ``on_train_epoch_end``).
         """
         # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
-        every = cast(Any, self.trainer).log_every_n_steps if self._trainer is not None else 1
+        every = cast(Any, self.trainer).log_every_n_steps if attached_trainer(self) is not None else 1
         if self.automatic_optimization:
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             loss = self._loss(x)
@@ -135,8 +128,7 @@ class GeneratorTraining(L.LightningModule):
         # this hook) what self.log would give them, without its 1 ms of result bookkeeping.
         trainer = self.trainer
         self._log_to_loggers("train/loss_epoch", mean)
-        trainer.callback_metrics["train/loss_epoch"] = mean
-        trainer.progress_bar_metrics["train/loss_epoch"] = float(mean)
+        set_epoch_metric(trainer, "train/loss_epoch", mean)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.automatic_optimization:  # grouped steps update the average after each of theirs
@@ -155,7 +147,7 @@ class GeneratorTraining(L.LightningModule):
         if trainer.lr_scheduler_configs:
             raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch}: Lightning does not step learning-"
                                      f"rate schedulers under manual optimization; remove the scheduler {fix}")
-        if any(getattr(cb, "_every_n_train_steps", 0) for cb in trainer.checkpoint_callbacks):
+        if any(saves_every_n_train_steps(cb) for cb in trainer.checkpoint_callbacks):
             raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch}: a checkpoint every_n_train_steps "
                                      f"would be checked once per group of steps; save per epoch or round {fix}")
         self._backward = self._plain_backward(trainer)
