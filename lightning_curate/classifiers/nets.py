@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+from lightning_curate.utils.compat import set_unregistered
 from lightning_curate.utils.validation import check_float, check_int
 
 __all__ = ["MLPClassifier", "RebuildableNet", "SmallCNN"]
@@ -69,7 +70,7 @@ class RebuildableNet(nn.Module):
         @functools.wraps(init)
         def __init__(self, *args, **kw):
             if "_recorded_init_args" not in self.__dict__:  # outermost constructor only
-                object.__setattr__(self, "_recorded_init_args", _bind_init_args(signature, self, args, kw))
+                set_unregistered(self, "_recorded_init_args", _bind_init_args(signature, self, args, kw))
             init(self, *args, **kw)
 
         __init__._records_init_args = True

@@ -37,6 +37,7 @@ from lightning_curate.classifiers.checkpoint import (
     missing_checkpoint_error,
     net_file_path,
 )
+from lightning_curate.utils.compat import set_unregistered
 
 __all__ = ["TrainedClassifier", "ensure_checkpoint", "train_command"]
 
@@ -157,7 +158,7 @@ class TrainedClassifier(nn.Module):
             net classes); see :func:`load_classifier`.
     """
 
-    _net: Optional[nn.Module]  # set with object.__setattr__: outside the module tree
+    _net: Optional[nn.Module]  # set with set_unregistered: outside the module tree
     _placement: Tensor
 
     def __init__(self, checkpoint: str, train_config: Optional[str] = None, train_hint: Optional[str] = None,
@@ -173,7 +174,7 @@ class TrainedClassifier(nn.Module):
             train_hint = train_command(self.train_config) if self.train_config is not None else DEFAULT_TRAIN_HINT
         self.train_hint = train_hint
         self.trusted_classes = None if trusted_classes is None else list(trusted_classes)
-        object.__setattr__(self, "_net", None)  # outside the module tree (see the class docstring)
+        set_unregistered(self, "_net", None)  # outside the module tree (see the class docstring)
         self.register_buffer("_placement", torch.zeros(0), persistent=False)  # follows .to() before loading
 
     def prepare(self) -> "TrainedClassifier":
@@ -195,7 +196,7 @@ class TrainedClassifier(nn.Module):
             net = load_classifier(self.checkpoint, map_location="cpu", train_hint=self.train_hint,
                                   trusted_classes=self.trusted_classes)
             net.to(self._placement.device)
-            object.__setattr__(self, "_net", net)
+            set_unregistered(self, "_net", net)
         return net
 
     @property

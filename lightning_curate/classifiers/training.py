@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_curate.classifiers.checkpoint import CHECKPOINT_KEY, NetFileCheckpointIO, describe_net
 from lightning_curate.data.source import DataSource
+from lightning_curate.utils.compat import attached_trainer
 from lightning_curate.utils.validation import check_choice, check_float, check_int, is_int
 
 __all__ = ["ClassifierDataModule", "ClassifierModule", "random_shift"]
@@ -105,7 +106,7 @@ class ClassifierModule(L.LightningModule):
         """AdamW, with a per-step cosine schedule unless ``lr_schedule`` is constant."""
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        total = self.trainer.estimated_stepping_batches if attached_trainer(self) is not None else math.inf
         if self.hparams.lr_schedule == "constant" or not math.isfinite(total) or total < 1:
             return optimizer
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))

@@ -35,6 +35,7 @@ from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
+from lightning_curate.utils.compat import set_unregistered
 from lightning_curate.utils.validation import check_int, is_int
 
 __all__ = ["FeatureExtractor", "FeatureFID", "PrecisionRecall", "frechet_distance"]
@@ -68,7 +69,7 @@ class FeatureExtractor(nn.Module):
         check_int("batch_size", batch_size, minimum=1)
         # Held outside the module tree: the extractor is a fixed judge, not state of whatever module holds
         # the metric (no copies in its state_dict); _apply still moves it with .to(device).
-        object.__setattr__(self, "_net", net.eval().requires_grad_(False))
+        set_unregistered(self, "_net", net.eval().requires_grad_(False))
         self.batch_size = batch_size
         self._use_features = callable(getattr(net, "features", None)) and not isinstance(
             getattr(net, "features", None), nn.Module)

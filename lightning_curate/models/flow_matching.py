@@ -21,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchdiffeq import odeint
 
 from lightning_curate.models.generator import Generator
+from lightning_curate.utils.compat import foreach_copy_, foreach_lerp_
 from lightning_curate.utils.validation import check_choice
 
 __all__ = ["AUTOCAST_DTYPES", "EMA_RESETS", "FlowMatching", "SOLVERS", "ot_permutation"]
@@ -199,9 +200,9 @@ class FlowMatching(Generator):
         with torch.no_grad():
             for averaged, live, floating in groups:
                 if not self._ema_started:
-                    torch._foreach_copy_(averaged, live)
+                    foreach_copy_(averaged, live)
                 elif floating:
-                    torch._foreach_lerp_(averaged, live, 1.0 - self.ema_decay)
+                    foreach_lerp_(averaged, live, 1.0 - self.ema_decay)
                 else:  # get_ema_multi_avg_fn's rule for integer buffers
                     for a, b in zip(averaged, live):
                         a.copy_(a * self.ema_decay + b * (1.0 - self.ema_decay))

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from lightning_curate.classifiers import DEFAULT_TRAIN_HINT, ensure_checkpoint, load_classifier, train_command
 from lightning_curate.rewards.base import RewardModel
+from lightning_curate.utils.compat import set_unregistered
 from lightning_curate.utils.validation import check_int
 
 __all__ = ["ClassifierReward", "ClassProbabilityReward", "ConfidenceReward", "LogProbabilityReward"]
@@ -77,7 +78,7 @@ class ClassifierReward(RewardModel):
             net classes); anything else is refused (see :func:`~lightning_curate.classifiers.load_classifier`).
     """
 
-    _classifier: Optional[nn.Module]  # set with object.__setattr__: outside the module tree
+    _classifier: Optional[nn.Module]  # set with set_unregistered: outside the module tree
     _placement: Tensor
 
     def __init__(self, checkpoint: Optional[str] = None, classifier: Optional[nn.Module] = None,
@@ -110,7 +111,7 @@ class ClassifierReward(RewardModel):
         self.register_buffer("_placement", torch.zeros(0), persistent=False)
 
     def _set_classifier(self, net: Optional[nn.Module]) -> None:
-        object.__setattr__(self, "_classifier", net)
+        set_unregistered(self, "_classifier", net)
 
     # -- loading --------------------------------------------------------------
     @property

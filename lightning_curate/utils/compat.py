@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -99,12 +99,12 @@ def train_progress_bar(bar: Any) -> Optional[Any]:
     return bar._train_progress_bar
 
 
-def foreach_copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+def foreach_copy_(dst: list[Tensor], src: list[Tensor]) -> None:
     """``dst[i].copy_(src[i])`` for every ``i``, in one multi-tensor kernel (torch's private ``_foreach_copy_``)."""
     torch._foreach_copy_(dst, src)
 
 
-def foreach_lerp_(dst: Sequence[Tensor], src: Sequence[Tensor], weight: float) -> None:
+def foreach_lerp_(dst: list[Tensor], src: list[Tensor], weight: float) -> None:
     """``dst[i].lerp_(src[i], weight)`` for every ``i``, in one multi-tensor kernel (torch's ``_foreach_lerp_``,
     what ``torch.optim.swa_utils.AveragedModel`` uses)."""
     torch._foreach_lerp_(dst, src, weight)
