@@ -32,12 +32,13 @@ from typing import Mapping, Optional, Sequence
 
 from lightning_curate.experiments.aggregate import as_float
 from lightning_curate.loop.fidelity import BAND_Z, band_verdict
+from lightning_curate.utils.columns import FIDELITY_RATIOS, Col, stderr
 from lightning_curate.utils.table import write_csv
 
 __all__ = ["FIDELITY_KEYS", "FIDELITY_TABLE", "SeedFidelity", "fidelity_over_seeds", "format_fidelity_over_seeds",
            "write_fidelity_over_seeds"]
 
-FIDELITY_KEYS = ("reward_fidelity", "gain_share_fidelity")
+FIDELITY_KEYS = FIDELITY_RATIOS  # the ratios a sweep tabulates over seeds
 FIDELITY_TABLE = "fidelity.csv"
 
 
@@ -54,7 +55,7 @@ class SeedFidelity:
     z: float  # the standard errors a ratio may sit outside the band and still be near
 
 
-def fidelity_over_seeds(rows: Sequence[dict], key: str = "reward_fidelity") -> dict[str, list[SeedFidelity]]:
+def fidelity_over_seeds(rows: Sequence[dict], key: str = Col.REWARD_FIDELITY) -> dict[str, list[SeedFidelity]]:
     """Per grid point, the curated rounds' ``key`` over seeds (rows as in ``sweep.csv``).
 
     Example:
@@ -67,12 +68,12 @@ def fidelity_over_seeds(rows: Sequence[dict], key: str = "reward_fidelity") -> d
     cells: dict[str, dict[int, dict[str, tuple[float, float]]]] = {}
     seen: dict[str, dict[int, set[str]]] = {}
     for r in rows:
-        t = as_float(r.get("round"))
+        t = as_float(r.get(Col.ROUND))
         if not math.isfinite(t) or t < 1:
             continue
         point, t_int, seed = str(r.get("point", "")), int(t), str(r.get("seed", ""))
         seen.setdefault(point, {}).setdefault(t_int, set()).add(seed)
-        ratio, se = as_float(r.get(key)), as_float(r.get(f"{key}_stderr"))
+        ratio, se = as_float(r.get(key)), as_float(r.get(stderr(key)))
         if math.isfinite(ratio):
             cells.setdefault(point, {}).setdefault(t_int, {})[seed] = (ratio, se)
     out: dict[str, list[SeedFidelity]] = {}

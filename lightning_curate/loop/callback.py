@@ -6,8 +6,13 @@ blend the DataModule builds. One round happens here, in
 :meth:`RetrainingLoop.on_train_epoch_end` at a round's last epoch:
 
 1. the module samples and curates (``CurationModule.curate_round``);
-2. the round store writes the winners and a manifest (atomic, checksummed);
-3. the round's row goes to ``rounds.csv``, the logger, and the plots.
+2. rank 0 adds the analysis and prediction columns to the round's row
+   (:class:`~lightning_curate.loop.analysis.RoundAnalysis`);
+3. the round store writes the winners and a manifest (atomic, checksummed);
+4. the round's row goes to ``rounds.csv``, the logger, and the plots
+   (:class:`~lightning_curate.loop.writing.RunWriter`).
+
+The round and epoch arithmetic is :class:`~lightning_curate.loop.schedule.RoundSchedule`'s.
 
 Lightning reloads the train dataloader at the next round's first epoch,
 before ``on_train_epoch_start``, so the data for round ``t + 1`` is curated at
@@ -28,16 +33,17 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from lightning_curate.loop.curators import exact_metrics, predict_next
-from lightning_curate.loop.fidelity import fidelity_columns, learner_gap_columns, p0_quality
-from lightning_curate.loop.report import PlotBudget, fidelity_advice, log_row, plot_run, summary, write_table
+from lightning_curate.loop.analysis import RoundAnalysis
+from lightning_curate.loop.manifest import round_manifest, science_settings
+from lightning_curate.loop.report import fidelity_advice
 from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
+from lightning_curate.loop.writing import RunWriter
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
 from lightning_curate.store.preflight import check_resume, checkpoint_dirs
 from lightning_curate.store.rounds import RoundStore, StoreError
-from lightning_curate.store.settings import fingerprint, init_args_of, normalise, parse_allowed, qualname
-from lightning_curate.theory.ideal_learner import check_improvement
+from lightning_curate.store.settings import parse_allowed
+from lightning_curate.utils.columns import Col
 from lightning_curate.utils.seeding import derive_seed, seed_all
 from lightning_curate.utils.validation import check_choice, check_float
 
@@ -74,11 +80,12 @@ class RetrainingLoop(RoundSchedule, Callback):
                  fidelity_threshold: float = 0.85, init: str = "warm", learner_noise: float = 0.0):
         super().__init__(rounds, epochs_per_round, initial_epochs)
         self.seed = seed
-        self.make_plots, self._plot_budget, self._drawn = plots, PlotBudget(), -1
         self.allow_changed_settings = parse_allowed(allow_changed_settings)
         self.fidelity_threshold = check_float("fidelity_threshold", fidelity_threshold, minimum=0.0)
         self.init = check_choice("init", init, INITS)
         self.learner_noise = check_float("learner_noise", learner_noise, minimum=0.0)
+        self.writer = RunWriter(plots)  # the rows, rounds.csv, the loggers, the figures, the summary
+        self.analysis = RoundAnalysis(self.learner_noise)  # the predictions and the fidelity columns
         self._initial_state: Optional[dict[str, Any]] = None  # the generator's weights before any training
         self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
         self.settings: Optional[dict[str, Any]] = None
@@ -86,12 +93,8 @@ class RetrainingLoop(RoundSchedule, Callback):
         self.checked_dir: Optional[Path] = None  # set once check_run_dir passed for this directory
         self.stopped_by: Optional[BaseException] = None
         self._lock: Optional[RunLock] = None
-        self.rows: dict[int, dict[str, Any]] = {}
         self.store: Optional[RoundStore] = None
-        self.run_dir: Optional[Path] = None
         self._restored = False
-        self._previews: dict[int, Any] = {}
-        self._real_rewards = self._real_labels = None  # the real training data's, for predictions
 
     @property
     def _store(self) -> RoundStore:
@@ -101,9 +104,25 @@ class RetrainingLoop(RoundSchedule, Callback):
 
     @property
     def _run_dir(self) -> Path:
-        if self.run_dir is None:
-            raise RuntimeError("RetrainingLoop: the run directory is set in setup(); use the loop inside Trainer.fit")
-        return self.run_dir
+        return self.writer.directory
+
+    @property
+    def rows(self) -> dict[int, dict[str, Any]]:
+        """The finished rounds' rows, by round."""
+        return self.writer.rows
+
+    @rows.setter
+    def rows(self, rows: dict[int, dict[str, Any]]) -> None:
+        self.writer.rows = rows
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        """Where the run writes (set in ``setup``)."""
+        return self.writer.run_dir
+
+    @run_dir.setter
+    def run_dir(self, run_dir: Optional[Path]) -> None:
+        self.writer.run_dir = run_dir
 
     @staticmethod
     def of(trainer: Any) -> Optional[RetrainingLoop]:
@@ -143,16 +162,8 @@ class RetrainingLoop(RoundSchedule, Callback):
 
     def science_settings(self, pl_module: Any, datamodule: Any) -> dict[str, Any]:
         """What makes two runs the same experiment; every manifest records it and its fingerprint."""
-        reward = pl_module.reward
-        reward_config = self.reward_config or {"class_path": qualname(reward), "init_args": init_args_of(reward)}
-        return normalise({
-            "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates, "beta": pl_module.beta,
-            "num_winners": pl_module.num_winners, "mode": pl_module.mode,
-            "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
-            "reward": reward_config, "generator": qualname(pl_module.generator),
-            "seed": self.seed, "epochs_per_round": self.epochs_per_round, "initial_epochs": self.initial_epochs,
-            "init": self.init, "steps_per_epoch": getattr(datamodule, "steps_per_epoch", None),
-            **getattr(pl_module, "population_settings", dict)()})
+        return science_settings(pl_module, datamodule, self, seed=self.seed, init=self.init,
+                                reward_config=self.reward_config)
 
     def check_run_dir(self, run_dir: Path, pl_module: Any, datamodule: Any, *,
                       ckpt_path: Optional[str], checkpoint_dirs: list[Path], checkpoint_loaded: bool = False) -> None:
@@ -202,13 +213,12 @@ class RetrainingLoop(RoundSchedule, Callback):
         return all(t in done for t in range(self.rounds + 1))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self._plot_budget = PlotBudget()
+        self.writer.start()
         # After a resume, rebuild the table from the store (checksums verified on read).
         for t in self._store.rounds():
             if self.last_epoch_of_round(t) < trainer.current_epoch:
                 record = self._store.read(t)
-                self.rows[t] = record.manifest["row"]
-                self._previews[t] = record.tensors.get("preview")
+                self.writer.keep(t, record.manifest["row"], record.tensors.get("preview"))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "epochs_per_round": self.epochs_per_round,
@@ -246,24 +256,21 @@ class RetrainingLoop(RoundSchedule, Callback):
         if not self.ends_round(epoch) or not epoch_finished(trainer):  # not if cut short
             return
         round_idx = self.round_of_epoch(epoch)
-        row = self._curate(trainer, pl_module, round_idx, epoch)
-        self.rows[round_idx] = row
+        row, preview = self._curate(trainer, pl_module, round_idx, epoch)
+        self.writer.keep(round_idx, row, preview)
         if trainer.is_global_zero:
-            log_row(trainer.loggers, row, step=trainer.global_step)
-            self._write_table()
-            if self.make_plots and self._plot_budget.due(last=round_idx == self.rounds):
-                self._plot_budget.draw(self._plot, trainer, pl_module)
-                self._drawn = round_idx
+            self.writer.round_done(trainer, pl_module, round_idx, last=round_idx == self.rounds)
 
-    def _curate(self, trainer: Any, pl_module: Any, round_idx: int, epoch: int) -> dict:
+    def _curate(self, trainer: Any, pl_module: Any, round_idx: int, epoch: int) -> tuple[dict, Any]:
+        """The round's row and preview (rank 0's; ``None`` elsewhere): reused from the store if it holds
+        the round, else curated, analysed and committed."""
         # Rank 0 decides (a shared filesystem may show a fresh commit to one node before another).
         if trainer.strategy.broadcast(self._store.has(round_idx), 0):
             # Written before a crash: reuse it (the checksums are verified), never regenerate.
             # A generator that refits when it next samples (the exact learner) closes its round here.
             pl_module.generator.finish_round()
             record = self._store.read(round_idx)
-            self._previews[round_idx] = record.tensors.get("preview")
-            return record.manifest["row"]
+            return record.manifest["row"], record.tensors.get("preview")
         datamodule, strategy = trainer.datamodule, trainer.strategy
         if trainer.is_global_zero:
             self._store.begin(round_idx)
@@ -278,94 +285,31 @@ class RetrainingLoop(RoundSchedule, Callback):
                                          sink=sink, rank=rank, world_size=world)
         if outcome.tensors:  # the preview and the choice logs
             self._store.write_preview(round_idx, outcome.tensors, rank=rank)
-        row = {"round": round_idx, "epoch": epoch, **datamodule.composition[round_idx], **outcome.row}
+        row = {Col.ROUND: round_idx, Col.EPOCH: epoch, **datamodule.composition[round_idx], **outcome.row}
         strategy.barrier("lightning_curate.round_written")
+        preview = None
         if trainer.is_global_zero:
             probe = self._store.read_preview(round_idx)
             preview = probe.get("preview")
-            if preview is not None:
-                row["sw_distance"] = pl_module.sample_distance(preview, datamodule.real.heldout)
-                row.update(datamodule.source.sample_metrics(preview, datamodule.real.heldout))
-            if "probe_rewards" in probe:
-                row.update(self._theory_columns(trainer, pl_module, round_idx, probe))
-            row.update(self._fidelity_columns(trainer, pl_module, round_idx, row, preview))
-            # Exact quantities (KL to the ideal learner and to the RLHF optimum) for the exact learner.
-            row.update(exact_metrics(pl_module, datamodule.source, datamodule.real_fraction, round_idx))
-            manifest = {
-                "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
-                "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
-                "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
-                "seed": self.seed, "round_seed": derive_seed(self.seed, "round", round_idx), "world_size": world,
-                "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
-                "settings": self.settings, "fingerprint": fingerprint(self.settings or {}),
-                "timings": dict(pl_module.timings), "row": row}
-            if self.settings_changed:
-                manifest["settings_changed"] = self.settings_changed
-            self._store.commit(round_idx, manifest)
+            self.analysis.measure(pl_module, datamodule, round_idx, row, probe, self.rows.get(round_idx - 1))
+            self._store.commit(round_idx, round_manifest(pl_module, datamodule, round_idx, epoch, row, seed=self.seed,
+                                                         world_size=world, settings=self.settings,
+                                                         settings_changed=self.settings_changed))
             self.settings_changed = {}
-            self._previews[round_idx] = preview
         strategy.barrier("lightning_curate.round_committed")
-        return row
-
-    def _theory_columns(self, trainer: Any, pl_module: Any, round_idx: int, probe: dict) -> dict[str, float]:
-        """What an ideal learner would make of this round (``predicted_*``, ``tilt_*``), and
-        docs/THEORY.md 4.2's monotone-improvement check against the previous round's bound.
-        """
-        datamodule = trainer.datamodule
-        if datamodule.policy != "replace":  # the ideal learner's laws here are replace's: none rather than wrong
-            return {}
-        real = datamodule.real.train
-        if self._real_rewards is None:
-            self._real_rewards = pl_module.score(real.to(pl_module.device), round_idx).cpu()
-            labels = datamodule.label(real) if datamodule.class_names else None
-            self._real_labels = labels.cpu() if labels is not None else None
-        columns = predict_next(pl_module, probe, class_names=datamodule.class_names,
-                               real_fraction=datamodule.real_fraction, real_rewards=self._real_rewards,
-                               real_labels=self._real_labels, real_samples=real, round_idx=round_idx)
-        previous = self.rows.get(round_idx - 1)
-        if previous is not None:
-            columns.update(check_improvement(previous, columns))
-            if columns.get("improvement_violation") == 1.0:
-                rank_zero_warn(f"round {round_idx}: E[exp(beta r)] = {columns['exp_reward_mean']:.4g} is below the "
-                               f"ideal learner's lower bound {previous['exp_reward_lower_bound']:.4g} (docs/THEORY.md "
-                               "4.2): the generator may be under-trained")
-        return columns
-
-    def _fidelity_columns(self, trainer: Any, pl_module: Any, round_idx: int, row: dict, preview) -> dict[str, float]:
-        """The gap to the round's own training set, then round 0's fit of the data or the fidelity to the prediction."""
-        datamodule, k, previous = trainer.datamodule, pl_module.num_candidates, self.rows.get(round_idx - 1)
-        trained_on = self._real_rewards.double().mean().item() if round_idx == 0 and self._real_rewards is not None \
-            else pl_module.mean_score(datamodule.dataset_for_round(round_idx).tensors[0], round_idx)  # round 0: real
-        columns = learner_gap_columns(row, float(trained_on), num_candidates=pl_module.num_slots * k)
-        if round_idx == 0:
-            columns.update(p0_quality(row, preview, datamodule.real, self._real_labels, datamodule.class_names,
-                                      pl_module.sample_distance))
-        elif previous is not None:
-            probe = min(pl_module.preview_size, pl_module.num_slots) * k
-            columns.update(fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k,
-                                            num_probe=probe or None, learner_noise=self.learner_noise))
-        return columns
+        return row, preview
 
     # -- artifacts ----------------------------------------------------------
     @property
     def table_path(self) -> Path:
-        return self._run_dir / "rounds.csv"
-
-    def _write_table(self) -> None:
-        write_table([self.rows[t] for t in sorted(self.rows)], self.table_path)
-
-    def _plot(self, trainer: Any, pl_module: Any) -> None:
-        order = sorted(self.rows)
-        plot_run([self.rows[t] for t in order], [self._previews.get(t) for t in order], self._run_dir,
-                 generator=pl_module.generator, reward=pl_module.reward, device=pl_module.device,
-                 datamodule=trainer.datamodule)
+        """``rounds.csv`` of the run."""
+        return self.writer.table_path
 
     @rank_zero_only
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.rows:
             return
-        if self.make_plots and self._drawn != max(self.rows):  # stopped early (max_time...): draw the last round
-            self._plot(trainer, pl_module)
+        self.writer.finish(trainer, pl_module)  # stopped early (max_time...): the last round's figures
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
         print(self.summary(Path(checkpoint) if checkpoint else None))
         advice = fidelity_advice([self.rows[t] for t in sorted(self.rows)], self.fidelity_threshold)
@@ -374,4 +318,4 @@ class RetrainingLoop(RoundSchedule, Callback):
 
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""
-        return summary([self.rows[t] for t in sorted(self.rows)], self._run_dir, last_checkpoint, self.learner_noise)
+        return self.writer.summary(last_checkpoint, self.learner_noise)

@@ -33,6 +33,7 @@ from lightning_curate.loop.training import GeneratorTraining
 from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
 from lightning_curate.models.generator import Generator
 from lightning_curate.ops.kchoice import BACKENDS, MODES, kchoice
+from lightning_curate.utils.columns import CURATED_REWARD_MEAN_OF, CURATED_SHARE, REWARD_MEAN_OF, SHARE, SLOTS, Col
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import check_beta, check_choice, check_float, check_int
@@ -308,19 +309,19 @@ class CurationModule(GeneratorTraining):
         model_stats = self.model_reward.compute()
         curated_stats = self.curated_reward.compute()
         row = {
-            "reward_mean": float(model_stats["mean"]),
-            "reward_std": float(model_stats["std"]),
-            "curated_reward_mean": float(curated_stats["mean"]),
-            "curated_reward_std": float(curated_stats["std"]),
-            "selection_entropy": float(self.selection_entropy.compute()),
+            Col.REWARD_MEAN: float(model_stats["mean"]),
+            Col.REWARD_STD: float(model_stats["std"]),
+            Col.CURATED_REWARD_MEAN: float(curated_stats["mean"]),
+            Col.CURATED_REWARD_STD: float(curated_stats["std"]),
+            Col.SELECTION_ENTROPY: float(self.selection_entropy.compute()),
         }
         if self.curator_slots is not None:  # each curator's reward of the model's and the kept samples
             slots = self.curator_slots.compute().reshape(-1).tolist()
             stats = zip(self.curator_names, self.curator_reward, self.curator_curated, slots)
             for name, model, curated, share in stats:
-                row[f"reward_mean_{name}"] = float(cast(RewardStats, model).compute()["mean"])
-                row[f"curated_reward_mean_{name}"] = float(cast(RewardStats, curated).compute()["mean"])
-                row[f"slots_{name}"] = share
+                row[REWARD_MEAN_OF(name)] = float(cast(RewardStats, model).compute()["mean"])
+                row[CURATED_REWARD_MEAN_OF(name)] = float(cast(RewardStats, curated).compute()["mean"])
+                row[SLOTS(name)] = share
         if class_names:
             # curate_round passes class names only with n_classes > 0, and
             # _reset_round_metrics has then built both ModeShares.
@@ -328,8 +329,8 @@ class CurationModule(GeneratorTraining):
             model_shares = self.model_shares.compute().tolist()
             curated_shares = self.curated_shares.compute().tolist()
             for name, share, cshare in zip(class_names, model_shares, curated_shares):
-                row[f"share_{name}"] = share
-                row[f"curated_share_{name}"] = cshare
+                row[SHARE(name)] = share
+                row[CURATED_SHARE(name)] = cshare
         return row
 
     def population_settings(self) -> dict[str, Any]:

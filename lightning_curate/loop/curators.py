@@ -45,6 +45,16 @@ from lightning_curate.store.settings import init_args_of, qualname
 from lightning_curate.theory.empirical import empirical_curation_weights
 from lightning_curate.theory.ideal_learner import predict_round
 from lightning_curate.theory.population import AtomCurator
+from lightning_curate.utils.columns import (
+    IDEAL_REWARD_MEAN_OF,
+    ONE_CURATOR_PREDICTIONS,
+    PREDICTED_CURATED_REWARD_MEAN_OF,
+    PREDICTED_CURATED_SHARE,
+    PREDICTED_REWARD_MEAN_OF,
+    PREDICTED_SHARE,
+    Col,
+    stderr,
+)
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float
@@ -258,16 +268,16 @@ def population_columns(base: dict[str, float], probe: dict[str, Tensor], curator
         return synthetic if rho == 0.0 else rho * real + (1 - rho) * synthetic
 
     # A slot's winner depends on its curator too: the one-curator selection spreads do not apply.
-    out = {key: v for key, v in base.items() if not key.startswith(("predicted_", "tilt_", "selection_"))}
-    out["exp_reward_lower_bound"] = out["exp_reward_lower_bound_stderr"] = math.nan
+    out = {key: v for key, v in base.items() if not any(f.owns(key) for f in ONE_CURATOR_PREDICTIONS)}
+    out[Col.EXP_REWARD_LOWER_BOUND] = out[stderr(Col.EXP_REWARD_LOWER_BOUND)] = math.nan
     real_ref = real_rewards.double().flatten()
     curated = float((q * r_ref.flatten()).sum())
-    out["predicted_reward_mean"] = mix(float(real_ref.mean()), curated)
-    out["predicted_curated_reward_mean"] = curated
+    out[Col.PREDICTED_REWARD_MEAN] = mix(float(real_ref.mean()), curated)
+    out[Col.PREDICTED_CURATED_REWARD_MEAN] = curated
     for u, name in enumerate(names):
         cur = float((q * r_cur[u]).sum())
-        out[f"predicted_reward_mean_{name}"] = mix(float(real_curator_rewards[:, u].double().mean()), cur)
-        out[f"predicted_curated_reward_mean_{name}"] = cur
+        out[PREDICTED_REWARD_MEAN_OF(name)] = mix(float(real_curator_rewards[:, u].double().mean()), cur)
+        out[PREDICTED_CURATED_REWARD_MEAN_OF(name)] = cur
     labels = probe.get("probe_labels")
     if labels is not None and class_names:
         c = len(class_names)
@@ -276,9 +286,9 @@ def population_columns(base: dict[str, float], probe: dict[str, Tensor], curator
         if real_labels is not None and rho > 0:
             real_shares = torch.bincount(real_labels.reshape(-1).long(), minlength=c).double() / real_labels.numel()
         for i, cname in enumerate(class_names):
-            out[f"predicted_share_{cname}"] = mix(float(real_shares[i]), float(shares[i]))
+            out[PREDICTED_SHARE(cname)] = mix(float(real_shares[i]), float(shares[i]))
         for i, cname in enumerate(class_names):
-            out[f"predicted_curated_share_{cname}"] = float(shares[i])
+            out[PREDICTED_CURATED_SHARE(cname)] = float(shares[i])
     return out
 
 
@@ -331,9 +341,9 @@ def ideal_columns(module: Any, round_idx: int, real_fraction: float, real_reward
                                 weights=p)
         laws.append(real_fraction / m + (1 - real_fraction) * q / q.sum())
     p = laws[round_idx]
-    out = {"ideal_reward_mean": float((p * real_rewards.double().flatten()).sum())}
+    out = {Col.IDEAL_REWARD_MEAN: float((p * real_rewards.double().flatten()).sum())}
     for u, name in enumerate(module.curator_names):
-        out[f"ideal_reward_mean_{name}"] = float((p * r_cur[u]).sum())
+        out[IDEAL_REWARD_MEAN_OF(name)] = float((p * r_cur[u]).sum())
     return out
 
 

@@ -56,6 +56,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
+from lightning_curate.utils.columns import (
+    CLASS_FIDELITY,
+    CURATED_SHARE,
+    P0_SHARE_ERROR,
+    PREDICTED_SHARE,
+    SELECTION_SHARE_SD,
+    SHARE,
+    Col,
+    stderr,
+)
+
 __all__ = ["BAND_Z", "DEFAULT_Z", "FIDELITY_BAND", "aggregate_fidelity", "band_tally", "band_verdict",
            "fidelity_columns", "learner_gap_columns", "mean_learner_gap", "p0_quality", "round_zero_quality",
            "rounds_out_of_band"]
@@ -64,10 +75,6 @@ DEFAULT_Z = 3.0
 FIDELITY_BAND = (0.85, 1.15)  # where a learner counts as faithful
 BAND_Z = 2.0  # standard errors a ratio may sit outside the band before it measurably is out of it
 _ROUND_OFF = 1e-9
-_SHARE = "share_"
-_PREDICTED_SHARE = "predicted_share_"
-_CURATED_SHARE = "curated_share_"
-_SELECTION_SHARE = "selection_share_sd_"
 
 
 def _number(row: Mapping[str, Any], key: str) -> float:
@@ -105,7 +112,7 @@ def _draw_se(current: Mapping[str, Any], curated_sd: float) -> float:
     an upper bound. (The real part's resampling, under ``real_fraction > 0``, is in the
     measured ``learner_noise``: refits redraw it.)
     """
-    n_syn, rho = _number(current, "n_synthetic"), _number(current, "real_fraction")
+    n_syn, rho = _number(current, Col.N_SYNTHETIC), _number(current, Col.REAL_FRACTION)
     if not (math.isfinite(n_syn) and n_syn >= 1 and math.isfinite(curated_sd)):
         return 0.0
     return (1.0 - (rho if math.isfinite(rho) else 0.0)) * curated_sd / math.sqrt(n_syn)
@@ -158,54 +165,54 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         >>> fidelity_columns(prev, {"reward_mean": 0.5}, num_candidates=10_000)["reward_fidelity"]
         0.5
     """
-    if not math.isfinite(_number(previous, "predicted_reward_mean")):
+    if not math.isfinite(_number(previous, Col.PREDICTED_REWARD_MEAN)):
         return {}
     n_obs = max(1, int(num_candidates))
     n_pred = max(1, int(num_probe if num_probe is not None else num_candidates))
     out: dict[str, float] = {}
 
-    r_prev, r_cur = _number(previous, "reward_mean"), _number(current, "reward_mean")
-    std = _number(previous, "reward_std")
-    se_pred = _number(previous, "predicted_reward_stderr")
+    r_prev, r_cur = _number(previous, Col.REWARD_MEAN), _number(current, Col.REWARD_MEAN)
+    std = _number(previous, Col.REWARD_STD)
+    se_pred = _number(previous, Col.PREDICTED_REWARD_STDERR)
     if not math.isfinite(se_pred):
         se_pred = std / math.sqrt(n_pred)
-    se_pred = math.hypot(se_pred, _draw_se(current, _spread(previous, "selection_reward_sd", "curated_reward_std")))
-    std_cur = _number(current, "reward_std")
+    se_pred = math.hypot(se_pred, _draw_se(current, _spread(previous, Col.SELECTION_REWARD_SD,
+                                                            Col.CURATED_REWARD_STD)))
+    std_cur = _number(current, Col.REWARD_STD)
     jitter = learner_noise * (std_cur if math.isfinite(std_cur) else std) / math.sqrt(n_obs)
-    fid, fid_se = _ratio(r_cur - r_prev, _number(previous, "predicted_reward_mean") - r_prev,
+    fid, fid_se = _ratio(r_cur - r_prev, _number(previous, Col.PREDICTED_REWARD_MEAN) - r_prev,
                          math.hypot(std * math.sqrt(2.0 / n_obs), jitter), se_pred, z)
-    out["reward_fidelity"], out["reward_fidelity_stderr"] = fid, fid_se
-    out["fidelity_reliable"] = float(math.isfinite(fid))
-    out["learner_noise"] = float(learner_noise)  # the rule this row was judged by
+    out[Col.REWARD_FIDELITY], out[stderr(Col.REWARD_FIDELITY)] = fid, fid_se
+    out[Col.FIDELITY_RELIABLE] = float(math.isfinite(fid))
+    out[Col.LEARNER_NOISE] = float(learner_noise)  # the rule this row was judged by
 
-    names = [k[len(_PREDICTED_SHARE):] for k in previous if k.startswith(_PREDICTED_SHARE)]
-    names = [n for n in names if f"{_SHARE}{n}" in previous and f"{_SHARE}{n}" in current]
+    names = [n for n in PREDICTED_SHARE.names(previous) if SHARE(n) in previous and SHARE(n) in current]
     if names:
         gap, gain_prev, gain_cur, gain_pred, gain_curated = 0.0, 0.0, 0.0, 0.0, 0.0
         for name in names:
-            s_prev, s_cur = _number(previous, _SHARE + name), _number(current, _SHARE + name)
-            s_pred, s_curated = _number(previous, _PREDICTED_SHARE + name), _number(previous, _CURATED_SHARE + name)
+            s_prev, s_cur = _number(previous, SHARE(name)), _number(current, SHARE(name))
+            s_pred, s_curated = _number(previous, PREDICTED_SHARE(name)), _number(previous, CURATED_SHARE(name))
             gap += abs(s_cur - s_pred)
             se_cur = _share_se(s_cur, n_obs)
             se_obs = math.hypot(_share_se(s_prev, n_obs), se_cur, learner_noise * se_cur)
-            selection = _number(previous, _SELECTION_SHARE + name)
+            selection = _number(previous, SELECTION_SHARE_SD(name))
             se_p = math.hypot(_share_se(s_pred, n_pred),
                               _draw_se(current, selection if math.isfinite(selection) else _bernoulli_sd(s_curated)))
-            out[f"class_fidelity_{name}"], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
+            out[CLASS_FIDELITY(name)], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
             if s_pred > s_prev:
                 gain_prev, gain_cur, gain_pred = gain_prev + s_prev, gain_cur + s_cur, gain_pred + s_pred
                 gain_curated += s_curated
-        out["l1_gap_to_prediction"] = gap
+        out[Col.L1_GAP_TO_PREDICTION] = gap
         se_cur = _share_se(gain_cur, n_obs)
         se_obs = math.hypot(_share_se(gain_prev, n_obs), se_cur, learner_noise * se_cur)
         # The gain set's draw: its curated share's binomial spread (the per-slot one is per class only).
         se_p = math.hypot(_share_se(gain_pred, n_pred), _draw_se(current, _bernoulli_sd(gain_curated)))
-        out["gain_share_fidelity"], out["gain_share_fidelity_stderr"] = _ratio(
+        out[Col.GAIN_SHARE_FIDELITY], out[stderr(Col.GAIN_SHARE_FIDELITY)] = _ratio(
             gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
     return out
 
 
-def aggregate_fidelity(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") -> float:
+def aggregate_fidelity(rows: Sequence[Mapping[str, Any]], key: str = Col.REWARD_FIDELITY) -> float:
     """Mean of ``key`` over the rounds where it is meaningful (finite); ``nan`` if none is."""
     values = [_number(r, key) for r in rows]
     values = [v for v in values if math.isfinite(v)]
@@ -240,20 +247,20 @@ def band_verdict(ratio: float, stderr: float, band: tuple[float, float] = FIDELI
     return "near" if distance <= z * stderr else "out"
 
 
-def band_tally(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") -> dict[str, int]:
+def band_tally(rows: Sequence[Mapping[str, Any]], key: str = Col.REWARD_FIDELITY) -> dict[str, int]:
     """How many rounds' ``key`` ratios are ``in`` / ``near`` / ``out`` of the band, and outside it with no
     known error (``?``) (:func:`band_verdict`)."""
     tally = {"in": 0, "near": 0, "out": 0, "?": 0}
     for r in rows:
-        verdict = band_verdict(_number(r, key), _number(r, f"{key}_stderr"))
+        verdict = band_verdict(_number(r, key), _number(r, stderr(key)))
         if verdict in tally:
             tally[verdict] += 1
     return tally
 
 
-def rounds_out_of_band(rows: Sequence[Mapping[str, Any]], key: str = "reward_fidelity") -> list[Mapping[str, Any]]:
+def rounds_out_of_band(rows: Sequence[Mapping[str, Any]], key: str = Col.REWARD_FIDELITY) -> list[Mapping[str, Any]]:
     """The rows whose ``key`` ratio is measurably outside the band (:func:`band_verdict` says ``out``)."""
-    return [r for r in rows if band_verdict(_number(r, key), _number(r, f"{key}_stderr")) == "out"]
+    return [r for r in rows if band_verdict(_number(r, key), _number(r, stderr(key))) == "out"]
 
 
 def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float, *,
@@ -278,10 +285,10 @@ def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float,
         >>> round(out["learner_gap"], 6), round(out["learner_gap_stderr"], 6)
         (-0.005, 0.001)
     """
-    mean, std = _number(row, "reward_mean"), _number(row, "reward_std")
-    return {"training_set_reward_mean": float(training_set_reward_mean),
-            "learner_gap": mean - float(training_set_reward_mean),
-            "learner_gap_stderr": std / math.sqrt(max(1, int(num_candidates)))}
+    mean, std = _number(row, Col.REWARD_MEAN), _number(row, Col.REWARD_STD)
+    return {Col.TRAINING_SET_REWARD_MEAN: float(training_set_reward_mean),
+            Col.LEARNER_GAP: mean - float(training_set_reward_mean),
+            stderr(Col.LEARNER_GAP): std / math.sqrt(max(1, int(num_candidates)))}
 
 
 def mean_learner_gap(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
@@ -301,17 +308,17 @@ def mean_learner_gap(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
         >>> [round(v, 6) for v in mean_learner_gap(rows)]
         [-0.005, 0.001]
     """
-    gaps = [r for r in rows if _number(r, "round") >= 1 and math.isfinite(_number(r, "learner_gap"))]
+    gaps = [r for r in rows if _number(r, Col.ROUND) >= 1 and math.isfinite(_number(r, Col.LEARNER_GAP))]
     if not gaps:
         return math.nan, math.nan
     weighed = []
     for r in gaps:
-        noise = _number(r, "learner_noise")
-        se = _number(r, "learner_gap_stderr") * math.sqrt(1.0 + (noise * noise if math.isfinite(noise) else 0.0))
+        noise = _number(r, Col.LEARNER_NOISE)
+        se = _number(r, stderr(Col.LEARNER_GAP)) * math.sqrt(1.0 + (noise * noise if math.isfinite(noise) else 0.0))
         if math.isfinite(se) and se > 0:
-            weighed.append((_number(r, "learner_gap"), 1.0 / (se * se)))
+            weighed.append((_number(r, Col.LEARNER_GAP), 1.0 / (se * se)))
     if not weighed:
-        return sum(_number(r, "learner_gap") for r in gaps) / len(gaps), math.nan
+        return sum(_number(r, Col.LEARNER_GAP) for r in gaps) / len(gaps), math.nan
     total = sum(w for _, w in weighed)
     mean = sum(w * g for g, w in weighed) / total
     chi2 = sum(w * (g - mean) ** 2 for g, w in weighed)
@@ -337,11 +344,11 @@ def round_zero_quality(model_shares: Mapping[str, float], real_shares: Mapping[s
     worst = 0.0
     for name, real in real_shares.items():
         err = float(model_shares.get(name, 0.0)) - float(real)
-        out[f"p0_share_error_{name}"] = err
+        out[P0_SHARE_ERROR(name)] = err
         worst = max(worst, abs(err))
     if real_shares:
-        out["p0_share_error_max"] = worst
-    out["p0_distance_ratio"] = model_distance / real_distance if real_distance > 0 else math.nan
+        out[Col.P0_SHARE_ERROR_MAX] = worst
+    out[Col.P0_DISTANCE_RATIO] = model_distance / real_distance if real_distance > 0 else math.nan
     return out
 
 
@@ -357,7 +364,7 @@ def p0_quality(row: Mapping[str, Any], preview: Any, real: Any, real_labels: Any
         class_names: the classes' names.
         sample_distance: the distance ``row["sw_distance"]`` was measured with.
     """
-    if preview is None or "sw_distance" not in row:
+    if preview is None or Col.SW_DISTANCE not in row:
         return {}
     n = min(len(preview), len(real.train))
     real_distance = sample_distance(real.train[:n], real.heldout)
@@ -365,5 +372,4 @@ def p0_quality(row: Mapping[str, Any], preview: Any, real: Any, real_labels: Any
     if real_labels is not None and class_names:
         counts = real_labels.bincount(minlength=len(class_names)).double()
         real_shares = {name: float(c) / max(1.0, float(counts.sum())) for name, c in zip(class_names, counts)}
-    model_shares = {k[len(_SHARE):]: v for k, v in row.items() if k.startswith(_SHARE)}
-    return round_zero_quality(model_shares, real_shares, row["sw_distance"], real_distance)
+    return round_zero_quality(SHARE.values(row), real_shares, row[Col.SW_DISTANCE], real_distance)

@@ -24,6 +24,7 @@ from lightning_curate.loop.fidelity import (
     mean_learner_gap,
     rounds_out_of_band,
 )
+from lightning_curate.utils.columns import LEAD, SHARE, Col, column_order, stderr
 from lightning_curate.utils.table import write_csv
 
 __all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "log_row", "plot_run", "summary",
@@ -32,19 +33,12 @@ __all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "log
 # Figures are redrawn after a round while drawing has cost at most this share of the run's time.
 PLOT_TIME_SHARE = 0.1
 
-ROW_ORDER = ["round", "epoch", "real_fraction", "n_real", "n_synthetic", "reward_mean", "reward_std",
-             "curated_reward_mean", "curated_reward_std", "selection_entropy", "sw_distance", "reward_fidelity",
-             "learner_gap", "gain_share_fidelity", "l1_gap_to_prediction"]
+ROW_ORDER = list(LEAD)  # the columns rounds.csv starts with (lightning_curate.utils.columns.LEAD)
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Write ``rows`` as a CSV atomically: the fixed columns first, then shares, then the rest."""
-    columns = [c for c in ROW_ORDER if any(c in r for r in rows)]
-    seen = list(dict.fromkeys(c for r in rows for c in r if c not in columns))
-    columns += [c for c in seen if c.startswith("share_")]
-    columns += [c for c in seen if c.startswith("curated_share_")]
-    columns += [c for c in seen if not c.startswith(("share_", "curated_share_"))]
-    write_csv(path, columns, rows)
+    write_csv(path, column_order(rows), rows)
 
 
 def _finite(value: Any) -> bool:
@@ -57,7 +51,7 @@ def _cell(value: Any, width: int, spec: str = ".4f") -> str:
 
 def _ratio_text(row: Mapping[str, Any], sep: str = "+-") -> str:
     """``1.42+-0.38``: a fidelity ratio with its standard error; ``-`` where there is none."""
-    ratio, se = row.get("reward_fidelity"), row.get("reward_fidelity_stderr")
+    ratio, se = row.get(Col.REWARD_FIDELITY), row.get(stderr(Col.REWARD_FIDELITY))
     if not _finite(ratio):
         return "-"
     return f"{ratio:.2f}" + (f"{sep}{se:.2f}" if _finite(se) else "")
@@ -95,15 +89,15 @@ def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: O
             learner_noise: float = 0.0) -> str:
     """A short per-round table (reward, curated reward, real share, fidelity, learner gap, top shares) and
     the artifacts; ``learner_noise`` is named beside the fidelity when the noise rule counts it."""
-    shares = [c for c in rows[-1] if c.startswith("share_")]
+    shares = SHARE.columns(rows[-1])
     top = sorted(shares, key=lambda c: -rows[-1][c])[:3]
     head = (f"{'round':>5} {'reward':>9} {'curated':>9} {'real%':>6} {'fidelity':>11} {'gap':>8} "
-            + " ".join(f"{c[6:]:>9}" for c in top))
+            + " ".join(f"{SHARE.name_of(c):>9}" for c in top))
     lines = ["", "Curated retraining: per-round summary", head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['round']:>5} {_cell(r.get('reward_mean'), 9)} {_cell(r.get('curated_reward_mean'), 9)} "
-                     f"{100 * r.get('real_fraction', 0):>6.1f} {_ratio_text(r):>11} "
-                     f"{_cell(r.get('learner_gap'), 8)} " + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
+        lines.append(f"{r[Col.ROUND]:>5} {_cell(r.get(Col.REWARD_MEAN), 9)} {_cell(r.get(Col.CURATED_REWARD_MEAN), 9)} "
+                     f"{100 * r.get(Col.REAL_FRACTION, 0):>6.1f} {_ratio_text(r):>11} "
+                     f"{_cell(r.get(Col.LEARNER_GAP), 8)} " + " ".join(f"{100 * r[c]:>8.1f}%" for c in top))
     aggregate = aggregate_fidelity(rows)
     if math.isfinite(aggregate):
         noise = "sampling" + (f" + learner jitter {learner_noise:g}x" if learner_noise > 0 else "")
@@ -186,7 +180,7 @@ def plot_run(rows: Sequence[Mapping[str, Any]], previews: Sequence[Optional[Tens
         return
     shown = [p for p in previews if p is not None]
     shape = tuple(getattr(generator, "data_shape", ()))
-    titles = [f"round {r['round']}" for r in rows]
+    titles = [f"round {r[Col.ROUND]}" for r in rows]
     if shape == (2,):
         labels = [datamodule.label(p) for p in shown] if datamodule.class_names else None
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from lightning_curate import theory
 from lightning_curate.models.generator import Generator
 from lightning_curate.theory.population import population_trajectory
+from lightning_curate.utils.columns import EXACT_SHARE, IDEAL_SHARE
 from lightning_curate.utils.validation import atom_indices, check_int
 
 __all__ = ["ExactCategorical"]
@@ -171,8 +172,8 @@ class ExactCategorical(Generator):
                    exact_exp_reward_mean=theory.expected_exp_reward(p_t, r, beta))
         names = getattr(source, "class_names", None) or [f"atom{i}" for i in range(n)]
         for name, pe, pi in zip(names, p_t.tolist(), ideal.tolist()):
-            row[f"exact_share_{name}"] = pe
-            row[f"ideal_share_{name}"] = pi
+            row[EXACT_SHARE(name)] = pe
+            row[IDEAL_SHARE(name)] = pi
         return row
 
     def extra_repr(self) -> str:

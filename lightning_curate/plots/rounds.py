@@ -17,13 +17,12 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from lightning_curate.plots.common import PathLike, new_figure, palette, save_figure
+from lightning_curate.utils.columns import FIDELITY_RATIOS, PREDICTED_SHARE, SHARE, Col, stderr
 
 __all__ = ["build_round_metrics_figure", "plot_round_metrics"]
 
 OTHER_COLOR = "#9a9a9a"  # shares that belong to no mode
-PREDICTED_SHARE = "predicted_share_"
 MAX_PREDICTED = 3  # classes drawn against the ideal learner's prediction
-FIDELITY_KEYS = ("reward_fidelity", "gain_share_fidelity")
 # Where a learner counts as faithful: lightning_curate.loop.fidelity.FIDELITY_BAND (plots may not import
 # the loop; tests/loop/test_fidelity.py checks the two agree).
 FIDELITY_BAND = (0.85, 1.15)
@@ -53,7 +52,7 @@ def _column(rows: Sequence[Mapping], key: str) -> np.ndarray:
     return np.array([_as_float(r.get(key)) for r in rows], dtype=np.float64)
 
 
-def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "share_") -> Figure:
+def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = SHARE.prefix) -> Figure:
     """The figure of :func:`plot_round_metrics` (same arguments), not saved."""
     if not isinstance(rows, (list, tuple)):
         raise ValueError(f"rows: expected a list of dicts (one per round), got {type(rows).__name__}")
@@ -63,7 +62,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
         if not isinstance(r, Mapping):
             raise ValueError(f"rows[{i}]: expected a dict, got {type(r).__name__}")
 
-    rounds = _column(rows, "round")
+    rounds = _column(rows, Col.ROUND)
     if not np.isfinite(rounds).all():
         rounds = np.arange(len(rows), dtype=np.float64)
     order = np.argsort(rounds, kind="stable")
@@ -79,8 +78,8 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
     dist_keys = [k for k in keys if _is_distance_key(k) and np.isfinite(_column(rows, k)).any()]
 
     predicted_keys = _predicted_share_keys(rows, keys, share_prefix)
-    fidelity_keys = [k for k in FIDELITY_KEYS if k in keys and np.isfinite(_column(rows, k)).any()]
-    gap = _column(rows, "learner_gap")
+    fidelity_keys = [k for k in FIDELITY_RATIOS if k in keys and np.isfinite(_column(rows, k)).any()]
+    gap = _column(rows, Col.LEARNER_GAP)
     gap_shown = np.isfinite(gap) & (rounds >= 1)  # round 0's gap (p_0 against the real data) sits in rounds.csv
     n_panels = (1 + bool(dist_keys) + bool(share_keys) + bool(predicted_keys) + bool(fidelity_keys)
                 + bool(gap_shown.any()))
@@ -104,7 +103,8 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
     ax = axes[0]
     ax.set_label("reward")
     c_model, c_cur = palette(2)
-    mean, std, cur = _column(rows, "reward_mean"), _column(rows, "reward_std"), _column(rows, "curated_reward_mean")
+    mean, std = _column(rows, Col.REWARD_MEAN), _column(rows, Col.REWARD_STD)
+    cur = _column(rows, Col.CURATED_REWARD_MEAN)
     drawn = False
     if np.isfinite(mean).any():
         ax.plot(rounds, mean, "-o", color=c_model, ms=4, lw=1.6, label="model samples (mean)")
@@ -118,7 +118,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
     if np.isfinite(cur).any():
         ax.plot(rounds, cur, "-s", color=c_cur, ms=4, lw=1.6, label="curated samples (mean)")
         drawn = True
-    predicted = _column(rows, "predicted_reward_mean")
+    predicted = _column(rows, Col.PREDICTED_REWARD_MEAN)
     if np.isfinite(predicted).any():
         # Row t predicts round t + 1: draw it where it can be compared with what was observed.
         ax.plot(np.asarray(rounds) + 1, predicted, ":^", color="0.25", ms=4, lw=1.3,
@@ -194,7 +194,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
             ax.plot(rounds, 100.0 * _column(rows, share_prefix + name), "-o", ms=4, lw=1.6, color=color,
                     label=f"{name} observed")
             # Row t predicts round t + 1: drawn at t + 1, beside what was observed there.
-            ax.plot(rounds + 1, 100.0 * _column(rows, PREDICTED_SHARE + name), ":^", ms=4, lw=1.3, color=color,
+            ax.plot(rounds + 1, 100.0 * _column(rows, PREDICTED_SHARE(name)), ":^", ms=4, lw=1.3, color=color,
                     label=f"{name} ideal learner")
         ax.set_title("Shares: observed vs ideal learner")
         ax.set_ylabel("share (%)")
@@ -210,7 +210,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
         ax.axhline(1.0, color="0.3", lw=1.0, ls="--")
         for key, color in zip(fidelity_keys, palette(len(fidelity_keys))):
             values = _column(rows, key)
-            err = _column(rows, key + "_stderr") if key + "_stderr" in keys else None
+            err = _column(rows, stderr(key)) if stderr(key) in keys else None
             if err is not None and np.isfinite(err).any():
                 ax.errorbar(rounds, values, yerr=np.nan_to_num(err), fmt="-o", ms=4, lw=1.4, capsize=3, color=color,
                             label=key.replace("_", " "))
@@ -227,7 +227,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
         ax = axes[panel]
         ax.set_label("learner gap")
         ax.axhline(0.0, color="0.3", lw=1.0, ls="--", label="reproduces its training set")
-        err = _column(rows, "learner_gap_stderr")
+        err = _column(rows, stderr(Col.LEARNER_GAP))
         ax.errorbar(rounds[gap_shown], gap[gap_shown], yerr=np.nan_to_num(err[gap_shown]), fmt="-o", ms=4, lw=1.4,
                     capsize=3, color=palette(1)[0], label="model reward - training set's (±1 se)")
         ax.set_title("Learner gap to its own training set")
@@ -240,10 +240,8 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = "
 def _predicted_share_keys(rows: Sequence[Mapping], keys: Sequence[str], share_prefix: str) -> list[str]:
     """The (at most ``MAX_PREDICTED``) classes the ideal learner moves most, over the whole run."""
     moves = []
-    for key in keys:
-        if not key.startswith(PREDICTED_SHARE):
-            continue
-        name = key[len(PREDICTED_SHARE):]
+    for key in PREDICTED_SHARE.columns(keys):
+        name = PREDICTED_SHARE.name_of(key)
         observed, predicted = _column(rows, share_prefix + name), _column(rows, key)
         gap = np.abs(predicted - observed)
         if np.isfinite(gap).any():
@@ -252,7 +250,7 @@ def _predicted_share_keys(rows: Sequence[Mapping], keys: Sequence[str], share_pr
     return [name for _, name in moves[:MAX_PREDICTED]]
 
 
-def plot_round_metrics(rows: Sequence[Mapping], path: PathLike, *, share_prefix: str = "share_") -> Path:
+def plot_round_metrics(rows: Sequence[Mapping], path: PathLike, *, share_prefix: str = SHARE.prefix) -> Path:
     """Plot the per-round table (``rounds.csv`` rows) and write a PNG.
 
     Panels, left to right:

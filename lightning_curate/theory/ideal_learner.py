@@ -38,6 +38,7 @@ from lightning_curate.theory.empirical import (
     float64_vector,
 )
 from lightning_curate.theory.laws import rlhf_coefficient
+from lightning_curate.utils.columns import PREDICTED_CURATED_SHARE, PREDICTED_SHARE, SELECTION_SHARE_SD, TILT_SHARE
 from lightning_curate.utils.validation import check_float
 
 __all__ = ["check_improvement", "improvement_violated", "predict_round", "selection_probabilities"]
@@ -204,16 +205,16 @@ def predict_round(rewards, beta: float = 1.0, *, labels=None, class_names: Optio
         curated_shares = _shares(lab, q, C)
         tilt_shares = _shares(lab, tilt, C)
         for c, name in enumerate(names):
-            out[f"predicted_share_{name}"] = mix(float(real_shares[c]), float(curated_shares[c]))
+            out[PREDICTED_SHARE(name)] = mix(float(real_shares[c]), float(curated_shares[c]))
         for c, name in enumerate(names):
-            out[f"predicted_curated_share_{name}"] = float(curated_shares[c])
+            out[PREDICTED_CURATED_SHARE(name)] = float(curated_shares[c])
         for c, name in enumerate(names):
-            out[f"tilt_share_{name}"] = mix(float(real_shares[c]), float(tilt_shares[c]))
+            out[TILT_SHARE(name)] = mix(float(real_shares[c]), float(tilt_shares[c]))
         if pick is not None:  # a winner's membership in each class, per slot: Bernoulli(p_s(c))
             p_class = torch.zeros(N, C, dtype=torch.float64).scatter_add_(1, lab.reshape(N, K), pick)
             sd = (p_class * (1 - p_class)).clamp(min=0.0).mean(dim=0).sqrt()
             for c, name in enumerate(names):
-                out[f"selection_share_sd_{name}"] = float(sd[c])
+                out[SELECTION_SHARE_SD(name)] = float(sd[c])
     return out
 
 

@@ -211,10 +211,11 @@ def test_a_run_stopped_before_its_last_round_still_draws_its_last_finished_round
     from lightning.pytorch.callbacks import Callback
 
     from lightning_curate.loop.report import PlotBudget
+    from lightning_curate.loop.writing import RunWriter
 
     drawn = []
     monkeypatch.setattr(PlotBudget, "due", lambda self, last: last)  # only the last round on its own
-    monkeypatch.setattr(RetrainingLoop, "_plot", lambda self, trainer, module: drawn.append(max(self.rows)))
+    monkeypatch.setattr(RunWriter, "plot", lambda self, trainer, module: drawn.append(max(self.rows)))
 
     class StopAfterRoundOne(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
