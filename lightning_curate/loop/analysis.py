@@ -7,11 +7,11 @@ rows before it:
   and the data source's own sample metrics);
 * what the ideal learner predicts for the next round (``predicted_*``, ``tilt_*``,
   :mod:`lightning_curate.theory.ideal_learner`; a population's mixture law,
-  :func:`~lightning_curate.loop.curators.predict_next`), and docs/THEORY.md 4.2's
+  :func:`~lightning_curate.loop.prediction.predict_next`), and docs/THEORY.md 4.2's
   monotone-improvement check against the previous round's bound;
 * the learner's gap to the set it trained on, round 0's fit of the data, and the fidelity
   of this round's move to the previous round's prediction (:mod:`lightning_curate.loop.fidelity`);
-* an exact learner's exact quantities (:func:`~lightning_curate.loop.curators.exact_metrics`).
+* an exact learner's exact quantities (:func:`~lightning_curate.loop.prediction.exact_metrics`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Optional
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_curate.loop.curators import exact_metrics, predict_next
 from lightning_curate.loop.fidelity import fidelity_columns, learner_gap_columns, p0_quality
+from lightning_curate.loop.prediction import PopulationForecast, exact_metrics, predict_next
 from lightning_curate.theory.ideal_learner import check_improvement
 from lightning_curate.utils.columns import Col
 
@@ -44,6 +44,7 @@ class RoundAnalysis:
         self.learner_noise = learner_noise
         self.real_rewards: Optional[Tensor] = None  # the real training data's, for predictions
         self.real_labels: Optional[Tensor] = None
+        self.forecast = PopulationForecast()  # a population's caches, kept between rounds
 
     def measure(self, pl_module: Any, datamodule: Any, round_idx: int, row: dict[str, Any],
                 probe: dict[str, Tensor], previous: Optional[Mapping[str, Any]]) -> None:
@@ -73,7 +74,8 @@ class RoundAnalysis:
             self.real_labels = labels.cpu() if labels is not None else None
         columns = predict_next(pl_module, probe, class_names=datamodule.class_names,
                                real_fraction=datamodule.real_fraction, real_rewards=self.real_rewards,
-                               real_labels=self.real_labels, real_samples=real, round_idx=round_idx)
+                               real_labels=self.real_labels, real_samples=real, round_idx=round_idx,
+                               forecast=self.forecast)
         if previous is not None:
             columns.update(check_improvement(previous, columns))
             if columns.get(Col.IMPROVEMENT_VIOLATION) == 1.0:

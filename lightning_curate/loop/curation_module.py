@@ -108,13 +108,12 @@ class CurationModule(GeneratorTraining):
         self.beta, self.mode, self.chunk_size = float(beta), mode, chunk_size
         self.lr, self.weight_decay, self.preview_size, self.backend = lr, weight_decay, preview_size, backend
         self.log_choices = log_choices
-        self.curators, self._pi, self.curator_names = check_population(curators)
+        # The population, its normalised shares pi (float64, on the CPU) and names (None, [1.], [] for one curator).
+        self.curators, self.curator_shares, self.curator_names = check_population(curators)
         self._reuses_reference = [same_reward(c.reward, self.reward) for c in members(self.curators)]
         self.curator_reward = nn.ModuleList([RewardStats() for _ in self.curator_names])
         self.curator_curated = nn.ModuleList([RewardStats() for _ in self.curator_names])
         self.curator_slots = ModeShares(len(self.curator_names)) if self.curators is not None else None
-        self._real_curator_rewards: Optional[Tensor] = None
-        self._ideal_laws: list[Tensor] = []  # the population's ideal learner on the real data, per round
         self.model_reward = RewardStats()
         self.curated_reward = RewardStats()
         self.selection_entropy = SelectionEntropy()
@@ -243,7 +242,7 @@ class CurationModule(GeneratorTraining):
                 index, chosen = res.index.view(nb, m), res.chosen
                 scores = choice_log_weights(r_block, self.mode, self.beta)
             else:
-                assign = draw_curators(seed, b, nb, self._pi)
+                assign = draw_curators(seed, b, nb, self.curator_shares)
                 r_cur = cur_rewards[:, sl].view(-1, nb, k)
                 index, scores = choose_block(self.curators, r_cur, assign, m, seed, b, self.backend)
                 chosen = block_cands[rows, index]

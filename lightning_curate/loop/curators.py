@@ -1,4 +1,4 @@
-"""A population of curators in the loop: who curates each slot, how, and what theory predicts.
+"""A population of curators in the loop: who curates each slot, and how.
 
 ``CurationModule(curators=[...])`` replaces the one curator (its ``reward``,
 ``beta``, ``mode``) by a list of :class:`Curator` s. Each slot is curated by
@@ -10,8 +10,8 @@ stored ``rewards`` and the plots measure it; each curator's reward is reported
 beside it (``reward_mean_<name>``).
 
 The kept samples follow the mixture ``q = sum_u pi_u p H_u``
-(:mod:`lightning_curate.theory.population`); :func:`population_columns` turns
-a round's candidates into that prediction for the next round.
+(:mod:`lightning_curate.theory.population`); what the ideal learner predicts from
+it is :mod:`lightning_curate.loop.prediction`'s.
 
 Example (YAML, an honest majority and a 25% adversary wanting mode 4)::
 
@@ -42,26 +42,12 @@ from torch import Tensor, nn
 
 from lightning_curate.ops.kchoice import kchoice
 from lightning_curate.store.settings import init_args_of, qualname
-from lightning_curate.theory.empirical import empirical_curation_weights
-from lightning_curate.theory.ideal_learner import predict_round
-from lightning_curate.theory.population import AtomCurator
-from lightning_curate.utils.columns import (
-    IDEAL_REWARD_MEAN_OF,
-    ONE_CURATOR_PREDICTIONS,
-    PREDICTED_CURATED_REWARD_MEAN_OF,
-    PREDICTED_CURATED_SHARE,
-    PREDICTED_REWARD_MEAN_OF,
-    PREDICTED_SHARE,
-    Col,
-    stderr,
-)
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float
 
-__all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings", "same_reward",
-           "draw_curators", "exact_metrics", "exact_population", "ideal_columns", "members", "mixture_weights",
-           "population_columns", "population_shares", "predict_next"]
+__all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings", "draw_curators",
+           "members", "population_shares", "same_reward"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -227,143 +213,3 @@ def _describe(module: nn.Module) -> dict[str, Any]:
     for name, child in module.named_children():
         args[name] = _describe(child)
     return {"class_path": qualname(module), "init_args": args, "state": _state_digest(module)}
-
-
-def mixture_weights(rewards: Tensor, curators: nn.ModuleList, pi: Tensor, num_candidates: int,
-                    num_winners: int = 1, weights: Optional[Tensor] = None) -> Tensor:
-    """``H = sum_u pi_u H_u`` on the law of ``M`` points (``rewards [U, M]``, masses ``weights``, default
-    uniform): the curated law is ``q = weights * H``.
-
-    Each ``H_u`` is :func:`~lightning_curate.theory.empirical_curation_weights` of curator ``u``'s
-    rewards with its ``beta`` and mode (for one winner, equal to
-    :func:`~lightning_curate.theory.population.empirical_population_weights`).
-    """
-    total = torch.zeros(rewards.shape[1], dtype=torch.float64)
-    for w, r, c in zip(pi.tolist(), rewards, members(curators)):
-        if w > 0:
-            total += w * empirical_curation_weights(r, num_candidates, c.beta, weights=weights,
-                                                    num_winners=num_winners, mode=c.mode)
-    return total
-
-
-def population_columns(base: dict[str, float], probe: dict[str, Tensor], curators: nn.ModuleList, pi: Tensor,
-                       names: Sequence[str], *, num_winners: int, real_fraction: float, real_rewards: Tensor,
-                       real_curator_rewards: Tensor, class_names: Optional[Sequence[str]] = None,
-                       real_labels: Optional[Tensor] = None) -> dict[str, float]:
-    """The ideal learner's next round under the population's mixture law ``q = sum_u pi_u p H_u``.
-
-    ``base`` is :func:`~lightning_curate.theory.predict_round`'s one-curator dict; its predictions are
-    replaced (``predicted_*``), its ``tilt_*`` and improvement bound dropped (a mixture has neither),
-    and ``predicted_reward_mean_<name>`` added per curator. ``probe`` holds ``probe_rewards [n, K]``
-    (reference reward), ``probe_curator_rewards [n, K, U]`` and optionally ``probe_labels [n, K]``;
-    ``real_curator_rewards [n_real, U]``.
-    """
-    r_ref = probe["probe_rewards"].double()
-    n, k = r_ref.shape
-    r_cur = probe["probe_curator_rewards"].double().reshape(n * k, -1).T  # [U, M]
-    q = mixture_weights(r_cur, curators, pi, k, num_winners) / (n * k)
-    rho = real_fraction
-
-    def mix(real: float, synthetic: float) -> float:
-        return synthetic if rho == 0.0 else rho * real + (1 - rho) * synthetic
-
-    # A slot's winner depends on its curator too: the one-curator selection spreads do not apply.
-    out = {key: v for key, v in base.items() if not any(f.owns(key) for f in ONE_CURATOR_PREDICTIONS)}
-    out[Col.EXP_REWARD_LOWER_BOUND] = out[stderr(Col.EXP_REWARD_LOWER_BOUND)] = math.nan
-    real_ref = real_rewards.double().flatten()
-    curated = float((q * r_ref.flatten()).sum())
-    out[Col.PREDICTED_REWARD_MEAN] = mix(float(real_ref.mean()), curated)
-    out[Col.PREDICTED_CURATED_REWARD_MEAN] = curated
-    for u, name in enumerate(names):
-        cur = float((q * r_cur[u]).sum())
-        out[PREDICTED_REWARD_MEAN_OF(name)] = mix(float(real_curator_rewards[:, u].double().mean()), cur)
-        out[PREDICTED_CURATED_REWARD_MEAN_OF(name)] = cur
-    labels = probe.get("probe_labels")
-    if labels is not None and class_names:
-        c = len(class_names)
-        shares = torch.zeros(c, dtype=torch.float64).index_add_(0, labels.reshape(-1).long(), q)
-        real_shares = torch.zeros(c, dtype=torch.float64)
-        if real_labels is not None and rho > 0:
-            real_shares = torch.bincount(real_labels.reshape(-1).long(), minlength=c).double() / real_labels.numel()
-        for i, cname in enumerate(class_names):
-            out[PREDICTED_SHARE(cname)] = mix(float(real_shares[i]), float(shares[i]))
-        for i, cname in enumerate(class_names):
-            out[PREDICTED_CURATED_SHARE(cname)] = float(shares[i])
-    return out
-
-
-def predict_next(module: Any, probe: dict[str, Tensor], *, class_names: Optional[Sequence[str]], real_fraction: float,
-                 real_rewards: Optional[Tensor], real_labels: Optional[Tensor], real_samples: Tensor,
-                 round_idx: int) -> dict[str, float]:
-    """The ideal learner's next round from a round's probe, for a :class:`CurationModule` ``module``.
-
-    One curator: :func:`~lightning_curate.theory.predict_round`; a population: its mixture law
-    (:func:`population_columns`; the curators' rewards of the real data are scored once and kept).
-    """
-    labels = probe.get("probe_labels")
-    names = list(class_names) if labels is not None and class_names else None
-    base = predict_round(probe["probe_rewards"], module.beta, labels=labels, class_names=names,
-                         num_winners=module.num_winners, mode=module.mode, real_fraction=real_fraction,
-                         real_rewards=real_rewards, real_labels=real_labels if labels is not None else None,
-                         round_idx=round_idx)
-    if module.curators is None:
-        return base
-    real = real_samples.to(module.device)
-    if real_rewards is None:
-        real_rewards = module.score(real, round_idx).cpu()
-    if module._real_curator_rewards is None:
-        module._real_curator_rewards = torch.stack([module.score(real, round_idx, c.reward).cpu()
-                                                    for c in members(module.curators)], dim=1)
-    columns = population_columns(base, probe, module.curators, module._pi, module.curator_names,
-                                 num_winners=module.num_winners, real_fraction=real_fraction,
-                                 real_rewards=real_rewards, real_curator_rewards=module._real_curator_rewards,
-                                 class_names=names, real_labels=real_labels)
-    columns.update(ideal_columns(module, round_idx, real_fraction, real_rewards))
-    return columns
-
-
-def ideal_columns(module: Any, round_idx: int, real_fraction: float, real_rewards: Tensor) -> dict[str, float]:
-    """The ideal learner's model after ``round_idx`` rounds, run from ``p_data`` on the real data's points.
-
-    ``p_{t+1} = rho p_data + (1 - rho) p_t H_t`` with the population's ``H_t`` on the law of the real
-    training data (the ideal learner never leaves ``p_data``'s support): ``ideal_reward_mean`` (the
-    reference reward) and ``ideal_reward_mean_<name>``, the T-round prediction a sweep draws beside
-    the runs. The laws are kept on the module, one more per round.
-    """
-    r_cur = module._real_curator_rewards.double().T  # [U, M]
-    m = r_cur.shape[1]
-    laws: list[Tensor] = module._ideal_laws
-    if not laws:
-        laws.append(torch.full((m,), 1.0 / m, dtype=torch.float64))
-    while len(laws) <= round_idx:
-        p = laws[-1]
-        q = p * mixture_weights(r_cur, module.curators, module._pi, module.num_candidates, module.num_winners,
-                                weights=p)
-        laws.append(real_fraction / m + (1 - real_fraction) * q / q.sum())
-    p = laws[round_idx]
-    out = {Col.IDEAL_REWARD_MEAN: float((p * real_rewards.double().flatten()).sum())}
-    for u, name in enumerate(module.curator_names):
-        out[IDEAL_REWARD_MEAN_OF(name)] = float((p * r_cur[u]).sum())
-    return out
-
-
-def exact_population(curators: nn.ModuleList, pi: Tensor, num_candidates: int) -> Optional[list[AtomCurator]]:
-    """The population on a finite support (each reward's per-atom ``values``), or ``None`` without tables."""
-    tables = [getattr(c.reward, "values", None) for c in members(curators)]
-    if not all(isinstance(t, Tensor) for t in tables):
-        return None
-    return [AtomCurator(cast(Tensor, t).detach().cpu().double(), c.beta, c.mode, num_candidates, float(w), c.name)
-            for t, c, w in zip(tables, members(curators), pi.tolist())]
-
-
-def exact_metrics(module: Any, source: nn.Module, real_fraction: float, round_idx: int) -> dict[str, float]:
-    """The generator's exact round quantities (``round_metrics``, the exact learner's), under the population."""
-    extra: dict[str, Any] = {}
-    if module.curators is not None:
-        population = exact_population(module.curators, module._pi, module.num_candidates)
-        if population is None:  # a curator's reward has no per-atom table: no exact theory
-            return {}
-        extra["population"] = population
-    return module.generator.round_metrics(module.reward, source, beta=module.beta,
-                                          num_candidates=module.num_candidates, real_fraction=real_fraction,
-                                          round_idx=round_idx, **extra)

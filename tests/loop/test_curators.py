@@ -6,7 +6,8 @@ from loop_helpers import assert_same_outcome, build_module
 
 from lightning_curate.data.toy2d import ModeAssigner, mode_names
 from lightning_curate.loop import Curator, RoundStore
-from lightning_curate.loop.curators import draw_curators, mixture_weights, population_shares, predict_next
+from lightning_curate.loop.curators import draw_curators, population_shares
+from lightning_curate.loop.prediction import PopulationForecast, mixture_weights, predict_next
 from lightning_curate.rewards import AtomReward, ClippedDistanceReward, NegatedReward
 from lightning_curate.store.settings import diff_settings
 from lightning_curate.theory import empirical_curation_weights
@@ -223,3 +224,22 @@ def test_a_population_of_one_predicts_what_one_curator_predicts(assigner):
     assert not any(k.startswith("tilt_") for k in got)
     # A slot's winner depends on its curator: the one-curator selection spreads are not reported.
     assert "selection_reward_sd" in want and not any(k.startswith("selection_") for k in got)
+
+
+def test_a_forecast_keeps_the_population_state_between_rounds_not_the_module(assigner):
+    """The curators' rewards of the real data are scored once and the ideal learner's laws grow one
+    a round, in the forecast; the module's attributes are not written, and a fresh forecast gives
+    the same columns (recomputing them)."""
+    module = build(population())
+    probe = curate(module, assigner).tensors
+    real = torch.randn(300, 2) * 2
+    kwargs = dict(class_names=NAMES, real_fraction=0.5, real_rewards=honest()(real), real_labels=assigner(real),
+                  real_samples=real)
+    before = dict(vars(module))
+    forecast = PopulationForecast()
+    kept = [predict_next(module, probe, round_idx=t, forecast=forecast, **kwargs) for t in (1, 2, 3)]
+    assert len(forecast.laws) == 4 and forecast.real_curator_rewards.shape == (300, 2)
+    assert vars(module).keys() == before.keys() and all(vars(module)[k] is v for k, v in before.items())
+    fresh = predict_next(module, probe, round_idx=3, **kwargs)
+    assert fresh == pytest.approx(kept[-1], nan_ok=True)
+    assert kept[0]["ideal_reward_mean"] != kept[-1]["ideal_reward_mean"]
