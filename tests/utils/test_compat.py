@@ -124,3 +124,18 @@ def test_the_trainer_internals_behave_as_the_loop_relies_on(tmp_path: Path):
     assert probe.ready == [3, 3]  # every batch of the epoch counted, at its end
     assert probe.metrics == [(True, True), (True, True)]
     assert (tmp_path / "last.ckpt").is_file() and checkpoint.saved_at == [3, 6]
+
+
+def test_the_lightning_helpers_imported_from_unexported_modules_exist():
+    """``is_overridden`` (lightning.pytorch.utilities.model_helpers, not in utilities' ``__all__``): the
+    grouped-steps backward shortcut asks it whether a backward hook is overridden."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    assert parameters(is_overridden)[:3] == ["method_name", "instance", "parent"]
+
+    class Hooked(L.LightningModule):
+        def on_after_backward(self):
+            pass
+
+    assert is_overridden("on_after_backward", Hooked(), L.LightningModule)
+    assert not is_overridden("on_before_backward", Hooked(), L.LightningModule)
