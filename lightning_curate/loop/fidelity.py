@@ -43,11 +43,9 @@ so a steady gap ``g`` against a shrinking predicted move ``m`` gives fidelity
 looks faithful early and lags late (docs/THEORY.md section 5.5).
 
 A ratio has its own error (``reward_fidelity_stderr``): near the ``z`` threshold
-it is about ``1 / z``, as wide as the whole faithful band 0.85-1.15.
-:func:`band_verdict` therefore says where a ratio stands against the band
-*given* that error: inside it, outside it by less than two standard errors (a
-measurement that cannot tell this learner from a faithful one), or outside it
-by more (a learner that measurably is not).
+it is about ``1 / z``, as wide as the whole faithful band 0.85-1.15. Where a ratio
+stands against the band given that error, and what a run's rounds say together, is
+:mod:`lightning_curate.loop.verdicts`' (re-exported here).
 """
 
 from __future__ import annotations
@@ -56,6 +54,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
+from lightning_curate.loop.verdicts import (  # re-exported: they read what fidelity_columns writes
+    BAND_Z,
+    FIDELITY_BAND,
+    aggregate_fidelity,
+    band_tally,
+    band_verdict,
+    mean_learner_gap,
+    rounds_out_of_band,
+)
 from lightning_curate.utils.columns import (
     CLASS_FIDELITY,
     CURATED_SHARE,
@@ -64,6 +71,7 @@ from lightning_curate.utils.columns import (
     SELECTION_SHARE_SD,
     SHARE,
     Col,
+    number,
     stderr,
 )
 
@@ -72,16 +80,7 @@ __all__ = ["BAND_Z", "DEFAULT_Z", "FIDELITY_BAND", "aggregate_fidelity", "band_t
            "rounds_out_of_band"]
 
 DEFAULT_Z = 3.0
-FIDELITY_BAND = (0.85, 1.15)  # where a learner counts as faithful
-BAND_Z = 2.0  # standard errors a ratio may sit outside the band before it measurably is out of it
 _ROUND_OFF = 1e-9
-
-
-def _number(row: Mapping[str, Any], key: str) -> float:
-    value = row.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return math.nan
-    return float(value)
 
 
 def _share_se(share: float, n: int) -> float:
@@ -97,8 +96,8 @@ def _bernoulli_sd(share: float) -> float:
 
 def _spread(row: Mapping[str, Any], key: str, fallback: str) -> float:
     """``row[key]``, or ``row[fallback]`` where the row has no finite ``key``."""
-    value = _number(row, key)
-    return value if math.isfinite(value) else _number(row, fallback)
+    value = number(row, key)
+    return value if math.isfinite(value) else number(row, fallback)
 
 
 def _draw_se(current: Mapping[str, Any], curated_sd: float) -> float:
@@ -112,7 +111,7 @@ def _draw_se(current: Mapping[str, Any], curated_sd: float) -> float:
     an upper bound. (The real part's resampling, under ``real_fraction > 0``, is in the
     measured ``learner_noise``: refits redraw it.)
     """
-    n_syn, rho = _number(current, Col.N_SYNTHETIC), _number(current, Col.REAL_FRACTION)
+    n_syn, rho = number(current, Col.N_SYNTHETIC), number(current, Col.REAL_FRACTION)
     if not (math.isfinite(n_syn) and n_syn >= 1 and math.isfinite(curated_sd)):
         return 0.0
     return (1.0 - (rho if math.isfinite(rho) else 0.0)) * curated_sd / math.sqrt(n_syn)
@@ -165,22 +164,22 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         >>> fidelity_columns(prev, {"reward_mean": 0.5}, num_candidates=10_000)["reward_fidelity"]
         0.5
     """
-    if not math.isfinite(_number(previous, Col.PREDICTED_REWARD_MEAN)):
+    if not math.isfinite(number(previous, Col.PREDICTED_REWARD_MEAN)):
         return {}
     n_obs = max(1, int(num_candidates))
     n_pred = max(1, int(num_probe if num_probe is not None else num_candidates))
     out: dict[str, float] = {}
 
-    r_prev, r_cur = _number(previous, Col.REWARD_MEAN), _number(current, Col.REWARD_MEAN)
-    std = _number(previous, Col.REWARD_STD)
-    se_pred = _number(previous, Col.PREDICTED_REWARD_STDERR)
+    r_prev, r_cur = number(previous, Col.REWARD_MEAN), number(current, Col.REWARD_MEAN)
+    std = number(previous, Col.REWARD_STD)
+    se_pred = number(previous, Col.PREDICTED_REWARD_STDERR)
     if not math.isfinite(se_pred):
         se_pred = std / math.sqrt(n_pred)
     se_pred = math.hypot(se_pred, _draw_se(current, _spread(previous, Col.SELECTION_REWARD_SD,
                                                             Col.CURATED_REWARD_STD)))
-    std_cur = _number(current, Col.REWARD_STD)
+    std_cur = number(current, Col.REWARD_STD)
     jitter = learner_noise * (std_cur if math.isfinite(std_cur) else std) / math.sqrt(n_obs)
-    fid, fid_se = _ratio(r_cur - r_prev, _number(previous, Col.PREDICTED_REWARD_MEAN) - r_prev,
+    fid, fid_se = _ratio(r_cur - r_prev, number(previous, Col.PREDICTED_REWARD_MEAN) - r_prev,
                          math.hypot(std * math.sqrt(2.0 / n_obs), jitter), se_pred, z)
     out[Col.REWARD_FIDELITY], out[stderr(Col.REWARD_FIDELITY)] = fid, fid_se
     out[Col.FIDELITY_RELIABLE] = float(math.isfinite(fid))
@@ -190,12 +189,12 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
     if names:
         gap, gain_prev, gain_cur, gain_pred, gain_curated = 0.0, 0.0, 0.0, 0.0, 0.0
         for name in names:
-            s_prev, s_cur = _number(previous, SHARE(name)), _number(current, SHARE(name))
-            s_pred, s_curated = _number(previous, PREDICTED_SHARE(name)), _number(previous, CURATED_SHARE(name))
+            s_prev, s_cur = number(previous, SHARE(name)), number(current, SHARE(name))
+            s_pred, s_curated = number(previous, PREDICTED_SHARE(name)), number(previous, CURATED_SHARE(name))
             gap += abs(s_cur - s_pred)
             se_cur = _share_se(s_cur, n_obs)
             se_obs = math.hypot(_share_se(s_prev, n_obs), se_cur, learner_noise * se_cur)
-            selection = _number(previous, SELECTION_SHARE_SD(name))
+            selection = number(previous, SELECTION_SHARE_SD(name))
             se_p = math.hypot(_share_se(s_pred, n_pred),
                               _draw_se(current, selection if math.isfinite(selection) else _bernoulli_sd(s_curated)))
             out[CLASS_FIDELITY(name)], _ = _ratio(s_cur - s_prev, s_pred - s_prev, se_obs, se_p, z)
@@ -210,57 +209,6 @@ def fidelity_columns(previous: Mapping[str, Any], current: Mapping[str, Any], *,
         out[Col.GAIN_SHARE_FIDELITY], out[stderr(Col.GAIN_SHARE_FIDELITY)] = _ratio(
             gain_cur - gain_prev, gain_pred - gain_prev, se_obs, se_p, z)
     return out
-
-
-def aggregate_fidelity(rows: Sequence[Mapping[str, Any]], key: str = Col.REWARD_FIDELITY) -> float:
-    """Mean of ``key`` over the rounds where it is meaningful (finite); ``nan`` if none is."""
-    values = [_number(r, key) for r in rows]
-    values = [v for v in values if math.isfinite(v)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def band_verdict(ratio: float, stderr: float, band: tuple[float, float] = FIDELITY_BAND,
-                 z: float = BAND_Z) -> str:
-    """Where one fidelity ratio stands against the faithful ``band``, given its standard error.
-
-    Returns:
-        ``"in"`` inside the band; ``"near"`` outside it by at most ``z`` standard errors (the
-        measurement cannot tell the learner from a faithful one); ``"out"`` outside by more;
-        ``"-"`` where there is no ratio (the predicted move was noise); ``"?"`` for a ratio
-        outside the band whose error is unknown (no ``*_stderr`` column, as in rows written
-        before it existed): nothing says how far outside it measurably is.
-
-    Example:
-        >>> band_verdict(0.81, 0.077), band_verdict(0.59, 0.08), band_verdict(1.0, 0.5), band_verdict(math.nan, 0.1)
-        ('near', 'out', 'in', '-')
-        >>> band_verdict(0.59, math.nan)
-        '?'
-    """
-    if not math.isfinite(ratio):
-        return "-"
-    low, high = band
-    if low <= ratio <= high:
-        return "in"
-    if not (math.isfinite(stderr) and stderr >= 0):
-        return "?"
-    distance = low - ratio if ratio < low else ratio - high
-    return "near" if distance <= z * stderr else "out"
-
-
-def band_tally(rows: Sequence[Mapping[str, Any]], key: str = Col.REWARD_FIDELITY) -> dict[str, int]:
-    """How many rounds' ``key`` ratios are ``in`` / ``near`` / ``out`` of the band, and outside it with no
-    known error (``?``) (:func:`band_verdict`)."""
-    tally = {"in": 0, "near": 0, "out": 0, "?": 0}
-    for r in rows:
-        verdict = band_verdict(_number(r, key), _number(r, stderr(key)))
-        if verdict in tally:
-            tally[verdict] += 1
-    return tally
-
-
-def rounds_out_of_band(rows: Sequence[Mapping[str, Any]], key: str = Col.REWARD_FIDELITY) -> list[Mapping[str, Any]]:
-    """The rows whose ``key`` ratio is measurably outside the band (:func:`band_verdict` says ``out``)."""
-    return [r for r in rows if band_verdict(_number(r, key), _number(r, stderr(key))) == "out"]
 
 
 def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float, *,
@@ -285,45 +233,10 @@ def learner_gap_columns(row: Mapping[str, Any], training_set_reward_mean: float,
         >>> round(out["learner_gap"], 6), round(out["learner_gap_stderr"], 6)
         (-0.005, 0.001)
     """
-    mean, std = _number(row, Col.REWARD_MEAN), _number(row, Col.REWARD_STD)
+    mean, std = number(row, Col.REWARD_MEAN), number(row, Col.REWARD_STD)
     return {Col.TRAINING_SET_REWARD_MEAN: float(training_set_reward_mean),
             Col.LEARNER_GAP: mean - float(training_set_reward_mean),
             stderr(Col.LEARNER_GAP): std / math.sqrt(max(1, int(num_candidates)))}
-
-
-def mean_learner_gap(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """``(mean, standard error)`` of ``learner_gap`` over the curated rounds (round >= 1); nans if none.
-
-    A round's gap carries its sampling error and the learner's refit jitter (``learner_noise``
-    sampling errors, which every row records), so its error is ``learner_gap_stderr *
-    sqrt(1 + learner_noise^2)``. The mean is weighted by inverse variance (early rounds, whose
-    rewards spread widely, know their gap far less well than late ones) and its error is
-    widened by ``sqrt(chi^2 / (k - 1))`` when the rounds disagree more than their errors say
-    (Birge's ratio). Rows without a positive error are left out of the weights; if no row has
-    one, the plain mean, with no error.
-
-    Example:
-        >>> rows = [{"round": 0, "learner_gap": -1.0}, {"round": 1, "learner_gap": -0.004, "learner_gap_stderr": 0.001},
-        ...         {"round": 2, "learner_gap": -0.006, "learner_gap_stderr": 0.001}]
-        >>> [round(v, 6) for v in mean_learner_gap(rows)]
-        [-0.005, 0.001]
-    """
-    gaps = [r for r in rows if _number(r, Col.ROUND) >= 1 and math.isfinite(_number(r, Col.LEARNER_GAP))]
-    if not gaps:
-        return math.nan, math.nan
-    weighed = []
-    for r in gaps:
-        noise = _number(r, Col.LEARNER_NOISE)
-        se = _number(r, stderr(Col.LEARNER_GAP)) * math.sqrt(1.0 + (noise * noise if math.isfinite(noise) else 0.0))
-        if math.isfinite(se) and se > 0:
-            weighed.append((_number(r, Col.LEARNER_GAP), 1.0 / (se * se)))
-    if not weighed:
-        return sum(_number(r, Col.LEARNER_GAP) for r in gaps) / len(gaps), math.nan
-    total = sum(w for _, w in weighed)
-    mean = sum(w * g for g, w in weighed) / total
-    chi2 = sum(w * (g - mean) ** 2 for g, w in weighed)
-    birge = math.sqrt(max(1.0, chi2 / (len(weighed) - 1))) if len(weighed) > 1 else 1.0
-    return mean, birge / math.sqrt(total)
 
 
 def round_zero_quality(model_shares: Mapping[str, float], real_shares: Mapping[str, float],

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -25,7 +26,7 @@ __all__ = ["CLASS_FIDELITY", "CURATED_REWARD_MEAN_OF", "CURATED_SHARE", "EXACT_S
            "IDEAL_REWARD_MEAN_OF", "IDEAL_SHARE", "LEAD", "ONE_CURATOR_PREDICTIONS", "P0_SHARE_ERROR",
            "PREDICTED_CURATED_REWARD_MEAN_OF", "PREDICTED_CURATED_SHARE", "PREDICTED_REWARD_MEAN_OF",
            "PREDICTED_SHARE", "REWARD_MEAN_OF", "SELECTION_SHARE_SD", "SHARE", "SLOTS", "STDERR", "TILT_SHARE",
-           "Col", "Family", "column_order", "stderr"]
+           "Col", "Family", "column_order", "number", "stderr"]
 
 STDERR: Final = "_stderr"
 
@@ -67,6 +68,19 @@ class Col:
     # how well round 0 fits the data
     P0_SHARE_ERROR_MAX: Final = "p0_share_error_max"
     P0_DISTANCE_RATIO: Final = "p0_distance_ratio"
+
+
+def number(row: Mapping[str, Any], column: str) -> float:
+    """``row[column]`` as a float: NaN where the row lacks it or holds no number (a bool is no number).
+
+    Example:
+        >>> number({"reward_mean": 1, "flag": True}, "reward_mean"), number({"flag": True}, "flag")
+        (1.0, nan)
+    """
+    value = row.get(column)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
 
 
 def stderr(column: str) -> str:
