@@ -307,3 +307,38 @@ def test_package_exports_resolve(package):
     mod = importlib.import_module(package)
     missing = [name for name in mod.__all__ if not hasattr(mod, name)]
     assert not missing, f"{package}.__all__ names what it does not define: {missing}"
+
+
+def column_prefix_uses(found: list[tuple[str, Path]]) -> list[str]:
+    """Where a module spells a family of round columns by hand: a string that is a family's prefix
+    (``"share_"``, ``"_stderr"``), or an f-string that starts with one (``f"share_{name}"``)."""
+    from lightning_curate.utils import columns
+
+    prefixes = {f.prefix for f in vars(columns).values() if isinstance(f, columns.Family)}
+    prefixes |= {f.prefix for f in columns.ONE_CURATOR_PREDICTIONS} | {columns.STDERR}
+    bad = []
+    for module, path in found:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.JoinedStr):
+                texts = [v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+                if (texts and isinstance(node.values[0], ast.Constant) and texts[0].startswith(tuple(prefixes))) \
+                        or columns.STDERR in texts:
+                    bad.append(f"{module}:{node.lineno}")
+            elif isinstance(node, ast.Constant) and node.value in prefixes:
+                bad.append(f"{module}:{node.lineno}")
+    return sorted(set(bad), key=lambda where: (where.rsplit(":", 1)[0], int(where.rsplit(":", 1)[1])))
+
+
+def test_round_columns_are_named_in_one_place():
+    """The families of round columns (per class, per curator, the standard errors) are spelled in
+    lightning_curate.utils.columns only; everyone else builds and parses them through it."""
+    found = [(m, p) for m, p in modules() if m != "lightning_curate.utils.columns"]
+    bad = column_prefix_uses(found)
+    assert not bad, "round columns spelled by hand (use lightning_curate.utils.columns): " + ", ".join(bad)
+
+
+def test_the_column_checker_sees_hand_spelled_prefixes(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('def f(row, name, key):\n    a = [k for k in row if k.startswith("share_")]\n'
+                    '    b = f"predicted_share_{name}"\n    c = f"{key}_stderr"\n    return "reward_mean", a, b, c\n')
+    assert column_prefix_uses([("m", path)]) == ["m:2", "m:3", "m:4"]
