@@ -1,12 +1,23 @@
-"""The retraining loop: the LightningModule, the round callback and checkpoints, the round store, the progress bar."""
+"""The retraining loop, by responsibility.
+
+* :class:`RetrainingLoop` (``callback``) drives the rounds inside ``Trainer.fit``; the round
+  arithmetic is :class:`RoundSchedule`'s (``schedule``), the analysis and predictions of a round
+  ``analysis``'s (with ``prediction``, ``fidelity`` and ``verdicts``), what is written for people
+  ``writing``'s and ``report``'s, and a round's manifest ``manifest``'s;
+* :class:`CurationModule` (``curation_module``, ``training``) trains the generator and curates its
+  samples, one :class:`Curator` or a population of them (``curators``);
+* :class:`RoundCheckpoint` and :class:`RoundProgressBar` act at the rounds' ends;
+* the round store (:class:`RoundStore`) is :mod:`lightning_curate.store`'s, re-exported here.
+"""
 
 from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.checkpoint import RoundCheckpoint
 from lightning_curate.loop.curation_module import CurationModule, CurationOutcome
 from lightning_curate.loop.curators import Curator
 from lightning_curate.loop.progress import RoundProgressBar
+from lightning_curate.loop.schedule import RoundSchedule
 from lightning_curate.loop.training import GeneratorTraining
 from lightning_curate.store.rounds import RoundStore, StoredRound, StoreError
 
 __all__ = ["CurationModule", "CurationOutcome", "Curator", "GeneratorTraining", "RetrainingLoop", "RoundCheckpoint",
-           "RoundProgressBar", "RoundStore", "StoreError", "StoredRound"]
+           "RoundProgressBar", "RoundSchedule", "RoundStore", "StoreError", "StoredRound"]
