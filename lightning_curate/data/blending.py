@@ -23,7 +23,7 @@ as an uninterrupted one, and under DDP each rank takes its own shard.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Optional, cast
+from typing import Callable, Iterator, Optional
 
 import lightning as L
 import torch
@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 
 from lightning_curate.data.source import DataSource, RealData
 from lightning_curate.store.rounds import RoundStore
+from lightning_curate.utils.compat import set_reload_every_n_epochs
 from lightning_curate.utils.seeding import derive_seed, generator
 from lightning_curate.utils.validation import check_int
 
@@ -283,9 +284,9 @@ class BlendingDataModule(L.LightningDataModule):
         epoch = trainer.current_epoch if trainer is not None else 0
         round_idx = self.round_of_epoch(epoch)
         dataset = self.dataset_for_round(round_idx)
-        if trainer is not None:  # a Trainer attribute its type stub does not declare
-            cast(Any, trainer).reload_dataloaders_every_n_epochs = self._epochs_left_in_round(
-                epoch, round_idx, getattr(trainer, "max_epochs", None))
+        if trainer is not None:
+            set_reload_every_n_epochs(trainer, self._epochs_left_in_round(epoch, round_idx,
+                                                                           getattr(trainer, "max_epochs", None)))
         # Not a DataLoader, so Lightning injects no sampler: the order depends only
         # on (seed, epoch), and under DDP each rank indexes its own shard.
         # A module that takes several optimizer steps per batch gets its batches in groups.

@@ -26,7 +26,7 @@ from torch import Tensor
 
 __all__ = ["HOOK_NAME_ATTRIBUTE", "FastHookName", "attached_trainer", "epoch_batches_ready", "foreach_copy_",
            "foreach_lerp_", "progress_bar_leaves", "save_last_if_unsaved", "saves_every_n_train_steps",
-           "set_epoch_metric", "set_max_epochs", "set_unregistered", "train_progress_bar"]
+           "set_epoch_metric", "set_max_epochs", "set_reload_every_n_epochs", "set_unregistered", "train_progress_bar"]
 
 # The attribute Lightning sets on a LightningModule around every hook it calls.
 HOOK_NAME_ATTRIBUTE = "_current_fx_name"
@@ -68,6 +68,12 @@ def epoch_batches_ready(trainer: Any) -> int:
 def set_max_epochs(trainer: Any, max_epochs: int) -> None:
     """Change the trainer's ``max_epochs`` after it was built (Trainer has no public setter)."""
     trainer.fit_loop.max_epochs = max_epochs
+
+
+def set_reload_every_n_epochs(trainer: Any, epochs: int) -> None:
+    """Have the fit loop load the train dataloader again ``epochs`` epochs after this load (the
+    trainer's ``reload_dataloaders_every_n_epochs``, changed during fit: the loop reads it each epoch)."""
+    trainer.reload_dataloaders_every_n_epochs = epochs
 
 
 def saves_every_n_train_steps(callback: Any) -> int:

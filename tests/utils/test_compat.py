@@ -139,3 +139,25 @@ def test_the_lightning_helpers_imported_from_unexported_modules_exist():
 
     assert is_overridden("on_after_backward", Hooked(), L.LightningModule)
     assert not is_overridden("on_before_backward", Hooked(), L.LightningModule)
+
+
+class CountingData(L.LightningDataModule):
+    """Asks to be loaded again ``every`` epochs after each load, from inside ``train_dataloader``."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every, self.loaded_at = every, []
+
+    def train_dataloader(self):
+        self.loaded_at.append(self.trainer.current_epoch)
+        compat.set_reload_every_n_epochs(self.trainer, self.every)
+        return DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=4)
+
+
+def test_the_fit_loop_reads_a_reload_interval_changed_during_fit(tmp_path: Path):
+    """The blending data module sets the interval as it loads a round's data; the loop must honour it."""
+    data = CountingData(every=2)
+    trainer = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), datamodule=data)
+    assert data.loaded_at == [0, 2, 4]
