@@ -255,7 +255,11 @@ class RoundStore:
                 loaded.append(torch.load(path, map_location=map_location, weights_only=True))
             except Exception as err:  # noqa: BLE001 - any unpickling failure: name the file
                 raise StoreError(f"round {round_idx}: cannot load {path}: {err}") from err
-        return StoredRound(tensors=_merge_parts(loaded), manifest=manifest)
+        try:
+            tensors = _merge_parts(loaded)
+        except ValueError as err:
+            raise StoreError(f"round {round_idx} ({self.path(round_idx)}): {err}") from err
+        return StoredRound(tensors=tensors, manifest=manifest)
 
     def check_whole(self) -> list[int]:
         """Verify the whole store before a resume trusts it; returns the stored rounds ``0..t``.
@@ -311,6 +315,10 @@ def _merge_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         merged = {k: torch.cat([part[k] for part in parts if k in part]) for k in keys}
     for slot_key, keyed in _SLOT_KEYED.items():
         if slot_key in merged:
+            n = merged[slot_key].shape[0] if merged[slot_key].dim() else -1
+            short = [k for k in keyed if k in merged and (merged[k].dim() == 0 or merged[k].shape[0] != n)]
+            if n < 0 or short:
+                raise ValueError(f"{', '.join(short) or slot_key} must have one row per {slot_key} entry ({n})")
             order = torch.sort(merged[slot_key], stable=True).indices
             for k in (slot_key, *keyed):
                 if k in merged:
