@@ -131,9 +131,11 @@ class RoundStore:
         if self.path(round_idx).exists():
             raise StoreError(f"round {round_idx} already exists in {self.root}; a stored round is never overwritten")
         tmp = self._tmp(round_idx)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        _remove_entry(tmp)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the round's temporary folder {tmp}: {err}") from err
 
     def write_part(self, round_idx: int, tensors: dict[str, Tensor], rank: int = 0, chunk: int = 0) -> Path:
         """Write one part (a chunk of one rank) of a round in progress."""
@@ -301,9 +303,21 @@ class RoundStore:
         removed: list[Path] = []
         if self.root.is_dir():
             for child in self.root.glob(".tmp_round_*"):
-                shutil.rmtree(child, ignore_errors=True)
+                _remove_entry(child)
                 removed.append(child)
         return removed
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove a leftover temporary entry itself: a folder with its files, or a link or file, never a
+    link's target (a planted ``.tmp_round_NNN`` symlink must not delete anything outside the run)."""
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    except OSError as err:
+        raise StoreError(f"cannot remove the leftover temporary entry {path}: {err}") from err
 
 
 def _merge_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:

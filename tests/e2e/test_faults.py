@@ -574,3 +574,20 @@ def test_a_lock_lost_to_a_takeover_is_never_refreshed(tmp_path):
     finally:
         lock.release()
     assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["token"] == "other"  # not ours: kept
+
+
+# -- a planted temporary-round link ------------------------------------------------------------------
+def test_a_planted_tmp_round_link_is_removed_itself_and_the_round_is_written(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    store = RoundStore(tmp_path / "run" / "rounds")
+    store.root.mkdir(parents=True)
+    (store.root / ".tmp_round_000").symlink_to(outside, target_is_directory=True)
+    (store.root / ".tmp_round_001").symlink_to(outside / "precious.txt")
+    assert len(store.clean_partial()) == 2  # the links go, not what they point at
+    assert (outside / "precious.txt").read_text() == "keep me"
+    (store.root / ".tmp_round_000").symlink_to(outside, target_is_directory=True)
+    store.write(0, {"x": torch.zeros(3, 2), "slot": torch.arange(3)}, {"beta": 1.0})
+    assert store.rounds() == [0] and not (store.root / ".tmp_round_000").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
