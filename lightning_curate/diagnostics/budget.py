@@ -153,7 +153,8 @@ def gradient_clip(config: dict[str, Any]) -> Optional[tuple[float, str]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``diagnose budget``."""
-    parser.add_argument("run_dir", type=Path, help="a run stopped at the end of round t - 1 (refits round t)")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a run stopped at the end of round t - 1 (refits round t)")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="optimizer steps of the refitted round (default: the run's own and twice it)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Optional
@@ -30,17 +31,19 @@ COMMANDS = {
 }
 
 
-def _first_paragraph(doc: Optional[str]) -> str:
-    return (doc or "").split("\n\n", 1)[0]
+def _plain(doc: Optional[str]) -> str:
+    """A docstring as terminal help: without reST's double backticks and role markup."""
+    text = re.sub(r":(?:mod|func|class):`~?([^`]+)`", r"\1", doc or "")
+    return text.replace("``", "")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``diagnose`` parser, one subparser per diagnostic (the module docstring is its help text)."""
-    parser = argparse.ArgumentParser(prog="lightning-curate diagnose", description=_first_paragraph(__doc__),
+    parser = argparse.ArgumentParser(prog="lightning-curate diagnose", description=_plain(__doc__.split("\n\n", 1)[0]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", required=True)
     for name, (module, summary) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=summary, description=module.__doc__,
+        sub = subparsers.add_parser(name, help=summary, description=_plain(module.__doc__),
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(runner=module.run, subparser=sub)

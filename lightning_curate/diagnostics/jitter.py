@@ -179,7 +179,7 @@ def jitter_of_rows(rows: list[dict[str, float]], num_candidates: int) -> dict[st
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``diagnose jitter``."""
-    parser.add_argument("run_dir", type=Path, nargs="?", default=None,
+    parser.add_argument("run_dir", type=Path, nargs="?", default=None, metavar="RUN_DIR",
                         help="a run directory whose config.yaml is retrained (only read); or give -c")
     parser.add_argument("-c", "--config", action="append", default=None,
                         help="config file(s), as for fit, instead of RUN_DIR")

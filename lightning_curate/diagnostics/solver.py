@@ -189,7 +189,8 @@ def _table(rows: list[dict[str, Any]], own: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``diagnose solver``."""
-    parser.add_argument("run_dir", type=Path, help="a run directory (its config.yaml and checkpoints/last.ckpt)")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a run directory (its config.yaml and checkpoints/last.ckpt)")
     parser.add_argument("--ckpt", type=Path, default=None, help="another checkpoint of that run")
     parser.add_argument("--solvers", nargs="+", default=None,
                         help="euler:N, midpoint:N, rk4:N (default: the run's own and the others at its NFE)")
