@@ -1,6 +1,6 @@
 """``lightning-curate diagnose budget``: how a round's learner gap shrinks with the round's training budget.
 
-The *learner gap* (the guide's "Reading rounds.csv") is how far a round's generator ends from the
+The *learner gap* (docs/THEORY.md section 5.5) is how far a round's generator ends from the
 mean reward of the very set it was trained on. A steady gap is what pulls late rounds' fidelity
 down, when the predicted moves are small. This diagnostic measures the gap against the budget with
 everything else fixed: it refits one round of a run from the run's own state at that round's
