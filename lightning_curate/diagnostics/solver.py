@@ -75,7 +75,8 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> tuple[Any, Any
     try:
         run = open_run(run_dir, checkpoint)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err} (pass --ckpt)" if "checkpoint" in str(err) else str(err)) from err
+        hint = " (pass another with --ckpt)" if "checkpoint" in str(err) and checkpoint is None else ""
+        raise FileNotFoundError(f"{err}{hint}") from err
     except ValueError as err:
         if "truncated or damaged" in str(err):
             raise ValueError(f"{err}; pass another with --ckpt") from err
