@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from lightning_curate.diagnostics.cli import main as diagnose
@@ -38,3 +41,11 @@ def test_every_diagnostic_has_help_and_an_unknown_one_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as err:
         diagnose(["nonsense"])
     assert err.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+def test_the_subpackage_ships_with_the_package():
+    """A regular (non-editable) install takes only the packages pyproject.toml lists."""
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    packages = re.search(r"^packages = \[(.*?)\]", text, re.S | re.M)
+    assert packages and '"lightning_curate.diagnostics"' in packages.group(1)
+    assert 'lightning-curate = "lightning_curate.cli:main"' in text  # the console script that dispatches diagnose
