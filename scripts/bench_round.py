@@ -415,11 +415,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     }
     if compare is not None:
         result["compile_compare"] = compare
+    print(json.dumps(result), flush=True)  # first: a refused record still leaves the figures on stdout
     if args.record is not None:
         path = write_record(args.record_name or f"bench_round_{Path(args.config).stem}", result,
                             shlex.join(["python", "scripts/bench_round.py", *argv]), args.record, device=str(device))
         print(f"record: {path}", file=sys.stderr, flush=True)
-    print(json.dumps(result), flush=True)
     return result
 
 

@@ -193,7 +193,7 @@ def read_record(path: Path | str) -> Record:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RecordError(f"{path}: not JSON ({err})") from err
     if not isinstance(data, dict) or sorted(data) != sorted(_KEYS):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__

@@ -109,6 +109,10 @@ def test_reading_names_the_bad_file(tmp_path):
             read_record(path)
         assert str(path) in str(err.value)
         path.unlink()
+    binary = tmp_path / "bad" / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(RecordError, match="not JSON"):
+        read_record(binary)
     with pytest.raises(RecordError, match="no such folder"):
         read_records(tmp_path / "nowhere")
 
