@@ -170,3 +170,14 @@ def test_the_config_source_is_named(tmp_path, capsys):
         diagnose(["jitter", str(tmp_path), "--rounds", "1", "--work-dir", str(tmp_path / "w")])
     assert err.value.code == 2 and "is inside RUN_DIR" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_a_config_without_a_curated_loop_is_named_before_any_training(tmp_path, monkeypatch, capsys):
+    config = {"trainer": {"default_root_dir": "runs/x", "callbacks": []}, "data": {"init_args": {"seed": 0}},
+              "model": {"init_args": {"num_slots": 10, "num_candidates": 2}}}
+    monkeypatch.setattr(script, "composed_config", lambda files: config)
+    monkeypatch.setattr(script, "_run", lambda *a, **kw: pytest.fail("trained a config it should have refused"))
+    assert diagnose(["jitter", "-c", "plain.yaml", "--rounds", "1", "--work-dir", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: plain.yaml: not a curated-retraining config") and "RetrainingLoop" in err
+    assert not (tmp_path / "w").exists()
