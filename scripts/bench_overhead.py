@@ -42,6 +42,7 @@ Examples::
 
     python scripts/bench_overhead.py                 # main and large
     python scripts/bench_overhead.py --sizes tiny --json
+    python scripts/bench_overhead.py --sizes main --record   # docs/experiments/records/bench_overhead_main.json
 """
 
 from __future__ import annotations

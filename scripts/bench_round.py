@@ -51,6 +51,7 @@ Examples::
     OMP_NUM_THREADS=1 python scripts/bench_round.py --config configs/mog8.yaml --num-slots 1000000 --threads 1
     python scripts/bench_round.py --config configs/mog8.yaml --profile --profile-dir runs/bench_profile
     python scripts/bench_round.py --config configs/mog8.yaml --compile-compare
+    python scripts/bench_round.py --config configs/mog8.yaml --record   # docs/experiments/records/bench_round_mog8.json
     # any other option goes to the LightningCLI, e.g. a GPU with bf16 autocast and compile:
     python scripts/bench_round.py --config configs/mog8.yaml --trainer.accelerator=gpu \\
         --model.init_args.generator.init_args.autocast=bfloat16 \\

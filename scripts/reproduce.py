@@ -3,6 +3,7 @@
     python scripts/reproduce.py                 # every claim, 3 seeds, the configs' rounds
     python scripts/reproduce.py --quick         # fewer rounds, one seed (a smoke run)
     python scripts/reproduce.py --only discrete --only mog8 --jobs 2
+    python scripts/reproduce.py --record        # also docs/experiments/records/reproduce.json
 
 Claims (docs/THEORY.md sections 3-5), each run as a sweep (lightning_curate.experiments.sweep)
 in ``<out>/<claim>/``:
