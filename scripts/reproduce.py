@@ -438,7 +438,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel within a sweep")
     p.add_argument("--out", default="runs/reproduce", help="where the sweeps and REPORT.md go")
     p.add_argument("--record", nargs="?", type=Path, const=REPO / DEFAULT_FOLDER, default=None, metavar="FOLDER",
-                   help=f"also write the checks as a JSON record, reproduce[_quick].json (default folder "
+                   help=f"also write the checks as a JSON record, reproduce[_quick][_<claims>].json (default folder "
                         f"{DEFAULT_FOLDER})")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
