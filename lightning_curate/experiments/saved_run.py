@@ -1,7 +1,7 @@
 """A finished (or stopped) run opened again in Python: its own config, modules and checkpoint.
 
-Diagnostics that look back at a run (``scripts/solver_check.py``,
-``scripts/learner_budget.py``, a notebook) need the run's model and data exactly
+Diagnostics that look back at a run (``lightning-curate diagnose solver``,
+``lightning-curate diagnose budget``, a notebook) need the run's model and data exactly
 as the run built them. A run saves the full config it was started with
 (``config.yaml``); :func:`load_run` builds the module and data module from it and
 loads a checkpoint's weights. The config is a file, so it is not trusted: it may
