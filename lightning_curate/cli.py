@@ -213,6 +213,13 @@ def main(args: Optional[list[str]] = None) -> None:
     codes in the module docstring.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "diagnose":  # lightning-curate diagnose jitter|budget|solver RUN_DIR [options]
+        from lightning_curate.diagnostics.cli import main as diagnose
+
+        status = diagnose(argv[1:])
+        if status:
+            raise SystemExit(status)
+        return
     debug = os.environ.get("LIGHTNING_CURATE_DEBUG") == "1"
     state = _RunState()
     previous = _catch_sigterm()

@@ -33,8 +33,8 @@ per-step and per-epoch work, logging, the progress bar, the summary). It prints 
 size and, with ``--json``, one JSON line with every number.
 
 Sizes: ``main`` is ``configs/mog8.yaml`` as shipped (2,000 slots, 8 rk4
-steps, batch 256, 8,000 real points, 40 + 10 x 64 epochs; two releases ago
-24 Euler steps and 10 x 8 epochs, which ``--sizes main8`` still runs); ``large`` is the
+steps, batch 256, 8,000 real points, 40 + 10 x 64 epochs; ``--sizes main8``
+runs its earlier setting, 24 Euler steps and 10 x 8 epochs); ``large`` is the
 10,000-slot job of the performance issue (20 steps, batch 512, 20,000 real
 points, 37 + 10 x 20 epochs). ``tiny`` is a few-second smoke size for tests.
 
@@ -42,6 +42,7 @@ Examples::
 
     python scripts/bench_overhead.py                 # main and large
     python scripts/bench_overhead.py --sizes tiny --json
+    python scripts/bench_overhead.py --sizes main --record   # docs/experiments/records/bench_overhead_main.json
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,8 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from lightning_curate.experiments.records import DEFAULT_FOLDER, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_CONFIG = REPO / "configs" / "mog8.yaml"
@@ -314,8 +318,8 @@ def run_size(name: str, threads: int = 1, timeout: float = 1800, repeats: int = 
     fastest run of each (least CPU time: the least disturbed on a shared machine) and the ratios."""
     work = {**SIZES[name], "threads": threads}
     bares, packages = [], []
-    with tempfile.TemporaryDirectory(prefix=f"bench_overhead_{name}_") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix=f"bench_overhead_{name}_") as tmp_name:
+        tmp = Path(tmp_name)
         (tmp / "bare_loop.py").write_text(bare_loop_source())
         (tmp / "bench_timer.py").write_text(textwrap.dedent(TIMER).lstrip())
         (tmp / "run_package.py").write_text(textwrap.dedent(PACKAGE_RUNNER).lstrip())
@@ -373,12 +377,17 @@ def format_result(result: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict]:
+    """Run the sizes, print a table each (and ``--json``); with ``--record``, one JSON record per size."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["main", "large"], choices=sorted(SIZES))
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both programs")
     parser.add_argument("--repeats", type=int, default=5,
                         help="runs of each program, alternating; the fastest of each is compared (default 5)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every number")
+    parser.add_argument("--record", nargs="?", type=Path, const=REPO / DEFAULT_FOLDER, default=None,
+                        metavar="FOLDER", help=f"also write each size's figures as a JSON record, "
+                                               f"bench_overhead_<size>.json (default folder {DEFAULT_FOLDER})")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
@@ -389,6 +398,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         result = run_size(name, threads=args.threads, repeats=args.repeats)
         results.append(result)
         print(format_result(result), flush=True)
+        if args.record is not None:
+            path = write_record(f"bench_overhead_{name}", result,
+                                shlex.join(["python", "scripts/bench_overhead.py", *argv]), args.record, device="cpu")
+            print(f"record: {path}", flush=True)
         print(flush=True)
     if args.json:
         print(json.dumps(results), flush=True)

@@ -51,6 +51,7 @@ Examples::
     OMP_NUM_THREADS=1 python scripts/bench_round.py --config configs/mog8.yaml --num-slots 1000000 --threads 1
     python scripts/bench_round.py --config configs/mog8.yaml --profile --profile-dir runs/bench_profile
     python scripts/bench_round.py --config configs/mog8.yaml --compile-compare
+    python scripts/bench_round.py --config configs/mog8.yaml --record   # docs/experiments/records/bench_round_mog8.json
     # any other option goes to the LightningCLI, e.g. a GPU with bf16 autocast and compile:
     python scripts/bench_round.py --config configs/mog8.yaml --trainer.accelerator=gpu \\
         --model.init_args.generator.init_args.autocast=bfloat16 \\
@@ -64,6 +65,7 @@ import contextlib
 import gc
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -73,20 +75,19 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without an install
-    sys.path.insert(0, str(REPO))
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-
-from lightning_curate.cli import CurateCLI  # noqa: E402
-from lightning_curate.loop.callback import RetrainingLoop  # noqa: E402
-from lightning_curate.loop.curation_module import PHASES, SLOT_BLOCK  # noqa: E402
-from lightning_curate.store.rounds import RoundStore  # noqa: E402
-from lightning_curate.utils.seeding import derive_seed  # noqa: E402
+from lightning_curate.cli import CurateCLI
+from lightning_curate.experiments.records import DEFAULT_FOLDER, write_record
+from lightning_curate.loop.callback import RetrainingLoop
+from lightning_curate.loop.curation_module import PHASES, SLOT_BLOCK
+from lightning_curate.store.rounds import RoundStore
+from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
+
+REPO = Path(__file__).resolve().parents[1]
 
 KIB, MIB = 1 << 10, 1 << 20
 WINNER_KEYS = ("x", "slot", "rewards", "labels")
@@ -116,6 +117,7 @@ def reset_peak_rss() -> bool:
 
 
 def current_rss() -> Optional[int]:
+    """The resident memory now, in bytes (``VmRSS``; None off Linux)."""
     return _proc_status("VmRSS")
 
 
@@ -184,7 +186,7 @@ def train_round0(module, datamodule, trainer_cfg, batches: int, root: Path) -> t
 def _config_seed(cli: CurateCLI, override: Optional[int]) -> int:
     if override is not None:
         return override
-    for callback in cli.trainer.callbacks:
+    for callback in cli.trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning's callback connector
         if isinstance(callback, RetrainingLoop):
             return callback.seed
     return 0
@@ -261,13 +263,13 @@ def run_round(module, datamodule, seed: int, store_root: Path, profile_dir: Opti
         "reward_mean": outcome.row.get("reward_mean"),
         "curated_reward_mean": outcome.row.get("curated_reward_mean"),
     }
-    if profiler is not None:
+    if profiler is not None and profile_dir is not None:
         profiler.describe()  # stops the profiler: exports the trace, writes the summary table
         summary = profile_dir / "curate_round.txt"
         result["profile_trace"] = str(trace_path)
         result["profile_summary"] = str(summary) if summary.exists() else None
         regions = {}
-        for event in profiler.function_events.key_averages():
+        for event in profiler.function_events.key_averages() if profiler.function_events is not None else []:
             if event.key.startswith("curate_round/"):
                 regions[event.key] = event.cpu_time_total / 1e6
         print("profile: curate_round regions (CPU seconds): "
@@ -334,6 +336,7 @@ def _sync(device: torch.device) -> None:
 
 # -- main ------------------------------------------------------------------------
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    """This script's options, and the rest (for the LightningCLI)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Other options (e.g. --trainer.accelerator=gpu, --model.init_args.beta=2) go to the LightningCLI.")
@@ -350,10 +353,17 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     parser.add_argument("--compare-blocks", type=int, default=8, help="blocks of 512*K samples per timed pass")
     parser.add_argument("--compare-repeats", type=int, default=3, help="timed passes of each (median)")
     parser.add_argument("--keep", default=None, help="keep the round store and run folder here")
+    parser.add_argument("--record", nargs="?", type=Path, const=REPO / DEFAULT_FOLDER, default=None,
+                        metavar="FOLDER", help=f"also write the figures as a JSON record (default folder "
+                                               f"{DEFAULT_FOLDER})")
+    parser.add_argument("--record-name", default=None,
+                        help="the record's name (default bench_round_<config stem>; name variants apart)")
     return parser.parse_known_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
+    """Benchmark one round; print its JSON line (and with ``--record`` write the JSON record)."""
+    argv = sys.argv[1:] if argv is None else argv
     args, extra = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -406,7 +416,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     }
     if compare is not None:
         result["compile_compare"] = compare
-    print(json.dumps(result), flush=True)
+    print(json.dumps(result), flush=True)  # first: a refused record still leaves the figures on stdout
+    if args.record is not None:
+        path = write_record(args.record_name or f"bench_round_{Path(args.config).stem}", result,
+                            shlex.join(["python", "scripts/bench_round.py", *argv]), args.record, device=str(device))
+        print(f"record: {path}", file=sys.stderr, flush=True)
     return result
 
 

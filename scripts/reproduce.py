@@ -3,6 +3,7 @@
     python scripts/reproduce.py                 # every claim, 3 seeds, the configs' rounds
     python scripts/reproduce.py --quick         # fewer rounds, one seed (a smoke run)
     python scripts/reproduce.py --only discrete --only mog8 --jobs 2
+    python scripts/reproduce.py --record        # also docs/experiments/records/reproduce.json
 
 Claims (docs/THEORY.md sections 3-5), each run as a sweep (lightning_curate.experiments.sweep)
 in ``<out>/<claim>/``:
@@ -38,23 +39,26 @@ import copy
 import datetime as _dt
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+from lightning_curate.experiments import sweep
+from lightning_curate.experiments.aggregate import as_float
+from lightning_curate.experiments.records import DEFAULT_FOLDER, write_record
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from lightning_curate.experiments import sweep  # noqa: E402
-from lightning_curate.experiments.aggregate import as_float  # noqa: E402
 
 CLAIMS = ("mog8", "discrete", "digits_class", "digits_confidence", "population")
 
 
 @dataclass
 class Check:
+    """One PASS/FAIL line of the report: a claim's check and the numbers it was decided on."""
+
     claim: str
     what: str
     passed: Optional[bool]  # None: skipped
@@ -63,6 +67,8 @@ class Check:
 
 @dataclass
 class ClaimResult:
+    """A claim's checks, figures, run time and the sweep command that reproduces it."""
+
     name: str
     title: str
     checks: list[Check] = field(default_factory=list)
@@ -77,8 +83,10 @@ class ClaimResult:
 # --------------------------------------------------------------------------- #
 
 
-def series(rows: list[dict], point: str, column: str) -> tuple[list[int], list[float]]:
-    """Mean over seeds of ``column`` per round, for one grid point."""
+def series(rows: list[dict], point: Optional[str], column: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``column`` per round, for one grid point (nothing for a missing point)."""
+    if point is None:
+        return [], []
     summary = sweep.summarise([r for r in rows if r["point"] == point], column)
     if point not in summary:
         return [], []
@@ -86,7 +94,8 @@ def series(rows: list[dict], point: str, column: str) -> tuple[list[int], list[f
     return [int(t) for t in rounds], means
 
 
-def per_seed(rows: list[dict], point: str, column: str) -> dict[int, dict[int, float]]:
+def per_seed(rows: list[dict], point: Optional[str], column: str) -> dict[int, dict[int, float]]:
+    """``column`` of one grid point by seed, then by round."""
     out: dict[int, dict[int, float]] = {}
     for r in rows:
         if r["point"] == point:
@@ -95,6 +104,7 @@ def per_seed(rows: list[dict], point: str, column: str) -> dict[int, dict[int, f
 
 
 def share_columns(rows: list[dict]) -> list[str]:
+    """The ``share_*`` columns of the rows, in first-seen order."""
     cols = []
     for r in rows:
         for c in r:
@@ -103,7 +113,8 @@ def share_columns(rows: list[dict]) -> list[str]:
     return cols
 
 
-def point_of(specs, **values) -> Optional[str]:
+def point_of(specs: list[sweep.RunSpec], **values: object) -> Optional[str]:
+    """The grid point whose values include ``values`` (None when the sweep has none)."""
     for s in specs:
         if all(s.values.get(k) == v for k, v in values.items()):
             return s.point
@@ -111,6 +122,7 @@ def point_of(specs, **values) -> Optional[str]:
 
 
 def check(result: ClaimResult, what: str, passed: bool, numbers: str) -> None:
+    """Add a decided check to ``result``."""
     result.checks.append(Check(result.name, what, bool(passed), numbers))
 
 
@@ -132,7 +144,9 @@ def check_reward_rises(result: ClaimResult, rows: list[dict], point: Optional[st
 
 
 def run_claim_sweep(result: ClaimResult, base: dict, base_path: str, grid: dict, fixed: dict, seeds: list[int],
-                    out: Path, jobs: int, metrics: list[str], serial_first: bool = False):
+                    out: Path, jobs: int, metrics: list[str],
+                    serial_first: bool = False) -> tuple[list[sweep.RunSpec], list[dict]]:
+    """Run (or resume) one claim's sweep, plot it, and return its runs and aggregated rows."""
     specs = sweep.plan_sweep(base, grid, seeds, out, fixed=fixed)
     grid_args = " ".join(f"--grid {k}={','.join(map(str, v))}" for k, v in grid.items())
     set_args = " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items()
@@ -161,7 +175,8 @@ def run_claim_sweep(result: ClaimResult, base: dict, base_path: str, grid: dict,
 # --------------------------------------------------------------------------- #
 
 
-def claim_mog8(args, out: Path) -> ClaimResult:
+def claim_mog8(args: argparse.Namespace, out: Path) -> ClaimResult:
+    """Curated-only collapse onto the rewarded modes; every mode kept with half real data."""
     result = ClaimResult("mog8", "2D mixture: collapse onto the rewarded modes vs. stability with real data")
     base_path = "configs/mog8.yaml"
     base = sweep.load_base_config(REPO / base_path)
@@ -193,15 +208,14 @@ def claim_mog8(args, out: Path) -> ClaimResult:
     return result
 
 
-def claim_discrete(args, out: Path) -> ClaimResult:
+def claim_discrete(args: argparse.Namespace, out: Path) -> ClaimResult:
+    """The exact learner against the ideal iteration's band, curated only and with half real data."""
     from lightning_curate.theory.laws import two_level_band
 
     result = ClaimResult("discrete", "The exact learner follows docs/THEORY.md's ideal iteration")
     base_path = "configs/discrete.yaml"
     base = sweep.load_base_config(REPO / base_path)
-    fixed = {"loop.plots": False}
-    if args.quick:
-        fixed["loop.rounds"] = 6
+    fixed: dict[str, Any] = {"loop.plots": False, **({"loop.rounds": 6} if args.quick else {})}
     rounds = fixed.get("loop.rounds", sweep.get_key(base, "loop.rounds", 10))
     specs, rows = run_claim_sweep(result, base, base_path, {"data.init_args.real_fraction": [0.0, 0.5]}, fixed,
                                   args.seeds, out, args.jobs, ["reward_mean", "share_class0", "kl_to_data"])
@@ -226,18 +240,19 @@ def claim_discrete(args, out: Path) -> ClaimResult:
         check(result, f"rho={rho}: share of class 0 within 5 standard errors of the ideal iteration, every round "
                       f"and seed", complete and worst <= 5.0,
               f"largest deviation {worst:.2f} se ({where or 'exact'})")
-        t, mean = series(rows, point, "share_class0")
+        rounds_seen, mean = series(rows, point, "share_class0")
         shown = ", ".join(f"{m:.3f}" for m in mean[:6])
         theory_shown = ", ".join(f"{v:.3f}" for v in ideal[:6])
         check(result, f"rho={rho}: measured (mean over seeds) vs docs/THEORY.md", complete,
               f"measured {shown}; theory {theory_shown}")
-        curves[rho] = (t, mean, ideal, se)
+        curves[rho] = (rounds_seen, mean, ideal, se)
     if curves:
         result.figures.insert(0, plot_theory_vs_observed(curves, out / "theory_vs_observed.png"))
     return result
 
 
 def plot_theory_vs_observed(curves: dict, path: Path) -> Path:
+    """The measured share of class 0 over the ideal iteration and its 5-standard-error band."""
     from lightning_curate.plots import save_figure
     from lightning_curate.plots.common import new_figure
 
@@ -282,7 +297,8 @@ def _tv(a: list[float], b: list[float]) -> float:
     return 0.5 * sum(abs(x - y) for x, y in zip(a, b))
 
 
-def claim_digits(args, out: Path, name: str) -> ClaimResult:
+def claim_digits(args: argparse.Namespace, out: Path, name: str) -> ClaimResult:
+    """Digits: the rewarded digit takes over (class reward), or class drift with and without real data."""
     confidence = name == "digits_confidence"
     result = ClaimResult(name, "Digits, confidence reward: bias amplification vs. stability with real data"
                          if confidence else "Digits, class reward r = 5 q_0(x): the rewarded digit takes over")
@@ -329,7 +345,8 @@ def claim_digits(args, out: Path, name: str) -> ClaimResult:
     return result
 
 
-def claim_population(args, out: Path) -> ClaimResult:
+def claim_population(args: argparse.Namespace, out: Path) -> ClaimResult:
+    """Adversarial curators: who wins on each side of the ideal learner's threshold, and real data's floor."""
     from lightning_curate.theory.population import adversarial_threshold
 
     result = ClaimResult("population", "Adversarial curators: the threshold where they win, and real data's floor")
@@ -372,7 +389,8 @@ def claim_population(args, out: Path) -> ClaimResult:
 # --------------------------------------------------------------------------- #
 
 
-def write_report(results: list[ClaimResult], out: Path, args, seconds: float) -> Path:
+def write_report(results: list[ClaimResult], out: Path, args: argparse.Namespace, seconds: float) -> Path:
+    """``<out>/REPORT.md``: the PASS/FAIL table, then each claim's command and figures."""
     lines = ["# Reproduction report", "",
              f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python scripts/reproduce.py"
              f"{' --quick' if args.quick else ''}` in {seconds / 60:.1f} min on {platform.machine()} "
@@ -400,7 +418,17 @@ def write_report(results: list[ClaimResult], out: Path, args, seconds: float) ->
     return path
 
 
-def main(argv=None) -> int:
+def record_figures(results: list[ClaimResult], args: argparse.Namespace, seconds: float) -> dict:
+    """The reproduction's figures for :func:`write_record`: every check's verdict and numbers, by claim."""
+    return {"quick": bool(args.quick), "seeds": list(args.seeds), "minutes": seconds / 60,
+            "claims": {res.name: {"title": res.title, "minutes": res.seconds / 60, "command": res.command,
+                                  "checks": [{"check": c.what, "passed": c.passed, "numbers": c.numbers}
+                                             for c in res.checks]}
+                       for res in results}}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the claims, write the report (and with ``--record`` the JSON record); 1 when a check fails."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and one seed")
@@ -409,6 +437,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", help="seeds (default 0,1,2; --quick: 0)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel within a sweep")
     p.add_argument("--out", default="runs/reproduce", help="where the sweeps and REPORT.md go")
+    p.add_argument("--record", nargs="?", type=Path, const=REPO / DEFAULT_FOLDER, default=None, metavar="FOLDER",
+                   help=f"also write the checks as a JSON record, reproduce[_quick][_<claims>].json (default folder "
+                        f"{DEFAULT_FOLDER})")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     only = [n.strip() for spec in args.only for n in spec.split(",") if n.strip()]
     unknown = [n for n in only if n not in CLAIMS]
@@ -418,6 +450,7 @@ def main(argv=None) -> int:
         args.seeds = sweep.parse_seeds(args.seeds if args.seeds else ("0" if args.quick else "0,1,2"))
     except sweep.SweepError as err:
         p.error(str(err))
+    record = args.record.absolute() if args.record is not None else None
     os.chdir(REPO)  # configs name paths relative to the repository (checkpoints/, configs/)
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -443,6 +476,13 @@ def main(argv=None) -> int:
         write_report(results, out, args, time.time() - start)  # a report after every claim
     report = write_report(results, out, args, time.time() - start)
     print(f"\nReport: {report}")
+    if record is not None:
+        name = "reproduce_quick" if args.quick else "reproduce"
+        if only:
+            name += "_" + "_".join(n for n in CLAIMS if n in only)
+        path = write_record(name, record_figures(results, args, time.time() - start),
+                            shlex.join(["python", "scripts/reproduce.py", *argv]), record)
+        print(f"Record: {path}")
     return 1 if any(c.passed is False for r in results for c in r.checks) else 0
 
 

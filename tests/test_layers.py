@@ -42,7 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     "preference": BELOW_LOOP - {"plots"},
     "loop": BELOW_LOOP,  # talks to generators through the Generator interface
     "experiments": BELOW_LOOP | {"loop", "preference"},  # runs `lightning_curate fit` as a subprocess, not cli
-    "cli": BELOW_LOOP | {"loop", "preference"},
+    "diagnostics": BELOW_LOOP | {"loop", "experiments"},  # `lightning-curate diagnose`: reopens and refits runs
+    "cli": BELOW_LOOP | {"loop", "preference", "diagnostics"},
 }
 # A dependency that only one file of a subpackage may have.
 FILE_ONLY = {
@@ -342,3 +343,41 @@ def test_the_column_checker_sees_hand_spelled_prefixes(tmp_path):
     path.write_text('def f(row, name, key):\n    a = [k for k in row if k.startswith("share_")]\n'
                     '    b = f"predicted_share_{name}"\n    c = f"{key}_stderr"\n    return "reward_mean", a, b, c\n')
     assert column_prefix_uses([("m", path)]) == ["m:2", "m:3", "m:4"]
+
+
+SCRIPTS = REPO / "scripts"
+
+
+def test_the_package_never_imports_scripts():
+    """scripts/ may import anything from the package; the package (what users install) never imports a script."""
+    names = {path.stem for path in SCRIPTS.glob("*.py")}
+    assert names, "no scripts found: the check would pass on nothing"
+    bad = []
+    for module, path in modules():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            found = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{rel(path)} imports {n}" for n in found if n.split(".")[0] in names | {"scripts"}]
+    assert not bad, "the package imports scripts/:\n" + "\n".join(bad)
+
+
+def test_scripts_import_what_the_package_has():
+    """A script's ``lightning_curate`` imports name modules or names that exist (a moved module fails here)."""
+    import importlib
+
+    bad = []
+    for path in sorted(SCRIPTS.glob("*.py")):
+        for name in sorted(imported(f"scripts.{path.stem}", path)):
+            try:
+                importlib.import_module(name)
+                continue
+            except ModuleNotFoundError:
+                pass
+            parent, _, attr = name.rpartition(".")
+            try:
+                found = hasattr(importlib.import_module(parent), attr)
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                bad.append(f"{rel(path)} imports {name}")
+    assert not bad, "scripts import what the package does not have:\n" + "\n".join(bad)

@@ -33,7 +33,6 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -42,6 +41,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from torch import nn
 
 from lightning_curate.classifiers.nets import RebuildableNet
+from lightning_curate.utils.trust import PACKAGE, TrustedClasses, class_path_of, trusted_paths
 
 __all__ = ["CHECKPOINT_KEY", "DEFAULT_TRAIN_HINT", "METADATA_KEY", "NET_FILE_SUFFIX", "NetFileCheckpointIO",
            "class_path_of", "describe_net", "load_classifier", "missing_checkpoint_error", "net_file_path",
@@ -52,15 +52,7 @@ CHECKPOINT_KEY = "classifier_net"  # the description inside the Lightning checkp
 METADATA_KEY = "lightning_curate.classifier"
 NET_FILE_SUFFIX = ".net.safetensors"
 FORMAT_VERSION = 2
-_PACKAGE = "lightning_curate"
-
-TrustedClasses = Optional[Sequence[Union[str, type]]]
-
-
-def class_path_of(obj: Any) -> str:
-    """``module.QualName`` of ``obj``'s class (or of ``obj`` when it is a class)."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
+_PACKAGE = PACKAGE
 
 
 def net_file_path(checkpoint: Union[str, Path]) -> Path:
@@ -193,24 +185,6 @@ def _package_nets() -> dict[str, type]:
     return found
 
 
-def _trusted(trusted_classes: TrustedClasses) -> dict[str, Union[str, type]]:
-    if trusted_classes is None:
-        return {}
-    if isinstance(trusted_classes, (str, type)) or not isinstance(trusted_classes, Sequence):
-        raise TypeError(f"trusted_classes must be a list of class paths ('package.module.Class') or classes, "
-                        f"got {trusted_classes!r}")
-    out: dict[str, Union[str, type]] = {}
-    for item in trusted_classes:
-        if isinstance(item, type):
-            out[class_path_of(item)] = item
-        elif isinstance(item, str) and "." in item.strip(".") and not item.startswith("."):
-            out[item] = item
-        else:
-            raise ValueError(f"trusted_classes entries must be class paths 'package.module.Class' or classes, "
-                             f"got {item!r}")
-    return out
-
-
 def resolve_class(class_path: str, where: str, trusted_classes: TrustedClasses = None) -> type:
     """The net class named ``class_path``, if lightning_curate defines it or the caller trusts it.
 
@@ -221,7 +195,7 @@ def resolve_class(class_path: str, where: str, trusted_classes: TrustedClasses =
     package = _package_nets()
     if class_path in package:
         return package[class_path]
-    trusted = _trusted(trusted_classes)
+    trusted = trusted_paths(trusted_classes)
     if class_path not in trusted:
         raise ValueError(
             f"{where}: refusing to build the net class {class_path!r}: a checkpoint may only name a "

@@ -25,9 +25,10 @@ import yaml
 
 from lightning_curate.experiments.config_keys import SweepError, check_count, loop_entry
 from lightning_curate.experiments.grid import RunSpec
+from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError
 
-__all__ = ["CONFIG_NAME", "LOG_NAME", "RunResult", "finished_but_changed", "read_table", "run_command", "run_status",
-           "run_sweep", "table_path"]
+__all__ = ["CONFIG_NAME", "LOG_NAME", "RunResult", "finished_but_changed", "move_aside", "read_table", "run_command",
+           "run_status", "run_sweep", "table_path"]
 
 CONFIG_NAME = "sweep_config.yaml"
 LOG_NAME = "sweep.log"
@@ -113,6 +114,23 @@ def finished_but_changed(spec: RunSpec) -> bool:
     return path.is_file() and _changed(path, spec.config)
 
 
+def move_aside(run_dir: Path) -> Path:
+    """Move a run that cannot resume out of the way, under its own lock.
+
+    The lock is taken with the rule a run applies itself (a live holder, here or on another
+    host within its heartbeat, is never taken over), so a run that is still writing, or a
+    sweep's sibling starting it, is never moved: :class:`RunLockError` names its holder.
+    """
+    aside = run_dir.with_name(run_dir.name + f".stale-{int(time.time())}")
+    lock = RunLock(run_dir).acquire()
+    try:
+        shutil.move(str(run_dir), str(aside))
+    finally:
+        lock.release()  # the lock file moved with the folder: release() finds none to remove here
+    (aside / LOCK_NAME).unlink(missing_ok=True)
+    return aside
+
+
 def run_command(spec: RunSpec, config_path: Path, resume: bool, python: str = sys.executable) -> list[str]:
     """The command line of one run: ``python -m lightning_curate fit`` on its config, resumed if asked."""
     cmd = [python, "-m", "lightning_curate", "fit", "-c", str(config_path),
@@ -140,8 +158,11 @@ def _execute(spec: RunSpec, index: int, total: int, *, python: str, timeout: Opt
         say(f"{tag}: finished already ({spec.rounds + 1} rounds), skipped{changed}")
         return RunResult(spec, "skipped", rounds_done=_rounds_done(spec.run_dir))
     if status == "stale":
-        aside = spec.run_dir.with_name(spec.run_dir.name + f".stale-{int(time.time())}")
-        shutil.move(str(spec.run_dir), str(aside))
+        try:
+            aside = move_aside(spec.run_dir)
+        except RunLockError as err:
+            say(f"{tag}: FAILED: not moved aside, {err}")
+            return RunResult(spec, "failed", rounds_done=_rounds_done(spec.run_dir), message=str(err))
         say(f"{tag}: stored rounds but no checkpoint to resume from; moved aside to {aside}, starting afresh")
         status = "fresh"
     resume = status == "resumable"

@@ -1,12 +1,13 @@
 """A finished (or stopped) run opened again in Python: its own config, modules and checkpoint.
 
-Diagnostics that look back at a run (``scripts/solver_check.py``,
-``scripts/learner_budget.py``, a notebook) need the run's model and data exactly
+Diagnostics that look back at a run (``lightning-curate diagnose solver``,
+``lightning-curate diagnose budget``, a notebook) need the run's model and data exactly
 as the run built them. A run saves the full config it was started with
 (``config.yaml``); :func:`load_run` builds the module and data module from it and
-loads a checkpoint's weights. The config is trusted as any config is (it names
-the classes to build, as the run did); the checkpoint is read with
-``weights_only=True``, so it cannot choose what is built.
+loads a checkpoint's weights. The config is a file, so it is not trusted: it may
+build only lightning_curate's classes and those the caller names in
+``trusted_classes`` (checked before anything is imported); the checkpoint is read
+with ``weights_only=True``, so it cannot choose what is built either.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from lightning_curate.store.preflight import check_checkpoint_file
 from lightning_curate.store.rounds import StoreError
+from lightning_curate.utils.trust import TrustedClasses, check_config_classes
 
 __all__ = ["SavedRun", "load_run"]
 
@@ -35,16 +37,20 @@ class SavedRun:
     checkpoint: Path
 
 
-def load_run(run_dir: Path | str, checkpoint: Optional[Path | str] = None) -> SavedRun:
+def load_run(run_dir: Path | str, checkpoint: Optional[Path | str] = None,
+             trusted_classes: TrustedClasses = None) -> SavedRun:
     """The run in ``run_dir``, rebuilt from its ``config.yaml``, with ``checkpoint``'s weights.
 
     Args:
         run_dir: a run directory (``config.yaml``, ``checkpoints/``).
         checkpoint: a checkpoint of that run (default ``checkpoints/last.ckpt``).
+        trusted_classes: class paths outside lightning_curate that the config may build (a run
+            of your own generator: ``["mygen.MyGenerator"]``); any other class it names is refused.
 
     Raises:
         FileNotFoundError: no ``config.yaml``, or no such checkpoint.
         ValueError: a config without model and data sections, or a truncated or damaged checkpoint.
+        UntrustedClassError: the config names a class outside the package and ``trusted_classes``.
 
     Example:
         >>> run = load_run("runs/mog8")  # doctest: +SKIP
@@ -61,6 +67,7 @@ def load_run(run_dir: Path | str, checkpoint: Optional[Path | str] = None) -> Sa
     config = yaml.safe_load(config_path.read_text())
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise ValueError(f"{config_path}: expected the model and data sections a run saves")
+    check_config_classes({"model": config["model"], "data": config["data"]}, str(config_path), trusted_classes)
     path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

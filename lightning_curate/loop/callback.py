@@ -70,7 +70,7 @@ class RetrainingLoop(RoundSchedule, Callback):
             model (the default), ``scratch`` restarts from the initial weights with a fresh
             optimizer state, so round ``t + 1``'s model depends on round ``t``'s data only.
         learner_noise: the learner's refit jitter as a multiple of a round mean's sampling
-            standard error (measure it with ``scripts/learner_jitter.py``): a round's fidelity is
+            standard error (measure it with ``lightning-curate diagnose jitter``): a round's fidelity is
             reported only where its predicted move stands above this noise and the sampling
             noise. 0 (the default) counts sampling only.
     """

@@ -25,7 +25,7 @@ candidates. The learner adds its own: trained
 again on the same data with another batch order, it lands elsewhere. That
 *refit jitter* scales with the round's own sampling error (both shrink as the
 rewards and shares concentrate), so it is given as a multiple of it,
-``learner_noise`` (measured by ``scripts/learner_jitter.py``), and added to the
+``learner_noise`` (measured by ``lightning-curate diagnose jitter``), and added to the
 observed move's noise.
 
 A ratio needs a move well above noise; the *learner gap* does not. It compares

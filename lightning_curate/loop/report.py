@@ -71,7 +71,7 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
         shortfall = (f" Each curated round ended on average {-gap:.3g} (+-{gap_se:.1g}) reward units below the very "
                      "set it was trained on (learner_gap): a steady shortfall that weighs more as the predicted "
                      "moves shrink. On the main job a larger batch or more optimizer steps per round narrowed it; "
-                     "scripts/learner_budget.py measures that for this run.")
+                     "lightning-curate diagnose budget measures that for this run.")
     out = [f"{r['round']} ({_ratio_text(r, ' +- ')})" for r in rounds_out_of_band(rows)]
     measured = (f" Measurably outside the band {FIDELITY_BAND[0]:g}-{FIDELITY_BAND[1]:g} (by more than {BAND_Z:g} "
                 f"standard errors): round{'s' if len(out) > 1 else ''} {', '.join(out)}." if out else "")
@@ -80,8 +80,8 @@ def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Opti
             f"{measured}{shortfall} Train more per round (RetrainingLoop epochs_per_round, or a larger lr), "
             "shorten the EMA memory (FlowMatching ema_decay closer to 0, or an EMA reset each round), and check "
             "round 0's p0_* columns "
-            "for an under-fitted start. scripts/learner_jitter.py retrains a round several times: a lag that "
-            "every refit shows is the learner's, not noise. scripts/solver_check.py RUN_DIR measures how much "
+            "for an under-fitted start. lightning-curate diagnose jitter retrains a round several times: a lag that "
+            "every refit shows is the learner's, not noise. lightning-curate diagnose solver RUN_DIR measures how much "
             "of it is the ODE sampler's (FlowMatching solver and steps). See docs/THEORY.md section 5.")
 
 

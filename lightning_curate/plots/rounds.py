@@ -26,6 +26,9 @@ MAX_PREDICTED = 3  # classes drawn against the ideal learner's prediction
 # Where a learner counts as faithful: lightning_curate.loop.fidelity.FIDELITY_BAND (plots may not import
 # the loop; tests/loop/test_fidelity.py checks the two agree).
 FIDELITY_BAND = (0.85, 1.15)
+GRID_COLUMNS = 3  # panels a row: six panels fit a laptop screen at 100% as 2 x 3
+PANEL_SIZE = (4.25, 3.5)  # inches a panel, at common.DPI: 3 columns ~ 1600 px wide
+SHARE_LEGEND_WIDTH = 0.6  # extra inches for the shares panel's legend, outside its axes
 
 
 def _as_float(v) -> float:
@@ -83,8 +86,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
     gap_shown = np.isfinite(gap) & (rounds >= 1)  # round 0's gap (p_0 against the real data) sits in rounds.csv
     n_panels = (1 + bool(dist_keys) + bool(share_keys) + bool(predicted_keys) + bool(fidelity_keys)
                 + bool(gap_shown.any()))
-    fig = new_figure(4.6 * n_panels + (1.4 if share_keys else 0.0), 3.6)
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    fig, axes = _panel_grid(n_panels, legend_room=bool(share_keys))
     single = len(rows) == 1
 
     def _finish_x(ax):
@@ -128,7 +130,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
         ax.text(0.5, 0.5, "no reward recorded", transform=ax.transAxes, ha="center", va="center", color="0.4")
     else:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    ax.set_title("Reward over rounds")
+    ax.set_title("Reward: rises while curation optimises it")
     ax.set_ylabel("reward")
     _finish_x(ax)
 
@@ -140,7 +142,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
         panel += 1
         for key, color in zip(dist_keys, palette(len(dist_keys))):
             ax.plot(rounds, _column(rows, key), "-o", ms=4, lw=1.6, color=color, label=key.replace("_", " "))
-        ax.set_title("Distance to real data")
+        ax.set_title("Distance to the real data: drift away from it")
         ax.set_ylabel("distance")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
@@ -179,7 +181,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
             ax.set_ylim(bottom=0)
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
                       ncol=int(math.ceil(len(share_keys) / 20)))
-        ax.set_title("Mode / class shares")
+        ax.set_title("Shares: which modes or classes take over")
         ax.set_ylabel("share (%)")
         _finish_x(ax)
         ax.grid(True, axis="y", alpha=0.3, linewidth=0.6)
@@ -196,7 +198,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
             # Row t predicts round t + 1: drawn at t + 1, beside what was observed there.
             ax.plot(rounds + 1, 100.0 * _column(rows, PREDICTED_SHARE(name)), ":^", ms=4, lw=1.3, color=color,
                     label=f"{name} ideal learner")
-        ax.set_title("Shares: observed vs ideal learner")
+        ax.set_title("Shares: observed (solid) should track ideal (dotted)")
         ax.set_ylabel("share (%)")
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
         _finish_x(ax)
@@ -216,7 +218,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
                             label=key.replace("_", " "))
             else:
                 ax.plot(rounds, values, "-o", ms=4, lw=1.4, color=color, label=key.replace("_", " "))
-        ax.set_title("Learner fidelity (1 = ideal learner)")
+        ax.set_title("Fidelity: inside the grey band = follows the theory")
         ax.set_ylabel("observed move / predicted move")
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
         _finish_x(ax)
@@ -230,11 +232,22 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
         err = _column(rows, stderr(Col.LEARNER_GAP))
         ax.errorbar(rounds[gap_shown], gap[gap_shown], yerr=np.nan_to_num(err[gap_shown]), fmt="-o", ms=4, lw=1.4,
                     capsize=3, color=palette(1)[0], label="model reward - training set's (±1 se)")
-        ax.set_title("Learner gap to its own training set")
+        ax.set_title("Learner gap: near 0 = reproduces its own data")
         ax.set_ylabel("reward difference")
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
         _finish_x(ax)
     return fig
+
+
+def _panel_grid(n_panels: int, *, legend_room: bool) -> tuple[Figure, list]:
+    """``n_panels`` axes in rows of at most ``GRID_COLUMNS``, in reading order; unused cells removed."""
+    ncols = min(n_panels, GRID_COLUMNS)
+    nrows = int(math.ceil(n_panels / ncols))
+    fig = new_figure(PANEL_SIZE[0] * ncols + (SHARE_LEGEND_WIDTH if legend_room else 0.0), PANEL_SIZE[1] * nrows)
+    grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in grid[n_panels:]:
+        ax.remove()
+    return fig, list(grid[:n_panels])
 
 
 def _predicted_share_keys(rows: Sequence[Mapping], keys: Sequence[str], share_prefix: str) -> list[str]:
@@ -253,7 +266,9 @@ def _predicted_share_keys(rows: Sequence[Mapping], keys: Sequence[str], share_pr
 def plot_round_metrics(rows: Sequence[Mapping], path: PathLike, *, share_prefix: str = SHARE.prefix) -> Path:
     """Plot the per-round table (``rounds.csv`` rows) and write a PNG.
 
-    Panels, left to right:
+    Panels, in reading order on a grid of at most three columns (six panels are
+    2 x 3, about 1,600 px wide, to fit a laptop screen at 100%), each titled with
+    what to look for:
 
     * reward: the model samples' mean with a ±std band (``reward_mean``,
       ``reward_std``) and the curated samples' mean (``curated_reward_mean``);

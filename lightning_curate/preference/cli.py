@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -33,6 +32,7 @@ from torch import nn
 from lightning_curate.preference.bradley_terry import RewardMLP, fit_bradley_terry, score_candidates
 from lightning_curate.preference.evaluate import recovered_scale, spearman
 from lightning_curate.store import RoundStore, StoreError
+from lightning_curate.utils.trust import check_config_classes, resolve_trusted_class
 
 __all__ = ["build_model", "load_choice_logs", "load_reward_model", "main", "parse_rounds", "run"]
 
@@ -102,8 +102,7 @@ def load_choice_logs(store: RoundStore, rounds: Sequence[int]) -> dict[str, Any]
         if missing:
             raise StoreError(f"round {t} in {store.root} has no choice logs (missing {', '.join(missing)}); "
                              "run the loop with choice logging on (log_choices) to record them")
-        idx = tensors["choice_index"].long()
-        idx = idx[:, None] if idx.dim() == 1 else idx
+        idx = _checked_logs(tensors, f"round {t} in {store.root}")
         if cands and (tuple(tensors["choice_candidates"].shape[1:]) != tuple(cands[0].shape[1:])
                       or idx.shape[1] != chosen[0].shape[1]):
             raise StoreError(f"round {t}: its logs have K, sample shape or picks different from round {rounds[0]}'s")
@@ -118,6 +117,46 @@ def load_choice_logs(store: RoundStore, rounds: Sequence[int]) -> dict[str, Any]
     return {"candidates": torch.cat(cands), "chosen": picks[:, 0] if picks.shape[1] == 1 else picks,
             "rewards": torch.cat(present).float() if len(present) == len(rewards) else None,
             "round": torch.cat(origin), "slot": torch.cat(slots), "manifests": manifests}
+
+
+def _checked_logs(tensors: dict[str, torch.Tensor], where: str) -> torch.Tensor:
+    """The kept indices ``[n, m]`` of one round's choice logs, after checking every log's shape and values.
+
+    The store's checksums prove a file is what was written, not that it makes sense: a log
+    re-recorded with consistent checksums is checked here, so a forgery cannot index out of
+    range or train on non-finite candidates.
+    """
+    cands, index, slot = tensors["choice_candidates"], tensors["choice_index"], tensors["choice_slot"]
+    if cands.dim() < 3 or not cands.is_floating_point():
+        raise StoreError(f"{where}: choice_candidates must be floating point [n, K, ...], "
+                         f"got {cands.dtype} {list(cands.shape)}")
+    n, k = int(cands.shape[0]), int(cands.shape[1])
+    if n == 0 or k < 2:
+        raise StoreError(f"{where}: choice_candidates must hold at least one slot of K >= 2 candidates, "
+                         f"got {list(cands.shape)}")
+    if not bool(torch.isfinite(cands).all()):
+        raise StoreError(f"{where}: choice_candidates holds NaN or infinite values")
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise StoreError(f"{where}: choice_index must be integer, got {index.dtype}")
+    idx = index.long()
+    idx = idx[:, None] if idx.dim() == 1 else idx
+    if idx.dim() != 2 or idx.shape[0] != n or not 1 <= idx.shape[1] < k:
+        raise StoreError(f"{where}: choice_index must be [{n}] or [{n}, m] with 1 <= m < K = {k}, "
+                         f"got {list(index.shape)}")
+    if bool(((idx < 0) | (idx >= k)).any()):
+        raise StoreError(f"{where}: choice_index holds indices outside 0..{k - 1}")
+    if idx.shape[1] > 1 and bool((idx.sort(dim=1).values.diff(dim=1) == 0).any()):
+        raise StoreError(f"{where}: choice_index repeats a candidate within a slot")
+    if slot.dim() != 1 or slot.shape[0] != n or slot.is_floating_point() or bool((slot < 0).any()) \
+            or int(slot.unique().numel()) != n:
+        raise StoreError(f"{where}: choice_slot must be [{n}] distinct non-negative integers, "
+                         f"got {slot.dtype} {list(slot.shape)}")
+    rewards = tensors.get("choice_rewards")
+    if rewards is not None and (tuple(rewards.shape) != (n, k) or not rewards.is_floating_point()
+                                or not bool(torch.isfinite(rewards).all())):
+        raise StoreError(f"{where}: choice_rewards must be finite floating point [{n}, {k}], "
+                         f"got {rewards.dtype} {list(rewards.shape)}")
+    return idx
 
 
 def build_model(kind: str, sample_shape: Sequence[int], hidden: int = 64, depth: int = 2,
@@ -176,14 +215,20 @@ def load_reward_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _instantiate(class_path: str, init_args: dict) -> nn.Module:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)(**init_args)
+def _instantiate(class_path: str, init_args: Any, where: str, trusted_classes: Sequence[str]) -> nn.Module:
+    """Build the reward ``class_path`` names: a package class or one the user trusts, never a file's choice."""
+    if not isinstance(init_args, dict):
+        raise ValueError(f"{where}: the reward's init_args must be a mapping, got {init_args!r}")
+    check_config_classes(init_args, where, trusted_classes)
+    cls = resolve_trusted_class(class_path, where, trusted_classes, base=nn.Module)
+    return cls(**init_args)
 
 
 def _true_reward(args, store: RoundStore) -> Optional[nn.Module]:
-    if args.reward_class:
-        return _instantiate(args.reward_class, json.loads(args.reward_args or "{}"))
+    trusted = list(args.trusted_classes or [])
+    if args.reward_class:  # named on the command line: the user trusts it
+        return _instantiate(args.reward_class, json.loads(args.reward_args or "{}"), "--reward-class",
+                            trusted + [args.reward_class])
     config = store.root.parent / "config.yaml"
     if args.no_config_reward or not config.is_file():
         return None
@@ -194,7 +239,7 @@ def _true_reward(args, store: RoundStore) -> Optional[nn.Module]:
     spec = (((cfg.get("model") or {}).get("init_args") or {}).get("reward")) or {}
     if not isinstance(spec, dict) or "class_path" not in spec:
         return None
-    return _instantiate(spec["class_path"], spec.get("init_args") or {})
+    return _instantiate(spec["class_path"], spec.get("init_args") or {}, str(config), trusted)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,6 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--reward-args", default=None, help="its init args as JSON")
     ap.add_argument("--no-config-reward", action="store_true",
                     help="do not read the true reward from the run's config.yaml")
+    ap.add_argument("--trusted-classes", nargs="+", default=None, metavar="CLASS_PATH",
+                    help="classes outside lightning_curate that the run's config.yaml may build (your own reward); "
+                         "any other class a file names is refused")
     return ap
 
 
@@ -231,6 +279,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         store, rounds = _store_and_rounds(args.round_dir, args.rounds)
         logs = load_choice_logs(store, rounds)
+        # Checked before any fitting: a refused class costs nothing and writes nothing.
+        reward = _true_reward(args, store) if logs["rewards"] is None else None
         cands, chosen = logs["candidates"], logs["chosen"]
         model, spec = build_model(args.model, cands.shape[2:], args.hidden, args.depth, args.seed)
         fit = fit_bradley_terry(cands, chosen, model, seed=args.seed, val_fraction=args.val_fraction,
@@ -244,10 +294,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     with torch.no_grad():
         fitted = score_candidates(fit.model, held).flatten()
         truth = logs["rewards"][eval_index].flatten() if logs["rewards"] is not None else None
-        if truth is None:
-            reward = _true_reward(args, store)
-            if reward is not None:
-                truth = score_candidates(reward.eval(), held).flatten().float()
+        if truth is None and reward is not None:
+            truth = score_candidates(reward.eval(), held).flatten().float()
     betas = sorted({m.get("beta") for m in logs["manifests"] if m.get("beta") is not None})
     picks = 1 if chosen.dim() == 1 else int(chosen.shape[1])
     report: dict[str, Any] = {

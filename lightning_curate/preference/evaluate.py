@@ -144,5 +144,8 @@ def best_bt_scores(p, curators: Sequence[AtomCurator], num_candidates: int, iter
     grad = onehot - (soft[:, :, None] * onehot).sum(1, keepdim=True)  # e_k - P, [T, K, n]
     A = torch.einsum("t,tk,tki,tkj->ij", prob, soft, grad, grad)
     B = torch.einsum("t,tk,tki,tkj->ij", prob, choice, grad, grad)
-    A_inv = torch.linalg.pinv(A, hermitian=True)
+    # A is singular along the gauge (constant shifts) and along never-shown atoms; their eigenvalues are
+    # round-off (~1e-15 of the largest, BLAS-dependent), so they are cut at an explicit relative tolerance
+    # rather than pinv's default one (eps * n), which a round-off eigenvalue can pass.
+    A_inv = torch.linalg.pinv(A, hermitian=True, rtol=1e-10)
     return {"scores": s, "covariance": A_inv @ B @ A_inv}

@@ -129,6 +129,7 @@ class RunLock:
         self.stale_after_s = float(stale_after_s)
         self.heartbeat_s = float(heartbeat_s)
         self.info: dict[str, Any] = {}
+        self.lost = False  # set by the heartbeat when another process took the lock over
         self._created_dir = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -238,6 +239,9 @@ class RunLock:
     def _start_heartbeat(self) -> None:
         def beat():
             while not self._stop.wait(self.heartbeat_s):
+                if not self.still_ours():
+                    self.lost = True  # taken over after a freeze: never refresh another holder's lock
+                    return
                 try:
                     os.utime(self.path)
                 except OSError:
@@ -245,6 +249,14 @@ class RunLock:
 
         self._thread = threading.Thread(target=beat, name="lightning_curate-lock-heartbeat", daemon=True)
         self._thread.start()
+
+    def still_ours(self) -> bool:
+        """Whether the lock file on disk is still this holder's (not removed, not taken over)."""
+        try:
+            current = self._read(self.path)
+        except RunLockError:
+            return False
+        return current is not None and current.get("token") == self.info.get("token")
 
     @property
     def held(self) -> bool:

@@ -131,9 +131,11 @@ class RoundStore:
         if self.path(round_idx).exists():
             raise StoreError(f"round {round_idx} already exists in {self.root}; a stored round is never overwritten")
         tmp = self._tmp(round_idx)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        _remove_entry(tmp)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the round's temporary folder {tmp}: {err}") from err
 
     def write_part(self, round_idx: int, tensors: dict[str, Tensor], rank: int = 0, chunk: int = 0) -> Path:
         """Write one part (a chunk of one rank) of a round in progress."""
@@ -255,7 +257,11 @@ class RoundStore:
                 loaded.append(torch.load(path, map_location=map_location, weights_only=True))
             except Exception as err:  # noqa: BLE001 - any unpickling failure: name the file
                 raise StoreError(f"round {round_idx}: cannot load {path}: {err}") from err
-        return StoredRound(tensors=_merge_parts(loaded), manifest=manifest)
+        try:
+            tensors = _merge_parts(loaded)
+        except ValueError as err:
+            raise StoreError(f"round {round_idx} ({self.path(round_idx)}): {err}") from err
+        return StoredRound(tensors=tensors, manifest=manifest)
 
     def check_whole(self) -> list[int]:
         """Verify the whole store before a resume trusts it; returns the stored rounds ``0..t``.
@@ -297,9 +303,21 @@ class RoundStore:
         removed: list[Path] = []
         if self.root.is_dir():
             for child in self.root.glob(".tmp_round_*"):
-                shutil.rmtree(child, ignore_errors=True)
+                _remove_entry(child)
                 removed.append(child)
         return removed
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove a leftover temporary entry itself: a folder with its files, or a link or file, never a
+    link's target (a planted ``.tmp_round_NNN`` symlink must not delete anything outside the run)."""
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    except OSError as err:
+        raise StoreError(f"cannot remove the leftover temporary entry {path}: {err}") from err
 
 
 def _merge_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -311,6 +329,10 @@ def _merge_parts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         merged = {k: torch.cat([part[k] for part in parts if k in part]) for k in keys}
     for slot_key, keyed in _SLOT_KEYED.items():
         if slot_key in merged:
+            n = merged[slot_key].shape[0] if merged[slot_key].dim() else -1
+            short = [k for k in keyed if k in merged and (merged[k].dim() == 0 or merged[k].shape[0] != n)]
+            if n < 0 or short:
+                raise ValueError(f"{', '.join(short) or slot_key} must have one row per {slot_key} entry ({n})")
             order = torch.sort(merged[slot_key], stable=True).indices
             for k in (slot_key, *keyed):
                 if k in merged:

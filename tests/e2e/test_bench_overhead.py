@@ -12,6 +12,8 @@ import pytest
 import yaml
 from run_configs import load_script
 
+from lightning_curate.experiments.records import read_record
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench_overhead.py"
 
@@ -21,11 +23,16 @@ def _load():
 
 
 def test_bench_overhead_tiny_prints_both_programs_phases_and_ratios(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--json", "--repeats", "2"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    args = ["--sizes", "tiny", "--json", "--repeats", "2", "--record", "rec"]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     results = json.loads(lines[-1])
+    # --record FOLDER (relative to the working directory): the size's figures, exactly as --json prints them.
+    record = read_record(tmp_path / "rec" / "bench_overhead_tiny.json")
+    assert record["figures"] == results[0] and record["machine"]["device"] == "cpu"
+    assert record["command"] == "python scripts/bench_overhead.py " + " ".join(args)
     assert [r["size"] for r in results] == ["tiny"]
     result = results[0]
     bench = _load()
@@ -58,7 +65,7 @@ def test_bench_overhead_tiny_prints_both_programs_phases_and_ratios(tmp_path):
         assert re.search(rf"^ *{phase} +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ ", text, re.M), phase
     assert f"package / bare = {result['ratio']:.2f}x wall, {result['ratio_cpu']:.2f}x CPU" in text
     assert "fastest of 2 alternating runs each (CPU s: bare " in text
-    assert not list(tmp_path.iterdir()), "the bench writes into a temporary folder only"
+    assert [p.name for p in tmp_path.iterdir()] == ["rec"], "the bench writes into a temporary folder and its record"
 
 
 def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):

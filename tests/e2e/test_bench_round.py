@@ -12,6 +12,8 @@ import pytest
 import torch
 from run_configs import load_script, tiny_config, write_config
 
+from lightning_curate.experiments.records import read_record
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench_round.py"
 
@@ -30,10 +32,10 @@ def tiny_cfg(tmp_path) -> Path:
 
 def test_bench_round_prints_one_json_line_with_every_phase(tmp_path, tiny_cfg):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--config", str(tiny_cfg), "--num-slots", "2000", "--train-batches", "2",
-         "--threads", "1"],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    args = ["--config", str(tiny_cfg), "--num-slots", "2000", "--train-batches", "2", "--threads", "1",
+            "--record", str(tmp_path / "rec"), "--record-name", "bench_round_tiny"]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stdout  # Lightning's chatter goes to stderr
@@ -55,6 +57,10 @@ def test_bench_round_prints_one_json_line_with_every_phase(tmp_path, tiny_cfg):
     if sys.platform.startswith("linux"):
         assert result["peak_rss_reset"] and result["peak_rss_bytes"] >= result["rss_before_round_bytes"]
     assert not list(tmp_path.glob("runs")), "the bench writes into a temporary folder only"
+    # --record: the same figures as the JSON line, with the command and the device it ran on.
+    record = read_record(tmp_path / "rec" / "bench_round_tiny.json")
+    assert record["figures"] == result and record["machine"]["device"] == "cpu"
+    assert record["command"] == "python scripts/bench_round.py " + " ".join(args)
 
 
 def _load_script():

@@ -433,3 +433,161 @@ def test_a_read_only_run_directory_is_refused(finished, tmp_path):
     assert code == 2, err[-2000:]
     assert f"error: cannot lock the run directory {finished}" in err and "Read-only file system" in err
     assert tree_digest(finished) == before
+
+
+# -- no code from any file ---------------------------------------------------------------------------
+# Each planted class would create MARKER if it ran; the refusal must come before any import of it.
+def _planted(marker: Path) -> list[dict]:
+    return [{"class_path": "os.system", "init_args": {"command": f"touch {marker}"}},
+            {"class_path": "subprocess.Popen", "init_args": {"args": ["touch", str(marker)]}},
+            # A class the package merely imports from elsewhere is not the package's class.
+            {"class_path": "lightning_curate.experiments.runner.ThreadPoolExecutor", "init_args": {}}]
+
+
+def _choice_log_run(tmp_path: Path, reward_spec: dict) -> Path:
+    from lightning_curate.data.toy2d import make_2d
+    from lightning_curate.ops import kchoice
+
+    run = tmp_path / "logged"
+    x, _ = make_2d("mog8", 400 * 4, seed=3)
+    cands = x.reshape(400, 4, 2)
+    index = kchoice(-cands.norm(dim=2), 1.0, seed=0).index[:, None]
+    RoundStore(run / "rounds").write(0, {"x": cands[:, 0], "choice_candidates": cands, "choice_index": index,
+                                         "choice_slot": torch.arange(400)}, {"beta": 1.0})
+    (run / "config.yaml").write_text(json.dumps({"model": {"init_args": {"reward": reward_spec}}}))
+    return run
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_the_reward_command_builds_no_class_its_run_config_names(tmp_path, capsys, which):
+    from lightning_curate.preference.cli import run as fit_reward
+
+    marker = tmp_path / "PWNED"
+    run = _choice_log_run(tmp_path, _planted(marker)[which])
+    out = tmp_path / "reward.pt"
+    with pytest.raises(SystemExit) as exit_:
+        fit_reward(["--round-dir", str(run / "rounds"), "--out", str(out), "--max-epochs", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert str(run / "config.yaml") in err and "refusing to build" in err
+    assert not marker.exists() and not out.exists()
+
+
+def test_the_reward_command_builds_a_class_the_user_trusts_by_name(tmp_path, capsys):
+    from lightning_curate.preference.cli import run as fit_reward
+
+    spec = {"class_path": "run_configs.GatedReward", "init_args": {"dataset": "mog8", "targets": [0], "radius": 0.5}}
+    run = _choice_log_run(tmp_path, spec)
+    args = ["--round-dir", str(run / "rounds"), "--out", str(tmp_path / "r.pt"), "--max-epochs", "2"]
+    with pytest.raises(SystemExit):
+        fit_reward(args)  # a test module's class: not the package's, not trusted
+    assert "run_configs.GatedReward" in capsys.readouterr().err
+    report = fit_reward(args + ["--trusted-classes", "run_configs.GatedReward"])
+    assert "spearman" in report  # the true reward was built and scored
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_load_run_builds_no_class_its_config_names(finished, tmp_path, which):
+    import yaml
+
+    from lightning_curate.experiments import load_run
+    from lightning_curate.utils.trust import UntrustedClassError
+
+    marker = tmp_path / "PWNED"
+    config = yaml.safe_load((finished / "config.yaml").read_text())
+    config["model"]["init_args"]["reward"] = _planted(marker)[which]
+    (finished / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UntrustedClassError, match="refusing to build"):
+        load_run(finished, trusted_classes=["run_configs.GatedReward"])
+    # A bare dotted name where a class goes is a class path too.
+    config["model"]["init_args"]["reward"] = "os.system"
+    (finished / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UntrustedClassError, match="'os.system'"):
+        load_run(finished)
+    assert not marker.exists()
+
+
+def test_load_run_needs_the_users_own_classes_named(finished):
+    from lightning_curate.experiments import load_run
+    from lightning_curate.utils.trust import UntrustedClassError
+
+    with pytest.raises(UntrustedClassError, match="run_configs.GatedReward"):
+        load_run(finished)  # the run's reward is a test module's class
+    assert load_run(finished, trusted_classes=["run_configs.GatedReward"]).module is not None
+
+
+# -- the reward command checks its logs ---------------------------------------------------------------
+@pytest.mark.parametrize("key, value, match", [
+    ("choice_index", torch.full((400, 1), 7), "indices outside 0..3"),
+    ("choice_index", torch.zeros(399, 1, dtype=torch.long), "choice_index must have one row per choice_slot"),
+    ("choice_index", torch.zeros(400, 1), "must be integer"),
+    ("choice_slot", torch.zeros(400, dtype=torch.long), "distinct non-negative"),
+    ("choice_candidates", torch.full((400, 4, 2), float("nan")), "NaN or infinite"),
+    ("choice_rewards", torch.zeros(400, 3), r"finite floating point \[400, 4\]"),
+])
+def test_the_reward_command_refuses_forged_logs(tmp_path, capsys, key, value, match):
+    from lightning_curate.preference.cli import run as fit_reward
+
+    run = _choice_log_run(tmp_path, {})
+    store = RoundStore(run / "rounds")
+    record = store.read(0)
+    tensors = dict(record.tensors, **{key: value})
+    shutil.rmtree(run / "rounds")
+    RoundStore(run / "rounds").write(0, tensors, record.manifest)  # consistent, re-recorded checksums
+    with pytest.raises(SystemExit):
+        fit_reward(["--round-dir", str(run / "rounds"), "--out", str(tmp_path / "r.pt"), "--no-config-reward"])
+    assert __import__("re").search(match, capsys.readouterr().err)
+
+
+# -- a sweep never moves a live run --------------------------------------------------------------------
+def test_a_sweep_never_moves_a_live_locked_run_aside(tmp_path):
+    from lightning_curate.experiments.runner import move_aside
+    from lightning_curate.store.lock import RunLock, RunLockError
+
+    run = tmp_path / "point"
+    (run / "rounds" / "round_000").mkdir(parents=True)  # stored rounds, no checkpoint: "stale" to a sweep
+    before = tree_digest(run)
+    live = RunLock(run).acquire()  # a live run (this process) holds it
+    try:
+        with pytest.raises(RunLockError, match="in use by another run"):
+            move_aside(run)
+        assert (run / LOCK_NAME).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["point"]
+    finally:
+        live.release()
+    assert tree_digest(run) == before
+    aside = move_aside(run)  # its holder is gone: moved, lock file and all, and nothing left locked
+    assert not run.exists() and aside.is_dir() and not (aside / LOCK_NAME).exists()
+    assert (aside / "rounds" / "round_000").is_dir()
+
+
+def test_a_lock_lost_to_a_takeover_is_never_refreshed(tmp_path):
+    from lightning_curate.store.lock import RunLock
+
+    lock = RunLock(tmp_path / "run", heartbeat_s=0.05).acquire()
+    try:
+        (tmp_path / "run" / LOCK_NAME).write_text(json.dumps({"pid": 1, "token": "other"}))  # a takeover
+        old = time.time() - 1000
+        os.utime(tmp_path / "run" / LOCK_NAME, (old, old))
+        time.sleep(0.5)
+        assert lock.lost and not lock.still_ours()
+        assert (tmp_path / "run" / LOCK_NAME).stat().st_mtime == pytest.approx(old, abs=1)
+    finally:
+        lock.release()
+    assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["token"] == "other"  # not ours: kept
+
+
+# -- a planted temporary-round link ------------------------------------------------------------------
+def test_a_planted_tmp_round_link_is_removed_itself_and_the_round_is_written(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    store = RoundStore(tmp_path / "run" / "rounds")
+    store.root.mkdir(parents=True)
+    (store.root / ".tmp_round_000").symlink_to(outside, target_is_directory=True)
+    (store.root / ".tmp_round_001").symlink_to(outside / "precious.txt")
+    assert len(store.clean_partial()) == 2  # the links go, not what they point at
+    assert (outside / "precious.txt").read_text() == "keep me"
+    (store.root / ".tmp_round_000").symlink_to(outside, target_is_directory=True)
+    store.write(0, {"x": torch.zeros(3, 2), "slot": torch.arange(3)}, {"beta": 1.0})
+    assert store.rounds() == [0] and not (store.root / ".tmp_round_000").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]

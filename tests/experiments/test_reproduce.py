@@ -42,3 +42,28 @@ def test_unknown_claim_is_a_usage_error(reproduce, capsys):
         reproduce.main(["--only", "nonsense"])
     assert exc.value.code == 2
     assert "unknown claim(s) ['nonsense']" in capsys.readouterr().err
+
+
+def test_record_writes_every_checks_verdict_and_the_command(reproduce, tmp_path, monkeypatch):
+    from lightning_curate.experiments.records import read_record
+
+    def fake_claim(args, out):
+        result = reproduce.ClaimResult("discrete", "The exact learner")
+        reproduce.check(result, "the reward rises", True, "0.1 -> 0.9")
+        result.checks.append(reproduce.Check("discrete", "configs present", None, "SKIPPED"))
+        result.command = "lightning-curate-sweep --config configs/discrete.yaml"
+        return result
+
+    monkeypatch.setattr(reproduce, "claim_discrete", fake_claim)
+    monkeypatch.chdir(tmp_path)  # main moves to the repository; this puts the test's folder back after
+    argv = ["--only", "discrete", "--quick", "--out", str(tmp_path / "out"), "--record", str(tmp_path / "rec")]
+    assert reproduce.main(argv) == 0
+    record = read_record(tmp_path / "rec" / "reproduce_quick_discrete.json")
+    assert record["command"] == "python scripts/reproduce.py " + " ".join(argv)
+    figures = record["figures"]
+    assert figures["quick"] is True and figures["seeds"] == [0]
+    assert figures["claims"]["discrete"]["checks"] == [
+        {"check": "the reward rises", "passed": True, "numbers": "0.1 -> 0.9"},
+        {"check": "configs present", "passed": None, "numbers": "SKIPPED"}]
+    assert figures["claims"]["discrete"]["command"] == "lightning-curate-sweep --config configs/discrete.yaml"
+    assert (tmp_path / "out" / "REPORT.md").is_file()

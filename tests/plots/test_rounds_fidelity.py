@@ -55,3 +55,29 @@ def test_learner_gap_panel_shows_the_curated_rounds_with_their_errors():
     assert list(bars.lines[0].get_xdata()) == [1.0, 2.0, 3.0]
     assert [round(v, 9) for v in bars.lines[0].get_ydata()] == [-0.001, -0.002, -0.003]
     assert fig.axes[4].get_legend() is not None
+
+
+def test_six_panels_are_a_grid_that_fits_a_laptop_screen(tmp_path):
+    from lightning_curate.plots import plot_round_metrics
+    from lightning_curate.plots.common import DPI
+
+    rows = _rows()
+    for t, row in enumerate(rows):
+        row.update(sw_distance=0.1 * t, learner_gap=-0.001 * t, learner_gap_stderr=0.0005)
+    fig = build_round_metrics_figure(rows)
+    assert len(fig.axes) == 6
+    # Reading order on 2 rows x 3 columns: the top row holds the first three panels.
+    spec = [(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start) for ax in fig.axes]
+    assert spec == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    width, height = fig.get_size_inches() * DPI
+    assert 1400 <= width <= 1700 and height < width
+    # Every panel says what to look for, not only what it shows.
+    assert all(":" in ax.get_title() for ax in fig.axes)
+    assert plot_round_metrics(rows, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_fewer_panels_leave_no_empty_cells():
+    rows = [{k: v for k, v in r.items() if "fidelity" not in k and not k.startswith("predicted_share")}
+            for r in _rows()]
+    fig = build_round_metrics_figure(rows)
+    assert len(fig.axes) == 2  # reward and shares on one row; no blank third cell

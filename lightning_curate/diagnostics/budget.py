@@ -1,38 +1,25 @@
-#!/usr/bin/env python
-"""How a round's learner gap shrinks with the round's training budget.
+"""``lightning-curate diagnose budget``: how a round's learner gap shrinks with the round's training budget.
 
-The *learner gap* (docs/THEORY.md 5.5) is how far a round's generator ends
-from the mean reward of the very set it was trained on. A steady gap is what
-pulls late rounds' fidelity down, when the predicted moves are small. This
-script measures the gap against the budget with everything else fixed: it
-refits one round of a run from the run's own state at that round's start (the
-weights, the EMA, the optimizer's moments and the training set the loop would
-build), once for every pair of ``--steps`` (optimizer steps) and
-``--batch-sizes``, with ``--seeds`` shuffling seeds each, then samples every
-refit from the same source noise with the run's own solver and scores it.
+The *learner gap* (docs/THEORY.md section 5.5) is how far a round's generator ends from the
+mean reward of the very set it was trained on. A steady gap is what pulls late rounds' fidelity
+down, when the predicted moves are small. This diagnostic measures the gap against the budget with
+everything else fixed: it refits one round of a run from the run's own state at that round's
+start (the weights, the EMA, the optimizer's moments and the training set the loop would build),
+once for every pair of ``--steps`` (optimizer steps) and ``--batch-sizes``, with ``--seeds``
+shuffling seeds each, then samples every refit from the same source noise with the run's own
+solver and scores it.
 
-``RUN_DIR`` is a run stopped at the end of round ``t - 1``: its
-``checkpoints/last.ckpt``, its ``config.yaml`` and its round store. The
-script refits round ``t``. A run with ``rounds: t - 1`` in its loop is one;
-``scripts/learner_jitter.py --work-dir W`` leaves one in ``W/base``. The run
-directory is only read; its ``config.yaml`` is trusted as any config is (it
-names the classes to build, as the run did) and the checkpoint is read with
-``weights_only=True``.
+``RUN_DIR`` is a run stopped at the end of round ``t - 1``: its ``checkpoints/last.ckpt``, its
+``config.yaml`` and its round store; round ``t`` is refitted. A run with ``rounds: t - 1`` in its
+loop is one; ``lightning-curate diagnose jitter ... --work-dir W`` leaves one in ``W/base``. The
+run directory is only read; its ``config.yaml`` is trusted as any config is (it names the classes
+to build, as the run did) and the checkpoint is read with ``weights_only=True``.
 
-Per budget it prints the samples seen (steps x batch), each seed's gap, their
-mean and spread, and the training seconds a refit took. The row of the run's
-own budget is marked ``*``. Refits use the module's optimizer
-(``configure_optimizers``), the loop's batches (``IndexBatches``, with the
-data module's ``steps_per_epoch``), the trainer's gradient clipping, one
-optimizer step per batch and an EMA update after each; the shuffling seeds
-are the refits' own, so a refit with the run's own budget is a refit like
-another, not the run's own round. They train in float32 on ``--device``: a
-config's mixed precision is not applied.
-
-Examples::
-
-    python scripts/learner_jitter.py -c configs/mog8.yaml --rounds 6 --refits 2 --work-dir /tmp/w
-    python scripts/learner_budget.py /tmp/w/base --steps 512 1024 --batch-sizes 256 1024 --seeds 3
+Refits use the module's optimizer (``configure_optimizers``), the loop's batches
+(``IndexBatches``, with the data module's ``steps_per_epoch``), the trainer's gradient clipping,
+one optimizer step per batch and an EMA update after each; the shuffling seeds are the refits'
+own, so a refit with the run's own budget is a refit like another, not the run's own round. They
+train in float32 on ``--device``: a config's mixed precision is not applied.
 """
 
 from __future__ import annotations
@@ -42,21 +29,24 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-__all__ = ["load_round_start", "main", "refit_gap"]
+from lightning_curate.data.blending import IndexBatches
+from lightning_curate.diagnostics.common import DiagnosticError, progress
+from lightning_curate.experiments.config_keys import loop_entry
+from lightning_curate.experiments.saved_run import load_run
+from lightning_curate.loop import RetrainingLoop
+from lightning_curate.store.rounds import RoundStore
+
+__all__ = ["add_arguments", "gradient_clip", "load_round_start", "own_budget", "refit_gap", "run"]
 
 
-def retraining_loop(config: dict[str, Any]) -> Any:
+def _retraining_loop(config: dict[str, Any]) -> Any:
     """The run's ``RetrainingLoop``, rebuilt from its config: the schedule the run followed."""
-    from lightning_curate.experiments.config_keys import loop_entry
-    from lightning_curate.loop import RetrainingLoop
-
     return RetrainingLoop(**(loop_entry(config).get("init_args") or {}))
 
 
@@ -65,24 +55,21 @@ def load_round_start(run_dir: Path) -> tuple[Any, Any, dict[str, Any], dict[str,
 
     ``t`` is the round to refit: one past the last round the checkpoint's ``RetrainingLoop`` finished.
     """
-    from lightning_curate.experiments import load_run
-    from lightning_curate.store.rounds import RoundStore
-
     try:
-        run = load_run(run_dir)
+        saved = load_run(run_dir)
     except FileNotFoundError as err:
         if "checkpoint" not in str(err):
             raise
         raise FileNotFoundError(f"{err}: RUN_DIR must be a run stopped at the end of the round before the one "
                                 "to refit") from err
-    config, state, checkpoint = run.config, run.state, run.checkpoint
-    module, datamodule = run.module, run.datamodule
+    config, state, checkpoint = saved.config, saved.state, saved.checkpoint
+    module, datamodule = saved.module, saved.datamodule
     finished = [v["finished_rounds"] for v in state.get("callbacks", {}).values()
                 if isinstance(v, dict) and "finished_rounds" in v]
     if not finished or not finished[0]:
         raise ValueError(f"checkpoint {checkpoint} has no finished round of a RetrainingLoop")
     t = max(finished[0]) + 1
-    loop = retraining_loop(config)
+    loop = _retraining_loop(config)
     round_end = loop.last_epoch_of_round(t - 1)
     if state.get("epoch") != round_end:
         raise ValueError(f"checkpoint {checkpoint} was saved at epoch {state.get('epoch')}, not at the end of round "
@@ -113,8 +100,6 @@ def refit_gap(module: Any, optimizer_state: Optional[dict], data: torch.Tensor, 
     state. Every refit samples ``n`` points from the same source noise (seed 0): common random
     numbers across budgets and seeds.
     """
-    from lightning_curate.data.blending import IndexBatches
-
     generator = module.generator
     saved = {k: v.detach().clone() for k, v in generator.state_dict().items()}
     optimizer = module.configure_optimizers()
@@ -154,7 +139,7 @@ def refit_gap(module: Any, optimizer_state: Optional[dict], data: torch.Tensor, 
 def own_budget(datamodule: Any, config: dict[str, Any], n_train: int) -> tuple[int, int]:
     """The run's optimizer steps and batch size per curated round, from its config (one process)."""
     per_epoch = datamodule.steps_per_epoch or math.ceil(n_train / datamodule.batch_size)
-    return retraining_loop(config).epochs_per_round * per_epoch, int(datamodule.batch_size)
+    return _retraining_loop(config).epochs_per_round * per_epoch, int(datamodule.batch_size)
 
 
 def gradient_clip(config: dict[str, Any]) -> Optional[tuple[float, str]]:
@@ -166,9 +151,10 @@ def gradient_clip(config: dict[str, Any]) -> Optional[tuple[float, str]]:
     return float(value), str(trainer.get("gradient_clip_algorithm") or "norm")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a run stopped at the end of round t - 1 (refits round t)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``diagnose budget``."""
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a run stopped at the end of round t - 1 (refits round t)")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="optimizer steps of the refitted round (default: the run's own and twice it)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
@@ -177,7 +163,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("-n", type=int, default=20000, help="samples scored per refit (default 20000)")
     parser.add_argument("--device", default="cpu", help="where the refits train (default cpu)")
     parser.add_argument("--json", action="store_true", help="also print every refit as one JSON line")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Refit the round at every budget, print the table (and ``--json``); 0 on success."""
     for name, values in (("--steps", args.steps), ("--batch-sizes", args.batch_sizes)):
         if values is not None and any(v < 1 for v in values):
             parser.error(f"{name} must be positive ints, got {values}")
@@ -189,16 +178,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         module, datamodule, state, config, t = load_round_start(args.run_dir)
         data = datamodule.dataset_for_round(t).tensors[0]
     except (FileNotFoundError, ValueError) as err:  # these name the file
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise DiagnosticError(str(err)) from err
     except Exception as err:  # a broken run directory (the store's errors included): say what, not a traceback
-        print(f"error: {args.run_dir}: {err}", file=sys.stderr)
-        return 1
+        raise DiagnosticError(f"{args.run_dir}: {err}") from err
     generator = module.generator
     if not all(hasattr(generator, a) for a in ("loss", "update_ema", "start_round", "sample")):
-        print(f"error: {args.run_dir}: the generator ({type(generator).__name__}) has no loss, update_ema, "
-              "start_round and sample to refit with", file=sys.stderr)
-        return 1
+        raise DiagnosticError(f"{args.run_dir}: the generator ({type(generator).__name__}) has no loss, update_ema, "
+                              "start_round and sample to refit with")
     torch.set_num_threads(int(config.get("torch_num_threads") or torch.get_num_threads()))
     module.to(args.device)
     data = data.to(args.device)
@@ -210,23 +196,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{args.run_dir}: refitting round {t} on its {data.shape[0]} training samples (mean reward "
           f"{train_mean:+.5f}), {args.seeds} seed(s) per budget, {args.n} samples each", flush=True)
     refits = []
-    for n_steps in steps:
-        for batch in batches:
-            for seed in range(args.seeds):
-                refits.append(refit_gap(module, optimizer_state, data, t, steps=n_steps, batch_size=batch,
-                                        seed=seed, n=args.n, train_mean=train_mean,
-                                        steps_per_epoch=datamodule.steps_per_epoch, clip=gradient_clip(config)))
-    print(f"{'':1}{'steps':>7} {'batch':>6} {'samples':>9} {'gap of each seed':>30} {'mean':>9} {'spread':>8} "
-          f"{'train s':>8}")
-    for n_steps in steps:
-        for batch in batches:
-            rows = [r for r in refits if r["steps"] == n_steps and r["batch_size"] == batch]
-            gaps = [r["learner_gap"] for r in rows]
-            spread = statistics.stdev(gaps) if len(gaps) > 1 else math.nan
-            mark = "*" if (n_steps, batch) == (own_steps, own_batch) else " "
-            each = ", ".join(f"{g:+.5f}" for g in gaps)
-            print(f"{mark}{n_steps:7d} {batch:6d} {n_steps * batch:9d} {each:>30} {statistics.fmean(gaps):+9.5f} "
-                  f"{spread:8.5f} {statistics.fmean(r['train_seconds'] for r in rows):8.2f}")
+    with progress(len(steps) * len(batches) * args.seeds, "budget: refits", "refit") as bar:
+        for n_steps in steps:
+            for batch in batches:
+                for seed in range(args.seeds):
+                    refits.append(refit_gap(module, optimizer_state, data, t, steps=n_steps, batch_size=batch,
+                                            seed=seed, n=args.n, train_mean=train_mean,
+                                            steps_per_epoch=datamodule.steps_per_epoch, clip=gradient_clip(config)))
+                    bar.update()
+    print(_table(refits, steps, batches, (own_steps, own_batch)))
     print(f"gap: a refit's mean reward minus its training set's ({train_mean:+.5f}); * the run's own budget "
           f"({own_steps} steps of {own_batch})")
     if args.json:
@@ -234,5 +212,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _table(refits: list[dict[str, float]], steps: list[int], batches: list[int], own: tuple[int, int]) -> str:
+    lines = [f"{'':1}{'steps':>7} {'batch':>6} {'samples':>9} {'gap of each seed':>30} {'mean':>9} {'spread':>8} "
+             f"{'train s':>8}"]
+    for n_steps in steps:
+        for batch in batches:
+            rows = [r for r in refits if r["steps"] == n_steps and r["batch_size"] == batch]
+            gaps = [r["learner_gap"] for r in rows]
+            spread = statistics.stdev(gaps) if len(gaps) > 1 else math.nan
+            mark = "*" if (n_steps, batch) == own else " "
+            each = ", ".join(f"{g:+.5f}" for g in gaps)
+            lines.append(f"{mark}{n_steps:7d} {batch:6d} {n_steps * batch:9d} {each:>30} "
+                         f"{statistics.fmean(gaps):+9.5f} {spread:8.5f} "
+                         f"{statistics.fmean(r['train_seconds'] for r in rows):8.2f}")
+    return "\n".join(lines)

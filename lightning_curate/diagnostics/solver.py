@@ -1,31 +1,19 @@
-#!/usr/bin/env python
-"""How much of a run's learner error is the ODE solver's, not the network's.
+"""``lightning-curate diagnose solver``: how much of a run's learner error is the ODE solver's, not the network's.
 
-A flow-matching generator samples by integrating its velocity field, and a
-fixed-step solver with few steps lands off the flow it learned. That error
-counts against the learner in every fidelity ratio: on the main job as it
-was (mog8, Euler with 24 steps) the last model lost 0.009 reward units to its
-solver, 61% of the smallest predicted move the run's fidelity counted.
+A flow-matching generator samples by integrating its velocity field, and a fixed-step solver with
+few steps lands off the flow it learned. That error counts against the learner in every fidelity
+ratio. This diagnostic samples a run's checkpoint with several solvers on the same source noise,
+against an adaptive reference (``dopri5`` with ``rtol = atol = --tolerance``). Per solver it
+reports the network evaluations a sample (NFE), the time, the reward mean, its gap to the
+reference, the L1 gap of the class shares, and the reward gap as a share of the smallest
+predicted move whose fidelity the run reports (``predicted_reward_mean - reward_mean`` in
+``rounds.csv``). A solver whose gap is a visible share of that move biases the run's fidelity:
+pick the cheapest one that is not.
 
-This script samples a run's checkpoint with several solvers on the same
-source noise, against an adaptive reference (``dopri5`` with ``rtol = atol =
---tolerance``, default 1e-5). Per solver it prints the network evaluations a
-sample (NFE), the time, the reward mean, its gap to the reference, the L1 gap
-of the class shares, and the reward gap as a share of the smallest predicted
-move whose fidelity the run reports (``predicted_reward_mean - reward_mean``
-in ``rounds.csv``). A solver whose gap is a visible share of that move biases
-the run's fidelity: pick the cheapest one that is not.
-
-Every solver integrates the same noise, so the gaps are measured with common
-random numbers and are far more precise than the means themselves. The script
-only reads the run directory. Its ``config.yaml`` is trusted as any config is
-(it names the classes to build, as the run did); the checkpoint is read with
-``weights_only=True``.
-
-Examples::
-
-    python scripts/solver_check.py runs/mog8
-    python scripts/solver_check.py runs/digits --solvers euler:8 midpoint:4 rk4:2 -n 4000
+Every solver integrates the same noise, so the gaps are measured with common random numbers and
+are far more precise than the means themselves. The run directory is only read. Its
+``config.yaml`` is trusted as any config is (it names the classes to build, as the run did); the
+checkpoint is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -34,15 +22,18 @@ import argparse
 import csv
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-__all__ = ["NFE_PER_STEP", "check_solvers", "load_run", "main", "parse_solver", "same_cost_solvers",
-           "smallest_counted_move", "solver_label"]
+from lightning_curate.diagnostics.common import DiagnosticError, progress
+from lightning_curate.experiments.aggregate import as_float
+from lightning_curate.experiments.saved_run import load_run as open_run
+
+__all__ = ["NFE_PER_STEP", "REFERENCE", "RUN_DOPRI5", "add_arguments", "check_solvers", "load_run", "parse_solver",
+           "run", "same_cost_solvers", "smallest_counted_move", "solver_label"]
 
 NFE_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
 REFERENCE = ("dopri5", 0)  # adaptive, at --tolerance
@@ -81,12 +72,11 @@ def load_run(run_dir: Path, checkpoint: Optional[Path] = None) -> tuple[Any, Any
     Both are built from ``run_dir/config.yaml``, the config the run itself saved
     (:func:`lightning_curate.experiments.load_run`).
     """
-    from lightning_curate.experiments import load_run as open_run
-
     try:
         run = open_run(run_dir, checkpoint)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err} (pass --ckpt)" if "checkpoint" in str(err) else str(err)) from err
+        hint = " (pass another with --ckpt)" if "checkpoint" in str(err) and checkpoint is None else ""
+        raise FileNotFoundError(f"{err}{hint}") from err
     except ValueError as err:
         if "truncated or damaged" in str(err):
             raise ValueError(f"{err}; pass another with --ckpt") from err
@@ -110,8 +100,6 @@ def solver_label(solver: str, steps: int, rtol: float) -> str:
 
 def _finite(text: Optional[str]) -> bool:
     """A ``rounds.csv`` cell holding a finite number (a round without a ratio holds ``nan`` or nothing)."""
-    from lightning_curate.experiments.aggregate import as_float
-
     return math.isfinite(as_float(text))
 
 
@@ -142,14 +130,17 @@ def check_solvers(module: Any, datamodule: Any, solvers: list[tuple[str, int]], 
     saved = (generator.solver, generator.steps, generator.rtol, generator.atol)
     calls = [0]
 
-    def count(*_):
+    def count(*_: Any) -> None:
         calls[0] += 1
 
     hook = generator.sampling_velocity.register_forward_hook(count)
     chunks = math.ceil(n / generator.sample_batch_size)
     rows: list[dict[str, Any]] = []
+    order = [REFERENCE] + [s for s in solvers if s != REFERENCE]
+    bar = progress(len(order), "solver: sampling", "solver")
     try:
-        for solver, steps in [REFERENCE] + [s for s in solvers if s != REFERENCE]:
+        for solver, steps in order:
+            bar.set_postfix_str(solver_label(solver, steps, saved[2]))
             generator.solver, calls[0] = solver, 0
             if (solver, steps) == REFERENCE:
                 generator.rtol = generator.atol = tolerance
@@ -170,7 +161,9 @@ def check_solvers(module: Any, datamodule: Any, solvers: list[tuple[str, int]], 
                 counts = torch.bincount(labels.long().cpu(), minlength=len(datamodule.class_names))
                 row["shares"] = (counts.double() / n).tolist()
             rows.append(row)
+            bar.update()
     finally:
+        bar.close()
         hook.remove()
         generator.solver, generator.steps, generator.rtol, generator.atol = saved
     reference = rows[0]
@@ -195,18 +188,23 @@ def _table(rows: list[dict[str, Any]], own: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a run directory (its config.yaml and checkpoints/last.ckpt)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``diagnose solver``."""
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a run directory (its config.yaml and checkpoints/last.ckpt)")
     parser.add_argument("--ckpt", type=Path, default=None, help="another checkpoint of that run")
     parser.add_argument("--solvers", nargs="+", default=None,
                         help="euler:N, midpoint:N, rk4:N (default: the run's own and the others at its NFE)")
     parser.add_argument("-n", type=int, default=8000, help="samples per solver (default 8000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shared source noise")
-    parser.add_argument("--tolerance", type=float, default=1e-5, help="rtol = atol of the dopri5 reference")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shared source noise (default 0)")
+    parser.add_argument("--tolerance", type=float, default=1e-5,
+                        help="rtol = atol of the dopri5 reference (default 1e-5)")
+    parser.add_argument("--device", default="cpu", help="where the samples are drawn (default cpu)")
     parser.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Sample with every solver, print the table (and ``--json``); 0 on success."""
     if args.n < 2:
         parser.error(f"-n must be >= 2, got {args.n}")
     if not 0 < args.tolerance < 1:
@@ -218,8 +216,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         module, datamodule, config = load_run(args.run_dir, args.ckpt)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise DiagnosticError(str(err)) from err
     torch.set_num_threads(int(config.get("torch_num_threads") or torch.get_num_threads()))
     generator = module.generator
     own = solver_label(generator.solver, -1 if generator.solver == "dopri5" else generator.steps, generator.rtol)
@@ -235,7 +232,3 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         print(json.dumps(rows))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""scripts/learner_budget.py: one round refitted from a run's state at several budgets, and its learner gap."""
+"""``lightning-curate diagnose budget``: one round refitted from a run's state at several budgets; its gap."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from run_configs import load_script, read_rows, tiny_config, tree_digest, write_config
+from run_configs import read_rows, tiny_config, tree_digest, write_config
 
 from lightning_curate.cli import main as curate
+from lightning_curate.diagnostics import budget as script
+from lightning_curate.diagnostics.cli import main as diagnose
 from lightning_curate.rewards import ClippedDistanceReward
 from lightning_curate.store import RoundStore
-
-REPO = Path(__file__).resolve().parents[2]
-script = load_script(REPO / "scripts" / "learner_budget.py")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def base_run(tmp_path_factory) -> Path:
 
 def test_refits_score_against_the_set_the_round_trains_on_and_leave_the_run_alone(base_run, capsys):
     before = tree_digest(base_run)
-    assert script.main([str(base_run), "--steps", "3", "6", "--batch-sizes", "50", "--seeds", "2", "-n", "300",
+    assert diagnose(["budget", str(base_run), "--steps", "3", "6", "--batch-sizes", "50", "--seeds", "2", "-n", "300",
                         "--json"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
@@ -103,13 +102,13 @@ def test_the_trainers_gradient_clipping_is_applied(base_run, monkeypatch):
 
 
 def test_the_runs_own_budget_is_the_default_and_is_marked(base_run, capsys):
-    assert script.main([str(base_run), "--steps", "2", "--seeds", "1", "-n", "50"]) == 0
+    assert diagnose(["budget", str(base_run), "--steps", "2", "--seeds", "1", "-n", "50"]) == 0
     out = capsys.readouterr().out
     # tiny_config: batch 128 on 600 rows, 2 epochs a round: 10 steps of 128; the batch sizes default to 128, 256.
     assert "(10 steps of 128)" in out
     lines = [line for line in out.splitlines() if line[1:].split()[:2] in (["2", "128"], ["2", "256"])]
     assert len(lines) == 2 and not any(line.startswith("*") for line in lines)
-    assert script.main([str(base_run), "--steps", "10", "--seeds", "1", "-n", "50"]) == 0
+    assert diagnose(["budget", str(base_run), "--steps", "10", "--seeds", "1", "-n", "50"]) == 0
     own = [line for line in capsys.readouterr().out.splitlines() if line.startswith("*")]
     assert len(own) == 1 and own[0][1:].split()[:3] == ["10", "128", "1280"]
 
@@ -125,23 +124,23 @@ def _copy_of(base_run: Path, where: Path, *, checkpoint: bool = True, config: di
 
 def test_bad_input_is_named(base_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        script.main([str(base_run), "--steps", "0"])
+        diagnose(["budget", str(base_run), "--steps", "0"])
     assert exit_info.value.code == 2 and "--steps must be positive ints" in capsys.readouterr().err
-    assert script.main([str(tmp_path)]) == 1
+    assert diagnose(["budget", str(tmp_path)]) == 1
     assert "no config.yaml" in capsys.readouterr().err
-    assert script.main([str(_copy_of(base_run, tmp_path / "no_ckpt", checkpoint=False))]) == 1
+    assert diagnose(["budget", str(_copy_of(base_run, tmp_path / "no_ckpt", checkpoint=False))]) == 1
     assert "checkpoints/last.ckpt does not exist" in capsys.readouterr().err
     cfg = yaml.safe_load((base_run / "config.yaml").read_text())
     cfg["trainer"]["callbacks"][0]["init_args"]["init"] = "scratch"
-    assert script.main([str(_copy_of(base_run, tmp_path / "scratch", config=cfg))]) == 1
+    assert diagnose(["budget", str(_copy_of(base_run, tmp_path / "scratch", config=cfg))]) == 1
     assert "only warm rounds" in capsys.readouterr().err
     # A checkpoint from inside a round (a crash, a per-epoch ModelCheckpoint) is not a round's start.
     mid = _copy_of(base_run, tmp_path / "mid")
     state = torch.load(base_run / "checkpoints" / "last.ckpt", weights_only=True)
     state["epoch"] -= 1
     torch.save(state, mid / "checkpoints" / "last.ckpt")
-    assert script.main([str(mid)]) == 1
+    assert diagnose(["budget", str(mid)]) == 1
     assert "not at the end of round 1 (epoch 4)" in capsys.readouterr().err
     # A store without the round's curated set: named, not a traceback.
-    assert script.main([str(_copy_of(base_run, tmp_path / "bare"))]) == 1
+    assert diagnose(["budget", str(_copy_of(base_run, tmp_path / "bare"))]) == 1
     assert "the round store has no round 1" in capsys.readouterr().err

@@ -1,20 +1,23 @@
-"""scripts/solver_check.py: one checkpoint sampled with several ODE solvers on the same noise."""
+"""``lightning-curate diagnose solver``: one checkpoint sampled with several ODE solvers on the same noise."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from run_configs import load_script, tiny_config, tree_digest, write_config
+from run_configs import tiny_config, tree_digest, write_config
 
 from lightning_curate.cli import main as curate
+from lightning_curate.diagnostics import solver as script
+from lightning_curate.diagnostics.cli import main as diagnose
 from lightning_curate.models import FlowMatching, MLPVelocity
 from lightning_curate.rewards import ClippedDistanceReward
 
-REPO = Path(__file__).resolve().parents[2]
-script = load_script(REPO / "scripts" / "solver_check.py")
+CONSOLE = Path(sys.executable).parent / "lightning-curate"  # the console script installed with the package
 
 
 def test_solver_specs_and_same_cost_alternatives():
@@ -39,7 +42,7 @@ def finished_run(tmp_path_factory) -> Path:
 
 def test_each_solver_samples_the_same_noise_with_the_run_weights(finished_run, capsys):
     before = tree_digest(finished_run)
-    assert script.main([str(finished_run), "--solvers", "euler:8", "midpoint:4", "-n", "300", "--seed", "5",
+    assert diagnose(["solver", str(finished_run), "--solvers", "euler:8", "midpoint:4", "-n", "300", "--seed", "5",
                         "--json"]) == 0
     out = capsys.readouterr().out
     rows = {row["solver"]: row for row in json.loads(out.strip().splitlines()[-1])}
@@ -62,18 +65,18 @@ def test_each_solver_samples_the_same_noise_with_the_run_weights(finished_run, c
 
 def test_bad_input_is_named(finished_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        script.main([str(finished_run), "--solvers", "rk5:3"])
+        diagnose(["solver", str(finished_run), "--solvers", "rk5:3"])
     assert err.value.code == 2 and "--solvers" in capsys.readouterr().err
     with pytest.raises(SystemExit) as err:
-        script.main([str(finished_run), "-n", "1"])
+        diagnose(["solver", str(finished_run), "-n", "1"])
     assert err.value.code == 2 and "-n must be >= 2" in capsys.readouterr().err
-    assert script.main([str(tmp_path)]) == 1
+    assert diagnose(["solver", str(tmp_path)]) == 1
     assert "no config.yaml" in capsys.readouterr().err
-    assert script.main([str(finished_run), "--ckpt", str(tmp_path / "nope.ckpt")]) == 1
+    assert diagnose(["solver", str(finished_run), "--ckpt", str(tmp_path / "nope.ckpt")]) == 1
     assert "nope.ckpt does not exist" in capsys.readouterr().err
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((finished_run / "checkpoints" / "last.ckpt").read_bytes()[:4000])
-    assert script.main([str(finished_run), "--ckpt", str(truncated)]) == 1
+    assert diagnose(["solver", str(finished_run), "--ckpt", str(truncated)]) == 1
     assert f"checkpoint {truncated} is truncated or damaged" in capsys.readouterr().err
 
 
@@ -106,3 +109,19 @@ def test_a_run_sampling_with_dopri5_is_checked_at_its_own_tolerance(finished_run
     assert [r["solver"] for r in rows] == ["dopri5", "dopri5@0.001", "euler:32", "midpoint:16", "rk4:8"]
     assert rows[1]["nfe"] < rows[0]["nfe"]  # the run's looser tolerance takes fewer steps than the reference
     assert (generator.solver, generator.rtol, generator.atol) == ("dopri5", 1e-3, 1e-3)
+
+
+def test_the_console_script_and_the_fit_cli_dispatch_to_it(finished_run, capsys):
+    """``lightning-curate diagnose solver`` as installed, and ``lightning_curate.cli.main`` with ``diagnose``."""
+    proc = subprocess.run([str(CONSOLE), "diagnose", "solver", str(finished_run), "--solvers", "rk4:2", "-n", "50",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["solver"] for r in rows] == ["dopri5", "rk4:2"] and rows[1]["nfe"] == 8
+    assert curate(["diagnose", "solver", str(finished_run), "--solvers", "euler:2", "-n", "50"]) is None
+    assert "euler:2" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:  # a refusal keeps its exit status through the fit CLI
+        curate(["diagnose", "solver", str(finished_run / "nowhere")])
+    assert err.value.code == 1 and "no config.yaml" in capsys.readouterr().err
+    proc = subprocess.run([str(CONSOLE), "diagnose", "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and all(name in proc.stdout for name in ("jitter", "budget", "solver"))
