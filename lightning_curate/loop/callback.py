@@ -391,9 +391,9 @@ class RetrainingLoop(Callback):
             self._plot(trainer, pl_module)
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
         print(self.summary(Path(checkpoint) if checkpoint else None))
-        advice = fidelity_advice([self.rows[t] for t in sorted(self.rows)], self.fidelity_threshold)
-        if advice is not None:
-            rank_zero_warn(advice)
+        note = fidelity_advice([self.rows[t] for t in sorted(self.rows)], self.fidelity_threshold, pl_module.generator)
+        if note is not None:
+            rank_zero_warn(note)
 
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""

@@ -13,8 +13,8 @@ naming the component at fault and what was expected:
   versus ``fit`` (:func:`~lightning_curate.models.generator.is_closed_form`);
 * :class:`RewardError`: one finite floating reward per sample, shape ``[n]``;
 * :class:`DataSourceError`: ``load()``'s samples (floating, finite, shaped like the
-  generator's ``data_shape``) and ``label()``'s labels (integers ``[n]`` below
-  ``len(class_names)``).
+  generator's ``data_shape``) and ``label()``'s labels (integers ``[n]`` in
+  ``0..len(class_names) - 1``).
 
 The check draws from seeded generators of its own and restores the global RNG
 state, the modules' train/eval modes and their gradients, so a checked run
@@ -189,9 +189,10 @@ def _check_labels(source: nn.Module, name: str, x: Tensor, what: str) -> None:
             or labels.dtype == torch.bool:
         got = f"{_shape(labels)}" + (f" of {labels.dtype}" if isinstance(labels, Tensor) else "")
         raise DataSourceError(f"{call} returned {got}; expected integer labels of shape [{n}] (or None)")
-    if n and int(labels.max()) >= len(names):
-        raise DataSourceError(f"{call} returned label {int(labels.max())}; class_names has {len(names)} names, "
-                              f"so labels must be below {len(names)}")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise DataSourceError(f"{call} returned label {bad}; class_names has {len(names)} names, so labels must be "
+                              f"in 0..{len(names) - 1}")
 
 
 def check_components(generator: nn.Module, reward: nn.Module, source: Optional[DataSource] = None, *,
