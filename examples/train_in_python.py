@@ -27,7 +27,8 @@ from lightning_curate import BlendingDataModule, CurationModule, RetrainingLoop
 __all__ = ["build", "main"]
 
 
-def build(learner: str, out: Path, rounds: int = 2) -> tuple[L.Trainer, CurationModule, BlendingDataModule]:
+def build(learner: str, out: Path, rounds: int = 2,
+          plots: bool = True) -> tuple[L.Trainer, CurationModule, BlendingDataModule]:
     """The trainer, module and data module of one run of ``learner`` (``gradient`` or ``em``) in ``out``."""
     L.seed_everything(0)
     if learner == "gradient":  # trained by AdamW: ten epochs a round
@@ -40,7 +41,7 @@ def build(learner: str, out: Path, rounds: int = 2) -> tuple[L.Trainer, Curation
                             lr=lr, preview_size=300)
     data = BlendingDataModule(Blobs(num_blobs=4, num_train=1000, num_heldout=300), real_fraction=0.0,
                               batch_size=batch)
-    loop = RetrainingLoop(rounds=rounds, epochs_per_round=epochs, initial_epochs=initial, seed=0)
+    loop = RetrainingLoop(rounds=rounds, epochs_per_round=epochs, initial_epochs=initial, seed=0, plots=plots)
     trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=out, callbacks=[loop],
                         logger=CSVLogger(out, name="", version=""), enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10)
@@ -53,9 +54,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--learner", choices=["gradient", "em"], default="em")
     parser.add_argument("--out", type=Path, default=None, help="the run directory (default runs/py_<learner>)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-plots", action="store_true", help="write no figures")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / f"py_{args.learner}"
-    trainer, module, data = build(args.learner, out, args.rounds)
+    trainer, module, data = build(args.learner, out, args.rounds, plots=not args.no_plots)
     trainer.fit(module, datamodule=data)
     return out
 
