@@ -178,9 +178,11 @@ def _class_path_error(text: str) -> Optional[str]:
     where = ".".join(keys[-2:] if len(keys) > 1 else keys)
     reason = match.group(2).strip()
     hint = ""
-    if reason.startswith(("No module named", "module '")) or "has no attribute" in reason:
+    if reason.startswith("No module named"):
         hint = (" (a class of your own must be importable: run from the folder that holds its module, "
                 "or add that folder to PYTHONPATH)")
+    elif "has no attribute" in reason:
+        hint = " (no class of that name in the module: check its spelling)"
     return f"{where + ': ' if where else ''}cannot use class_path '{match.group(1)}': {reason}{hint}"
 
 

@@ -282,7 +282,7 @@ class RetrainingLoop(Callback):
         # Rank 0 decides (a shared filesystem may show a fresh commit to one node before another).
         if trainer.strategy.broadcast(self._store.has(round_idx), 0):
             # Written before a crash: reuse it (the checksums are verified), never regenerate.
-            # A generator that refits when it next samples (the exact learner) closes its round here.
+            # A generator that refits lazily (when it next samples) closes its round here.
             pl_module.generator.finish_round()
             record = self._store.read(round_idx)
             self._previews[round_idx] = record.tensors.get("preview")

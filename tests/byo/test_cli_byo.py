@@ -75,6 +75,27 @@ def test_an_unknown_class_path_is_one_line_without_the_usage(tmp_path, monkeypat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("section, entry, expected", [
+    ("callbacks", {"class_path": "mycb.Thing"}, "error: trainer.callbacks: cannot use class_path 'mycb.Thing': No "
+                                                 "module named 'mycb' (a class of your own must be importable"),
+    ("source", {"class_path": "lightning_curate.data.Toy2DX"},
+     "error: data.source: cannot use class_path 'lightning_curate.data.Toy2DX': module 'lightning_curate.data' has "
+     "no attribute 'Toy2DX' (no class of that name in the module: check its spelling)"),
+])
+def test_a_bad_class_path_anywhere_is_named_by_its_key(tmp_path, monkeypatch, capsys, section, entry, expected):
+    cfg = tiny_config(tmp_path / "run", rounds=1)
+    if section == "callbacks":
+        cfg["trainer"]["callbacks"].append(entry)
+    else:
+        cfg["data"]["init_args"]["source"] = entry
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith(expected), err
+
+
 def test_a_bad_option_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", "--no_such_option", "1"])
