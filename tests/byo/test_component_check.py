@@ -223,3 +223,19 @@ def test_a_broken_data_source_is_named(source, message):
 def test_every_error_is_a_component_error_and_a_value_error():
     for cls in (GeneratorError, RewardError, DataSourceError):
         assert issubclass(cls, ComponentError) and issubclass(cls, ValueError)
+
+
+def test_a_run_is_checked_from_its_module_and_data_module():
+    from lightning_curate.data import BlendingDataModule
+    from lightning_curate.loop import CurationModule, Curator
+    from lightning_curate.loop.component_check import check_run_components
+
+    rival = Curator(FnReward(Rewards.column), name="rival")
+    module = CurationModule(Gauss(), REWARD, num_slots=10, curators=[Curator(REWARD, name="honest"), rival])
+    data = BlendingDataModule(two_d())
+    with pytest.raises(RewardError, match="curator 'rival''s reward FnReward"):
+        check_run_components(module, data)  # not attached to a Trainer: checked where it is
+    assert module.device == torch.device("cpu")
+    check_run_components(CurationModule(Gauss(), REWARD, num_slots=10), data)
+    with pytest.raises(DataSourceError, match="has data_shape \\(1,\\)"):
+        check_run_components(CurationModule(ExactCategorical(num_atoms=3), AtomReward([1.0, 0, 0])), data)
