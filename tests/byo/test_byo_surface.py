@@ -109,7 +109,7 @@ def test_samples_png_names_the_classes_of_the_data_source(tmp_path, monkeypatch)
 
 
 def test_sweep_merges_repeated_config_files_as_fit_does(tmp_path):
-    base, overlay = REPO / "configs" / "mog8.yaml", REPO / "configs" / "overlays" / "moons.yaml"
+    base, overlay = REPO / "configs" / "mog8.yaml", REPO / "configs" / "overlays/moons.yaml"
     _, settings, specs = sweep.configure(["-c", str(base), "-c", str(overlay), "--seeds", "0",
                                           "--out", str(tmp_path / "sweep")])
     merged = load_base_config([str(base), str(overlay)])
