@@ -286,11 +286,10 @@ def main(args: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:  # before or after fit: Lightning did not see it
         sys.stderr.write(_resume_hint(state, "SIGINT", argv))
         raise SystemExit(EXIT_SIGINT) from None
-    except ArgumentError as err:  # a bad command line or config: one line, not the whole usage
+    except ArgumentError as err:  # a bad command line or config: one line, not the whole usage (see --help)
         if debug:
             raise
-        command = f"lightning-curate {argv[0]}" if argv and not argv[0].startswith("-") else "lightning-curate"
-        sys.stderr.write(f"error: {_short_error(err)}\n({command} --help lists the options)\n")
+        sys.stderr.write(f"error: {_short_error(err)}\n")
         raise SystemExit(EXIT_REFUSED) from None
     except Exception as err:  # noqa: BLE001 - sorted below; anything unexpected keeps its traceback
         refusal = isinstance(err, _REFUSALS) or (not state.fitting and isinstance(err, (ValueError, TypeError)))
