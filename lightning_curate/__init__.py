@@ -1,35 +1,85 @@
 """lightning_curate: curated self-consuming retraining of generative models on PyTorch Lightning.
 
-The names a custom trainer needs are importable from here; each subpackage
-(``ops``, ``theory``, ``models``, ``rewards``, ``data``, ``metrics``,
-``classifiers``, ``loop``, ``plots``) exports the rest of its role.
+Every class a shipped config names is importable from here, with the interfaces
+for bringing your own (``Generator``, ``DataSource``, ``RewardModel``) and the
+fit-start check's errors; each subpackage (``ops``, ``theory``, ``models``,
+``rewards``, ``data``, ``metrics``, ``classifiers``, ``loop``, ``plots``)
+exports the rest of its role.
 """
 
-from lightning_curate.data import BlendingDataModule, DataSource, RealData, Toy2D
-from lightning_curate.loop import CurationModule, RetrainingLoop, RoundProgressBar, RoundStore, StoreError
+from lightning_curate.classifiers import (
+    ClassifierDataModule,
+    ClassifierModule,
+    MLPClassifier,
+    SmallCNN,
+    TrainedClassifier,
+)
+from lightning_curate.data import CIFAR10, Atoms, BlendingDataModule, DataSource, Digits, RealData, Toy2D
+from lightning_curate.loop import (
+    CurationModule,
+    Curator,
+    RetrainingLoop,
+    RoundCheckpoint,
+    RoundProgressBar,
+    RoundStore,
+    StoreError,
+)
+from lightning_curate.loop.component_check import (
+    ComponentError,
+    DataSourceError,
+    GeneratorError,
+    RewardError,
+    check_components,
+)
 from lightning_curate.models import ExactCategorical, FlowMatching, Generator, MLPVelocity, UNetVelocity
 from lightning_curate.ops import KChoice, kchoice
-from lightning_curate.rewards import ClippedDistanceReward, RewardModel
+from lightning_curate.rewards import (
+    AtomReward,
+    ClassProbabilityReward,
+    ClippedDistanceReward,
+    ConfidenceReward,
+    NegatedReward,
+    RewardModel,
+)
 
 __version__ = "0.2.0"
 __all__ = [
+    "CIFAR10",
+    "AtomReward",
+    "Atoms",
     "BlendingDataModule",
+    "ClassProbabilityReward",
+    "ClassifierDataModule",
+    "ClassifierModule",
     "ClippedDistanceReward",
+    "ComponentError",
+    "ConfidenceReward",
     "CurationModule",
+    "Curator",
     "DataSource",
+    "DataSourceError",
+    "Digits",
     "ExactCategorical",
     "FlowMatching",
     "Generator",
+    "GeneratorError",
     "KChoice",
+    "MLPClassifier",
     "MLPVelocity",
+    "NegatedReward",
     "RealData",
     "RetrainingLoop",
+    "RewardError",
     "RewardModel",
+    "RoundCheckpoint",
     "RoundProgressBar",
     "RoundStore",
+    "SmallCNN",
     "StoreError",
     "Toy2D",
+    "TrainedClassifier",
     "UNetVelocity",
     "__version__",
+    "check_components",
     "kchoice",
 ]

@@ -3,14 +3,16 @@
 ``lightning-curate fit -c configs/mog8.yaml`` runs a whole curated-retraining
 experiment; ``--ckpt_path last`` resumes it. Configs name their classes by
 ``class_path`` (your own module, generator, reward or data source work the
-same way) and may use omegaconf interpolation (``${trainer.default_root_dir}``).
+same way; a module in the working directory is found, as with ``python -m``) and
+may use omegaconf interpolation (``${trainer.default_root_dir}``).
 
 Before anything is written the run directory is locked and checked (stored
 rounds, the checkpoint, the science settings), so a refused start leaves the
 earlier run byte for byte as it was. Exit status: 0 when every round finished;
 1 when the run stopped early or failed; 2 when it was refused before starting
-(bad config value, locked directory, stored rounds, changed settings, damaged
-store or checkpoint); 130 after SIGINT, 143 after SIGTERM.
+(bad config value, unknown class_path, locked directory, stored rounds, changed
+settings, damaged store or checkpoint, a generator, reward or data source that
+fails the fit-start check of :mod:`lightning_curate.loop.component_check`); 130 after SIGINT, 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_curate.loop.callback import RetrainingLoop
+from lightning_curate.loop.component_check import ComponentError
 from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
 from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs
@@ -40,7 +44,7 @@ __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "Curate
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 # Errors that explain themselves: printed as one line (LIGHTNING_CURATE_DEBUG=1 shows the traceback).
-_REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError)
+_REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError, ComponentError)
 
 
 @dataclass
@@ -159,9 +163,35 @@ _UNION_BOILERPLATE = ("Does not validate against any of the Union subtypes", "No
                       "a dict with parameters accepted by the base class")
 
 
+_CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)")
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+
+
+def _class_path_error(text: str) -> Optional[str]:
+    """``model.generator: cannot use class_path 'mygen.MyGenerator': No module named 'mygen'``, from the
+    innermost class_path jsonargparse could not use, or ``None`` when the error is about something else."""
+    found = [m for m in _CLASS_PATH.finditer(text) if not m.group(2).strip().startswith(("Parser key", "- "))]
+    if not found:
+        return None
+    match = found[-1]
+    keys = [k for k in _PARSER_KEY.findall(text[:match.start()]) if k != "init_args"]
+    where = ".".join(keys[-2:] if len(keys) > 1 else keys)
+    reason = match.group(2).strip()
+    hint = ""
+    if reason.startswith("No module named"):
+        hint = (" (a class of your own must be importable: run from the folder that holds its module, "
+                "or add that folder to PYTHONPATH)")
+    elif "has no attribute" in reason:
+        hint = " (no class of that name in the module: check its spelling)"
+    return f"{where + ': ' if where else ''}cannot use class_path '{match.group(1)}': {reason}{hint}"
+
+
 def _short_error(err: BaseException) -> str:
     """The message of a config error without jsonargparse's listing of every Union alternative."""
     text = str(err)
+    class_path = _class_path_error(text)
+    if class_path is not None:
+        return class_path
     reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")
                and "Expected a <class 'NoneType'>" not in line]
     # A nested Union (a list of class_path entries) adds its own header line, and the alternatives that
@@ -206,6 +236,16 @@ def _resume_hint(state: _RunState, how: str, args: list[str]) -> str:
             f"  lightning-curate {' '.join(command)} --ckpt_path last\n")
 
 
+def _import_from_cwd() -> None:
+    """Let ``class_path: mygen.MyGenerator`` find ``./mygen.py``, as ``python -m lightning_curate`` does.
+
+    A console script's ``sys.path`` starts with the script's folder, not the working directory.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``lightning-curate`` and ``python -m lightning_curate``; tests call it with ``args``.
 
@@ -213,6 +253,7 @@ def main(args: Optional[list[str]] = None) -> None:
     codes in the module docstring.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    _import_from_cwd()
     if argv and argv[0] == "diagnose":  # lightning-curate diagnose jitter|budget|solver RUN_DIR [options]
         from lightning_curate.diagnostics.cli import main as diagnose
 
@@ -232,7 +273,7 @@ def main(args: Optional[list[str]] = None) -> None:
             args=args,
             # "omegaconf+": interpolation is resolved on the final config, so a
             # command-line --trainer.default_root_dir moves the logger and checkpoints too.
-            parser_kwargs={"parser_mode": "omegaconf+"},
+            parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
             save_config_kwargs={"overwrite": True},
             run_state=state,
         )
@@ -252,13 +293,19 @@ def main(args: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:  # before or after fit: Lightning did not see it
         sys.stderr.write(_resume_hint(state, "SIGINT", argv))
         raise SystemExit(EXIT_SIGINT) from None
+    except ArgumentError as err:  # a bad command line or config: one line, not the whole usage (see --help)
+        if debug:
+            raise
+        sys.stderr.write(f"error: {_short_error(err)}\n")
+        raise SystemExit(EXIT_REFUSED) from None
     except Exception as err:  # noqa: BLE001 - sorted below; anything unexpected keeps its traceback
         refusal = isinstance(err, _REFUSALS) or (not state.fitting and isinstance(err, (ValueError, TypeError)))
         if debug or not (refusal or isinstance(err, OSError)):
             raise
         message = _file_error(err) if isinstance(err, OSError) else _short_error(err)
         sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(EXIT_FAILED if state.fitting else EXIT_REFUSED) from None
+        before_training = not state.fitting or isinstance(err, ComponentError)  # checked before anything is written
+        raise SystemExit(EXIT_REFUSED if before_training else EXIT_FAILED) from None
     finally:
         for lock in state.locks:
             lock.release()

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 __all__ = ["DataSource", "RealData"]
 
 
-
 @dataclass
 class RealData:
     """Real samples for training and held-out evaluation (labels optional)."""
@@ -29,21 +28,50 @@ class RealData:
 
 
 class DataSource(nn.Module):
-    """Interface of a real-data source.
+    """Interface of a real-data source: what ``p_data`` is (docs/byo/data.md).
 
-    ``load()`` returns the data (called lazily, once); ``label(x)`` maps samples
-    to int64 labels in ``0..len(class_names)-1`` or returns ``None`` when the
-    data has no classes; ``class_names`` names them (``share_<name>`` columns).
+    Subclasses implement :meth:`load`; a source whose data has classes also sets
+    ``class_names`` and implements :meth:`label`. The fit-start check
+    (:mod:`lightning_curate.loop.component_check`) loads the data and labels a few
+    samples before any training, and names the source when it breaks this contract.
+
+    Attributes:
+        class_names: one name per class (letters, digits, ``_``: they name the ``share_<name>``
+            columns of ``rounds.csv`` and the legend of ``samples.png``); ``None`` when the
+            data has no classes.
+
+    Example:
+        >>> import torch
+        >>> class Line(DataSource):
+        ...     def load(self):
+        ...         gen = torch.Generator().manual_seed(0)  # deterministic: every process, every resume
+        ...         return RealData(train=torch.rand(100, 2, generator=gen), heldout=torch.rand(20, 2, generator=gen))
+        >>> Line().load().train.shape
+        torch.Size([100, 2])
     """
 
     class_names: Optional[list[str]] = None
 
     def load(self) -> RealData:
-        """The real data: train and held-out samples, with labels where the data has classes."""
+        """The real data, called lazily, once, on every process (before training, by the fit-start check).
+
+        Returns:
+            ``RealData``: ``train`` and ``heldout`` float ``[N, *data_shape]``, finite and non-empty,
+            with the generator's ``data_shape``; labels int64 ``[N]`` where the data has classes.
+            Seeded and read from local files: the same data every time, nothing downloaded.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement load() -> RealData")
 
     def label(self, x: Tensor) -> Optional[Tensor]:
-        """Labels ``[N]`` (int64) of samples ``x``, or ``None`` when the data has no classes."""
+        """The class of each sample.
+
+        Args:
+            x: samples ``[n, *data_shape]``: the generator's (on the module's device) or real ones.
+
+        Returns:
+            int64 ``[n]`` in ``0..len(class_names) - 1`` (every sample gets a class), or ``None``
+            when the data has no classes.
+        """
         return None
 
     def prepare(self) -> None:

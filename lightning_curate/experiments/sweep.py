@@ -6,12 +6,14 @@ r"""``lightning-curate-sweep``: run a grid of curated-retraining runs over seeds
         --grid data.init_args.real_fraction=0,0.5 --grid model.init_args.num_candidates=2,4 \\
         --seeds 0,1,2 --out runs/sweep [--jobs 2]
     lightning-curate-sweep configs/sweeps/discrete.yaml      # the same, from a sweep file
+    lightning-curate-sweep -c configs/mog8.yaml -c configs/overlays/moons.yaml --seeds 0,1 --out runs/moons
 
 Every grid point x seed is one ordinary run of the console script, in a
 subprocess (``python -m lightning_curate fit -c <run>/sweep_config.yaml ...``),
 in ``<out>/<point>/seed=<s>/``. The run's config is the base config with the
 grid values and the seed merged in, written beside the run, so each run can be
-re-run or inspected alone. A seed sets ``seed_everything``, the
+re-run or inspected alone. Repeated ``-c`` files (a base and its overlays) merge in
+order, as they do in ``lightning-curate fit``. A seed sets ``seed_everything``, the
 ``RetrainingLoop``'s ``seed`` and the DataModule's ``seed`` (the real dataset
 stays the same).
 
@@ -136,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                "--grid data.init_args.real_fraction=0,0.5 --grid model.init_args.num_candidates=2,4 "
                "--seeds 0,1,2 --out runs/sweep --jobs 2")
     p.add_argument("sweep_file", nargs="?", help="a sweep YAML (base, grid, seeds, out, set, jobs)")
-    p.add_argument("--config", "-c", help="the base config (a lightning-curate fit config)")
+    p.add_argument("--config", "-c", action="append", metavar="CONFIG",
+                   help="the base config (a lightning-curate fit config); repeat it for overlays, merged in order "
+                        "as `lightning-curate fit -c A -c B` merges them")
     p.add_argument("--grid", "-g", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a grid axis; repeat for more axes (their product is the grid)")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
@@ -164,7 +168,7 @@ def configure(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace,
     """Parse the command line (and sweep file) into the runs; raises SweepError on a bad spec."""
     args = build_parser().parse_args(argv)
     spec = load_sweep_file(args.sweep_file) if args.sweep_file else {}
-    base_path = args.config or spec.get("base")
+    base_path = (args.config if len(args.config) > 1 else args.config[0]) if args.config else spec.get("base")
     if not base_path:
         raise SweepError("no base config: pass --config BASE.yaml or a sweep file with `base:`")
     grid = _grid_from_args(spec.get("grid") or {}, args.grid)

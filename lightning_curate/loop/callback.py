@@ -19,10 +19,9 @@ before ``on_train_epoch_start``, so the data for round ``t + 1`` is curated at
 the end of round ``t``. Every draw is seeded from (seed, round) or (seed, epoch), so a
 run resumed from any checkpoint repeats exactly what the uninterrupted run does.
 
-Before anything is written the run directory is locked (one run per
-directory, :mod:`lightning_curate.store.lock`) and checked: a fresh run never
-starts over stored rounds, and a resume must use the stored rounds' science
-settings (:mod:`lightning_curate.store.settings`) unless a change is allowed.
+Before anything is written the run directory is locked (:mod:`lightning_curate.store.lock`) and checked: a fresh
+run never starts over stored rounds, a resume keeps the stored rounds' science settings unless a change is allowed
+(:mod:`lightning_curate.store.settings`), and a few samples are drawn and scored (:mod:`.component_check`).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate.loop.analysis import RoundAnalysis
+from lightning_curate.loop.component_check import check_run_components
 from lightning_curate.loop.manifest import round_manifest, science_settings
 from lightning_curate.loop.report import fidelity_advice
 from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
@@ -140,6 +140,7 @@ class RetrainingLoop(RoundSchedule, Callback):
         if datamodule is None or not hasattr(datamodule, "attach"):
             raise TypeError("RetrainingLoop needs a BlendingDataModule (the `data` section of the config)")
         self.check_backend(trainer, pl_module)
+        check_run_components(pl_module, datamodule)  # before any training or writing: samples drawn and scored
         if self.init == "scratch" and self._initial_state is None:
             # Rank 0's: every replica restarts each round from the same weights, whatever the seeding.
             state = {k: v.detach().cpu().clone() for k, v in pl_module.generator.state_dict().items()}
@@ -312,9 +313,9 @@ class RetrainingLoop(RoundSchedule, Callback):
         self.writer.finish(trainer, pl_module)  # stopped early (max_time...): the last round's figures
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
         print(self.summary(Path(checkpoint) if checkpoint else None))
-        advice = fidelity_advice([self.rows[t] for t in sorted(self.rows)], self.fidelity_threshold)
-        if advice is not None:
-            rank_zero_warn(advice)
+        note = fidelity_advice([self.rows[t] for t in sorted(self.rows)], self.fidelity_threshold, pl_module.generator)
+        if note is not None:
+            rank_zero_warn(note)
 
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""

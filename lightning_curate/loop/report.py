@@ -24,6 +24,7 @@ from lightning_curate.loop.fidelity import (
     mean_learner_gap,
     rounds_out_of_band,
 )
+from lightning_curate.models.generator import is_closed_form
 from lightning_curate.utils.columns import LEAD, SHARE, Col, column_order, stderr
 from lightning_curate.utils.table import write_csv
 
@@ -57,32 +58,62 @@ def _ratio_text(row: Mapping[str, Any], sep: str = "+-") -> str:
     return f"{ratio:.2f}" + (f"{sep}{se:.2f}" if _finite(se) else "")
 
 
-def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float) -> Optional[str]:
+def _generator_advice(generator: Optional[nn.Module]) -> tuple[str, bool]:
+    """What to change in ``generator`` to follow its data more closely, and whether it trains by gradient.
+
+    Its own ``fidelity_hint`` when it has one (a class attribute or property of the
+    :class:`~lightning_curate.models.Generator`), else advice for its kind.
+    """
+    hint = getattr(generator, "fidelity_hint", None) if generator is not None else None
+    try:
+        closed_form = generator is not None and is_closed_form(generator)
+    except TypeError:
+        closed_form = False
+    name = type(generator).__name__ if generator is not None else "the generator"
+    if isinstance(hint, str) and hint.strip():
+        return " " + hint.strip(), not closed_form
+    if closed_form:
+        return (f" {name} is fitted in closed form (fit): a lag means fit does not reach the law of the set it is "
+                "given; check that it converges (e.g. more EM iterations) and that the model can express the data "
+                "(e.g. more mixture components)."), False
+    return (f" Train {name} more per round (RetrainingLoop epochs_per_round, or a larger lr); if it averages its "
+            "weights (update_ema), shorten that memory."), True
+
+
+def fidelity_advice(rows: Sequence[Mapping[str, Any]], threshold: float,
+                    generator: Optional[nn.Module] = None) -> Optional[str]:
     """A warning when the run's aggregate reward fidelity is below ``threshold``, naming the knobs to turn.
 
-    ``None`` when the run is faithful enough, or when no round had a meaningful ratio.
+    The advice fits ``generator``: its own ``fidelity_hint`` if it has one (``FlowMatching`` names
+    ``ema_decay`` and the solver check), else advice for a closed-form learner (``fit``) or a
+    gradient-trained one.
+
+    Returns:
+        The warning, or ``None`` when the run is faithful enough, or when no round had a
+        meaningful ratio.
     """
     aggregate = aggregate_fidelity(rows)
     if not math.isfinite(aggregate) or aggregate >= threshold:
         return None
+    advice, by_gradient = _generator_advice(generator)
     gap, gap_se = mean_learner_gap(rows)
     shortfall = ""
     if math.isfinite(gap) and math.isfinite(gap_se) and gap < -3.0 * gap_se:
         shortfall = (f" Each curated round ended on average {-gap:.3g} (+-{gap_se:.1g}) reward units below the very "
                      "set it was trained on (learner_gap): a steady shortfall that weighs more as the predicted "
-                     "moves shrink. On the main job a larger batch or more optimizer steps per round narrowed it; "
-                     "lightning-curate diagnose budget measures that for this run.")
+                     "moves shrink.")
+        if by_gradient:
+            shortfall += (" On the main job a larger batch or more optimizer steps per round narrowed it; "
+                          "`lightning-curate diagnose budget RUN_DIR` measures that for this run.")
     out = [f"{r['round']} ({_ratio_text(r, ' +- ')})" for r in rounds_out_of_band(rows)]
     measured = (f" Measurably outside the band {FIDELITY_BAND[0]:g}-{FIDELITY_BAND[1]:g} (by more than {BAND_Z:g} "
                 f"standard errors): round{'s' if len(out) > 1 else ''} {', '.join(out)}." if out else "")
+    jitter = (" `lightning-curate diagnose jitter RUN_DIR` retrains a round several times: a lag that every refit "
+              "shows is the learner's, not noise." if by_gradient else "")
     return (f"the generator moved {aggregate:.2f}x as far per round as the ideal learner predicts (aggregate "
             f"reward fidelity, threshold {threshold:g}): it does not follow the process the theory describes."
-            f"{measured}{shortfall} Train more per round (RetrainingLoop epochs_per_round, or a larger lr), "
-            "shorten the EMA memory (FlowMatching ema_decay closer to 0, or an EMA reset each round), and check "
-            "round 0's p0_* columns "
-            "for an under-fitted start. lightning-curate diagnose jitter retrains a round several times: a lag that "
-            "every refit shows is the learner's, not noise. lightning-curate diagnose solver RUN_DIR measures how much "
-            "of it is the ODE sampler's (FlowMatching solver and steps). See docs/THEORY.md section 5.")
+            f"{measured}{shortfall}{advice} Check round 0's p0_* columns for an under-fitted start.{jitter} "
+            "See docs/THEORY.md section 5.")
 
 
 def summary(rows: Sequence[Mapping[str, Any]], run_dir: Path, last_checkpoint: Optional[Path] = None,
@@ -187,6 +218,7 @@ def plot_run(rows: Sequence[Mapping[str, Any]], previews: Sequence[Optional[Tens
         def reward_fn(x: Tensor) -> Tensor:
             return reward(x.to(device)).float().cpu()
 
-        plots.plot_rounds_2d(shown, run_dir / "samples.png", reward_fn=reward_fn, titles=titles, labels=labels)
+        plots.plot_rounds_2d(shown, run_dir / "samples.png", reward_fn=reward_fn, titles=titles, labels=labels,
+                             label_names=datamodule.class_names)
     elif len(shape) == 3:
         plots.plot_image_grid(shown, run_dir / "samples.png", titles=titles)

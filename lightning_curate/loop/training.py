@@ -11,6 +11,7 @@ the same random draws: the trained weights are those of ``G = 1``, bit for bit.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional, cast
 
 import lightning as L
@@ -21,8 +22,10 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
+from torch.utils.data import TensorDataset
 
 from lightning_curate.data.blending import BatchGroup
+from lightning_curate.models.generator import Generator, is_closed_form
 from lightning_curate.utils.compat import FastHookName, attached_trainer, saves_every_n_train_steps, set_epoch_metric
 from lightning_curate.utils.validation import check_int
 
@@ -57,8 +60,9 @@ class GeneratorTraining(FastHookName, L.LightningModule):
         self.automatic_optimization = steps_per_batch == 1
         self._epoch_loss: list = [None, 0]  # the epoch's sample-weighted loss sum and sample count
         self._backward: Optional[Callable[[Tensor], None]] = None  # set in on_fit_start, see _plain_backward
+        self._closed_form = False  # set in configure_optimizers: the generator is fitted by fit(x), no optimizer
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
         """The generator's loss on a batch (a tensor, or a one-tensor list or tuple); with
         ``steps_per_batch > 1``, one optimizer step on each batch of a group (a list of them).
 
@@ -72,6 +76,9 @@ class GeneratorTraining(FastHookName, L.LightningModule):
         """
         # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
         every = cast(Any, self.trainer).log_every_n_steps if attached_trainer(self) is not None else 1
+        if self._closed_form:  # nothing for Lightning to step on
+            self._closed_form_step(batch, batch_idx)
+            return None
         if self.automatic_optimization:
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             loss = self._loss(x)
@@ -98,6 +105,34 @@ class GeneratorTraining(FastHookName, L.LightningModule):
             if every and self.global_step % every == 0:
                 self._log_to_loggers("train/loss_step", loss)
         return loss.detach()
+
+    def _closed_form_step(self, batch, batch_idx: int) -> None:
+        """A closed-form generator: ``fit`` on the round's whole set at the round's first batch; the
+        batch's ``loss`` (if any) is only logged. Lightning still counts a step a batch (no optimizer)."""
+        if batch_idx == 0 and self._starts_round():
+            self.generator.fit(self._round_data())
+        if type(self.generator).loss is not Generator.loss:
+            with torch.no_grad():
+                self._loss(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+    def _starts_round(self) -> bool:
+        """Whether this epoch is a round's first (every epoch is, without a round schedule)."""
+        round_of = getattr(cast(Any, self.trainer).datamodule, "round_of_epoch", None)
+        epoch = self.current_epoch
+        return round_of is None or epoch == 0 or round_of(epoch) != round_of(epoch - 1)
+
+    def _round_data(self) -> Tensor:
+        """Every row of the current training loader (``IndexBatches.data``, or a ``TensorDataset``'s first tensor)."""
+        loader = self.trainer.train_dataloader
+        data = getattr(loader, "data", None)
+        dataset = getattr(loader, "dataset", None)
+        if not isinstance(data, Tensor) and isinstance(dataset, TensorDataset):
+            data = dataset.tensors[0]
+        if not isinstance(data, Tensor):
+            raise TrainingSetupError(f"generator {type(self.generator).__name__} is fitted in closed form on a "
+                                     f"round's whole training set, which a {type(loader).__name__} does not expose; "
+                                     "use BlendingDataModule or a DataLoader over a TensorDataset")
+        return data.to(self.device)
 
     def _log_to_loggers(self, name: str, value: Tensor) -> None:
         """``value`` straight to the loggers at the last optimizer step taken, as Lightning writes it
@@ -179,10 +214,19 @@ class GeneratorTraining(FastHookName, L.LightningModule):
                 "apart, so keep one side of 1")
 
     def configure_optimizers(self):
-        """AdamW on the generator's trainable weights, multi-tensor (``foreach``) on every device.
+        """AdamW on the generator's trainable weights, multi-tensor (``foreach``) on every device; none
+        for a closed-form generator (:func:`~lightning_curate.models.generator.is_closed_form`).
 
         torch picks the one-tensor-at-a-time loop on CPUs by default; the multi-tensor
         update is about twice as fast for a UNet's hundred-odd weight tensors.
         """
+        self._closed_form = is_closed_form(self.generator)
+        if self._closed_form:  # fit(x) on each round's data: no optimizer, nothing to step
+            if self.steps_per_batch != 1:
+                raise TrainingSetupError(f"generator {type(self.generator).__name__} is fitted in closed form (no "
+                                         "optimizer steps to group): use steps_per_batch: 1")
+            for hook in ("LightningModule.configure_optimizers", "training_step"):
+                warnings.filterwarnings("ignore", message=f"`{hook}` returned `None`")
+            return None
         params = [p for p in self.generator.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, foreach=True)

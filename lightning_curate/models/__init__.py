@@ -2,9 +2,9 @@
 
 from lightning_curate.models.exact import ExactCategorical
 from lightning_curate.models.flow_matching import FlowMatching, ot_permutation
-from lightning_curate.models.generator import Generator
+from lightning_curate.models.generator import Generator, is_closed_form
 from lightning_curate.models.mlp import MLPVelocity, SinusoidalTimeEmbedding
 from lightning_curate.models.unet import UNetVelocity
 
 __all__ = ["ExactCategorical", "FlowMatching", "Generator", "MLPVelocity", "SinusoidalTimeEmbedding", "UNetVelocity",
-           "ot_permutation"]
+           "is_closed_form", "ot_permutation"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_curate import theory
@@ -35,34 +34,32 @@ __all__ = ["ExactCategorical"]
 class ExactCategorical(Generator):
     """A categorical distribution over ``num_atoms`` atoms whose training is exact maximum likelihood.
 
-    ``loss(x)`` counts the atoms of every training batch (in training mode only);
-    the next call to :meth:`sample` (or :meth:`finish_round`) sets the model to
-    the empirical frequencies of everything counted since the previous one. In
-    the retraining loop each epoch covers the round's training set exactly once
-    (the DataModule's sampler), and the round's first ``sample`` comes at the
-    round's end, so the model after round ``t`` is exactly the MLE of round
-    ``t``'s data. With several epochs per round the counts are multiples of one
-    epoch's, so the frequencies are the same. (``limit_train_batches < 1``
-    breaks that: the model then fits the batches it saw.)
+    A closed-form learner (:meth:`Generator.fit`): it has no trainable parameters, so the loop
+    makes no optimizer and calls :meth:`fit` once per round with the round's whole training set,
+    which sets the model to that set's empirical frequencies. The model after round ``t`` is
+    therefore exactly the MLE of round ``t``'s data, whatever the batch size, the number of
+    epochs, the step budget or the number of processes (every process fits the same full set).
 
-    The model is stored as integer counts (``p = counts / counts.sum()``), in
-    buffers, so checkpoints carry it and a resumed run continues exactly; being
-    integers, precision plugins never round them. A zero-valued dummy parameter
-    gives the optimizer something to hold; its gradient is 0, so it never moves.
-
-    Under DDP each training step sums its batch counts over the ranks (every rank
-    runs the same number of steps), so every rank holds the same model and may
-    sample any number of times. The DistributedSampler pads a round that does not
-    divide by the world size by repeating a few samples, which the counts then
-    include.
+    The model is stored as integer counts (``p = counts / counts.sum()``), in buffers, so
+    checkpoints carry it and a resumed run continues exactly; being integers, precision plugins
+    never round them.
 
     Args:
         num_atoms: number of atoms; the model starts uniform over them.
+
+    Example:
+        >>> import torch
+        >>> model = ExactCategorical(num_atoms=3)
+        >>> model.fit(torch.tensor([[0.0], [2.0], [2.0], [2.0]]))
+        >>> model.probs.tolist()
+        [0.25, 0.0, 0.75]
     """
 
     counts: Tensor
-    pending: Tensor
     fits: Tensor
+    fidelity_hint = ("ExactCategorical is the exact learner: it reproduces its training set by construction, so "
+                     "a shortfall here comes from sampling noise or the curation's settings (num_slots, "
+                     "num_candidates), not from training; check the reward and the data source.")
 
     def __init__(self, num_atoms: int) -> None:
         super().__init__()
@@ -70,50 +67,32 @@ class ExactCategorical(Generator):
         self.data_shape = (1,)
         # The fitted model: p = counts / counts.sum(). Starts uniform.
         self.register_buffer("counts", torch.ones(num_atoms, dtype=torch.int64))
-        # Atoms seen in training since the last fit.
-        self.register_buffer("pending", torch.zeros(num_atoms, dtype=torch.int64))
-        # How many times the model was refitted (one per round in the loop).
+        # How many times the model was fitted (one per round in the loop).
         self.register_buffer("fits", torch.zeros((), dtype=torch.int64))
-        self.dummy = nn.Parameter(torch.zeros(()))
 
     @property
     def probs(self) -> Tensor:
-        """The model's probabilities, float64 ``[num_atoms]`` (after folding in pending counts)."""
-        self.finish_round()
+        """The model's probabilities, float64 ``[num_atoms]``."""
         return self.counts.double() / self.counts.sum().double()
 
-    def loss(self, x: Tensor) -> Tensor:
-        """Count the batch (in training mode) and return its mean negative log-likelihood.
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Set the model to the empirical frequencies of the atoms ``x`` (float ``[N, 1]`` atom indices)."""
+        idx = atom_indices(x, self.num_atoms, type(self).__name__)
+        if idx.numel() == 0:
+            raise ValueError(f"{type(self).__name__}.fit: the training set is empty")
+        self.counts.copy_(torch.bincount(idx, minlength=self.num_atoms).to(self.counts))
+        self.fits += 1
 
-        The likelihood is the current model's, floored at ``log(1e-12)`` for atoms the model
-        gives no mass, with a gradient path through the dummy parameter only.
+    def loss(self, x: Tensor) -> Tensor:
+        """The batch's mean negative log-likelihood under the current model (a score to log; nothing trains on it).
+
+        Atoms the model gives no mass are floored at ``log(1e-12)``.
         """
         idx = atom_indices(x, self.num_atoms, type(self).__name__)
-        if self.training:
-            with torch.no_grad():
-                batch_counts = torch.bincount(idx, minlength=self.num_atoms).to(self.pending)
-                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                    # Every rank runs the same number of steps (the DistributedSampler
-                    # gives equal shards), so this collective is symmetric.
-                    dist.all_reduce(batch_counts)
-                self.pending += batch_counts
-        p = self.counts.double() / self.counts.sum().double()
+        p = self.probs
         nll = -torch.log(p[idx].clamp_min(1e-12)).mean() if idx.numel() else p.new_zeros(())
-        return nll.to(self.dummy.dtype) + 0.0 * self.dummy
-
-    @torch.no_grad()
-    def finish_round(self) -> bool:  # type: ignore[override]
-        """Refit the model to the atoms counted since the last fit; returns whether it changed.
-
-        :meth:`sample` calls it first, so the loop needs no extra hook. Idempotent:
-        with nothing counted it does nothing.
-        """
-        if int(self.pending.sum()) == 0:
-            return False
-        self.counts.copy_(self.pending)
-        self.pending.zero_()
-        self.fits += 1
-        return True
+        return nll.float()
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None,
@@ -124,7 +103,6 @@ class ExactCategorical(Generator):
         generators), so a seed gives the same atoms on every device.
         """
         check_int("n", n, minimum=0)
-        self.finish_round()
         device = torch.device(device) if device is not None else self.counts.device
         if n == 0:
             return torch.zeros(0, 1, device=device)

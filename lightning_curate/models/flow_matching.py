@@ -91,6 +91,9 @@ class FlowMatching(Generator):
             warning, on other devices.
     """
 
+    fidelity_hint = ("For FlowMatching: train more per round (RetrainingLoop epochs_per_round, or a larger lr), "
+                     "shorten the EMA memory (ema_decay closer to 0, or ema_reset: round); `lightning-curate "
+                     "diagnose solver RUN_DIR` measures how much of the lag is the ODE sampler's (solver and steps).")
     # Class-level defaults, so a FlowMatching pickled before these switches existed still samples.
     compile_sampling: bool = False
     autocast: Optional[str] = None

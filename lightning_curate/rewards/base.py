@@ -25,10 +25,25 @@ __all__ = ["RewardModel"]
 
 
 class RewardModel(nn.Module):
-    """Base reward: ``forward(x) = gamma * score(x)``, float32 ``[N]``.
+    """Base reward: ``forward(x) = gamma * score(x)``, float32 ``[N]`` (docs/byo/reward.md).
 
-    Subclasses implement :meth:`score`. Not required: any ``nn.Module`` that
-    returns ``[N]`` rewards works wherever a reward is expected.
+    Subclasses implement :meth:`score`. Not required: any ``nn.Module`` whose forward maps a batch
+    ``[N, *data_shape]`` to ``N`` finite float rewards works wherever a reward is expected. The loop
+    freezes it (``requires_grad_(False)``, ``eval()``), scores under ``torch.inference_mode`` on the
+    module's device (keep constants in buffers), and calls ``prepare()`` once before fit if it has
+    one. The fit-start check (:mod:`lightning_curate.loop.component_check`) scores a few of the
+    generator's samples before any training and names the reward when it breaks this contract.
+
+    Args:
+        gamma: the reward's scale (the paper's ``r = gamma * q(x)``).
+
+    Example:
+        >>> import torch
+        >>> class NearOrigin(RewardModel):
+        ...     def score(self, x):
+        ...         return -x.norm(dim=1)
+        >>> NearOrigin(gamma=2.0)(torch.tensor([[3.0, 4.0], [0.0, 0.0]])).tolist()
+        [-10.0, -0.0]
     """
 
     def __init__(self, gamma: float = 1.0):

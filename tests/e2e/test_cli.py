@@ -212,11 +212,14 @@ def test_a_bad_callback_in_the_list_is_named_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("return x[:, 0] * float('nan')", "round 0: the reward model returned 600"),
-    ("return x[:, :1]", "round 0: the reward model returned shape"),
-    ("return torch.where(x[:, 0] > 0, torch.inf, 0.0)", "round 0: the reward model returned"),
+    ("return x[:, 0] * float('nan')", "reward Broken on 8 generator samples of shape [8, 2] returned 8 non-finite"),
+    ("return x[:, :1]", "reward Broken on 8 generator samples of shape [8, 2] returned shape [8, 1]; expected one "
+                        "reward per sample, shape [8]"),
+    ("return torch.where(x[:, 0] > 0, torch.inf, 0.0)", "reward Broken on 8 generator samples of shape [8, 2] "
+                                                        "returned"),
 ])
-def test_broken_reward_model_stops_the_run_naming_the_round(tmp_path, monkeypatch, body, message):
+def test_broken_reward_model_is_named_before_training(tmp_path, monkeypatch, capsys, body, message):
+    """The fit-start check scores a few samples: a broken reward stops the run before round 0 trains."""
     module = f"broken_reward_{hashlib.md5(body.encode()).hexdigest()[:8]}"  # one module per case
     (tmp_path / f"{module}.py").write_text(
         "import torch\n"
@@ -227,9 +230,11 @@ def test_broken_reward_model_stops_the_run_naming_the_round(tmp_path, monkeypatc
     run = tmp_path / "run"
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config(run, num_slots=150,
                                                           reward={"class_path": f"{module}.Broken"}))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SystemExit) as info:
         main(["fit", "-c", str(cfg)])
-    assert not (run / "rounds" / "round_000").exists()
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert not (run / "rounds").exists() and not (run / "checkpoints").exists()
 
 
 def test_print_config_shows_the_config_keys(tmp_path, capsys):

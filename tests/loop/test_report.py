@@ -6,6 +6,9 @@ import math
 import pytest
 
 from lightning_curate.loop.report import PlotBudget, fidelity_advice, summary, write_table
+from lightning_curate.models import FlowMatching, MLPVelocity
+
+FLOW = FlowMatching(MLPVelocity(dim=2, hidden=8, depth=1), data_shape=[2])
 
 
 def _rows(fidelities):
@@ -18,9 +21,9 @@ def _rows(fidelities):
 
 def test_guard_warns_below_threshold_and_names_the_knobs():
     assert fidelity_advice(_rows([1.0, 0.9]), 0.85) is None
-    advice = fidelity_advice(_rows([0.5, 0.6]), 0.85)
+    advice = fidelity_advice(_rows([0.5, 0.6]), 0.85, FLOW)
     assert "0.55x" in advice and "epochs_per_round" in advice and "ema_decay" in advice and "p0_" in advice
-    assert "lightning-curate diagnose solver" in advice and "solver and steps" in advice
+    assert "lightning-curate diagnose solver RUN_DIR" in advice and "solver and steps" in advice
     # No stderr column: nothing says how far out a ratio measurably is, so no round is named.
     assert "Measurably outside" not in advice
     rows = _rows([0.5, 0.6, 0.9])
@@ -37,11 +40,11 @@ def test_guard_names_a_steady_learner_gap_only_when_it_stands_above_its_noise():
     rows = _rows([0.5, 0.6])
     for row, gap in zip(rows[1:], (-0.004, -0.006)):
         row.update(learner_gap=gap, learner_gap_stderr=0.001)
-    advice = fidelity_advice(rows, 0.85)
+    advice = fidelity_advice(rows, 0.85, FLOW)
     # Inverse-variance mean -0.005 +- 0.001 (the two rounds disagree by 1.4 errors): well below zero.
     assert "ended on average 0.005 (+-0.001) reward units below the very set it was trained on" in advice
     assert "a larger batch or more optimizer steps per round narrowed it" in advice
-    assert "lightning-curate diagnose budget measures that for this run" in advice
+    assert "`lightning-curate diagnose budget RUN_DIR` measures that for this run" in advice
     for row in rows[1:]:
         row["learner_gap_stderr"] = 0.01  # the same gaps, within noise: not blamed
     assert "learner_gap" not in fidelity_advice(rows, 0.85)

@@ -21,6 +21,7 @@ from lightning_curate import theory
 from lightning_curate.cli import main
 from lightning_curate.data.atoms import Atoms, proportional_counts
 from lightning_curate.models.exact import ExactCategorical
+from lightning_curate.models.generator import is_closed_form
 from lightning_curate.rewards.atoms import AtomReward
 from lightning_curate.store.rounds import RoundStore
 from lightning_curate.theory.ideal_learner import check_improvement, predict_round
@@ -39,50 +40,46 @@ GAMMA, K, DATA_SHARE = 5.0, 4, 0.1
 def test_exact_categorical_fits_the_counts_of_what_it_was_trained_on():
     model = ExactCategorical(num_atoms=3)
     assert torch.allclose(model.probs, torch.full((3,), 1 / 3, dtype=torch.float64))
-    model.train()
-    x = torch.tensor([[0.0], [2.0], [2.0], [2.0]])
-    loss = model.loss(x)
-    assert loss.dim() == 0 and loss.grad_fn is not None
-    loss.backward()
-    assert model.dummy.grad is not None and float(model.dummy.grad) == 0.0
-    model.loss(torch.tensor([[1.0], [2.0]]))
-    # Nothing changes until the next sample: the round's data are still coming in.
-    assert torch.equal(model.counts, torch.ones(3, dtype=torch.int64))
+    # A closed-form learner: no trainable parameters, fitted by fit(x) (no dummy parameter).
+    assert list(model.parameters()) == [] and is_closed_form(model)
+    model.fit(torch.tensor([[0.0], [2.0], [2.0], [2.0], [1.0], [2.0]]))
+    assert model.counts.tolist() == [1, 1, 4] and int(model.fits) == 1
+    assert torch.allclose(model.probs, torch.tensor([1 / 6, 1 / 6, 4 / 6], dtype=torch.float64))
     draws = model.sample(10, generator=make_generator(0))
     assert draws.shape == (10, 1) and draws.dtype == torch.float32
-    assert model.counts.tolist() == [1, 1, 4] and model.pending.tolist() == [0, 0, 0]
-    assert torch.allclose(model.probs, torch.tensor([1 / 6, 1 / 6, 4 / 6], dtype=torch.float64))
-    # A later sample with nothing new keeps the model; eval-mode losses do not count.
-    model.eval()
-    model.loss(torch.tensor([[0.0]] * 100))
-    model.sample(5, generator=make_generator(1))
-    assert model.counts.tolist() == [1, 1, 4] and int(model.fits) == 1
+    # The loss is a score (the batch's NLL), in any mode, and trains nothing.
+    model.train()
+    loss = model.loss(torch.tensor([[0.0], [2.0]]))
+    assert loss.dim() == 0 and loss.item() == pytest.approx(-(math.log(1 / 6) + math.log(4 / 6)) / 2)
+    assert model.counts.tolist() == [1, 1, 4]
+    # A refit replaces the model (the MLE of the new set, not a running count).
+    model.fit(torch.tensor([[1.0]] * 3))
+    assert model.counts.tolist() == [0, 3, 0] and int(model.fits) == 2
     assert model.sample(0).shape == (0, 1)
+    with pytest.raises(ValueError, match="empty"):
+        model.fit(torch.zeros(0, 1))
 
 
 def test_exact_categorical_samples_by_seed_and_its_state_round_trips():
     model = ExactCategorical(num_atoms=4)
-    model.train()
-    model.loss(torch.tensor([[0.0]] * 7 + [[3.0]] * 3))
+    model.fit(torch.tensor([[0.0]] * 7 + [[3.0]] * 3))
     a = model.sample(5000, generator=make_generator(11))
     b = model.sample(5000, generator=make_generator(11))
     assert torch.equal(a, b)
     assert set(a.flatten().tolist()) <= {0.0, 3.0}
     assert abs(float((a == 0).float().mean()) - 0.7) < 5 * math.sqrt(0.21 / 5000)
-    # Counts seen but not yet folded in travel with the state too (a checkpoint mid-round).
-    model.loss(torch.tensor([[1.0]] * 5))
     state = model.state_dict()
-    assert {"counts", "pending", "fits", "dummy"} <= set(state)
+    assert set(state) == {"counts", "fits"}
     clone = ExactCategorical(num_atoms=4)
     clone.load_state_dict(state)
     assert torch.equal(clone.sample(100, generator=make_generator(3)), model.sample(100, generator=make_generator(3)))
-    assert clone.counts.tolist() == [0, 5, 0, 0]
+    assert clone.counts.tolist() == [7, 0, 0, 3]
 
 
 def test_exact_categorical_rejects_bad_batches():
     model = ExactCategorical(num_atoms=3)
     with pytest.raises(ValueError, match="0..2"):
-        model.loss(torch.tensor([[3.0]]))
+        model.fit(torch.tensor([[3.0]]))
     with pytest.raises(ValueError, match="whole numbers"):
         model.loss(torch.tensor([[0.5]]))
     with pytest.raises(ValueError, match=r"\[n, 1\]"):
@@ -124,8 +121,7 @@ def test_atoms_source_and_reward():
 
 def test_round_metrics_of_the_exact_learner():
     model = ExactCategorical(num_atoms=2)
-    model.train()
-    model.loss(torch.tensor([[0.0]] * 3 + [[1.0]]))
+    model.fit(torch.tensor([[0.0]] * 3 + [[1.0]]))
     reward, source = AtomReward([1.0, 0.0]), Atoms([0.5, 0.5], names=["top", "rest"])
     row = model.round_metrics(reward, source, beta=1.0, num_candidates=2, real_fraction=0.0, round_idx=1)
     assert row["exact_share_top"] == pytest.approx(0.75)
