@@ -1,0 +1,223 @@
+"""The Triton kernels of K-choice sampling (docs/THEORY.md section 1); launched by ``kchoice_triton``.
+
+Design, and why (issue 26: a kernel limited by memory, not by instructions):
+
+* ``K`` is a compile-time constant. Each ``K`` gets its own code: whole-chunk
+  rows need no column mask, and with contiguous rows (``CONTIG``: row stride
+  ``K``, unit column stride) the compiler proves 16-byte alignment when
+  ``K % 4 == 0`` and reads the rewards with 128-bit loads.
+* One program handles ``BLOCK_N`` rows (2-D tiles ``[BLOCK_N, BLOCK_K]``), each
+  row read once, in chunks of ``BLOCK_K`` columns with an online (max, argmax)
+  and an online logsumexp for large ``K``: registers never scale with ``K``.
+* The rewards load is issued first in each chunk; the Philox noise, which
+  needs no memory, hides its latency.
+* Keys and logsumexp are base 2 (``kchoice_keys``): ``exp2`` and a fast
+  ``log2`` on the special-function unit on GPUs, ``tl.log2`` under the interpreter.
+* Validation in the same pass: a row whose logsumexp is not finite (NaN or
+  +inf reward, all -inf row, ``beta * r`` overflow), or, for ``m > 1`` softmax,
+  whose last log-probability is not finite (fewer than ``m`` finite scores),
+  adds 1 to one int32 flag by a predicated atomic: no atomics, no extra
+  kernel and no host sync when the rewards are valid.
+* ``m > 1`` (Plackett-Luce): pass ``j`` finds the best key strictly after
+  winner ``j - 1`` in the order (key desc, index asc) and, in the same pass,
+  the logsumexp of exactly those remaining candidates. Keys are recomputed
+  (Philox is pure); the ``m`` passes re-read rows that are in L1/L2.
+* The winner's own score is re-read once per row (one cached load) instead of
+  being carried through the reductions.
+* All math is fp32: fp16/bf16/fp64 inputs are converted right after loading.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from lightning_curate.kernels.kchoice_keys import LOG2E, tile_keys
+
+__all__ = ["MODE_CODES", "kchoice_one_kernel", "kchoice_topm_kernel"]
+
+MODE_CODES = {"softmax": 0, "argmax": 1, "uniform": 2}
+_INT_MAX = tl.constexpr(2147483647)
+
+
+@triton.jit
+def _load_scores(r_rows, rows_ok, k0, stride_rk, beta,
+                 K: tl.constexpr, BLOCK_K: tl.constexpr, CONTIG: tl.constexpr, BETA_ZERO: tl.constexpr):
+    """Load a chunk of columns (padding: -inf) and return (r, beta * r) in fp32; -inf stays -inf (also at beta = 0).
+
+    ``r_rows``: ``[BLOCK_N, 1]`` row starts. ``CONTIG`` (unit column stride, row stride ``K``) lets
+    the compiler prove 16-byte alignment for ``K % 4 == 0`` and issue 128-bit loads.
+    """
+    cols = k0 + tl.arange(0, BLOCK_K)[None, :]
+    if CONTIG:
+        ptrs = r_rows + cols
+    else:
+        ptrs = r_rows + cols.to(tl.int64) * stride_rk
+    if K % BLOCK_K == 0:
+        mask = rows_ok  # whole chunks: the mask is constant along a row, loads stay vectorised
+    else:
+        mask = rows_ok & (cols < K)
+    r = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
+    if BETA_ZERO:
+        s = tl.where(r == float("-inf"), float("-inf"), 0.0)
+    else:
+        s = r * beta
+    return r, s
+
+
+@triton.jit
+def _lse_update(run_max, run_sum, s):
+    """Online logsumexp: fold the chunk's scores ``s`` into (run_max, run_sum), in base 2 (``MUFU.EX2``)."""
+    new_max = tl.maximum(run_max, tl.max(s, axis=1))
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max) * LOG2E  # no (-inf) - (-inf)
+    run_sum = run_sum * tl.exp2(run_max * LOG2E - shift) + tl.sum(tl.exp2(s * LOG2E - shift[:, None]), axis=1)
+    return new_max, run_sum
+
+
+@triton.jit
+def _lse_final(run_max, run_sum):
+    safe_max = tl.where(run_max == float("-inf"), 0.0, run_max)
+    return tl.where(run_sum > 0, safe_max + tl.log(tl.where(run_sum > 0, run_sum, 1.0)), float("-inf"))
+
+
+@triton.jit
+def _flag_bad_rows(FLAG, bad, rows_ok):
+    """Count the invalid rows into the int32 ``FLAG``: predicated atomics, none issued when all rows are valid."""
+    tl.atomic_add(FLAG + tl.zeros_like(bad.to(tl.int32)), 1, mask=bad & rows_ok, sem="relaxed")
+
+
+@triton.jit
+def _winner_score(r_rows, best_idx, stride_rk, row_ok, beta, CONTIG: tl.constexpr):
+    """The score ``beta * r`` of each row's winner (re-read: one cached load per row)."""
+    off = best_idx.to(tl.int64) if CONTIG else best_idx.to(tl.int64) * stride_rk
+    r = tl.load(r_rows + off, mask=row_ok, other=0.0).to(tl.float32)
+    return r * beta
+
+
+@triton.jit
+def _row_ids(IDS, rows, row_ok, ROW_IDS: tl.constexpr):
+    """Each row's Philox stream id: its batch position, or the caller's id (per-row seeds)."""
+    if ROW_IDS:
+        return tl.load(IDS + rows, mask=row_ok, other=0)
+    else:
+        return rows
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+def kchoice_one_kernel(
+    R, IDS, IDX, LP, LSE, FLAG,
+    N, stride_rn, stride_rk,
+    beta, seed_lo, seed_hi,
+    K: tl.constexpr, MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    CONTIG: tl.constexpr, BETA_ZERO: tl.constexpr, ROW_IDS: tl.constexpr, WRITE_LP: tl.constexpr,
+    FAST: tl.constexpr,
+):
+    """One winner per row: one read of the rewards with a running (max, argmax), logsumexp and validity."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_ok = rows < N
+    r_base = R + rows * (K if CONTIG else stride_rn)
+    r_rows = r_base[:, None]
+    rows_ok2 = row_ok[:, None]
+    ids = _row_ids(IDS, rows, row_ok, ROW_IDS)[:, None]
+    best_key = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
+    run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        # The load is issued first; the noise below hides its latency.
+        r, s = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta,
+                            K, BLOCK_K, CONTIG, BETA_ZERO)
+        cols = k0 + tl.arange(0, BLOCK_K)[None, :]
+        key = tile_keys(r, s, cols < K, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
+        # The chunk's best (highest key, lowest index); a later chunk wins only when strictly better.
+        c_key, c_arg = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        take = (c_key > best_key) | (k0 == 0)
+        best_key = tl.where(take, c_key, best_key)
+        best_idx = tl.where(take, c_arg + k0, best_idx)
+        run_max, run_sum = _lse_update(run_max, run_sum, s)
+    lse = _lse_final(run_max, run_sum)
+    # A row of NaN keys elects no valid winner: stay inside the row (the flag refuses it).
+    best_idx = tl.minimum(tl.maximum(best_idx, 0), K - 1)
+    _flag_bad_rows(FLAG, (lse != lse) | (tl.abs(lse) == float("inf")), row_ok)
+    tl.store(LSE + rows, lse, mask=row_ok)
+    tl.store(IDX + rows, best_idx, mask=row_ok)
+    if WRITE_LP:
+        if MODE == 0:
+            if BETA_ZERO:
+                lp = -lse
+            else:
+                lp = _winner_score(r_base, best_idx, stride_rk, row_ok, beta, CONTIG) - lse
+        elif MODE == 1:
+            lp = tl.zeros([BLOCK_N], dtype=tl.float32)
+        else:
+            lp = -tl.log(tl.zeros([BLOCK_N], dtype=tl.float32) + K)
+        tl.store(LP + rows, lp, mask=row_ok)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+def kchoice_topm_kernel(
+    R, IDS, IDX, LP, LSE, FLAG,
+    N, stride_rn, stride_rk,
+    beta, seed_lo, seed_hi, M,
+    K: tl.constexpr, MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    CONTIG: tl.constexpr, BETA_ZERO: tl.constexpr, ROW_IDS: tl.constexpr, WRITE_LP: tl.constexpr,
+    FAST: tl.constexpr,
+):
+    """``M > 1`` winners per row in order: ``M`` passes, each after the previous winner (keys recomputed)."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_ok = rows < N
+    r_base = R + rows * (K if CONTIG else stride_rn)
+    r_rows = r_base[:, None]
+    rows_ok2 = row_ok[:, None]
+    ids = _row_ids(IDS, rows, row_ok, ROW_IDS)[:, None]
+    # Winner of the previous pass; (+inf, -1) puts every candidate "after" it.
+    prev_key = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
+    prev_idx = tl.full([BLOCK_N], -1, dtype=tl.int32)
+    cum_lp = tl.zeros([BLOCK_N], dtype=tl.float32)
+    bad = row_ok & False
+    for j in range(0, M):
+        best_key = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+        best_idx = tl.full([BLOCK_N], _INT_MAX, dtype=tl.int32)
+        run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+        run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            r, s = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta, K, BLOCK_K, CONTIG, BETA_ZERO)
+            cols2 = k0 + tl.arange(0, BLOCK_K)[None, :]
+            col_ok = cols2 < K
+            key = tile_keys(r, s, col_ok, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
+            # Still in the race: strictly after the previous winner in the order
+            # (key desc, index asc). Padding columns never are.
+            elig = col_ok & ((key < prev_key[:, None]) | ((key == prev_key[:, None]) & (cols2 > prev_idx[:, None])))
+            kk = tl.where(elig, key, float("-inf"))
+            c_key = tl.max(kk, axis=1)
+            c_idx = tl.min(tl.where(elig & (kk == c_key[:, None]), cols2, _INT_MAX), axis=1)
+            take = (c_key > best_key) | ((c_key == best_key) & (c_idx < best_idx))
+            best_key = tl.where(take, c_key, best_key)
+            best_idx = tl.where(take, c_idx, best_idx)
+            # The first pass's logsumexp takes every column, so a NaN score (never in the race,
+            # its comparisons are false) shows in it and the row is flagged.
+            in_lse = elig | (col_ok & (j == 0))
+            run_max, run_sum = _lse_update(run_max, run_sum, tl.where(in_lse, s, float("-inf")))
+        lse_left = _lse_final(run_max, run_sum)
+        best_idx = tl.minimum(best_idx, K - 1)  # no candidate left (NaN keys): stay inside the row
+        if j == 0:
+            tl.store(LSE + rows, lse_left, mask=row_ok)
+            bad = (lse_left != lse_left) | (tl.abs(lse_left) == float("inf"))
+        if MODE == 0:
+            if BETA_ZERO:
+                cum_lp -= lse_left
+            else:
+                cum_lp += _winner_score(r_base, best_idx, stride_rk, row_ok, beta, CONTIG) - lse_left
+        elif MODE == 2:
+            cum_lp -= tl.log(tl.zeros([BLOCK_N], dtype=tl.float32) + (K - j))
+        out = rows * M + j
+        tl.store(IDX + out, best_idx, mask=row_ok)
+        if WRITE_LP:
+            tl.store(LP + out, cum_lp, mask=row_ok)
+        prev_key = best_key
+        prev_idx = best_idx
+    # Softmax: fewer than M candidates with a finite score leaves a -inf log-probability.
+    bad = bad | ((MODE == 0) & ((cum_lp != cum_lp) | (tl.abs(cum_lp) == float("inf"))))
+    _flag_bad_rows(FLAG, bad, row_ok)
