@@ -123,12 +123,16 @@ def _launch_args(v: dict):
         args = (_Ptr(bits), _Ptr(torch.int64), _Ptr(bits), N_ROWS, 1, v["d"], k * v["d"], v["d"])
         return gt._gather_kernel, args, {"BLOCK_R": v["block_r"], "BLOCK_D": v["block_d"]}
     half = kt._SEED_HALF
-    args = [_Ptr(getattr(torch, v["dtype"])), _Ptr(torch.int64), _Ptr(torch.float32), _Ptr(torch.float32),
-            N_ROWS, v["k"], v["k"], 1, 1.5, SEED & ((1 << half) - 1), SEED >> half]
+    k = v["k"]
+    args = [_Ptr(getattr(torch, v["dtype"])), _Ptr(torch.int64), _Ptr(torch.int64), _Ptr(torch.float32),
+            _Ptr(torch.float32), _Ptr(torch.int32), N_ROWS, k, 1, 1.5, SEED & ((1 << half) - 1), SEED >> half]
     if v["m"] > 1:
         args.append(v["m"])
     fn = kt._kchoice_topm_kernel if v["m"] > 1 else kt._kchoice_one_kernel
-    return fn, tuple(args), {"MODE": kt._MODE_CODES[v["mode"]], "BLOCK_N": v["block_n"], "BLOCK_K": v["block_k"]}
+    consts = {"K": k, "MODE": kt._MODE_CODES[v["mode"]], "CONTIG": True, "BETA_ZERO": False,
+              "ROW_IDS": bool(v.get("row_ids", False)), "WRITE_LP": True, "FAST": True,
+              "BLOCK_N": v["block_n"], "BLOCK_K": v["block_k"]}
+    return fn, tuple(args), consts
 
 
 def compile_variant(v: dict) -> dict:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lightning_curate.kernels.kchoice_keys import LOG2E, tile_keys
+from lightning_curate.kernels.kchoice_keys import LN2, LOG2E, fast_exp2, fast_log2, tile_keys
 
 __all__ = ["MODE_CODES", "kchoice_one_kernel", "kchoice_topm_kernel"]
 
@@ -41,9 +41,9 @@ _INT_MAX = tl.constexpr(2147483647)
 
 
 @triton.jit
-def _load_scores(r_rows, rows_ok, k0, stride_rk, beta,
+def _load_scores(r_rows, rows_ok, k0, stride_rk, beta2,
                  K: tl.constexpr, BLOCK_K: tl.constexpr, CONTIG: tl.constexpr, BETA_ZERO: tl.constexpr):
-    """Load a chunk of columns (padding: -inf) and return (r, beta * r) in fp32; -inf stays -inf (also at beta = 0).
+    """Load a chunk of columns (padding: -inf); return (r, beta * log2(e) * r) in fp32, -inf kept (also at beta = 0).
 
     ``r_rows``: ``[BLOCK_N, 1]`` row starts. ``CONTIG`` (unit column stride, row stride ``K``) lets
     the compiler prove 16-byte alignment for ``K % 4 == 0`` and issue 128-bit loads.
@@ -59,25 +59,37 @@ def _load_scores(r_rows, rows_ok, k0, stride_rk, beta,
         mask = rows_ok & (cols < K)
     r = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
     if BETA_ZERO:
-        s = tl.where(r == float("-inf"), float("-inf"), 0.0)
+        s2 = tl.where(r == float("-inf"), float("-inf"), 0.0)
     else:
-        s = r * beta
-    return r, s
+        s2 = r * beta2
+    return r, s2
 
 
 @triton.jit
-def _lse_update(run_max, run_sum, s):
-    """Online logsumexp: fold the chunk's scores ``s`` into (run_max, run_sum), in base 2 (``MUFU.EX2``)."""
-    new_max = tl.maximum(run_max, tl.max(s, axis=1))
-    shift = tl.where(new_max == float("-inf"), 0.0, new_max) * LOG2E  # no (-inf) - (-inf)
-    run_sum = run_sum * tl.exp2(run_max * LOG2E - shift) + tl.sum(tl.exp2(s * LOG2E - shift[:, None]), axis=1)
+def _lse_update(run_max, run_sum, r, s2, beta2, FAST: tl.constexpr):
+    """Online logsumexp in base 2: fold a chunk into (max of r, sum of 2^(s2 - beta2 * max)).
+
+    The shift ``beta2 * max(r)`` is the maximum's own ``s2`` (same rounding), so its term is exactly 1.
+    """
+    new_max = tl.maximum(run_max, tl.max(r, axis=1))
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max * beta2)  # no (-inf) - (-inf)
+    old_shift = tl.where(run_max == float("-inf"), 0.0, run_max * beta2)
+    run_sum = run_sum * fast_exp2(old_shift - shift, FAST) + tl.sum(fast_exp2(s2 - shift[:, None], FAST), axis=1)
     return new_max, run_sum
 
 
 @triton.jit
-def _lse_final(run_max, run_sum):
-    safe_max = tl.where(run_max == float("-inf"), 0.0, run_max)
-    return tl.where(run_sum > 0, safe_max + tl.log(tl.where(run_sum > 0, run_sum, 1.0)), float("-inf"))
+def _lse_final(run_max, run_sum, beta, BETA_ZERO: tl.constexpr, FAST: tl.constexpr):
+    """``logsumexp(beta * r)`` from the running (max of r, base-2 sum); -inf for an empty row.
+
+    ``log(sum) = ln2 * log2(sum)`` with ``sum`` in [1, K]: ``lg2.approx`` is within ~1e-7 of it.
+    """
+    if BETA_ZERO:
+        safe_max = tl.zeros_like(run_max)
+    else:
+        safe_max = tl.where(run_max == float("-inf"), 0.0, run_max * beta)
+    log_sum = fast_log2(tl.where(run_sum > 0, run_sum, 1.0), FAST) * LN2
+    return tl.where(run_sum > 0, safe_max + log_sum, float("-inf"))
 
 
 @triton.jit
@@ -120,23 +132,23 @@ def kchoice_one_kernel(
     r_rows = r_base[:, None]
     rows_ok2 = row_ok[:, None]
     ids = _row_ids(IDS, rows, row_ok, ROW_IDS)[:, None]
+    beta2 = beta * LOG2E
     best_key = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
     run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         # The load is issued first; the noise below hides its latency.
-        r, s = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta,
-                            K, BLOCK_K, CONTIG, BETA_ZERO)
+        r, s2 = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta2, K, BLOCK_K, CONTIG, BETA_ZERO)
         cols = k0 + tl.arange(0, BLOCK_K)[None, :]
-        key = tile_keys(r, s, cols < K, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
+        key = tile_keys(r, s2, cols < K, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
         # The chunk's best (highest key, lowest index); a later chunk wins only when strictly better.
         c_key, c_arg = tl.max(key, axis=1, return_indices=True, return_indices_tie_break_left=True)
         take = (c_key > best_key) | (k0 == 0)
         best_key = tl.where(take, c_key, best_key)
         best_idx = tl.where(take, c_arg + k0, best_idx)
-        run_max, run_sum = _lse_update(run_max, run_sum, s)
-    lse = _lse_final(run_max, run_sum)
+        run_max, run_sum = _lse_update(run_max, run_sum, r, s2, beta2, FAST)
+    lse = _lse_final(run_max, run_sum, beta, BETA_ZERO, FAST)
     # A row of NaN keys elects no valid winner: stay inside the row (the flag refuses it).
     best_idx = tl.minimum(tl.maximum(best_idx, 0), K - 1)
     _flag_bad_rows(FLAG, (lse != lse) | (tl.abs(lse) == float("inf")), row_ok)
@@ -172,6 +184,7 @@ def kchoice_topm_kernel(
     r_rows = r_base[:, None]
     rows_ok2 = row_ok[:, None]
     ids = _row_ids(IDS, rows, row_ok, ROW_IDS)[:, None]
+    beta2 = beta * LOG2E
     # Winner of the previous pass; (+inf, -1) puts every candidate "after" it.
     prev_key = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     prev_idx = tl.full([BLOCK_N], -1, dtype=tl.int32)
@@ -183,10 +196,10 @@ def kchoice_topm_kernel(
         run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            r, s = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta, K, BLOCK_K, CONTIG, BETA_ZERO)
+            r, s2 = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta2, K, BLOCK_K, CONTIG, BETA_ZERO)
             cols2 = k0 + tl.arange(0, BLOCK_K)[None, :]
             col_ok = cols2 < K
-            key = tile_keys(r, s, col_ok, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
+            key = tile_keys(r, s2, col_ok, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
             # Still in the race: strictly after the previous winner in the order
             # (key desc, index asc). Padding columns never are.
             elig = col_ok & ((key < prev_key[:, None]) | ((key == prev_key[:, None]) & (cols2 > prev_idx[:, None])))
@@ -199,8 +212,9 @@ def kchoice_topm_kernel(
             # The first pass's logsumexp takes every column, so a NaN score (never in the race,
             # its comparisons are false) shows in it and the row is flagged.
             in_lse = elig | (col_ok & (j == 0))
-            run_max, run_sum = _lse_update(run_max, run_sum, tl.where(in_lse, s, float("-inf")))
-        lse_left = _lse_final(run_max, run_sum)
+            run_max, run_sum = _lse_update(run_max, run_sum, tl.where(in_lse, r, float("-inf")),
+                                           tl.where(in_lse, s2, float("-inf")), beta2, FAST)
+        lse_left = _lse_final(run_max, run_sum, beta, BETA_ZERO, FAST)
         best_idx = tl.minimum(best_idx, K - 1)  # no candidate left (NaN keys): stay inside the row
         if j == 0:
             tl.store(LSE + rows, lse_left, mask=row_ok)

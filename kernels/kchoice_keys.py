@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["LOG2E", "U_MAX", "U_MIN", "U_SCALE", "fast_log2", "philox_bits", "tile_keys"]
+__all__ = ["LN2", "LOG2E", "U_MAX", "U_MIN", "U_SCALE", "fast_exp2", "fast_log2", "neg_log2_neg_log2", "philox_bits", "tile_keys"]
 
 # Uniforms come from the top 24 bits of a Philox word: u = (v + 0.5) / 2^24,
 # clamped into the open interval (0, 1) so both logs stay finite.
@@ -28,16 +28,45 @@ U_SCALE = tl.constexpr(1.0 / 16777216.0)
 U_MIN = tl.constexpr(2.0**-25)
 U_MAX = tl.constexpr(1.0 - 2.0**-24)
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
 def fast_log2(x, FAST: tl.constexpr):
-    """``log2(x)`` for positive normal float32: ``lg2.approx.f32`` on the GPU, ``tl.log2`` otherwise."""
+    """``log2(x)`` for positive normal float32: ``lg2.approx.ftz`` (one ``MUFU.LG2``) on the GPU, else ``tl.log2``.
+
+    The keys' arguments are never subnormal (``u >= 2^-25``, ``-log2 u >= 8.5e-8``), so flushing changes nothing.
+    """
     if FAST:
-        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
         return tl.log2(x)
+
+
+@triton.jit
+def neg_log2_neg_log2(u, FAST: tl.constexpr):
+    """``log2(-log2(u))`` for ``u`` in (0, 1): on the GPU two ``MUFU.LG2``, the negation folded into the second."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "{ .reg .f32 t; lg2.approx.ftz.f32 t, $1; neg.f32 t, t; lg2.approx.ftz.f32 $0, t; }",
+            "=r,r", [u], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(-tl.log2(u))
+
+
+@triton.jit
+def fast_exp2(x, FAST: tl.constexpr):
+    """``2^x``: ``ex2.approx.ftz`` (one ``MUFU.EX2``) on the GPU, else ``tl.exp2``.
+
+    Used for logsumexp terms ``2^(s - max) <= 1``: a flushed subnormal term is below
+    2^-126 of the sum (which is >= 1), so flushing does not change the float32 sum.
+    """
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
 
 
 @triton.jit
@@ -73,15 +102,20 @@ def philox_bits(seed_lo, seed_hi, ids, k0, BLOCK_N: tl.constexpr, BLOCK_K: tl.co
 @triton.jit
 def tile_keys(r, s, col_ok, seed_lo, seed_hi, ids, k0, MODE: tl.constexpr, FAST: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """What each mode ranks by: base-2 Gumbel keys, the rewards, or uniform bits (padding: -inf)."""
+    """What each mode ranks by: base-2 Gumbel keys, the rewards, or uniform bits (padding: -inf).
+
+    ``s`` is ``beta * log2(e) * r``: the softmax key is ``s - log2(-log2 u)``.
+    """
     if MODE == 1:
         key = r
     else:
         bits = philox_bits(seed_lo, seed_hi, ids, k0, BLOCK_N, BLOCK_K)
         v = (bits >> 8).to(tl.float32)  # 24 random bits, exact in float32
         if MODE == 0:
-            u = tl.minimum(tl.maximum((v + 0.5) * U_SCALE, U_MIN), U_MAX)
-            key = s * LOG2E - fast_log2(-fast_log2(u, FAST), FAST)
+            # v * 2^-24 + 2^-25 rounds exactly as (v + 0.5) * 2^-24 (a power-of-two scale): one FFMA.
+            # It is >= 2^-25 = U_MIN already; only v = 2^24 - 1 rounds up to 1 and is clamped.
+            u = tl.minimum(v * U_SCALE + U_MIN, U_MAX)
+            key = s - neg_log2_neg_log2(u, FAST)
         else:
             key = tl.where(col_ok, v, float("-inf"))
     return key

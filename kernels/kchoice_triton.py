@@ -7,7 +7,7 @@ returns the kernel's int32 count of invalid rows, unread (no host sync).
 
 Launch configuration: on CUDA a small ``triton.autotune`` set keyed by
 ``(K, m, mode)``; each config is a tile of ``GPU_CONFIGS`` elements over 2 to
-8 warps, with ``BLOCK_K = min(next_pow2(K), 128)`` and ``BLOCK_N = tile //
+8 warps, with ``BLOCK_K = min(next_pow2(K), 64)`` and ``BLOCK_N = tile //
 BLOCK_K``. Under the CPU interpreter one big tile (few NumPy steps). The draw
 does not depend on the tile.
 """
@@ -33,7 +33,7 @@ _MODE_CODES = MODE_CODES
 
 # CUDA: (tile elements, num_warps), the autotune set: 16 elements per thread.
 GPU_CONFIGS = ((1024, 2), (2048, 4), (4096, 8))
-_GPU_BLOCK_K_CAP = 128
+_GPU_BLOCK_K_CAP = 64
 # The interpreter runs one NumPy step per program and per op: few, big tiles.
 _INTERP_TILE = 1 << 15
 _INTERP_BLOCK_K_CAP = 256
