@@ -59,7 +59,7 @@ def _load_scores(r_rows, rows_ok, k0, stride_rk, beta2,
         mask = rows_ok & (cols < K)
     r = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
     if BETA_ZERO:
-        s2 = tl.where(r == float("-inf"), float("-inf"), 0.0)
+        s2 = tl.where(r == float("-inf"), float("-inf"), r * 0.0)  # NaN and +inf stay NaN: flagged
     else:
         s2 = r * beta2
     return r, s2

@@ -122,7 +122,7 @@ def test_draw_does_not_depend_on_the_tile(k, mode):
     for m in (1, 3):
         ref = kchoice(rewards, 1.2, num_winners=m, mode=mode, seed=77, backend="triton")
         for block_n, block_k in ((1, 2), (4, 16), (16, 128)):
-            idx, _, _, _ = kchoice_triton(rewards, 1.2, num_winners=m, mode=mode, seed=77,
+            idx, _, _, _, _ = kchoice_triton(rewards, 1.2, num_winners=m, mode=mode, seed=77,
                                           block_n=block_n, block_k=block_k)
             assert torch.equal(idx, ref.index), (m, block_n, block_k)
 
@@ -183,7 +183,7 @@ def test_one_bad_row_among_many_is_refused(dtype, case):
         rewards[row, 1:] = -math.inf
         m, match = 2, r"num_winners=2 but 1 of 300000 rows have fewer than 2"
     with pytest.raises(ValueError, match=match):
-        kchoice(rewards, beta, num_winners=m, seed=1, backend="triton")
+        kchoice(rewards, beta, num_winners=m, seed=1, backend="triton", check=True)
     rewards[row] = 0.0  # repaired: accepted, every output finite
     out = kchoice(rewards, beta, num_winners=m, seed=1, backend="triton")
     assert torch.isfinite(out.logsumexp).all() and torch.isfinite(out.log_prob).all()
