@@ -27,13 +27,18 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
-__all__ = ["MAX_REGISTERS", "compile_variant", "default_variants", "nvidia_tools_missing", "variant_name"]
+__all__ = ["MAX_MUFU_PER_ELEMENT", "MAX_REGISTERS", "ROOFLINE_BUDGET", "compile_variant", "count_problems",
+           "count_table", "default_variants", "nvidia_tools_missing", "roofline_variants", "variant_name"]
 
 MAX_REGISTERS = 128
 MODES = ("softmax", "argmax", "uniform")
 ARCHS = (80, 90)
 N_ROWS = 1_000_000  # the row count a variant is specialised for (divisible by 16, like most)
 SEED = (1 << 61) + 12345  # split into two 31-bit halves by the launcher
+# Dynamic SASS instructions per reward element (softmax, m = 1, fp32) at which an H100
+# is still limited by HBM bandwidth (issue 26), and the special-function ops per element.
+ROOFLINE_BUDGET = {4: 55, 16: 55, 256: 60}
+MAX_MUFU_PER_ELEMENT = {"LG2": 2.5, "EX2": 1.5}
 
 
 def nvidia_tools_missing() -> Optional[str]:
@@ -151,7 +156,14 @@ def compile_variant(v: dict) -> dict:
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(src, target=target, options=options.__dict__)
     usage = _res_usage(kernel.asm["cubin"])
-    return {**v, **usage, "name": variant_name(v)}
+    out = {**v, **usage, "name": variant_name(v)}
+    if v["kernel"] == "one":
+        from lightning_curate.kernels.kchoice_sass import count_sass, sass_of
+
+        trips = -(-v["k"] // v["block_k"])
+        per_thread = v["block_n"] * v["k"] / (32 * v["num_warps"])
+        out["counts"] = count_sass(sass_of(kernel.asm["cubin"]), trips, per_thread)
+    return out
 
 
 def _res_usage(cubin: bytes) -> dict:
@@ -167,6 +179,47 @@ def _res_usage(cubin: bytes) -> dict:
         raise RuntimeError(f"cuobjdump -res-usage printed no register count:\n{text}")
     return {"regs": int(fields["REG"]), "stack": int(fields.get("STACK", 0)),
             "local": int(fields.get("LOCAL", 0)), "shared": int(fields.get("SHARED", 0))}
+
+
+def roofline_variants() -> list[dict]:
+    """Softmax, one winner, fp32 at K = 4, 16, 256: every autotune config, for sm_80 and sm_90 (issue 26)."""
+    from lightning_curate.kernels.kchoice_triton import GPU_CONFIGS, gpu_block_k
+
+    return [{"kernel": "one", "mode": "softmax", "m": 1, "k": k, "dtype": "float32",
+             "block_n": max(1, tile // gpu_block_k(k)), "block_k": gpu_block_k(k), "num_warps": warps, "arch": arch}
+            for arch in ARCHS for k in ROOFLINE_BUDGET for tile, warps in GPU_CONFIGS]
+
+
+def count_problems(result: dict) -> list[str]:
+    """What keeps a roofline variant from being limited by memory: its counts against the budgets."""
+    c, k = result["counts"], result["k"]
+    out = []
+    if c["per_element"] > ROOFLINE_BUDGET[k]:
+        out.append(f"{c['per_element']:.1f} instructions per reward element > {ROOFLINE_BUDGET[k]}")
+    if k % 4 == 0 and c["ldg128"] == 0:
+        out.append("no 128-bit loads (LDG.E.128) although K % 4 == 0")
+    if not 1.9 <= c["mufu_per_element"].get("LG2", 0.0) <= MAX_MUFU_PER_ELEMENT["LG2"]:
+        out.append(f"MUFU.LG2 per element {c['mufu_per_element'].get('LG2', 0.0):.2f}, expected 2 "
+                   f"(two hardware logs per Gumbel key) to {MAX_MUFU_PER_ELEMENT['LG2']}")
+    if not 0.9 <= c["mufu_per_element"].get("EX2", 0.0) <= MAX_MUFU_PER_ELEMENT["EX2"]:
+        out.append(f"MUFU.EX2 per element {c['mufu_per_element'].get('EX2', 0.0):.2f}, expected 1 "
+                   f"(one exp2 per logsumexp term) to {MAX_MUFU_PER_ELEMENT['EX2']}")
+    if c["bar_in_loop"]:
+        out.append(f"{c['bar_in_loop']} barriers inside the loop")
+    return out + problems(result)
+
+
+def count_table(results: list[dict]) -> str:
+    """The roofline variants' counts as a Markdown table."""
+    rows = ["| variant | regs | spills (B) | instr./element | budget | LDG.E.128 | MUFU.LG2/el. | MUFU.EX2/el. "
+            "| SHFL/el. | BAR in loop |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["counts"]
+        mufu = c["mufu_per_element"]
+        rows.append(f"| {r['name']} | {r['regs']} | {r['stack'] + r['local']} | {c['per_element']:.1f} | "
+                    f"{ROOFLINE_BUDGET[r['k']]} | {c['ldg128']} | {mufu.get('LG2', 0):.2f} | {mufu.get('EX2', 0):.2f} | "
+                    f"{c['shfl_per_element']:.2f} | {c['bar_in_loop']} |")
+    return "\n".join(rows)
 
 
 def problems(result: dict) -> list[str]:

@@ -44,7 +44,8 @@ def test_every_autotune_config_gives_the_fixed_tile_draw(monkeypatch, mode, m, k
 
         monkeypatch.setitem(tuned.__dict__, "do_bench", bench)
         monkeypatch.setattr(tuned, "cache", {})
-        index, log_prob, lse = kt._launch(rewards, 1.1, m, mode, 5, blocks=None)
+        index, log_prob, lse, flag = kt._launch(rewards, 1.1, m, mode, 5, blocks=None)
+        assert int(flag) == 0
         assert len(calls) == len(pruned)  # every config was launched
         assert tuned.best_config is pruned[target]
         assert torch.equal(index.view_as(ref.index), ref.index), tuned.best_config
