@@ -62,7 +62,7 @@ def variant_name(v: dict) -> str:
     if v["kernel"] == "gather":
         return f"gather {v['bytes']}B D={v['d']} {v['block_r']}x{v['block_d']} w{v['num_warps']} sm_{v['arch']}"
     return (f"{v['mode']} m={v['m']} K={v['k']} {v['dtype']} {v['block_n']}x{v['block_k']} "
-            f"w{v['num_warps']} sm_{v['arch']}")
+            f"w{v['num_warps']} sm_{v['arch']}" + ("" if v.get("fast", True) else " tl.log2"))
 
 
 def default_variants() -> list[dict]:
@@ -135,7 +135,7 @@ def _launch_args(v: dict):
         args.append(v["m"])
     fn = kt._kchoice_topm_kernel if v["m"] > 1 else kt._kchoice_one_kernel
     consts = {"K": k, "MODE": kt._MODE_CODES[v["mode"]], "CONTIG": True, "BETA_ZERO": False,
-              "ROW_IDS": bool(v.get("row_ids", False)), "WRITE_LP": True, "FAST": True,
+              "ROW_IDS": bool(v.get("row_ids", False)), "WRITE_LP": True, "FAST": v.get("fast", True),
               "BLOCK_N": v["block_n"], "BLOCK_K": v["block_k"]}
     return fn, tuple(args), consts
 
@@ -245,12 +245,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="write the results here")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    p.add_argument("--counts", action="store_true",
+                   help="only the roofline variants (softmax, m = 1, K = 4/16/256): print their SASS counts")
     args = p.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
     reason = nvidia_tools_missing()
     if reason:
         print(f"cannot compile for NVIDIA GPUs: {reason}", file=sys.stderr)
         return 2
+    if args.counts:
+        results = compile_all(roofline_variants(), args.jobs)
+        print(count_table(results))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return 1 if any(count_problems(r) for r in results) else 0
     results = compile_all(default_variants(), args.jobs)
     bad = 0
     for r in results:
