@@ -78,17 +78,18 @@ class KChoice(_KChoiceFields):
     def check(self) -> "KChoice":
         """Raise ``ValueError`` (naming how many rows, and why) if the kernel flagged invalid rewards.
 
-        One host sync the first time; a no-op for results of the torch path (checked
-        before they were returned) and for results already checked. Returns ``self``.
+        One host sync; a no-op for results of the torch path (checked before they
+        were returned) and for results that passed a check. Returns ``self``.
 
         Example:
             >>> out = kchoice(torch.tensor([[0.0, 1.0]]), seed=0).check()
         """
-        pending = self.__dict__.pop("_pending", None)
+        pending = self.__dict__.get("_pending")
         if pending is not None:
             n_bad = int(pending.flag.item())
             if n_bad:
-                _diagnose(pending, n_bad)
+                _diagnose(pending, n_bad)  # raises; the result stays unchecked, so it raises again
+            del self.__dict__["_pending"]
         return self
 
 
