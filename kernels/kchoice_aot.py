@@ -75,7 +75,7 @@ def default_variants() -> list[dict]:
     {2, 300} with fp32 rewards, the gather at D in {3, 64}.
     """
     from lightning_curate.kernels.gather_triton import GATHER_NUM_WARPS, gather_blocks
-    from lightning_curate.kernels.kchoice_triton import GPU_CONFIGS, gpu_block_k
+    from lightning_curate.kernels.kchoice_triton import gpu_block_k, gpu_configs
 
     def kchoice_variants(arch, ks, dtype, modes):
         for k in ks:
@@ -84,7 +84,7 @@ def default_variants() -> list[dict]:
                     if m > k:
                         continue
                     bk = gpu_block_k(k)
-                    for tile, warps in GPU_CONFIGS:
+                    for tile, warps in gpu_configs(m):
                         yield {"kernel": "topm" if m > 1 else "one", "mode": mode, "m": m, "k": k,
                                "dtype": dtype, "block_n": max(1, tile // bk), "block_k": bk,
                                "num_warps": warps, "arch": arch}
@@ -217,8 +217,8 @@ def count_table(results: list[dict]) -> str:
         c = r["counts"]
         mufu = c["mufu_per_element"]
         rows.append(f"| {r['name']} | {r['regs']} | {r['stack'] + r['local']} | {c['per_element']:.1f} | "
-                    f"{ROOFLINE_BUDGET[r['k']]} | {c['ldg128']} | {mufu.get('LG2', 0):.2f} | {mufu.get('EX2', 0):.2f} | "
-                    f"{c['shfl_per_element']:.2f} | {c['bar_in_loop']} |")
+                    f"{ROOFLINE_BUDGET[r['k']]} | {c['ldg128']} | {mufu.get('LG2', 0):.2f} | "
+                    f"{mufu.get('EX2', 0):.2f} | {c['shfl_per_element']:.2f} | {c['bar_in_loop']} |")
     return "\n".join(rows)
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["LN2", "LOG2E", "U_MAX", "U_MIN", "U_SCALE", "fast_exp2", "fast_log2", "neg_log2_neg_log2", "philox_bits", "tile_keys"]
+__all__ = ["LN2", "LOG2E", "U_MAX", "U_MIN", "U_SCALE", "fast_exp2", "fast_log2", "neg_log2_neg_log2",
+           "philox_bits", "tile_keys"]
 
 # Uniforms come from the top 24 bits of a Philox word: u = (v + 0.5) / 2^24,
 # clamped into the open interval (0, 1) so both logs stay finite.

@@ -6,7 +6,7 @@ stream, and checks the reward values inside the kernel's read of them: it
 returns the kernel's int32 count of invalid rows, unread (no host sync).
 
 Launch configuration: on CUDA a small ``triton.autotune`` set keyed by
-``(K, m, mode)``; each config is a tile of ``GPU_CONFIGS`` elements over 2 to
+``(K, m, mode)``; each config is a tile of ``gpu_configs(m)`` elements over 2 to
 8 warps, with ``BLOCK_K = min(next_pow2(K), 64)`` and ``BLOCK_N = tile //
 BLOCK_K``. Under the CPU interpreter one big tile (few NumPy steps). The draw
 does not depend on the tile.
@@ -24,15 +24,18 @@ from torch import Tensor
 
 from lightning_curate.kernels.kchoice_kernels import MODE_CODES, kchoice_one_kernel, kchoice_topm_kernel
 
-__all__ = ["GPU_CONFIGS", "KernelOut", "gpu_block_k", "interp_blocks", "kchoice_triton", "new_flag"]
+__all__ = ["GPU_CONFIGS", "GPU_CONFIGS_TOPM", "KernelOut", "gpu_configs", "gpu_block_k", "interp_blocks", "kchoice_triton", "new_flag"]
 
 # Kept under their historical names for the AOT compiler and the tests.
 _kchoice_one_kernel = kchoice_one_kernel
 _kchoice_topm_kernel = kchoice_topm_kernel
 _MODE_CODES = MODE_CODES
 
-# CUDA: (tile elements, num_warps), the autotune set: 16 elements per thread.
-GPU_CONFIGS = ((1024, 2), (2048, 4), (4096, 8))
+# CUDA: (tile elements, num_warps), the autotune sets. One winner: 16 elements per thread
+# (8 with 8 warps), so per-thread and per-row work is spread over many elements; m > 1 keeps
+# the whole Plackett-Luce state per row and stays at 4 per thread (within 128 registers).
+GPU_CONFIGS = ((1024, 2), (2048, 4), (2048, 8))
+GPU_CONFIGS_TOPM = ((256, 2), (512, 4), (1024, 8))
 _GPU_BLOCK_K_CAP = 64
 # The interpreter runs one NumPy step per program and per op: few, big tiles.
 _INTERP_TILE = 1 << 15
@@ -88,14 +91,19 @@ def _configs_for_k(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_K"] == block_k]
 
 
-def _autotuned(kernel, key):
+def gpu_configs(m: int) -> tuple[tuple[int, int], ...]:
+    """The autotune set ``(tile elements, num_warps)`` for ``m`` winners."""
+    return GPU_CONFIGS if m == 1 else GPU_CONFIGS_TOPM
+
+
+def _autotuned(kernel, key, tiles):
     configs = [triton.Config({"BLOCK_N": max(1, tile // bk), "BLOCK_K": bk}, num_warps=warps)
-               for bk in (1 << i for i in range(_GPU_BLOCK_K_CAP.bit_length())) for tile, warps in GPU_CONFIGS]
+               for bk in (1 << i for i in range(_GPU_BLOCK_K_CAP.bit_length())) for tile, warps in tiles]
     return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": _configs_for_k})(kernel)
 
 
-_one_tuned = _autotuned(kchoice_one_kernel, ["K", "MODE", "CONTIG"])
-_topm_tuned = _autotuned(kchoice_topm_kernel, ["K", "M", "MODE", "CONTIG"])
+_one_tuned = _autotuned(kchoice_one_kernel, ["K", "MODE", "CONTIG"], GPU_CONFIGS)
+_topm_tuned = _autotuned(kchoice_topm_kernel, ["K", "M", "MODE", "CONTIG"], GPU_CONFIGS_TOPM)
 
 
 def _on_device(device: torch.device):
@@ -184,7 +192,7 @@ def kchoice_triton(
         if block_k is None:
             block_k = interp_blocks(n, k)[1] if interpret else gpu_block_k(k)
         if block_n is None:
-            block_n = interp_blocks(n, k)[0] if interpret else max(1, GPU_CONFIGS[0][0] // block_k)
+            block_n = interp_blocks(n, k)[0] if interpret else max(1, gpu_configs(m)[0][0] // block_k)
         block_n = _check_block("block_n", block_n)
         block_k = _check_block("block_k", block_k)
 

@@ -33,7 +33,7 @@ def test_every_autotune_config_gives_the_fixed_tile_draw(monkeypatch, mode, m, k
     tuned = kt._topm_tuned if m > 1 else kt._one_tuned
     pruned = kt._configs_for_k(tuned.configs, {"K": k})
     assert sorted((c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"], c.num_warps) for c in pruned) == \
-        sorted((max(tile, kt.gpu_block_k(k)), warps) for tile, warps in kt.GPU_CONFIGS)
+        sorted((max(tile, kt.gpu_block_k(k)), warps) for tile, warps in kt.gpu_configs(m))
     for target in range(len(pruned)):
         calls = []
 
