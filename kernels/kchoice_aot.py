@@ -13,6 +13,7 @@ prints the table of docs/readme/gpu.md::
 
     python -m lightning_curate.kernels.kchoice_aot            # the test's variant set
     python -m lightning_curate.kernels.kchoice_aot --json out.json
+    python -m lightning_curate.kernels.kchoice_aot --counts --record docs/experiments/records/kchoice_sass_counts.json
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
 __all__ = ["MAX_MUFU_PER_ELEMENT", "MAX_REGISTERS", "ROOFLINE_BUDGET", "compile_variant", "count_problems",
-           "count_table", "default_variants", "nvidia_tools_missing", "roofline_variants", "variant_name"]
+           "count_table", "counts_figures", "default_variants", "nvidia_tools_missing", "roofline_variants",
+           "variant_name", "write_record"]
 
 MAX_REGISTERS = 128
 MODES = ("softmax", "argmax", "uniform")
@@ -222,6 +224,52 @@ def count_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def write_record(path: str, name: str, command: str, figures: dict, device: str) -> None:
+    """Write a dated JSON record (docs/experiments/records format: name, date, version, command, machine, figures).
+
+    A stand-in for ``lightning_curate.experiments.records.write_record``, which the records will move to.
+    """
+    import datetime
+    import platform
+
+    import torch
+
+    import lightning_curate
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    record = {"name": name, "date": datetime.date.today().isoformat(), "version": lightning_curate.__version__,
+              "command": command, "machine": {"platform": platform.platform(), "cpu": cpu,
+                                              "cores": os.cpu_count() or 1, "torch": torch.__version__,
+                                              "device": device},
+              "figures": figures}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+
+
+def counts_figures(results: list[dict]) -> dict:
+    """The roofline variants' counts as a record's figures."""
+    import triton
+
+    rows = [{"variant": r["name"], "arch": f"sm_{r['arch']}", "K": r["k"], "block_n": r["block_n"],
+             "block_k": r["block_k"], "num_warps": r["num_warps"], "registers": r["regs"],
+             "spill_bytes": r["stack"] + r["local"], "instructions_per_element": round(r["counts"]["per_element"], 2),
+             "budget": ROOFLINE_BUDGET[r["k"]], "ldg_e_128": r["counts"]["ldg128"],
+             "mufu_lg2_per_element": round(r["counts"]["mufu_per_element"].get("LG2", 0.0), 3),
+             "mufu_ex2_per_element": round(r["counts"]["mufu_per_element"].get("EX2", 0.0), 3),
+             "shfl_per_element": round(r["counts"]["shfl_per_element"], 3),
+             "barriers_in_loop": r["counts"]["bar_in_loop"],
+             "within_budget": not count_problems(r)} for r in results]
+    return {"triton": triton.__version__, "targets": [f"sm_{a}" for a in ARCHS],
+            "kernel": "softmax, one winner, float32 rewards, contiguous rows", "variants": rows}
+
+
 def problems(result: dict) -> list[str]:
     """What is wrong with a compiled variant: local-memory spills, too many registers."""
     out = []
@@ -247,6 +295,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     p.add_argument("--counts", action="store_true",
                    help="only the roofline variants (softmax, m = 1, K = 4/16/256): print their SASS counts")
+    p.add_argument("--record", help="with --counts: also write them as a dated JSON record here "
+                                    "(docs/experiments/records/kchoice_sass_counts.json)")
     args = p.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
     reason = nvidia_tools_missing()
@@ -256,6 +306,10 @@ def main(argv=None) -> int:
     if args.counts:
         results = compile_all(roofline_variants(), args.jobs)
         print(count_table(results))
+        if args.record:
+            write_record(args.record, "kchoice_sass_counts",
+                         "python -m lightning_curate.kernels.kchoice_aot --counts --record " + args.record,
+                         counts_figures(results), "none: AOT compile for sm_80 and sm_90 (no GPU)")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)

@@ -17,7 +17,9 @@ Design, and why (issue 26: a kernel limited by memory, not by instructions):
   +inf reward, all -inf row, ``beta * r`` overflow), or, for ``m > 1`` softmax,
   whose last log-probability is not finite (fewer than ``m`` finite scores),
   adds 1 to one int32 flag by a predicated atomic: no atomics, no extra
-  kernel and no host sync when the rewards are valid.
+  kernel and no host sync when the rewards are valid. With one winner the flag
+  counts the invalid rows; with ``m > 1`` a row failing both tests counts twice
+  (one atomic site per test keeps the flag out of the registers across the passes).
 * ``m > 1`` (Plackett-Luce): pass ``j`` finds the best key strictly after
   winner ``j - 1`` in the order (key desc, index asc) and, in the same pass,
   the logsumexp of exactly those remaining candidates. Keys are recomputed
@@ -189,7 +191,6 @@ def kchoice_topm_kernel(
     prev_key = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     prev_idx = tl.full([BLOCK_N], -1, dtype=tl.int32)
     cum_lp = tl.zeros([BLOCK_N], dtype=tl.float32)
-    bad = row_ok & False
     for j in range(0, M):
         best_key = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
         best_idx = tl.full([BLOCK_N], _INT_MAX, dtype=tl.int32)
@@ -218,7 +219,8 @@ def kchoice_topm_kernel(
         best_idx = tl.minimum(best_idx, K - 1)  # no candidate left (NaN keys): stay inside the row
         if j == 0:
             tl.store(LSE + rows, lse_left, mask=row_ok)
-            bad = (lse_left != lse_left) | (tl.abs(lse_left) == float("inf"))
+            # Not finite for NaN, +inf, all -inf or overflow (every column is in the first pass).
+            _flag_bad_rows(FLAG, (lse_left != lse_left) | (tl.abs(lse_left) == float("inf")), row_ok)
         if MODE == 0:
             if BETA_ZERO:
                 cum_lp -= lse_left
@@ -233,5 +235,6 @@ def kchoice_topm_kernel(
         prev_key = best_key
         prev_idx = best_idx
     # Softmax: fewer than M candidates with a finite score leaves a -inf log-probability.
-    bad = bad | ((MODE == 0) & ((cum_lp != cum_lp) | (tl.abs(cum_lp) == float("inf"))))
-    _flag_bad_rows(FLAG, bad, row_ok)
+    # Softmax: fewer than M finite scores leave a -inf log-probability (a row may count twice).
+    if MODE == 0:
+        _flag_bad_rows(FLAG, (cum_lp != cum_lp) | (tl.abs(cum_lp) == float("inf")), row_ok)

@@ -47,10 +47,16 @@ def fast_log2(x, FAST: tl.constexpr):
 
 @triton.jit
 def neg_log2_neg_log2(u, FAST: tl.constexpr):
-    """``log2(-log2(u))`` for ``u`` in (0, 1): on the GPU two ``MUFU.LG2``, the negation folded into the second."""
+    """``log2(-log2(u))`` for ``u`` in (0, 1): on the GPU two ``MUFU.LG2``, the negation folded into the second.
+
+    ``lg2.approx`` is within 2^-22.6 absolutely on [0.5, 2] (CUDA's ``__log2f``), so for the
+    largest ``u`` (``1 - 2^-24``: ``-log2 u = 8.6e-8``) the inner log may come out 0 or positive;
+    it is kept >= 2^-24 (below every exact value, so it only guards the key against NaN).
+    """
     if FAST:
         return tl.inline_asm_elementwise(
-            "{ .reg .f32 t; lg2.approx.ftz.f32 t, $1; neg.f32 t, t; lg2.approx.ftz.f32 $0, t; }",
+            "{ .reg .f32 t; lg2.approx.ftz.f32 t, $1; neg.f32 t, t; max.ftz.f32 t, t, 0f33800000; "
+            "lg2.approx.ftz.f32 $0, t; }",
             "=r,r", [u], dtype=tl.float32, is_pure=True, pack=1)
     else:
         return tl.log2(-tl.log2(u))

@@ -24,17 +24,18 @@ from torch import Tensor
 
 from lightning_curate.kernels.kchoice_kernels import MODE_CODES, kchoice_one_kernel, kchoice_topm_kernel
 
-__all__ = ["GPU_CONFIGS", "GPU_CONFIGS_TOPM", "KernelOut", "gpu_configs", "gpu_block_k", "interp_blocks", "kchoice_triton", "new_flag"]
+__all__ = ["GPU_CONFIGS", "GPU_CONFIGS_TOPM", "KernelOut", "gpu_block_k", "gpu_configs", "interp_blocks",
+           "kchoice_triton", "launch_constexprs", "new_flag"]
 
 # Kept under their historical names for the AOT compiler and the tests.
 _kchoice_one_kernel = kchoice_one_kernel
 _kchoice_topm_kernel = kchoice_topm_kernel
 _MODE_CODES = MODE_CODES
 
-# CUDA: (tile elements, num_warps), the autotune sets. One winner: 16 elements per thread
-# (8 with 8 warps), so per-thread and per-row work is spread over many elements; m > 1 keeps
+# CUDA: (tile elements, num_warps), the autotune sets. One winner: 16 elements per thread,
+# so per-thread and per-row work is spread over many elements; m > 1 keeps
 # the whole Plackett-Luce state per row and stays at 4 per thread (within 128 registers).
-GPU_CONFIGS = ((1024, 2), (2048, 4), (2048, 8))
+GPU_CONFIGS = ((1024, 2), (2048, 4), (4096, 8))
 GPU_CONFIGS_TOPM = ((256, 2), (512, 4), (1024, 8))
 _GPU_BLOCK_K_CAP = 64
 # The interpreter runs one NumPy step per program and per op: few, big tiles.

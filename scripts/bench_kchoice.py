@@ -52,6 +52,7 @@ Examples::
     python scripts/bench_kchoice.py --n 10000 1000000 --k 4 16 --memory --json out.json
     python scripts/bench_kchoice.py --device cuda           # Triton kernel, fp16 candidates
     python scripts/bench_kchoice.py --roofline only --json roofline.json   # the roofline table alone
+    python scripts/bench_kchoice.py --draws --draws-ref /tmp/ref.py --record docs/experiments/records/kchoice_draws.json
 """
 
 from __future__ import annotations
@@ -482,6 +483,96 @@ def roofline_targets(rows: List[dict], peak: Optional[float]) -> List[Dict[str, 
     return out
 
 
+# --------------------------------------------------------------------------- draws (no GPU needed)
+
+DRAWS_SHAPES = ((400_000, 4, 1), (200_000, 16, 1), (20_000, 256, 1), (50_000, 16, 3))
+DRAWS_SEED = 2026
+
+
+def _load_module(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kchoice_reference", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--draws-ref: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def draws_vs_reference(ref_path: str, shapes=DRAWS_SHAPES, chunk: int = 10_000) -> List[dict]:
+    """Under TRITON_INTERPRET=1: rows whose winners this kernel and a reference ``kchoice_triton.py`` share.
+
+    Softmax, beta = 1, rewards N(0, 4), a different seed per chunk of rows.
+    """
+    from lightning_curate.kernels.kchoice_triton import kchoice_triton
+
+    ref = _load_module(ref_path)
+    rows = []
+    for n, k, m in shapes:
+        gen = torch.Generator().manual_seed(k)
+        same = 0
+        for start in range(0, n, chunk):
+            r = torch.randn(min(chunk, n - start), k, generator=gen) * 2
+            new = kchoice_triton(r, 1.0, num_winners=m, mode="softmax", seed=DRAWS_SEED + start).index
+            old = ref.kchoice_triton(r, 1.0, num_winners=m, mode="softmax", seed=DRAWS_SEED + start)[0]
+            eq = new == old if m == 1 else (new == old).all(dim=1)
+            same += int(eq.sum())
+        rows.append({"N": n, "K": k, "m": m, "identical_rows": same, "fraction": same / n})
+        print(f"  draws vs reference N={n} K={k} m={m}: {same} of {n} rows identical", file=sys.stderr, flush=True)
+    return rows
+
+
+def _approx_log2(x, gen, worst: bool):
+    """float32 log2 with CUDA's documented ``__log2f`` error: 2^-22.6 absolute on [0.5, 2], 2 ulp elsewhere."""
+    y = torch.log2(x.double())
+    inside = (x >= 0.5) & (x < 2)
+    if worst:
+        e_abs, e_rel = torch.full_like(y, 2**-22.6), torch.full_like(y, 2 * 2**-23)
+    else:
+        e_abs = (torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 2**-22.6
+        e_rel = (torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 2 * 2**-23
+    return torch.where(inside, y + e_abs, y * (1 + e_rel)).float()
+
+
+def draws_fast_log_simulation(shapes=((1_000_000, 4), (500_000, 16), (30_000, 256)), chunk: int = 20_000):
+    """Rows whose softmax winner survives ``lg2.approx``'s documented error (random and worst-case sign)
+    on the kernel's own Philox stream and keys (CPU, ``lightning_curate.ops.kchoice_philox``)."""
+    from lightning_curate.ops.kchoice_philox import _bits
+
+    rows = []
+    for n, k in shapes:
+        gen = torch.Generator().manual_seed(k)
+        same = {"random": 0, "worst": 0}
+        for start in range(0, n, chunk):
+            ids = torch.arange(start, min(n, start + chunk))
+            s2 = torch.randn(len(ids), k, generator=gen) * 2 * 1.4426950408889634
+            v = (_bits(DRAWS_SEED, ids, k) >> 8).float()
+            u = torch.clamp_max(v * 2.0**-24 + 2.0**-25, 1 - 2.0**-24)
+            exact = (s2 - torch.log2(-torch.log2(u))).argmax(1)
+            for name in same:
+                inner = (-_approx_log2(u, gen, name == "worst")).clamp_min(2.0**-24)  # the kernel's guard
+                same[name] += int(((s2 - _approx_log2(inner, gen, name == "worst")).argmax(1) == exact).sum())
+        rows.append({"N": n, "K": k, "m": 1, **{f"fraction_{name}": v / n for name, v in same.items()}})
+        print(f"  lg2.approx simulation N={n} K={k}: {same}", file=sys.stderr, flush=True)
+    return rows
+
+
+def run_draws(ref_path: Optional[str], record: Optional[str]) -> int:
+    figures: Dict[str, object] = {"seed": DRAWS_SEED, "simulated_fast_log": draws_fast_log_simulation()}
+    if ref_path:
+        figures["reference"] = ref_path
+        figures["interpreter_vs_reference"] = draws_vs_reference(ref_path)
+    print(json.dumps(figures, indent=1))
+    if record:
+        from lightning_curate.kernels.kchoice_aot import write_record
+
+        cmd = "python scripts/bench_kchoice.py --draws" + (f" --draws-ref {ref_path}" if ref_path else "") + \
+            f" --record {record}"
+        write_record(record, Path(record).stem, cmd, figures, "none: CPU (Triton interpreter and torch)")
+    return 0
+
+
 # --------------------------------------------------------------------------- printing
 
 def machine_info(device: torch.device) -> Dict[str, object]:
@@ -585,6 +676,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="small shapes, 3 repeats, memory of kchoice on one small shape: a smoke test")
     p.add_argument("--json", metavar="PATH", help="also write machine, rows and targets as JSON here")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target FAILs")
+    p.add_argument("--draws", action="store_true",
+                   help="no timing: how many rows keep their winner under lg2.approx's documented error "
+                        "(simulated on the kernel's Philox stream) and, with --draws-ref, against another "
+                        "kchoice_triton.py under the Triton interpreter")
+    p.add_argument("--draws-ref", metavar="PY", help="a reference kchoice_triton.py (e.g. "
+                   "git show 1f28c3a:kernels/kchoice_triton.py > /tmp/ref.py)")
+    p.add_argument("--record", metavar="PATH", help="with --draws: write a dated JSON record here")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -621,6 +719,9 @@ def main(argv=None) -> int:
     global BACKEND
     args = parse_args(argv)
     BACKEND = args.backend
+    if args.draws:
+        os.environ["TRITON_INTERPRET"] = "1"  # before Triton decorates the kernels: they run on the CPU
+        return run_draws(args.draws_ref, args.record)
     if args.memory_child:
         memory_child(args.memory_child)
         return 0
