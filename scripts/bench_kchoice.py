@@ -74,6 +74,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without an install
     sys.path.insert(0, str(REPO))
 
+if "--draws" in sys.argv[1:]:
+    # The draws run the kernels under Triton's interpreter: set before torch (or anything) imports triton.
+    os.environ["TRITON_INTERPRET"] = "1"
+
 import torch  # noqa: E402
 
 from lightning_curate.ops.kchoice import kchoice  # noqa: E402
@@ -720,7 +724,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     BACKEND = args.backend
     if args.draws:
-        os.environ["TRITON_INTERPRET"] = "1"  # before Triton decorates the kernels: they run on the CPU
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("--draws runs the kernels under Triton's interpreter: run it as a command "
+                             "(it sets TRITON_INTERPRET=1 before importing triton) or set TRITON_INTERPRET=1")
         return run_draws(args.draws_ref, args.record)
     if args.memory_child:
         memory_child(args.memory_child)

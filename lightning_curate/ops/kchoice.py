@@ -8,9 +8,13 @@ with ``m > 1`` winners it is Plackett-Luce sampling without replacement (the
 top-``m`` of Gumbel-perturbed scores, in order). ``argmax`` is best-of-K and
 ``uniform`` the no-curation baseline at the same compute.
 
-This module validates inputs and dispatches: the Triton kernel
+This module validates arguments and dispatches: the Triton kernel
 (``lightning_curate.kernels.kchoice_triton``) on CUDA tensors, the torch path
-(``lightning_curate.ops.kchoice_torch``) everywhere else.
+(``lightning_curate.ops.kchoice_torch``, ``kchoice_philox`` for per-row seeds)
+everywhere else. The torch path checks the reward values before it draws; the
+kernel checks them in its own read of the rewards and leaves its flag unread,
+so a default call on CUDA is one kernel and no host sync: ``KChoice.check()``
+(or ``check=True``) raises on invalid rewards, with the same messages.
 """
 
 from __future__ import annotations
