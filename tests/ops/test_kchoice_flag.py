@@ -156,3 +156,24 @@ def test_torch_path_results_need_no_check():
     assert out._pending is None and out.check() is out
     with pytest.raises(ValueError, match="NaN"):
         kchoice(torch.tensor([[0.0, math.nan]]), seed=0, backend="torch")  # checked at once, as always
+
+
+def test_the_loop_reads_the_flag_before_a_round_is_stored():
+    """A curation round on the Triton path (interpreter) whose beta * reward overflows is refused with the
+    op's message; the round returns nothing to store."""
+    from torch import nn
+
+    from lightning_curate.loop.curation_module import CurationModule
+    from lightning_curate.models.flow_matching import FlowMatching
+    from lightning_curate.models.mlp import MLPVelocity
+
+    class Huge(nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0],), 3e38)
+
+    torch.manual_seed(0)
+    generator = FlowMatching(MLPVelocity(2, 32, 2), [2], steps=2, ema_decay=0.0)
+    module = CurationModule(generator=generator, reward=Huge(), num_slots=40, num_candidates=3, beta=2.0,
+                            backend="triton", preview_size=10)
+    with pytest.raises(ValueError, match=r"beta \* rewards overflows torch.float32"):
+        module.curate_round(1, seed=0)
