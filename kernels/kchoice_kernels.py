@@ -22,8 +22,9 @@ Design, and why (issue 26: a kernel limited by memory, not by instructions):
   (one atomic site per test keeps the flag out of the registers across the passes).
 * ``m > 1`` (Plackett-Luce): pass ``j`` finds the best key strictly after
   winner ``j - 1`` in the order (key desc, index asc) and, in the same pass,
-  the logsumexp of exactly those remaining candidates. Keys are recomputed
-  (Philox is pure); the ``m`` passes re-read rows that are in L1/L2.
+  the logsumexp of exactly those remaining candidates. Rows of at most
+  ``BLOCK_K`` (64) candidates keep their keys in registers across the passes;
+  longer rows are re-read from L1/L2 and re-keyed (Philox is pure).
 * The winner's own score is re-read once per row (one cached load) instead of
   being carried through the reductions.
 * All math is fp32: fp16/bf16/fp64 inputs are converted right after loading.
@@ -169,6 +170,26 @@ def kchoice_one_kernel(
         tl.store(LP + rows, lp, mask=row_ok)
 
 
+@triton.jit
+def _race_chunk(key, r, s2, cols, col_ok, first, prev_key, prev_idx, best_key, best_idx, run_max, run_sum,
+                beta2, FAST: tl.constexpr):
+    """Fold one chunk into a Plackett-Luce pass: the best key strictly after the previous winner in the
+    order (key desc, index asc), and the logsumexp of exactly the candidates still in the race."""
+    elig = col_ok & ((key < prev_key[:, None]) | ((key == prev_key[:, None]) & (cols > prev_idx[:, None])))
+    kk = tl.where(elig, key, float("-inf"))
+    c_key = tl.max(kk, axis=1)
+    c_idx = tl.min(tl.where(elig & (kk == c_key[:, None]), cols, _INT_MAX), axis=1)
+    take = (c_key > best_key) | ((c_key == best_key) & (c_idx < best_idx))
+    best_key = tl.where(take, c_key, best_key)
+    best_idx = tl.where(take, c_idx, best_idx)
+    # The first pass's logsumexp takes every column, so a NaN score (never in the race,
+    # its comparisons are false) shows in it and the row is flagged.
+    in_lse = elig | (col_ok & first)
+    run_max, run_sum = _lse_update(run_max, run_sum, tl.where(in_lse, r, float("-inf")),
+                                   tl.where(in_lse, s2, float("-inf")), beta2, FAST)
+    return best_key, best_idx, run_max, run_sum
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def kchoice_topm_kernel(
     R, IDS, IDX, LP, LSE, FLAG,
@@ -178,7 +199,11 @@ def kchoice_topm_kernel(
     CONTIG: tl.constexpr, BETA_ZERO: tl.constexpr, ROW_IDS: tl.constexpr, WRITE_LP: tl.constexpr,
     FAST: tl.constexpr,
 ):
-    """``M > 1`` winners per row in order: ``M`` passes, each after the previous winner (keys recomputed)."""
+    """``M > 1`` winners per row in order: ``M`` passes, each after the previous winner.
+
+    A row of at most ``BLOCK_K`` candidates is read and keyed once and raced ``M`` times in
+    registers; longer rows are re-read (from L1/L2) and re-keyed in each pass (Philox is pure).
+    """
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_ok = rows < N
@@ -191,30 +216,28 @@ def kchoice_topm_kernel(
     prev_key = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     prev_idx = tl.full([BLOCK_N], -1, dtype=tl.int32)
     cum_lp = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if K <= BLOCK_K:
+        r1, s21 = _load_scores(r_rows, rows_ok2, 0, stride_rk, beta2, K, BLOCK_K, CONTIG, BETA_ZERO)
+        cols1 = tl.arange(0, BLOCK_K)[None, :]
+        key1 = tile_keys(r1, s21, cols1 < K, seed_lo, seed_hi, ids, 0, MODE, FAST, BLOCK_N, BLOCK_K)
     for j in range(0, M):
         best_key = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
         best_idx = tl.full([BLOCK_N], _INT_MAX, dtype=tl.int32)
         run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
         run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            r, s2 = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta2, K, BLOCK_K, CONTIG, BETA_ZERO)
-            cols2 = k0 + tl.arange(0, BLOCK_K)[None, :]
-            col_ok = cols2 < K
-            key = tile_keys(r, s2, col_ok, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
-            # Still in the race: strictly after the previous winner in the order
-            # (key desc, index asc). Padding columns never are.
-            elig = col_ok & ((key < prev_key[:, None]) | ((key == prev_key[:, None]) & (cols2 > prev_idx[:, None])))
-            kk = tl.where(elig, key, float("-inf"))
-            c_key = tl.max(kk, axis=1)
-            c_idx = tl.min(tl.where(elig & (kk == c_key[:, None]), cols2, _INT_MAX), axis=1)
-            take = (c_key > best_key) | ((c_key == best_key) & (c_idx < best_idx))
-            best_key = tl.where(take, c_key, best_key)
-            best_idx = tl.where(take, c_idx, best_idx)
-            # The first pass's logsumexp takes every column, so a NaN score (never in the race,
-            # its comparisons are false) shows in it and the row is flagged.
-            in_lse = elig | (col_ok & (j == 0))
-            run_max, run_sum = _lse_update(run_max, run_sum, tl.where(in_lse, r, float("-inf")),
-                                           tl.where(in_lse, s2, float("-inf")), beta2, FAST)
+        if K <= BLOCK_K:  # the row's keys are in registers: no reload, no Philox again
+            best_key, best_idx, run_max, run_sum = _race_chunk(
+                key1, r1, s21, cols1, cols1 < K, j == 0, prev_key, prev_idx, best_key, best_idx,
+                run_max, run_sum, beta2, FAST)
+        else:
+            for k0 in range(0, K, BLOCK_K):
+                r, s2 = _load_scores(r_rows, rows_ok2, k0, stride_rk, beta2, K, BLOCK_K, CONTIG, BETA_ZERO)
+                cols2 = k0 + tl.arange(0, BLOCK_K)[None, :]
+                col_ok = cols2 < K
+                key = tile_keys(r, s2, col_ok, seed_lo, seed_hi, ids, k0, MODE, FAST, BLOCK_N, BLOCK_K)
+                best_key, best_idx, run_max, run_sum = _race_chunk(
+                    key, r, s2, cols2, col_ok, j == 0, prev_key, prev_idx, best_key, best_idx,
+                    run_max, run_sum, beta2, FAST)
         lse_left = _lse_final(run_max, run_sum, beta, BETA_ZERO, FAST)
         best_idx = tl.minimum(best_idx, K - 1)  # no candidate left (NaN keys): stay inside the row
         if j == 0:
@@ -234,7 +257,6 @@ def kchoice_topm_kernel(
             tl.store(LP + out, cum_lp, mask=row_ok)
         prev_key = best_key
         prev_idx = best_idx
-    # Softmax: fewer than M candidates with a finite score leaves a -inf log-probability.
     # Softmax: fewer than M finite scores leave a -inf log-probability (a row may count twice).
     if MODE == 0:
         _flag_bad_rows(FLAG, (cum_lp != cum_lp) | (tl.abs(cum_lp) == float("inf")), row_ok)
