@@ -230,11 +230,10 @@ def write_record(path: str, name: str, command: str, figures: dict, device: str)
     A stand-in for ``lightning_curate.experiments.records.write_record``, which the records will move to.
     """
     import datetime
+    import importlib.metadata
     import platform
 
     import torch
-
-    import lightning_curate
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -242,7 +241,8 @@ def write_record(path: str, name: str, command: str, figures: dict, device: str)
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    record = {"name": name, "date": datetime.date.today().isoformat(), "version": lightning_curate.__version__,
+    version = importlib.metadata.version("lightning-curate")
+    record = {"name": name, "date": datetime.date.today().isoformat(), "version": version,
               "command": command, "machine": {"platform": platform.platform(), "cpu": cpu,
                                               "cores": os.cpu_count() or 1, "torch": torch.__version__,
                                               "device": device},
