@@ -39,8 +39,11 @@ card's peak DRAM bandwidth (a table of known cards by ``torch.cuda.get_device_na
 an unknown card says so, or pass ``--peak-gbps``), beside ``softmax +
 torch.multinomial``, eager Gumbel-argmax (top-m for m > 1) and ``torch.compile``d
 Gumbel-argmax on the same tensors, and the kernel alone (``kchoice_triton``,
-without the op's input validation, which reads the rewards once more). Without
-a GPU it says so and runs the CPU comparison.
+without the op's argument checks; the reward values are checked inside the kernel). Without
+a GPU it says so and runs the CPU comparison. Also timed there: the compact
+outputs (int32 index, no log-probabilities) and ``rewards.sum(1)``, the
+streaming read the op is measured against; each method's effective bandwidth
+is the bytes it must move (``method_bytes``) over its time.
 
 Examples::
 
@@ -49,6 +52,7 @@ Examples::
     python scripts/bench_kchoice.py --n 10000 1000000 --k 4 16 --memory --json out.json
     python scripts/bench_kchoice.py --device cuda           # Triton kernel, fp16 candidates
     python scripts/bench_kchoice.py --roofline only --json roofline.json   # the roofline table alone
+    python scripts/bench_kchoice.py --draws --draws-ref /tmp/ref.py --record docs/experiments/records/kchoice_draws.json
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without an install
     sys.path.insert(0, str(REPO))
+
+if "--draws" in sys.argv[1:]:
+    # The draws run the kernels under Triton's interpreter: set before torch (or anything) imports triton.
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 
@@ -367,13 +375,30 @@ def roofline_methods(beta: float, m: int) -> Dict[str, Callable]:
 
     compiled = torch.compile(_gumbel_topm, dynamic=False)
     return {
+        # The public op: one kernel, validity flag left unread (no host sync).
         "kchoice": lambda r: kchoice(r, beta, num_winners=m, seed=SEED, backend=BACKEND),
-        # The kernel alone: kchoice minus its input validation (one more read of the rewards).
+        # Compact outputs: an int32 index, no log-probabilities.
+        "kchoice_compact": lambda r: kchoice(r, beta, num_winners=m, seed=SEED, backend=BACKEND,
+                                             index_dtype=torch.int32, log_probs=False),
+        # The kernel alone: the launcher without the op's argument checks.
         "kernel": lambda r: kchoice_triton(r, beta, num_winners=m, mode="softmax", seed=SEED),
+        # The achievable streaming read of the rewards.
+        "sum": lambda r: r.sum(1),
         "multinomial": lambda r: torch.multinomial(torch.softmax(beta * r, -1), m),
         "gumbel_eager": lambda r: _gumbel_topm(r, beta, m),
         "gumbel_compiled": lambda r: compiled(r, beta, m),
     }
+
+
+def method_bytes(method: str, n: int, k: int, m: int) -> int:
+    """Bytes each roofline method must move at the least (its effective bandwidth's numerator)."""
+    if method == "sum":
+        return n * k * 4 + n * 4
+    if method == "kchoice_compact":
+        return n * k * 4 + n * m * 4 + n * 4
+    if method.startswith("gumbel") or method == "multinomial":
+        return n * k * 4 + n * m * 8
+    return roofline_bytes(n, k, m)
 
 
 def run_roofline(device: torch.device, beta: float, peak: Optional[float], shapes=ROOFLINE_SHAPES) -> List[dict]:
@@ -392,6 +417,8 @@ def run_roofline(device: torch.device, beta: float, peak: Optional[float], shape
             row[f"{method}_ms"] = time_cuda(lambda fn=fn, r=rewards: fn(r))["median_ms"]
         row["gbps"] = row["bytes"] / (row["kchoice_ms"] * 1e-3) / 1e9
         row["kernel_gbps"] = row["bytes"] / (row["kernel_ms"] * 1e-3) / 1e9
+        for method in ("kchoice_compact", "sum", "gumbel_compiled"):
+            row[f"{method}_gbps"] = method_bytes(method, n, k, m) / (row[f"{method}_ms"] * 1e-3) / 1e9
         row["roofline_ms"] = row["bytes"] / (peak * 1e9) * 1e3 if peak else None
         row["peak_fraction"] = row["gbps"] / peak if peak else None
         row["kernel_peak_fraction"] = row["kernel_gbps"] / peak if peak else None
@@ -410,15 +437,18 @@ def print_roofline(rows: List[dict], peak: Optional[float], peak_source: str) ->
           "kernel = kchoice_triton alone; median of triton.testing.do_bench; "
           + (f"peak {peak:.0f} GB/s, {peak_source})" if peak else f"{peak_source})"))
     headers = ["N", "K", "m", "MB moved", "roofline us", "kchoice us", "GB/s", "% peak", "kernel us", "kernel % peak",
-               "softmax+multinom us", "gumbel eager us", "gumbel compiled us", "x multinom", "x compiled"]
+               "compact GB/s", "sum(1) GB/s", "softmax+multinom us", "gumbel eager us", "gumbel compiled us",
+               "gumbel compiled GB/s", "x multinom", "x compiled"]
     table = [[f"{r['N']:.0e}", str(r["K"]), str(r["m"]), fmt(r["bytes"] / 1e6, ".1f"),
               fmt(None if r["roofline_ms"] is None else 1e3 * r["roofline_ms"], ".1f"),
               fmt(1e3 * r["kchoice_ms"], ".1f"), fmt(r["gbps"], ".0f"),
               fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
               fmt(1e3 * r["kernel_ms"], ".1f"),
               fmt(None if r["kernel_peak_fraction"] is None else 100 * r["kernel_peak_fraction"], ".1f"),
+              fmt(r["kchoice_compact_gbps"], ".0f"), fmt(r["sum_gbps"], ".0f"),
               fmt(1e3 * r["multinomial_ms"], ".1f"), fmt(1e3 * r["gumbel_eager_ms"], ".1f"),
-              fmt(1e3 * r["gumbel_compiled_ms"], ".1f"), fmt_ratio(r["speedup_multinomial"]),
+              fmt(1e3 * r["gumbel_compiled_ms"], ".1f"), fmt(r["gumbel_compiled_gbps"], ".0f"),
+              fmt_ratio(r["speedup_multinomial"]),
               fmt_ratio(r["speedup_gumbel_compiled"])] for r in rows]
     print_table(headers, table)
     print()
@@ -438,6 +468,14 @@ def roofline_targets(rows: List[dict], peak: Optional[float]) -> List[Dict[str, 
             out.append({"name": name, "status": "PASS" if r["peak_fraction"] >= 0.7 else "FAIL",
                         "detail": f"{100 * r['peak_fraction']:.1f}% ({r['gbps']:.0f} of {peak:.0f} GB/s) "
                                   f"on {r['device_name']}"})
+    for shape in ROOFLINE_BANDWIDTH_SHAPES:
+        r = by_shape.get(shape)
+        name = f"CUDA: kchoice at least as fast as torch.compile'd Gumbel-argmax at N={shape[0]}, K={shape[1]}"
+        if r is None:
+            out.append({"name": name, "status": "SKIP", "detail": "shape not run"})
+        else:
+            out.append({"name": name, "status": "PASS" if r["speedup_gumbel_compiled"] >= 1 else "FAIL",
+                        "detail": f"{r['speedup_gumbel_compiled']:.2f}x on {r['device_name']}"})
     r = by_shape.get(ROOFLINE_SPEEDUP_SHAPE)
     n, k, _ = ROOFLINE_SPEEDUP_SHAPE
     name = f"CUDA: kchoice >= 5x softmax + torch.multinomial at N={n}, K={k}"
@@ -447,6 +485,96 @@ def roofline_targets(rows: List[dict], peak: Optional[float]) -> List[Dict[str, 
         out.append({"name": name, "status": "PASS" if r["speedup_multinomial"] >= 5 else "FAIL",
                     "detail": f"{r['speedup_multinomial']:.1f}x on {r['device_name']}"})
     return out
+
+
+# --------------------------------------------------------------------------- draws (no GPU needed)
+
+DRAWS_SHAPES = ((400_000, 4, 1), (200_000, 16, 1), (20_000, 256, 1), (50_000, 16, 3))
+DRAWS_SEED = 2026
+
+
+def _load_module(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kchoice_reference", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--draws-ref: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def draws_vs_reference(ref_path: str, shapes=DRAWS_SHAPES, chunk: int = 10_000) -> List[dict]:
+    """Under TRITON_INTERPRET=1: rows whose winners this kernel and a reference ``kchoice_triton.py`` share.
+
+    Softmax, beta = 1, rewards N(0, 4), a different seed per chunk of rows.
+    """
+    from lightning_curate.kernels.kchoice_triton import kchoice_triton
+
+    ref = _load_module(ref_path)
+    rows = []
+    for n, k, m in shapes:
+        gen = torch.Generator().manual_seed(k)
+        same = 0
+        for start in range(0, n, chunk):
+            r = torch.randn(min(chunk, n - start), k, generator=gen) * 2
+            new = kchoice_triton(r, 1.0, num_winners=m, mode="softmax", seed=DRAWS_SEED + start).index
+            old = ref.kchoice_triton(r, 1.0, num_winners=m, mode="softmax", seed=DRAWS_SEED + start)[0]
+            eq = new == old if m == 1 else (new == old).all(dim=1)
+            same += int(eq.sum())
+        rows.append({"N": n, "K": k, "m": m, "identical_rows": same, "fraction": same / n})
+        print(f"  draws vs reference N={n} K={k} m={m}: {same} of {n} rows identical", file=sys.stderr, flush=True)
+    return rows
+
+
+def _approx_log2(x, gen, worst: bool):
+    """float32 log2 with CUDA's documented ``__log2f`` error: 2^-22.6 absolute on [0.5, 2], 2 ulp elsewhere."""
+    y = torch.log2(x.double())
+    inside = (x >= 0.5) & (x < 2)
+    if worst:
+        e_abs, e_rel = torch.full_like(y, 2**-22.6), torch.full_like(y, 2 * 2**-23)
+    else:
+        e_abs = (torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 2**-22.6
+        e_rel = (torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1) * 2 * 2**-23
+    return torch.where(inside, y + e_abs, y * (1 + e_rel)).float()
+
+
+def draws_fast_log_simulation(shapes=((1_000_000, 4), (500_000, 16), (30_000, 256)), chunk: int = 20_000):
+    """Rows whose softmax winner survives ``lg2.approx``'s documented error (random and worst-case sign)
+    on the kernel's own Philox stream and keys (CPU, ``lightning_curate.ops.kchoice_philox``)."""
+    from lightning_curate.ops.kchoice_philox import _bits
+
+    rows = []
+    for n, k in shapes:
+        gen = torch.Generator().manual_seed(k)
+        same = {"random": 0, "worst": 0}
+        for start in range(0, n, chunk):
+            ids = torch.arange(start, min(n, start + chunk))
+            s2 = torch.randn(len(ids), k, generator=gen) * 2 * 1.4426950408889634
+            v = (_bits(DRAWS_SEED, ids, k) >> 8).float()
+            u = torch.clamp_max(v * 2.0**-24 + 2.0**-25, 1 - 2.0**-24)
+            exact = (s2 - torch.log2(-torch.log2(u))).argmax(1)
+            for name in same:
+                inner = (-_approx_log2(u, gen, name == "worst")).clamp_min(2.0**-24)  # the kernel's guard
+                same[name] += int(((s2 - _approx_log2(inner, gen, name == "worst")).argmax(1) == exact).sum())
+        rows.append({"N": n, "K": k, "m": 1, **{f"fraction_{name}": v / n for name, v in same.items()}})
+        print(f"  lg2.approx simulation N={n} K={k}: {same}", file=sys.stderr, flush=True)
+    return rows
+
+
+def run_draws(ref_path: Optional[str], record: Optional[str]) -> int:
+    figures: Dict[str, object] = {"seed": DRAWS_SEED, "simulated_fast_log": draws_fast_log_simulation()}
+    if ref_path:
+        figures["reference"] = ref_path
+        figures["interpreter_vs_reference"] = draws_vs_reference(ref_path)
+    print(json.dumps(figures, indent=1))
+    if record:
+        from lightning_curate.kernels.kchoice_aot import write_record
+
+        cmd = "python scripts/bench_kchoice.py --draws" + (f" --draws-ref {ref_path}" if ref_path else "") + \
+            f" --record {record}"
+        write_record(record, Path(record).stem, cmd, figures, "none: CPU (Triton interpreter and torch)")
+    return 0
 
 
 # --------------------------------------------------------------------------- printing
@@ -544,13 +672,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--peak-gbps", type=float, default=None,
                    help="peak memory bandwidth in GB/s (default on CUDA: from Triton's device properties)")
-    p.add_argument("--roofline", choices=("auto", "only", "off"), default="auto",
-                   help="CUDA roofline table: auto = before the comparison, only = nothing else "
-                        "(without a GPU both say so and run the CPU comparison)")
+    p.add_argument("--roofline", choices=("auto", "only", "quick", "off"), default="auto",
+                   help="CUDA roofline table: auto = before the comparison, only = nothing else, quick = only "
+                        "its two target shapes (1e6 x 16, 1e7 x 4) and nothing else "
+                        "(without a GPU each says so and runs the CPU comparison)")
     p.add_argument("--quick", action="store_true",
                    help="small shapes, 3 repeats, memory of kchoice on one small shape: a smoke test")
     p.add_argument("--json", metavar="PATH", help="also write machine, rows and targets as JSON here")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target FAILs")
+    p.add_argument("--draws", action="store_true",
+                   help="no timing: how many rows keep their winner under lg2.approx's documented error "
+                        "(simulated on the kernel's Philox stream) and, with --draws-ref, against another "
+                        "kchoice_triton.py under the Triton interpreter")
+    p.add_argument("--draws-ref", metavar="PY", help="a reference kchoice_triton.py (e.g. "
+                   "git show 1f28c3a:kernels/kchoice_triton.py > /tmp/ref.py)")
+    p.add_argument("--record", metavar="PATH", help="with --draws: write a dated JSON record here")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -587,6 +723,11 @@ def main(argv=None) -> int:
     global BACKEND
     args = parse_args(argv)
     BACKEND = args.backend
+    if args.draws:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("--draws runs the kernels under Triton's interpreter: run it as a command "
+                             "(it sets TRITON_INTERPRET=1 before importing triton) or set TRITON_INTERPRET=1")
+        return run_draws(args.draws_ref, args.record)
     if args.memory_child:
         memory_child(args.memory_child)
         return 0
@@ -621,13 +762,14 @@ def main(argv=None) -> int:
     roof_targets: List[Dict[str, str]] = []
     if args.roofline != "off":
         if cuda:
-            roof_rows = run_roofline(device, args.beta, peak)
+            shapes = ROOFLINE_BANDWIDTH_SHAPES if args.roofline == "quick" else ROOFLINE_SHAPES
+            roof_rows = run_roofline(device, args.beta, peak, shapes)
             print_roofline(roof_rows, peak, peak_source)
             roof_targets = roofline_targets(roof_rows, peak)
         else:
             print("Roofline: no GPU here (it needs a CUDA device; this run is on the CPU): "
                   "skipped, running the CPU comparison.\n", flush=True)
-    if cuda and args.roofline == "only":
+    if cuda and args.roofline in ("only", "quick"):
         print("Targets")
         for t in roof_targets:
             print(f"  {t['status']:4s}  {t['name']}: {t['detail']}")

@@ -31,6 +31,13 @@ fidelity ratio within 0.85-1.15) are reported as PASS/FAIL in the summary withou
 changing the exit status (NEAR for fidelity: a ratio outside the band by at most two of its
 standard errors). Steps 1-3 took about 7.5 minutes on one H100
 (2026-11-26; figures in docs/GPU.md); ``--skip`` leaves steps out.
+
+``--quick`` is the kernel's acceptance as one prepared command within 5 minutes:
+steps 1 and 2 only, the roofline at its two target shapes (``bench_kchoice.py
+--roofline quick``: >= 70% of peak bandwidth at 1e6 x 16 and 1e7 x 4, at least
+as fast as ``torch.compile``d Gumbel-argmax), each step under a time limit::
+
+    python scripts/gpu_check.py --quick --out runs/gpu_quick
 """
 
 from __future__ import annotations
@@ -220,12 +227,12 @@ def check_rounds(rows: list[dict], rounds: int) -> list[str]:
 
 # --------------------------------------------------------------------------- steps
 
-def step_tests(out: Path) -> dict:
+def step_tests(out: Path, timeout: float = 1200) -> dict:
     xml = out / "tests.xml"
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
                            f"--junitxml={xml}", "tests/ops/test_kchoice_cuda.py"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     (out / "tests.log").write_text(proc.stdout + proc.stderr)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if xml.is_file():
@@ -239,12 +246,12 @@ def step_tests(out: Path) -> dict:
             "tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []}
 
 
-def step_roofline(out: Path) -> dict:
+def step_roofline(out: Path, quick: bool = False, timeout: float = 1200) -> dict:
     path = out / "roofline.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_kchoice.py"), "--roofline", "only",
-                           "--device", "cuda", "--json", str(path)],
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_kchoice.py"), "--roofline",
+                           "quick" if quick else "only", "--device", "cuda", "--json", str(path)],
                           cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "0"}, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=timeout)
     (out / "roofline.log").write_text(proc.stdout + proc.stderr)
     print(proc.stdout, flush=True)
     if proc.returncode != 0 or not path.is_file():
@@ -389,6 +396,7 @@ def digits_target(run: dict) -> dict:
 # --------------------------------------------------------------------------- summary
 
 STEPS = ("tests", "roofline", "digits", "cifar_like", "fidelity")
+QUICK_SKIPS = ("digits", "cifar_like", "fidelity")  # --quick: the kernel's acceptance, no runs
 
 
 def write_summary(out: Path, summary: dict) -> None:
@@ -423,6 +431,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/gpu_check", help="folder for the summary, logs and runs")
     p.add_argument("--skip", nargs="*", default=[], choices=STEPS,
                    help="steps to leave out")
+    p.add_argument("--quick", action="store_true",
+                   help="the kernel's acceptance only, within 5 minutes: the CUDA tests (at most 180 s) and the "
+                        "roofline at its two target shapes (at most 120 s); no runs")
     p.add_argument("--classifiers", type=Path, default=None,
                    help="a folder holding digits_classifier.ckpt and digits_judge.ckpt with their net files (say, "
                         "the ones a CPU run trained in checkpoints/): the digits runs use them instead of "
@@ -462,9 +473,11 @@ def main(argv=None) -> int:
                "cuda": torch.version.cuda, "steps": {}, "targets": [],
                "classifiers": str(args.classifiers.resolve()) if args.classifiers else "trained on the card"}
     print(f"gpu_check on {dev} -> {out}", flush=True)
+    if args.quick:
+        args.skip = list(dict.fromkeys([*args.skip, *QUICK_SKIPS]))
     steps = {
-        "tests": lambda: step_tests(out),
-        "roofline": lambda: step_roofline(out),
+        "tests": lambda: step_tests(out, timeout=180 if args.quick else 1200),
+        "roofline": lambda: step_roofline(out, quick=args.quick, timeout=120 if args.quick else 1200),
         "digits": lambda: step_run("digits", digits_config(out, 1), digits_config(out, 2), out),
         "cifar_like": lambda: step_run("cifar_like", cifar_like_config(out, 1), cifar_like_config(out, 2), out),
         "fidelity": lambda: step_fidelity(out, tuple(dict.fromkeys(args.variants)),

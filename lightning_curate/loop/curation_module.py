@@ -238,7 +238,7 @@ class CurationModule(GeneratorTraining):
             rows = torch.arange(nb, device=r_block.device)[:, None]
             if cur_rewards is None:
                 res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode, seed=derive_seed(seed, "choice", b),
-                              backend=self.backend, candidates=block_cands)
+                              backend=self.backend, candidates=block_cands, check=True)  # flag read before commit
                 index, chosen = res.index.view(nb, m), res.chosen
                 scores = choice_log_weights(r_block, self.mode, self.beta)
             else:

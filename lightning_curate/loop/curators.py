@@ -173,7 +173,7 @@ def choose_block(curators: nn.ModuleList, rewards: Tensor, assign: Tensor, num_w
             continue
         r_u = rewards[u, rows]
         seed_u = derive_seed(seed, "choice", block) if u == 0 else derive_seed(seed, "choice", block, u)
-        res = kchoice(r_u, c.beta, num_winners=num_winners, mode=c.mode, seed=seed_u, backend=backend)
+        res = kchoice(r_u, c.beta, num_winners=num_winners, mode=c.mode, seed=seed_u, backend=backend, check=True)
         index[rows] = res.index.view(-1, num_winners)
         scores[rows] = choice_log_weights(r_u, c.mode, c.beta)
     return index, scores

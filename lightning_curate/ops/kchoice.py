@@ -8,16 +8,20 @@ with ``m > 1`` winners it is Plackett-Luce sampling without replacement (the
 top-``m`` of Gumbel-perturbed scores, in order). ``argmax`` is best-of-K and
 ``uniform`` the no-curation baseline at the same compute.
 
-This module validates inputs and dispatches: the Triton kernel
+This module validates arguments and dispatches: the Triton kernel
 (``lightning_curate.kernels.kchoice_triton``) on CUDA tensors, the torch path
-(``lightning_curate.ops.kchoice_torch``) everywhere else.
+(``lightning_curate.ops.kchoice_torch``, ``kchoice_philox`` for per-row seeds)
+everywhere else. The torch path checks the reward values before it draws; the
+kernel checks them in its own read of the rewards and leaves its flag unread,
+so a default call on CUDA is one kernel and no host sync: ``KChoice.check()``
+(or ``check=True``) raises on invalid rewards, with the same messages.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -35,9 +39,27 @@ MODES = ("softmax", "argmax", "uniform")
 BACKENDS = ("auto", "triton", "torch")
 
 _SEED_SPACE = 1 << 62
+SeedLike = Union[None, int, Tensor, tuple[int, Tensor]]
 
 
-class KChoice(NamedTuple):
+class _KChoiceFields(NamedTuple):
+    index: Tensor  # type: ignore[assignment]
+    log_prob: Optional[Tensor]
+    logsumexp: Tensor
+    chosen: Optional[Tensor]
+
+
+class _Pending(NamedTuple):
+    """What a deferred check needs: the kernel's count of invalid rows (unread) and the call's inputs."""
+
+    flag: Tensor
+    rewards: Tensor
+    beta: float
+    m: int
+    mode: str
+
+
+class KChoice(_KChoiceFields):
     """Result of :func:`kchoice`.
 
     index:     int64 ``[N]`` (or ``[N, m]`` in choice order), the kept candidates.
@@ -45,17 +67,34 @@ class KChoice(NamedTuple):
                under the mode's law. For ``m > 1``, column ``j`` holds the
                log-probability of the ordered choice of the first ``j + 1``
                winners, so ``log_prob[:, -1]`` is that of the whole ordered choice.
+               ``None`` when called with ``log_probs=False``.
     logsumexp: float32 ``[N]``, ``logsumexp(beta * r)`` per row.
     chosen:    ``candidates`` gathered at ``index`` (``[N, ...]`` or ``[N, m, ...]``),
                or ``None`` when no candidates were given.
+
+    On the Triton path the reward values are checked inside the kernel and the
+    result carries the kernel's flag unread (no host sync): :meth:`check` reads
+    it and raises on invalid rewards. ``kchoice(..., check=True)`` does so at once.
     """
 
-    # A field named ``index`` shadows ``tuple.index`` (a method); mypy flags the
-    # override, but the field name is public API and cannot be renamed.
-    index: Tensor  # type: ignore[assignment]
-    log_prob: Tensor
-    logsumexp: Tensor
-    chosen: Optional[Tensor]
+    _pending: Optional[_Pending] = None
+
+    def check(self) -> "KChoice":
+        """Raise ``ValueError`` (naming how many rows, and why) if the kernel flagged invalid rewards.
+
+        One host sync; a no-op for results of the torch path (checked before they
+        were returned) and for results that passed a check. Returns ``self``.
+
+        Example:
+            >>> out = kchoice(torch.tensor([[0.0, 1.0]]), seed=0).check()
+        """
+        pending = self.__dict__.get("_pending")
+        if pending is not None:
+            n_bad = int(pending.flag.item())
+            if n_bad:
+                _diagnose(pending, n_bad)  # raises; the result stays unchecked, so it raises again
+            del self.__dict__["_pending"]
+        return self
 
 
 def triton_unavailable_reason(device: torch.device) -> Optional[str]:
@@ -97,8 +136,6 @@ def _validate(rewards, beta, num_winners, mode, seed, candidates, backend) -> fl
         raise ValueError(f"beta must be finite and >= 0, got {beta}")
     if isinstance(num_winners, bool) or not isinstance(num_winners, int):
         raise TypeError(f"num_winners must be an int, got {type(num_winners).__name__}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     n, k = rewards.shape
     if k == 0 and n > 0:
         raise ValueError("rewards has K = 0 candidates per row; each slot needs at least 1 candidate")
@@ -148,9 +185,12 @@ def kchoice(
     *,
     num_winners: int = 1,
     mode: str = "softmax",
-    seed: Optional[int] = None,
+    seed: SeedLike = None,
     candidates: Optional[Tensor] = None,
     backend: str = "auto",
+    check: bool = False,
+    index_dtype: torch.dtype = torch.int64,
+    log_probs: bool = True,
 ) -> KChoice:
     """Keep ``num_winners`` of the ``K`` candidates in each of ``N`` slots.
 
@@ -161,16 +201,30 @@ def kchoice(
         mode: ``"softmax"`` (Bradley-Terry / Plackett-Luce), ``"argmax"`` (best-of-K,
             the lowest index wins ties) or ``"uniform"`` (rewards ignored).
         seed: makes the draw reproducible; ``None`` draws a seed from torch's global
-            generator (so ``torch.manual_seed`` makes it reproducible too).
+            generator (so ``torch.manual_seed`` makes it reproducible too). Per-row seeds:
+            an int64 tensor ``[N]`` of stream ids, or ``(seed, ids)``: row ``i`` is drawn
+            from its own Philox stream ``ids[i]`` (under key ``seed``, default 0), so a
+            row draws the same whatever batch, order or rank it is in. ``(seed,
+            torch.arange(N))`` on the Triton path draws exactly what ``seed`` draws.
         candidates: optional ``[N, K, ...]`` tensor whose winners are gathered into ``chosen``.
         backend: ``"auto"`` (Triton on CUDA tensors, torch otherwise), ``"triton"`` or ``"torch"``.
+        check: on the Triton path, read the kernel's validity flag now (one host sync) and
+            raise on invalid rewards. By default the result carries the flag unread and
+            :meth:`KChoice.check` raises later; the torch path always checks at once.
+        index_dtype: ``torch.int64`` (default) or ``torch.int32`` (half the index traffic).
+        log_probs: ``False`` leaves ``log_prob`` as ``None`` (the kernel does not write it).
+
+    Example:
+        >>> out = kchoice(torch.tensor([[0.0, 2.0, 1.0]]), 1.0, seed=0)
+        >>> out.index.shape, out.logsumexp.shape
+        (torch.Size([1]), torch.Size([1]))
     """
     beta = _validate(rewards, beta, num_winners, mode, seed, candidates, backend)
+    key, ids = _split_seed(seed, rewards)
+    if index_dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"index_dtype must be torch.int64 or torch.int32, got {index_dtype}")
     # A draw is not differentiable; the outputs carry no gradient on either backend.
     rewards = rewards.detach()
-    if seed is None:
-        seed = int(torch.randint(0, _SEED_SPACE, (1,)).item())
-    seed = seed % _SEED_SPACE
 
     if backend == "auto":
         use_triton = rewards.device.type == "cuda" and triton_unavailable_reason(rewards.device) is None
@@ -184,18 +238,46 @@ def kchoice(
 
     n, k = rewards.shape
     if n == 0:
-        return _empty(rewards, num_winners, candidates)
+        return _empty(rewards, num_winners, candidates, index_dtype, log_probs)
     if rewards.dtype == torch.float64:
         _check_float32_range(rewards)
     if use_triton:
         from lightning_curate.kernels.kchoice_triton import kchoice_triton
 
-        out = KChoice(*kchoice_triton(rewards, beta, num_winners=num_winners, mode=mode,
-                                      seed=seed, candidates=candidates))
-        _check_kernel_outputs(rewards, beta, num_winners, mode, out)
-        return out
+        res = kchoice_triton(rewards, beta, num_winners=num_winners, mode=mode, seed=key, candidates=candidates,
+                             ids=ids, index_dtype=index_dtype, write_lp=log_probs)
+        out = KChoice(res.index, res.log_prob, res.logsumexp, res.chosen)
+        out._pending = _Pending(res.flag, rewards, beta, num_winners, mode)
+        return out.check() if check else out
     row_max = _check_values(rewards, beta)
-    return KChoice(*kchoice_torch(rewards, beta, num_winners, mode, seed, candidates, row_max))
+    if ids is None:
+        index, log_prob, lse, chosen = kchoice_torch(rewards, beta, num_winners, mode, key, candidates, row_max)
+    else:
+        from lightning_curate.ops.kchoice_philox import kchoice_torch_ids
+
+        index, log_prob, lse, chosen = kchoice_torch_ids(rewards, beta, num_winners, mode, key, ids, candidates)
+    return KChoice(index.to(index_dtype), log_prob if log_probs else None, lse, chosen)
+
+
+def _split_seed(seed: SeedLike, rewards: Tensor) -> tuple[int, Optional[Tensor]]:
+    """``(key, ids)``: the Philox key (a 62-bit int) and the per-row stream ids (int64 ``[N]``) or ``None``."""
+    ids = None
+    if isinstance(seed, Tensor) or (isinstance(seed, tuple) and len(seed) == 2 and isinstance(seed[1], Tensor)):
+        key, ids = (0, seed) if isinstance(seed, Tensor) else seed
+        n = rewards.shape[0]
+        if ids.dtype not in (torch.int64, torch.int32) or tuple(ids.shape) != (n,):
+            raise ValueError(f"per-row seed ids must be an int64 tensor of shape [N] = [{n}], "
+                             f"got {ids.dtype} of shape {tuple(ids.shape)}")
+        if ids.device != rewards.device:
+            raise ValueError(f"per-row seed ids are on {ids.device} but rewards on {rewards.device}")
+        ids = ids.to(torch.int64)
+        seed = key
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int, None, an int64 tensor [N] of per-row ids or (int, ids), "
+                        f"got {type(seed).__name__}")
+    if seed is None:
+        seed = int(torch.randint(0, _SEED_SPACE, (1,)).item())
+    return seed % _SEED_SPACE, ids
 
 
 def _check_float32_range(rewards: Tensor) -> None:
@@ -208,40 +290,35 @@ def _check_float32_range(rewards: Tensor) -> None:
                          "computed; rescale the rewards")
 
 
-def _check_kernel_outputs(rewards: Tensor, beta: float, m: int, mode: str, out: KChoice) -> None:
-    """Validate the reward values from what the kernel wrote: one small reduction and one host sync.
+def _diagnose(p: _Pending, n_bad: int) -> None:
+    """Raise the error for rewards the kernel flagged (``n_bad`` rows); only this path re-reads them.
 
-    The kernel already reads every reward once; a row's ``logsumexp(beta * r)``
-    is finite for valid rewards, and NaN, +inf, an all -inf row or an
-    overflowing ``beta * r`` make it -inf or NaN (the ``m > 1`` kernel's first
-    pass takes every column into it for that reason); with ``m > 1`` softmax
-    winners the last log-probability is not finite when the row has fewer than
-    ``m`` candidates with a finite ``beta * r``. So the valid case costs a pass over ``N`` floats,
-    not a second pass over the ``N x K`` rewards before the launch (on an H100
-    that pass cost 2.3x the kernel's own time at N = 1e6, K = 16: docs/GPU.md).
-    Only when something is wrong are the rewards read again, for the message.
+    The kernel counts a row as invalid when its ``logsumexp(beta * r)`` is not
+    finite (NaN, +inf, an all -inf row, an overflowing ``beta * r``; the
+    ``m > 1`` kernel's first pass takes every column into it) or, for ``m > 1``
+    softmax, when its last log-probability is not (fewer than ``m`` candidates
+    with a finite ``beta * r``). The valid case thus costs no pass besides the
+    kernel's own (a separate pass cost 2.3x the kernel's time on an H100 at
+    N = 1e6, K = 16: docs/GPU.md).
     """
-    bad_rows = ~torch.isfinite(out.logsumexp)
-    if mode == "softmax" and m > 1:
-        bad_rows |= ~torch.isfinite(out.log_prob[:, -1])
-    if not bool(bad_rows.any()):
-        return
+    rewards, beta, m = p.rewards, p.beta, p.m
     _check_values(rewards, beta)
-    if mode == "softmax" and m > 1:
+    if p.mode == "softmax" and m > 1:
         n_short = _count_short_rows(rewards, m)
         if n_short:
             raise _short_rows_error(m, n_short, rewards.shape[0])
-    raise ValueError(f"beta * rewards leaves float32's range in {int(bad_rows.sum())} of {rewards.shape[0]} rows "
+    raise ValueError(f"beta * rewards leaves float32's range in {n_bad} of {rewards.shape[0]} rows "
                      f"(beta={beta}, rewards {rewards.dtype}): a candidate the choice needs overflows or "
                      "underflows to -inf; rescale the rewards or lower beta")
 
 
-def _empty(rewards: Tensor, m: int, candidates: Optional[Tensor]) -> KChoice:
+def _empty(rewards: Tensor, m: int, candidates: Optional[Tensor], index_dtype: torch.dtype,
+           log_probs: bool) -> KChoice:
     shape = (0,) if m == 1 else (0, m)
     dev = rewards.device
     chosen = None
     if candidates is not None:
         chosen = candidates.new_empty(shape + tuple(candidates.shape[2:]))
-    return KChoice(torch.empty(shape, dtype=torch.int64, device=dev),
-                   torch.empty(shape, dtype=torch.float32, device=dev),
+    return KChoice(torch.empty(shape, dtype=index_dtype, device=dev),
+                   torch.empty(shape, dtype=torch.float32, device=dev) if log_probs else None,
                    torch.empty((0,), dtype=torch.float32, device=dev), chosen)

@@ -38,6 +38,17 @@ def test_gpu_check_fails_loudly_without_cuda(tmp_path):
     assert time.perf_counter() - t0 < 60
 
 
+def test_quick_is_the_kernel_acceptance_and_fails_loudly_without_cuda(tmp_path):
+    """--quick keeps the CUDA tests and the roofline (its target shapes) and refuses without a GPU too."""
+    gc = _load()
+    assert set(gc.STEPS) - set(gc.QUICK_SKIPS) == {"tests", "roofline"}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path / "out")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "gpu_check: FAILED: no CUDA device" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_check_rounds_finds_missing_rounds_and_bad_rewards():
     gc = _load()
     good = [{"round": str(i), "reward_mean": "0.5"} for i in range(3)]

@@ -165,7 +165,7 @@ def test_argmax_lowest_index_wins_ties(backend):
 def test_argmax_ties_across_chunks(block_k):
     """Ties split over several K-chunks still go to the lowest index."""
     rewards = torch.tensor([[0.0, 1.0, 2.0, 7.0, 7.0, 1.0, 7.0, 7.0, 7.0]]).repeat(3, 1)
-    index, lp, _, _ = kchoice_triton(rewards, 1.0, num_winners=4, mode="argmax", seed=0,
+    index, lp, _, _, _ = kchoice_triton(rewards, 1.0, num_winners=4, mode="argmax", seed=0,
                                      block_n=2, block_k=block_k)
     assert index.tolist() == [[3, 4, 6, 7]] * 3
     assert torch.equal(lp, torch.zeros(3, 4))

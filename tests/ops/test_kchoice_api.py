@@ -120,7 +120,7 @@ def test_triton_draw_does_not_depend_on_block_sizes(mode, k, tiles):
         public = kchoice(rewards, 1.2, num_winners=m, mode=mode, seed=77, backend="triton")
         for block_n, block_k in tiles:
             assert block_k < k
-            idx, lp, lse, _ = kchoice_triton(rewards, 1.2, num_winners=m, mode=mode, seed=77,
+            idx, lp, lse, _, _ = kchoice_triton(rewards, 1.2, num_winners=m, mode=mode, seed=77,
                                              block_n=block_n, block_k=block_k)
             assert torch.equal(idx, public.index), (block_n, block_k)
             # Online sums in another order: equal up to float32 rounding.
@@ -264,7 +264,7 @@ def test_non_finite_rewards_report_row_count(bad, mode, beta, backend):
     rewards[3, 0] = bad
     rewards[3, 1] = bad
     with pytest.raises(ValueError, match=r"rewards contains NaN or \+inf in 2 of 5 rows"):
-        kchoice(rewards, beta, mode=mode, seed=0, backend=backend)
+        kchoice(rewards, beta, mode=mode, seed=0, backend=backend, check=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -272,12 +272,12 @@ def test_all_minus_inf_row_rejected(backend):
     rewards = torch.zeros(4, 3)
     rewards[2] = -INF
     with pytest.raises(ValueError, match=r"rewards has 1 of 4 rows whose candidates are all -inf"):
-        kchoice(rewards, backend=backend)
+        kchoice(rewards, backend=backend, check=True)
     # One finite candidate is enough for one winner, not for two (softmax).
     rewards[2, 1] = 0.0
     assert kchoice(rewards, seed=0, backend=backend).index[2] == 1
     with pytest.raises(ValueError, match=r"num_winners=2 but 1 of 4 rows"):
-        kchoice(rewards, num_winners=2, seed=0, backend=backend)
+        kchoice(rewards, num_winners=2, seed=0, backend=backend, check=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -287,7 +287,7 @@ def test_too_few_finite_rewards_for_num_winners_counts_rows(backend):
     rewards[4, :3] = -INF
     rewards[5, ::2] = -INF  # 2 finite: enough for 2 winners, not 3
     with pytest.raises(ValueError, match=r"num_winners=3 but 3 of 6 rows have fewer than 3"):
-        kchoice(rewards, num_winners=3, seed=0, backend=backend)
+        kchoice(rewards, num_winners=3, seed=0, backend=backend, check=True)
     assert kchoice(rewards[[0, 2, 3]], num_winners=3, seed=0, backend=backend).index.shape == (3, 3)
     # Argmax and uniform may pick -inf candidates: no such check.
     assert kchoice(rewards, num_winners=3, mode="uniform", seed=0, backend=backend).index.shape == (6, 3)
@@ -299,10 +299,10 @@ def test_beta_times_rewards_overflow_rejected(backend, mode):
     rewards = torch.tensor([[1e37, 0.0], [0.0, 1.0]])
     assert kchoice(rewards, 1.0, mode=mode, seed=0, backend=backend).index[0] == 0
     with pytest.raises(ValueError, match=r"beta \* rewards overflows torch.float32"):
-        kchoice(rewards, 100.0, mode=mode, seed=0, backend=backend)
+        kchoice(rewards, 100.0, mode=mode, seed=0, backend=backend, check=True)
     # A row whose best reward times beta is -inf in float32 would have no candidate left.
     with pytest.raises(ValueError, match=r"beta \* rewards overflows"):
-        kchoice(torch.tensor([[0.0, 1.0], [-1e37, -2e37]]), 100.0, mode=mode, seed=0, backend=backend)
+        kchoice(torch.tensor([[0.0, 1.0], [-1e37, -2e37]]), 100.0, mode=mode, seed=0, backend=backend, check=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -312,10 +312,11 @@ def test_float64_rewards_must_fit_float32(backend):
     rewards = torch.tensor([[1e37, 0.0], [0.0, 1.0]], dtype=torch.float64)
     assert kchoice(rewards, 1.0, seed=0, backend=backend).index[0] == 0
     with pytest.raises(ValueError, match=r"beta \* rewards overflows torch.float32 \(the dtype of log_prob"):
-        kchoice(rewards, 100.0, seed=0, backend=backend)
+        kchoice(rewards, 100.0, seed=0, backend=backend, check=True)
     for bad in (1e300, -1e300, 1e39):
         with pytest.raises(ValueError, match=r"rewards are float64 with finite values up to .* outside float32's"):
-            kchoice(torch.tensor([[bad, 1.0], [0.0, 1.0]], dtype=torch.float64), 0.0, seed=0, backend=backend)
+            kchoice(torch.tensor([[bad, 1.0], [0.0, 1.0]], dtype=torch.float64), 0.0, seed=0, backend=backend,
+                    check=True)
     ok = torch.tensor([[-math.inf, 1.0], [3e38, -3e38]], dtype=torch.float64)  # -inf and float32's edge: fine
     assert kchoice(ok, 0.5, seed=0, backend=backend).index.tolist() in ([1, 0], [1, 1])
 
@@ -334,19 +335,19 @@ def test_non_finite_rewards_are_refused_with_several_winners(backend, mode, case
     else:
         rewards[0, [0, 2]] = math.nan
     with pytest.raises(ValueError, match=r"rewards contains NaN or \+inf in 1 of 2 rows"):
-        kchoice(rewards, beta, num_winners=2, mode=mode, seed=0, backend=backend)
+        kchoice(rewards, beta, num_winners=2, mode=mode, seed=0, backend=backend, check=True)
 
 
 def test_underflow_that_leaves_too_few_candidates_is_named():
     """beta * r of a finite reward can underflow float32 to -inf: the kernel path says so, with the row count."""
     rewards = torch.tensor([[0.0, -1e30], [0.0, 1.0]])
     with pytest.raises(ValueError, match=r"leaves float32's range in 1 of 2 rows .*underflows to -inf"):
-        kchoice(rewards, 1e10, num_winners=2, seed=0, backend="triton")
+        kchoice(rewards, 1e10, num_winners=2, seed=0, backend="triton", check=True)
 
 
 def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match=r"backend='triton'.*TRITON_INTERPRET"):
-        kchoice(torch.zeros(2, 3), backend="triton")
+        kchoice(torch.zeros(2, 3), backend="triton", check=True)
     # auto quietly uses torch instead.
     assert kchoice(torch.zeros(2, 3), seed=0).index.shape == (2,)

@@ -33,7 +33,7 @@ def test_every_autotune_config_gives_the_fixed_tile_draw(monkeypatch, mode, m, k
     tuned = kt._topm_tuned if m > 1 else kt._one_tuned
     pruned = kt._configs_for_k(tuned.configs, {"K": k})
     assert sorted((c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"], c.num_warps) for c in pruned) == \
-        sorted((max(tile, kt.gpu_block_k(k)), warps) for tile, warps in kt.GPU_CONFIGS)
+        sorted((max(tile, kt.gpu_block_k(k)), warps) for tile, warps in kt.gpu_configs(m))
     for target in range(len(pruned)):
         calls = []
 
@@ -44,7 +44,8 @@ def test_every_autotune_config_gives_the_fixed_tile_draw(monkeypatch, mode, m, k
 
         monkeypatch.setitem(tuned.__dict__, "do_bench", bench)
         monkeypatch.setattr(tuned, "cache", {})
-        index, log_prob, lse = kt._launch(rewards, 1.1, m, mode, 5, blocks=None)
+        index, log_prob, lse, flag = kt._launch(rewards, 1.1, m, mode, 5, blocks=None)
+        assert int(flag) == 0
         assert len(calls) == len(pruned)  # every config was launched
         assert tuned.best_config is pruned[target]
         assert torch.equal(index.view_as(ref.index), ref.index), tuned.best_config

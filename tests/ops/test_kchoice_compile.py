@@ -1,5 +1,13 @@
 """Ahead-of-time compile check of the K-choice kernels for sm_80 and sm_90, on a CPU.
 
+Two budgets. Registers and spills for every variant; and, for the roofline
+variants (softmax, one winner, fp32, K = 4, 16, 256, every autotune config),
+the SASS counts that make the kernel limited by memory rather than by the
+instructions it issues (issue 26): instructions per reward element, 128-bit
+loads, hardware ``MUFU.LG2`` / ``MUFU.EX2`` per element, no barrier in a loop.
+The counts' table is printed (``pytest -s``), as ``python -m
+lightning_curate.kernels.kchoice_aot --counts`` prints it.
+
 Every launch configuration the CUDA launchers can pick (the whole autotune set,
 over a representative set of K, m, modes and dtypes, and the gather for
 1/2/4/8-byte candidates) is compiled by Triton's real compiler with the
@@ -30,6 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 _MISSING = aot.nvidia_tools_missing()
 needs_nvidia_tools = pytest.mark.skipif(_MISSING is not None, reason=f"no AOT compile for NVIDIA: {_MISSING}")
 VARIANTS = aot.default_variants() if _MISSING is None else []
+ROOFLINE = aot.roofline_variants() if _MISSING is None else []
+# The interpreter's fallback (tl.log2: libdevice's polynomial) compiled for the GPU: over the budget.
+ROOFLINE_CONTROL = {**ROOFLINE[4], "fast": False} if ROOFLINE else {}
 
 # A launch the budget must reject: the pre-issue-13 default tile (2048 elements,
 # 4 warps, so 16 per thread) for Plackett-Luce softmax at K = 2.
@@ -49,7 +60,8 @@ def compiled(tmp_path_factory):
     """``{name: result}`` for every variant and the control, compiled in one subprocess."""
     tmp = tmp_path_factory.mktemp("aot")
     todo, done = tmp / "variants.json", tmp / "results.json"
-    todo.write_text(json.dumps(VARIANTS + [CONTROL]))
+    todo.write_text(json.dumps(list({aot.variant_name(v): v for v in VARIANTS + ROOFLINE + [CONTROL]
+                                     + ([ROOFLINE_CONTROL] if ROOFLINE else [])}.values())))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     jobs = str(max(1, min(2, os.cpu_count() or 1)))
@@ -77,6 +89,27 @@ def test_the_check_rejects_an_over_budget_launch(compiled):
     assert aot.problems(result)
 
 
+@pytest.mark.slow
+@needs_nvidia_tools
+def test_roofline_counts_fit_their_budgets(compiled, capsys):
+    """Instructions per element, LDG.E.128, MUFU per element, barriers in loops, registers and spills."""
+    results = [compiled[aot.variant_name(v)] for v in ROOFLINE]
+    with capsys.disabled():
+        print("\n" + aot.count_table(results))
+    bad = {r["name"]: aot.count_problems(r) for r in results if aot.count_problems(r)}
+    assert not bad, bad
+    assert {(r["arch"], r["k"]) for r in results} == {(a, k) for a in (80, 90) for k in (4, 16, 256)}
+
+
+@pytest.mark.slow
+@needs_nvidia_tools
+def test_the_counts_reject_the_libdevice_log(compiled):
+    """The same kernel with the interpreter's tl.log2 (libdevice) on the GPU: no MUFU.LG2, far over budget."""
+    result = compiled[aot.variant_name(ROOFLINE_CONTROL)]
+    assert result["counts"]["per_element"] > aot.ROOFLINE_BUDGET[result["k"]]
+    assert any("MUFU.LG2" in p for p in aot.count_problems(result))
+
+
 @needs_nvidia_tools
 def test_variants_cover_every_config_the_autotuner_keeps():
     """Each config the launcher's autotune pruning keeps for a K of the set is compiled."""
@@ -89,7 +122,7 @@ def test_variants_cover_every_config_the_autotuner_keeps():
             if kernel == "topm" and k < 4:
                 continue
             kept = kt._configs_for_k(tuned.configs, {"K": k})
-            assert len(kept) == len(kt.GPU_CONFIGS)
+            assert len(kept) == len(kt.gpu_configs(1 if kernel == "one" else 2))
             for c in kept:
                 assert (kernel, k, c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps) in listed
 
