@@ -31,7 +31,11 @@ from torch import Tensor
 from lightning_curate.models.generator import Generator
 from lightning_curate.utils.validation import check_float, check_int
 
-__all__ = ["GaussianLearner", "gaussian_moments"]
+__all__ = ["SINGULAR_RTOL", "GaussianLearner", "gaussian_moments"]
+
+# A covariance whose smallest eigenvalue is below this fraction of its largest is refused as singular:
+# points on a hyperplane give a rank-deficient covariance up to float64 rounding (about 1e-16 relative).
+SINGULAR_RTOL = 1e-12
 
 
 def gaussian_moments(x: Tensor, weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -117,8 +121,8 @@ class GaussianLearner(Generator):
 
         Raises:
             ValueError: ``x`` has the wrong shape, fewer than 2 points, non-finite values, or a singular
-                covariance (fewer than ``dim + 1`` distinct points, or points on a hyperplane) with
-                ``ridge = 0``; the model is left unchanged.
+                covariance (smallest eigenvalue at most ``SINGULAR_RTOL`` times the largest: fewer than
+                ``dim + 1`` distinct points, or points on a hyperplane); the model is left unchanged.
         """
         name = type(self).__name__
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -131,10 +135,12 @@ class GaussianLearner(Generator):
         mean, cov = gaussian_moments(x)
         cov = cov + self.ridge * torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
         tril, info = torch.linalg.cholesky_ex(cov)
-        if int(info) != 0:
+        eig = torch.linalg.eigvalsh(cov)
+        if int(info) != 0 or float(eig[0]) <= SINGULAR_RTOL * float(eig[-1]):
+            rank = int((eig > SINGULAR_RTOL * eig[-1]).sum())
             raise ValueError(f"{name}.fit: the covariance of the {x.shape[0]} training samples is singular (rank "
-                             f"{int(torch.linalg.matrix_rank(cov))} < dim {self.dim}: too few samples, or samples "
-                             "on a hyperplane); set ridge > 0 (e.g. ridge: 1e-6) to add it to the diagonal")
+                             f"{rank} < dim {self.dim}: too few samples, or samples on a hyperplane); set "
+                             "ridge > 0 (e.g. ridge: 1e-6) to add it to the diagonal")
         self.mean.copy_(mean)
         self.cov.copy_(cov)
         self.scale_tril.copy_(tril)
@@ -154,7 +160,7 @@ class GaussianLearner(Generator):
     @torch.no_grad()
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None,
                device: Optional[torch.device | str] = None) -> Tensor:
-        """``mean + L z`` with ``z ~ N(0, I)`` drawn (float64) from ``generator`` on its device; float32 ``[n, dim]``."""
+        """``mean + L z``, ``z ~ N(0, I)`` drawn (float64) from ``generator`` on its device; float32 ``[n, dim]``."""
         check_int("n", n, minimum=0)
         device = torch.device(device) if device is not None else self.mean.device
         draw_device = generator.device if generator is not None else self.mean.device

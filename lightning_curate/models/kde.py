@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from lightning_curate.models.gaussian import gaussian_moments
+from lightning_curate.models.gaussian import SINGULAR_RTOL, gaussian_moments
 from lightning_curate.models.generator import Generator
 from lightning_curate.utils.validation import check_float, check_int
 
@@ -123,7 +123,8 @@ class KDELearner(Generator):
             raise ValueError(f"{name}.fit: the training set has non-finite values")
         cov = self.kernel_covariance(x)
         tril, info = torch.linalg.cholesky_ex(cov)
-        if int(info) != 0:
+        eig = torch.linalg.eigvalsh(cov)
+        if int(info) != 0 or float(eig[0]) <= SINGULAR_RTOL * float(eig[-1]):
             raise ValueError(f"{name}.fit: the covariance of the {x.shape[0]} training samples is singular, so "
                              f"bandwidth {self.bandwidth!r} gives a degenerate kernel; give a fixed bandwidth "
                              "(a number > 0) instead")
@@ -140,7 +141,7 @@ class KDELearner(Generator):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def log_prob(self, x: Tensor, chunk: int = 1 << 22) -> Tensor:
-        """The model's log-density at ``x`` (``[M, dim]``), float64 ``[M]``, in chunks of about ``chunk`` kernel terms."""
+        """The log-density at ``x`` (``[M, dim]``), float64 ``[M]``, in chunks of about ``chunk`` kernel terms."""
         pts = self.points.to(torch.float64)
         inv_l = torch.linalg.inv(self.kernel_tril)
         zp = pts @ inv_l.T  # whitened centres
