@@ -17,7 +17,7 @@ holds up to the kernel's blur, which vanishes as the bandwidth does).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import Tensor
@@ -81,7 +81,7 @@ class KDELearner(Generator):
                      "the ideal learner comes from the bandwidth (set a smaller fixed bandwidth) or from the "
                      "curation's sampling noise (num_slots), not from training.")
 
-    def __init__(self, dim: int, bandwidth: Union[float, str] = "scott") -> None:
+    def __init__(self, dim: int, bandwidth: Union[float, Literal["scott", "silverman"]] = "scott") -> None:
         super().__init__()
         self.dim = check_int("dim", dim, minimum=1)
         if isinstance(bandwidth, str):

@@ -41,7 +41,7 @@ def test_python_run_fits_each_round_on_the_previous_rounds_winners(tmp_path, gen
         assert torch.equal(generator.mean, mean) and torch.equal(generator.cov, cov)
 
 
-def _config(tmp_path: Path, name: str, overlay: str, crash_epoch: int | None = None) -> Path:
+def _config(tmp_path: Path, name: str, crash_epoch: int | None = None) -> Path:
     root = tmp_path / name
     callbacks = [{"class_path": "lightning_curate.loop.RetrainingLoop",
                   "init_args": {"rounds": 3, "epochs_per_round": 1, "initial_epochs": 1, "seed": 0, "plots": False}},
@@ -63,10 +63,10 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, monkeypatch, ove
     monkeypatch.setattr(sys, "argv", ["lightning-curate"])
     configs = REPO / "configs"
     base = ["fit", "-c", str(configs / "mog8.yaml"), "-c", str(configs / "overlays" / f"{overlay}.yaml")]
-    main([*base, "-c", str(_config(tmp_path, "ref", overlay))])
+    main([*base, "-c", str(_config(tmp_path, "ref"))])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        main([*base, "-c", str(_config(tmp_path, "crash", overlay, crash_epoch=2))])  # rounds 0 and 1 are done
+        main([*base, "-c", str(_config(tmp_path, "crash", crash_epoch=2))])  # rounds 0 and 1 are done
     assert sorted(store_digest(tmp_path / "crash")) == ["round_000", "round_001"]
     # The fresh model holds one point; the checkpoint's KDE holds 300: loading resizes the buffer.
-    main([*base, "-c", str(_config(tmp_path, "crash", overlay)), "--ckpt_path", "last"])
+    main([*base, "-c", str(_config(tmp_path, "crash")), "--ckpt_path", "last"])
     assert store_digest(tmp_path / "crash") == store_digest(tmp_path / "ref")
