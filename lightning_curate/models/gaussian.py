@@ -23,16 +23,18 @@ the curated law of a round's candidates.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_curate.models.generator import Generator
 from lightning_curate.utils.validation import check_float, check_int
 
-__all__ = ["SINGULAR_RTOL", "GaussianLearner", "gaussian_moments"]
+__all__ = ["MAX_COORDINATE_COLUMNS", "SINGULAR_RTOL", "GaussianLearner", "gaussian_moments", "moment_columns"]
 
+# Per-coordinate columns of round_metrics up to this dimension (beyond it, only the summaries).
+MAX_COORDINATE_COLUMNS = 8
 # A covariance whose smallest eigenvalue is below this fraction of its largest is refused as singular:
 # points on a hyperplane give a rank-deficient covariance up to float64 rounding (about 1e-16 relative).
 SINGULAR_RTOL = 1e-12
@@ -70,6 +72,25 @@ def gaussian_moments(x: Tensor, weights: Optional[Tensor] = None) -> tuple[Tenso
     centred = x64 - mean
     cov = (centred * w[:, None]).T @ centred
     return mean, (cov + cov.T) / 2
+
+
+def moment_columns(mean: Tensor, cov: Tensor) -> dict[str, float]:
+    """``rounds.csv`` columns of a model's exact mean and covariance.
+
+    ``model_cov_trace`` and ``model_cov_logdet`` always; ``model_mean_<i>`` and ``model_var_<i>`` for
+    each coordinate up to ``MAX_COORDINATE_COLUMNS`` dimensions. Under the replace workflow the trace
+    shrinks round after round (collapse); under accumulate it stays.
+
+    Example:
+        >>> moment_columns(torch.zeros(1), torch.eye(1))
+        {'model_cov_trace': 1.0, 'model_cov_logdet': 0.0, 'model_mean_0': 0.0, 'model_var_0': 1.0}
+    """
+    cov = cov.detach().double().cpu()
+    row = {"model_cov_trace": float(cov.trace()), "model_cov_logdet": float(torch.linalg.slogdet(cov)[1])}
+    if mean.numel() <= MAX_COORDINATE_COLUMNS:
+        for i, (m, v) in enumerate(zip(mean.tolist(), cov.diagonal().tolist())):
+            row[f"model_mean_{i}"], row[f"model_var_{i}"] = m, v
+    return row
 
 
 class GaussianLearner(Generator):
@@ -167,6 +188,11 @@ class GaussianLearner(Generator):
         z = torch.randn(n, self.dim, generator=generator, device=draw_device, dtype=torch.float64)
         x = self.mean + z.to(self.mean.device) @ self.scale_tril.T
         return x.to(device=device, dtype=torch.float32)
+
+    def round_metrics(self, reward: nn.Module, source: nn.Module, *, beta: float, num_candidates: int,
+                      real_fraction: float, round_idx: int, **_: Any) -> dict[str, float]:
+        """The fitted model's exact mean and covariance (:func:`moment_columns`), for ``rounds.csv``."""
+        return moment_columns(self.mean, self.cov)
 
     def extra_repr(self) -> str:
         """The dimension and ridge, for ``print(model)``."""

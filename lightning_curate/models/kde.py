@@ -20,9 +20,9 @@ import math
 from typing import Any, Literal, Optional, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_curate.models.gaussian import SINGULAR_RTOL, gaussian_moments
+from lightning_curate.models.gaussian import SINGULAR_RTOL, gaussian_moments, moment_columns
 from lightning_curate.models.generator import Generator
 from lightning_curate.utils.validation import check_float, check_int
 
@@ -171,6 +171,16 @@ class KDELearner(Generator):
         home = self.points.device
         x = self.points[idx.to(home)].to(torch.float64) + z.to(home) @ self.kernel_tril.T
         return x.to(device=device, dtype=torch.float32)
+
+    def round_metrics(self, reward: nn.Module, source: nn.Module, *, beta: float, num_candidates: int,
+                      real_fraction: float, round_idx: int, **_: Any) -> dict[str, float]:
+        """The model's exact mean and covariance (the stored points' mean; their maximum-likelihood
+        covariance plus the kernel's), as :func:`~lightning_curate.models.gaussian.moment_columns`, and
+        ``kernel_cov_trace``, for ``rounds.csv``."""
+        mean, cov = gaussian_moments(self.points)
+        row = moment_columns(mean, cov + self.kernel_cov.to(cov))
+        row["kernel_cov_trace"] = float(self.kernel_cov.trace())
+        return row
 
     def extra_repr(self) -> str:
         """The dimension, bandwidth and number of stored points, for ``print(model)``."""

@@ -34,11 +34,17 @@ def test_python_run_fits_each_round_on_the_previous_rounds_winners(tmp_path, gen
     assert loop.complete and module.configure_optimizers() is None
     assert int(generator.fits) == 3  # rounds 0, 1, 2
     last_set = loop.store.read(1).tensors["x"]  # round 2 trained on round 1's winners (real_fraction 0)
+    mean, cov = gaussian_moments(last_set)
     if isinstance(generator, KDELearner):
         assert torch.equal(generator.points, last_set)
+        cov = cov + generator.kernel_cov  # the model's law: the set's, smoothed by the kernel
     else:
-        mean, cov = gaussian_moments(last_set)
         assert torch.equal(generator.mean, mean) and torch.equal(generator.cov, cov)
+    # rounds.csv carries the model's exact moments.
+    row = loop.store.read(2).manifest["row"]
+    assert row["model_cov_trace"] == pytest.approx(float(cov.trace()), rel=1e-12)
+    assert [row["model_mean_0"], row["model_mean_1"]] == pytest.approx(mean.tolist(), abs=1e-12)
+    assert [row["model_var_0"], row["model_var_1"]] == pytest.approx(cov.diagonal().tolist(), rel=1e-12)
 
 
 def _config(tmp_path: Path, name: str, crash_epoch: int | None = None) -> Path:
