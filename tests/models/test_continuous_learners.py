@@ -174,7 +174,7 @@ def test_console_script_runs_the_overlay_and_reports_fidelity(tmp_path, overlay)
         rows = list(csv.DictReader(fh))
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     assert int(rows[1]["n_synthetic"]) == 300
-    assert "reward_fidelity" in rows[0]
+    assert "reward_fidelity" in rows[0] and "model_cov_trace" in rows[0]
     assert all(math.isfinite(float(r["reward_fidelity"])) for r in rows[1:])
     # Curation raised the reward, as with every generator.
     assert float(rows[2]["reward_mean"]) > float(rows[0]["reward_mean"])
