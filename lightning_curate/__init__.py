@@ -31,7 +31,15 @@ from lightning_curate.loop.component_check import (
     RewardError,
     check_components,
 )
-from lightning_curate.models import ExactCategorical, FlowMatching, Generator, MLPVelocity, UNetVelocity
+from lightning_curate.models import (
+    ExactCategorical,
+    FlowMatching,
+    GaussianLearner,
+    Generator,
+    KDELearner,
+    MLPVelocity,
+    UNetVelocity,
+)
 from lightning_curate.ops import KChoice, kchoice
 from lightning_curate.rewards import (
     AtomReward,
@@ -61,9 +69,11 @@ __all__ = [
     "Digits",
     "ExactCategorical",
     "FlowMatching",
+    "GaussianLearner",
     "Generator",
     "GeneratorError",
     "KChoice",
+    "KDELearner",
     "MLPClassifier",
     "MLPVelocity",
     "NegatedReward",
