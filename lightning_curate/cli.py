@@ -34,11 +34,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.component_check import ComponentError
+from lightning_curate.loop.schedule import RoundSchedule
 from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
 from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs
 from lightning_curate.store.rounds import StoreError
 from lightning_curate.store.settings import SettingsMismatch, normalise, parse_allowed
+from lightning_curate.utils.quiet import silence_third_party_noise
 
 __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "CurateCLI", "main"]
 
@@ -100,6 +102,10 @@ class CurateCLI(LightningCLI):
             callbacks = trainer["callbacks"] if isinstance(trainer["callbacks"], list) else [trainer["callbacks"]]
             trainer["callbacks"] = [c for c in callbacks
                                     if not str(getattr(c, "class_path", "")).endswith(".RoundProgressBar")]
+        if trainer is not None and trainer.get("max_epochs") is None:
+            schedule = _round_schedule(trainer.get("callbacks"))
+            if schedule is not None:  # the loop sets it anyway: say so now, and Lightning has no default to warn of
+                trainer["max_epochs"] = schedule.total_epochs
         if self.subcommand and is_rank_zero_env():
             # Before anything is instantiated or written: the logger, the config save, the store.
             root = config.get("trainer", {}).get("default_root_dir") or os.getcwd()
@@ -246,6 +252,21 @@ def _import_from_cwd() -> None:
         sys.path.insert(0, cwd)
 
 
+def _round_schedule(callbacks: Any) -> Optional[RoundSchedule]:
+    """The round schedule of the config's ``RetrainingLoop`` entry (its epochs), or ``None``."""
+    entries = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
+    for entry in entries:
+        if str(getattr(entry, "class_path", "")).split(".")[-1] != RetrainingLoop.__name__:
+            continue
+        init_args: Any = getattr(entry, "init_args", None)
+        args = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
+        try:
+            return RoundSchedule(**{k: args[k] for k in ("rounds", "epochs_per_round", "initial_epochs") if k in args})
+        except (TypeError, ValueError):
+            return None  # the loop itself names the bad value when it is built
+    return None
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``lightning-curate`` and ``python -m lightning_curate``; tests call it with ``args``.
 
@@ -254,6 +275,7 @@ def main(args: Optional[list[str]] = None) -> None:
     """
     argv = list(sys.argv[1:] if args is None else args)
     _import_from_cwd()
+    silence_third_party_noise()
     if argv and argv[0] == "diagnose":  # lightning-curate diagnose jitter|budget|solver RUN_DIR [options]
         from lightning_curate.diagnostics.cli import main as diagnose
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, cast
@@ -44,6 +45,8 @@ __all__ = ["PHASES", "SLOT_BLOCK", "CurationModule", "CurationOutcome"]
 # block depend on (round seed, block index) only, so chunk_size never changes a round.
 SLOT_BLOCK = 512
 PHASES = ("generate", "reward", "curate", "store")
+# Lightning's warning at training start about modules in eval mode (fit_loop), as a regex for one count.
+EVAL_MODE_WARNING = r"Found {count} module\(s\) in eval mode at the start of training"
 
 
 @dataclass
@@ -137,6 +140,30 @@ class CurationModule(GeneratorTraining):
         for c in members(self.curators):
             c.reward.eval()
         return self
+
+    def frozen_module_names(self) -> set[str]:
+        """The submodules kept in eval mode on purpose: the reward models (fixed judges) and theirs."""
+        roots = ["reward"] + [f"curators.{i}.reward" for i in range(len(members(self.curators)))]
+        return {name for name, _ in self.named_modules() if any(name == r or name.startswith(r + ".") for r in roots)}
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Lightning warns at training start of every module in eval mode. Ours are the frozen reward
+        # models, declared above: when they are all it would name, that one message is not shown.
+        # Any other module in eval mode (a user's generator part) keeps the warning.
+        self.train()
+        in_eval = {name for name, module in self.named_modules() if not module.training}
+        self._eval_warning_filter = None
+        if in_eval and in_eval <= self.frozen_module_names():
+            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING.format(count=len(in_eval)))
+            self._eval_warning_filter = warnings.filters[0]
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        entry = getattr(self, "_eval_warning_filter", None)
+        if entry is not None and entry in warnings.filters:  # only the one check at training start
+            cast(list, warnings.filters).remove(entry)
+        self._eval_warning_filter = None
 
     # -- curation -----------------------------------------------------------
     def score(self, x: Tensor, round_idx: int, reward: Optional[nn.Module] = None) -> Tensor:

@@ -26,7 +26,7 @@ from torch.utils.data import TensorDataset
 
 from lightning_curate.data.blending import BatchGroup
 from lightning_curate.models.generator import Generator, is_closed_form
-from lightning_curate.utils.compat import FastHookName, attached_trainer, saves_every_n_train_steps, set_epoch_metric
+from lightning_curate.utils.compat import FastHookName, saves_every_n_train_steps, set_epoch_metric
 from lightning_curate.utils.validation import check_int
 
 __all__ = ["GeneratorTraining", "TrainingSetupError"]
@@ -61,6 +61,7 @@ class GeneratorTraining(FastHookName, L.LightningModule):
         self._epoch_loss: list = [None, 0]  # the epoch's sample-weighted loss sum and sample count
         self._backward: Optional[Callable[[Tensor], None]] = None  # set in on_fit_start, see _plain_backward
         self._closed_form = False  # set in configure_optimizers: the generator is fitted by fit(x), no optimizer
+        self.log_interval = 1  # optimizer steps between train/loss_step logs: the trainer's, from on_fit_start
 
     def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
         """The generator's loss on a batch (a tensor, or a one-tensor list or tuple); with
@@ -75,7 +76,7 @@ class GeneratorTraining(FastHookName, L.LightningModule):
         (written there directly, see ``on_train_epoch_end``).
         """
         # Trainer sets log_every_n_steps at runtime; its type stub does not declare it.
-        every = cast(Any, self.trainer).log_every_n_steps if attached_trainer(self) is not None else 1
+        every = self.log_interval
         if self._closed_form:  # nothing for Lightning to step on
             self._closed_form_step(batch, batch_idx)
             return None
@@ -83,8 +84,7 @@ class GeneratorTraining(FastHookName, L.LightningModule):
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             loss = self._loss(x)
             if every and (self.global_step + 1) % every == 0:
-                self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False,
-                         batch_size=x.shape[0])
+                self._log_to_loggers("train/loss_step", loss, step=self.global_step)
             return loss
         if isinstance(batch, Tensor):
             batch = BatchGroup([batch])
@@ -134,12 +134,13 @@ class GeneratorTraining(FastHookName, L.LightningModule):
                                      "use BlendingDataModule or a DataLoader over a TensorDataset")
         return data.to(self.device)
 
-    def _log_to_loggers(self, name: str, value: Tensor) -> None:
-        """``value`` straight to the loggers at the last optimizer step taken, as Lightning writes it
-        for one step a batch (``self.log`` once per group would cost more than a step)."""
+    def _log_to_loggers(self, name: str, value: Tensor, step: Optional[int] = None) -> None:
+        """``value`` straight to the loggers at ``step`` (default: the last optimizer step taken), as
+        Lightning writes it for one step a batch, at the module's own interval (``self.log`` would
+        repeat the value at Lightning's, and once per group would cost more than a step)."""
         metrics = {name: float(value.detach()), "epoch": self.current_epoch}
         for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.global_step - 1)
+            logger.log_metrics(metrics, step=self.global_step - 1 if step is None else step)
 
     def _loss(self, x: Tensor) -> Tensor:
         loss = self.generator.loss(x)
@@ -168,6 +169,20 @@ class GeneratorTraining(FastHookName, L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.automatic_optimization:  # grouped steps update the average after each of theirs
             self.generator.update_ema()
+
+    def setup(self, stage: str) -> None:
+        """Take over the logging interval before the first epoch's data are loaded.
+
+        ``log_every_n_steps`` counts optimizer steps here, whatever ``steps_per_batch``; Lightning
+        counts batches, and a round of a few (grouped) batches is shorter than its interval. So the
+        module logs ``train/loss_step`` at the configured interval itself, and Lightning, which then
+        only writes what the module logged, checks at every batch: the interval fits any round.
+        """
+        super().setup(stage)
+        trainer = cast(Any, self.trainer)
+        if stage == "fit" and trainer.log_every_n_steps != 1:
+            self.log_interval = trainer.log_every_n_steps
+            trainer.log_every_n_steps = 1
 
     def on_fit_start(self) -> None:
         """Refuse what grouped steps would silently change (Lightning itself refuses clipping and
