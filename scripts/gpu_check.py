@@ -102,7 +102,7 @@ class FidelityRun(FidelitySummary):
 
 
 class StepResult(TypedDict, total=False):
-    """One step's entry in gpu_check.json; each step fills its own keys, ``main`` the last three."""
+    """One step's entry in gpu_check.json; each step fills its own keys, ``main`` the last two."""
 
     ok: bool
     problems: list[str]
@@ -115,7 +115,7 @@ class StepResult(TypedDict, total=False):
     skipped: int
     log: str
     tail: list[str]
-    # roofline: bench_kchoice.py's JSON, passed through
+    # roofline: bench_kchoice.py's JSON, passed through unread (so its rows stay Any)
     rows: list[dict[str, Any]]
     targets: list[Target]
     peak_gbps: float | None
