@@ -68,7 +68,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from types import ModuleType
+from typing import Callable, Literal, Sequence, TypedDict
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without an install
@@ -80,7 +81,7 @@ if "--draws" in sys.argv[1:]:
 
 import torch  # noqa: E402
 
-from lightning_curate.ops.kchoice import kchoice  # noqa: E402
+from lightning_curate.ops.kchoice import KChoice, kchoice  # noqa: E402
 
 DEFAULT_N = (10_000, 100_000, 1_000_000)
 DEFAULT_K = (2, 4, 16, 256)
@@ -94,6 +95,13 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 METHODS = ("kchoice", "multinomial", "loop")
+# Each method's keys in a speed row, spelled out because a TypedDict's keys must be literals.
+SPEED_KEYS: dict[str, tuple[Literal["kchoice_ms", "multinomial_ms", "loop_ms"],
+                            Literal["kchoice_timing", "multinomial_timing", "loop_timing"]]] = {
+    "kchoice": ("kchoice_ms", "kchoice_timing"),
+    "multinomial": ("multinomial_ms", "multinomial_timing"),
+    "loop": ("loop_ms", "loop_timing"),
+}
 
 # Targets: (name, N, K, D). Checked only when the shape was run.
 TARGET_SPEED_A = (1_000_000, 16, 0)      # kchoice >= 2x faster than (a)
@@ -101,14 +109,147 @@ TARGET_SPEED_B = (10_000, 4, 0)          # kchoice >= 200x faster than (b)
 TARGET_BANDWIDTH = (1_000_000, 16, 64)   # CUDA: >= 70% of peak DRAM bandwidth
 MEMORY_MIN_REWARDS_BYTES = 8 * MIB       # below this, RSS noise dominates: not judged
 
+# A method's timing: its median and spread in ms (min/max on the CPU, p20/p80 on CUDA).
+Timing = dict[str, float]
+# A comparison method: (rewards, candidates or None, beta) -> whatever it returns (its outputs).
+Runner = Callable[[torch.Tensor, torch.Tensor | None, float], object]
+
+
+class Target(TypedDict):
+    """A target's verdict (PASS, FAIL or SKIP), as printed and written to the JSON."""
+
+    name: str
+    status: str
+    detail: str
+
+
+class _SpeedShape(TypedDict):
+    N: int
+    K: int
+    D: int
+    device: str
+    candidate_dtype: str
+
+
+class SpeedRow(_SpeedShape, total=False):
+    """One shape of the comparison grid; a skipped shape holds only ``skipped``, the loop only small N."""
+
+    skipped: str
+    kchoice_ms: float
+    kchoice_timing: Timing
+    multinomial_ms: float
+    multinomial_timing: Timing
+    loop_ms: float
+    loop_timing: Timing
+    ratio_a: float
+    ratio_b: float
+    bytes: int
+    gbps: float
+    peak_fraction: float
+
+
+class MemoryFigures(TypedDict):
+    """One call's extra peak memory (``memory_row``), split so that returned outputs are not called overhead."""
+
+    rewards_mib: float
+    extra_mib: float
+    outputs_mib: float
+    work_mib: float
+    work_over_rewards: float
+
+
+class CpuMemoryFigures(MemoryFigures, total=False):
+    """The CPU child's figures and how it read the peak RSS, since an unreset peak may under-count."""
+
+    peak_reset: bool
+    rss_source: str
+
+
+class _MemoryShape(TypedDict):
+    N: int
+    K: int
+    D: int
+    method: str
+
+
+class MemoryRow(_MemoryShape, total=False):
+    """A memory table row: the shape and method, then its figures or why it was ``skipped``."""
+
+    skipped: str
+    rewards_mib: float
+    extra_mib: float
+    outputs_mib: float
+    work_mib: float
+    work_over_rewards: float
+    peak_reset: bool
+    rss_source: str
+
+
+class RooflineRow(TypedDict):
+    """One roofline shape on one card: every method's median time, bandwidths and speedups."""
+
+    device_name: str
+    N: int
+    K: int
+    m: int
+    bytes: int
+    kchoice_ms: float
+    kchoice_compact_ms: float
+    kernel_ms: float
+    sum_ms: float
+    multinomial_ms: float
+    gumbel_eager_ms: float
+    gumbel_compiled_ms: float
+    gbps: float
+    kernel_gbps: float
+    kchoice_compact_gbps: float
+    sum_gbps: float
+    gumbel_compiled_gbps: float
+    roofline_ms: float | None
+    peak_fraction: float | None
+    kernel_peak_fraction: float | None
+    speedup_multinomial: float
+    speedup_gumbel_eager: float
+    speedup_gumbel_compiled: float
+
+
+class _MachineBase(TypedDict):
+    python: str
+    platform: str
+    torch: str
+    cpu_count: int | None
+    cpus_usable: int | None
+    torch_threads: int
+    cpu: str
+    device: str
+    triton: str | None
+    device_name: str
+
+
+class MachineInfo(_MachineBase, total=False):
+    """Where the figures were measured, so that a JSON record can be read without the console."""
+
+    device_memory_gib: float
+
+
+class DrawsFigures(TypedDict, total=False):
+    """``--draws``'s figures: the simulation always, the comparison with a reference kernel when given."""
+
+    seed: int
+    simulated_fast_log: list[dict[str, float]]
+    reference: str
+    interpreter_vs_reference: list[dict[str, float]]
+
 
 # --------------------------------------------------------------------------- inputs
 
 def candidate_dtype(device: torch.device) -> torch.dtype:
+    """float16 on CUDA, where the gather's bandwidth is what is measured; float32 on the CPU, which has no fast fp16."""
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def make_inputs(n: int, k: int, d: int, device: torch.device, seed: int = 0):
+def make_inputs(n: int, k: int, d: int, device: torch.device,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rewards ``[N, K]`` float32 and, for ``d > 0``, candidates ``[N, K, D]``.
 
     Built without temporaries larger than the tensors themselves, so that the
@@ -136,11 +277,13 @@ def make_inputs(n: int, k: int, d: int, device: torch.device, seed: int = 0):
 BACKEND = "auto"  # set from --backend
 
 
-def run_kchoice(rewards, candidates, beta):
+def run_kchoice(rewards: torch.Tensor, candidates: torch.Tensor | None, beta: float) -> KChoice:
+    """The op under test, with the backend ``--backend`` picked and a fixed seed so runs repeat."""
     return kchoice(rewards, beta, seed=SEED, candidates=candidates, backend=BACKEND)
 
 
-def run_multinomial(rewards, candidates, beta):
+def run_multinomial(rewards: torch.Tensor, candidates: torch.Tensor | None,
+                    beta: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Baseline (a): one ``torch.multinomial`` over the softmax, then a gather."""
     index = torch.multinomial(torch.softmax(beta * rewards, -1), 1)[:, 0]
     chosen = None
@@ -149,22 +292,26 @@ def run_multinomial(rewards, candidates, beta):
     return index, chosen
 
 
-def run_loop(rewards, candidates, beta):
+def run_loop(rewards: torch.Tensor, candidates: torch.Tensor | None, beta: float) -> torch.Tensor:
     """Baseline (b): the per-slot Python loop of public reproductions."""
-    picks = []
+    rows: list[torch.Tensor] = []  # the chosen candidates, with candidates
+    picks: list[int] = []  # the chosen indices, without
     for i in range(rewards.shape[0]):
         p = torch.softmax(beta * rewards[i], -1)
-        j = torch.multinomial(p, 1).item()
-        picks.append(candidates[i, j] if candidates is not None else j)
+        j = int(torch.multinomial(p, 1).item())
+        if candidates is not None:
+            rows.append(candidates[i, j])
+        else:
+            picks.append(j)
     if candidates is not None:
-        return torch.stack(picks)
+        return torch.stack(rows)
     return torch.tensor(picks)
 
 
-RUNNERS: Dict[str, Callable] = {"kchoice": run_kchoice, "multinomial": run_multinomial, "loop": run_loop}
+RUNNERS: dict[str, Runner] = {"kchoice": run_kchoice, "multinomial": run_multinomial, "loop": run_loop}
 
 
-def output_bytes(out) -> int:
+def output_bytes(out: object) -> int:
     """Bytes of the tensors a method returns (they are outputs, not working memory)."""
     if isinstance(out, torch.Tensor):
         return out.untyped_storage().nbytes()
@@ -173,25 +320,29 @@ def output_bytes(out) -> int:
     return 0
 
 
-def check_kchoice(out, rewards, candidates) -> None:
+def check_kchoice(out: KChoice, rewards: torch.Tensor, candidates: torch.Tensor | None) -> None:
     """Cheap sanity check that the timed call did what it claims."""
     n, k = rewards.shape
+    assert out.log_prob is not None, "kchoice returned no log-probabilities"
     assert out.index.shape == (n,) and out.log_prob.shape == (n,) and out.logsumexp.shape == (n,)
     rows = min(n, 64)
     assert bool(((out.index[:rows] >= 0) & (out.index[:rows] < k)).all())
     if candidates is not None:
         expect = candidates[torch.arange(rows, device=rewards.device), out.index[:rows]]
+        assert out.chosen is not None, "kchoice gathered nothing although candidates were given"
         assert torch.equal(out.chosen[:rows], expect), "kchoice gathered the wrong candidates"
 
 
 # --------------------------------------------------------------------------- timing
 
 def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so that a time or a memory peak covers the whole call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_cpu(fn: Callable[[], object], repeats: int, warmup: int) -> Dict[str, float]:
+def time_cpu(fn: Callable[[], object], repeats: int, warmup: int) -> Timing:
+    """Median of ``repeats`` wall times after ``warmup`` calls: the median resists a shared machine's spikes."""
     for _ in range(warmup):
         fn()
     times = []
@@ -202,7 +353,8 @@ def time_cpu(fn: Callable[[], object], repeats: int, warmup: int) -> Dict[str, f
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
-def time_cuda(fn: Callable[[], object]) -> Dict[str, float]:
+def time_cuda(fn: Callable[[], object]) -> Timing:
+    """``triton.testing.do_bench``: it flushes the L2 cache and times on the device, not the host."""
     from triton.testing import do_bench
 
     med, p20, p80 = do_bench(fn, quantiles=[0.5, 0.2, 0.8])
@@ -227,7 +379,7 @@ PEAK_GBPS = (
 )
 
 
-def known_peak_gbps(device_name: str) -> Optional[float]:
+def known_peak_gbps(device_name: str) -> float | None:
     """The peak DRAM bandwidth of a card from ``PEAK_GBPS``; ``None`` for a card not in it."""
     for key, gbps in PEAK_GBPS:
         if key.lower() in device_name.lower():
@@ -235,7 +387,7 @@ def known_peak_gbps(device_name: str) -> Optional[float]:
     return None
 
 
-def peak_bandwidth(device: torch.device, override: Optional[float]) -> tuple[Optional[float], str]:
+def peak_bandwidth(device: torch.device, override: float | None) -> tuple[float | None, str]:
     """``(GB/s, where it came from)``: --peak-gbps, the table of known cards, or Triton's estimate."""
     if override:
         return override, "--peak-gbps"
@@ -254,13 +406,16 @@ def peak_bandwidth(device: torch.device, override: Optional[float]) -> tuple[Opt
         return None, f"unknown card {name}: peak bandwidth unknown (pass --peak-gbps)"
 
 
-def peak_bandwidth_gbps(device: torch.device, override: Optional[float]) -> Optional[float]:
+def peak_bandwidth_gbps(device: torch.device, override: float | None) -> float | None:
+    """The peak alone, for callers that do not print where it came from."""
     return peak_bandwidth(device, override)[0]
 
 
 # --------------------------------------------------------------------------- memory
 
-def measure_cuda_memory(method: str, rewards, candidates, beta, device) -> Dict[str, float]:
+def measure_cuda_memory(method: str, rewards: torch.Tensor, candidates: torch.Tensor | None, beta: float,
+                        device: torch.device) -> MemoryFigures:
+    """One call's extra allocated peak on the card; a warm-up call first, so lazy init is not counted."""
     fn = RUNNERS[method]
     fn(rewards, candidates, beta)  # compile / warm the caching allocator's code paths
     gc.collect()
@@ -274,14 +429,15 @@ def measure_cuda_memory(method: str, rewards, candidates, beta, device) -> Dict[
     return memory_row(extra, output_bytes(out), rewards)
 
 
-def memory_row(extra: int, out_bytes: int, rewards) -> Dict[str, float]:
+def memory_row(extra: int, out_bytes: int, rewards: torch.Tensor) -> MemoryFigures:
+    """Split the extra peak into returned outputs and working memory, which is what the target judges."""
     rbytes = rewards.numel() * rewards.element_size()
     work = max(0, extra - out_bytes)
     return {"rewards_mib": rbytes / MIB, "extra_mib": extra / MIB, "outputs_mib": out_bytes / MIB,
             "work_mib": work / MIB, "work_over_rewards": work / rbytes if rbytes else float("nan")}
 
 
-def _peak_rss_bytes() -> tuple:
+def _peak_rss_bytes() -> tuple[int, str]:
     """This process's peak RSS in bytes, and where it was read.
 
     Linux: ``VmHWM`` of /proc/self/status, the peak of this process's own
@@ -314,8 +470,8 @@ def _reset_peak_rss() -> bool:
 def memory_child(spec: str) -> None:
     """Runs in a fresh process: ``method,N,K,D,beta,threads,backend`` -> one JSON line."""
     global BACKEND
-    method, n, k, d, beta, threads, BACKEND = spec.split(",")
-    n, k, d, beta, threads = int(n), int(k), int(d), float(beta), int(threads)
+    method, n_, k_, d_, beta_, threads_, BACKEND = spec.split(",")
+    n, k, d, beta, threads = int(n_), int(k_), int(d_), float(beta_), int(threads_)
     if threads > 0:
         torch.set_num_threads(threads)
     device = torch.device("cpu")
@@ -330,13 +486,14 @@ def memory_child(spec: str) -> None:
     before, source = _peak_rss_bytes()
     out = fn(rewards, candidates, beta)
     after, _ = _peak_rss_bytes()
-    row = memory_row(after - before, output_bytes(out), rewards)
+    row: CpuMemoryFigures = {**memory_row(after - before, output_bytes(out), rewards)}
     row["peak_reset"] = reset
     row["rss_source"] = source
     print(json.dumps(row))
 
 
-def measure_cpu_memory(method: str, n: int, k: int, d: int, beta: float, threads: int) -> Dict[str, float]:
+def measure_cpu_memory(method: str, n: int, k: int, d: int, beta: float, threads: int) -> CpuMemoryFigures:
+    """Measure in a fresh process per shape and method: one process's peak RSS never goes back down."""
     spec = f"{method},{n},{k},{d},{beta!r},{threads},{BACKEND}"
     env = dict(os.environ)
     # A fixed mmap threshold turns off glibc's dynamic one: every large buffer is
@@ -364,13 +521,14 @@ def roofline_bytes(n: int, k: int, m: int, reward_bytes: int = 4) -> int:
     return n * k * reward_bytes + n * m * (8 + 4) + n * 4
 
 
-def _gumbel_topm(rewards, beta: float, m: int):
+def _gumbel_topm(rewards: torch.Tensor, beta: float, m: int) -> torch.Tensor:
     g = -torch.log(-torch.log(torch.rand_like(rewards).clamp_(1e-20, 1.0 - 1e-7)))
     key = beta * rewards + g
     return key.argmax(dim=1) if m == 1 else torch.topk(key, m, dim=1).indices
 
 
-def roofline_methods(beta: float, m: int) -> Dict[str, Callable]:
+def roofline_methods(beta: float, m: int) -> dict[str, Callable[[torch.Tensor], object]]:
+    """The op and what it is measured against at ``m`` winners, each a function of the rewards alone."""
     from lightning_curate.kernels.kchoice_triton import kchoice_triton
 
     compiled = torch.compile(_gumbel_topm, dynamic=False)
@@ -401,7 +559,8 @@ def method_bytes(method: str, n: int, k: int, m: int) -> int:
     return roofline_bytes(n, k, m)
 
 
-def run_roofline(device: torch.device, beta: float, peak: Optional[float], shapes=ROOFLINE_SHAPES) -> List[dict]:
+def run_roofline(device: torch.device, beta: float, peak: float | None,
+                 shapes: Sequence[tuple[int, int, int]] = ROOFLINE_SHAPES) -> list[RooflineRow]:
     """One row per shape: each method's median time, kchoice's GB/s and % of peak."""
     name = torch.cuda.get_device_name(device)
     rows = []
@@ -409,21 +568,35 @@ def run_roofline(device: torch.device, beta: float, peak: Optional[float], shape
         gen = torch.Generator(device=device)
         gen.manual_seed(0)
         rewards = torch.randn(n, k, device=device, generator=gen)
-        row: Dict[str, object] = {"device_name": name, "N": n, "K": k, "m": m,
-                                  "bytes": roofline_bytes(n, k, m)}
+        nbytes = roofline_bytes(n, k, m)
+        ms: dict[str, float] = {}
         for method, fn in roofline_methods(beta, m).items():
             fn(rewards)  # compile / autotune / warm up outside the timing
             sync(device)
-            row[f"{method}_ms"] = time_cuda(lambda fn=fn, r=rewards: fn(r))["median_ms"]
-        row["gbps"] = row["bytes"] / (row["kchoice_ms"] * 1e-3) / 1e9
-        row["kernel_gbps"] = row["bytes"] / (row["kernel_ms"] * 1e-3) / 1e9
-        for method in ("kchoice_compact", "sum", "gumbel_compiled"):
-            row[f"{method}_gbps"] = method_bytes(method, n, k, m) / (row[f"{method}_ms"] * 1e-3) / 1e9
-        row["roofline_ms"] = row["bytes"] / (peak * 1e9) * 1e3 if peak else None
-        row["peak_fraction"] = row["gbps"] / peak if peak else None
-        row["kernel_peak_fraction"] = row["kernel_gbps"] / peak if peak else None
-        for method in ("multinomial", "gumbel_eager", "gumbel_compiled"):
-            row[f"speedup_{method}"] = row[f"{method}_ms"] / row["kchoice_ms"]
+
+            def call(fn: Callable[[torch.Tensor], object] = fn, r: torch.Tensor = rewards) -> object:
+                return fn(r)
+
+            ms[method] = time_cuda(call)["median_ms"]
+
+        gbps = {method: method_bytes(method, n, k, m) / (ms[method] * 1e-3) / 1e9
+                for method in ("kchoice_compact", "sum", "gumbel_compiled")}
+        kc_gbps = nbytes / (ms["kchoice"] * 1e-3) / 1e9
+        kernel_gbps = nbytes / (ms["kernel"] * 1e-3) / 1e9
+        row: RooflineRow = {
+            "device_name": name, "N": n, "K": k, "m": m, "bytes": nbytes,
+            "kchoice_ms": ms["kchoice"], "kchoice_compact_ms": ms["kchoice_compact"], "kernel_ms": ms["kernel"],
+            "sum_ms": ms["sum"], "multinomial_ms": ms["multinomial"], "gumbel_eager_ms": ms["gumbel_eager"],
+            "gumbel_compiled_ms": ms["gumbel_compiled"],
+            "gbps": kc_gbps, "kernel_gbps": kernel_gbps, "kchoice_compact_gbps": gbps["kchoice_compact"],
+            "sum_gbps": gbps["sum"], "gumbel_compiled_gbps": gbps["gumbel_compiled"],
+            "roofline_ms": nbytes / (peak * 1e9) * 1e3 if peak else None,
+            "peak_fraction": kc_gbps / peak if peak else None,
+            "kernel_peak_fraction": kernel_gbps / peak if peak else None,
+            "speedup_multinomial": ms["multinomial"] / ms["kchoice"],
+            "speedup_gumbel_eager": ms["gumbel_eager"] / ms["kchoice"],
+            "speedup_gumbel_compiled": ms["gumbel_compiled"] / ms["kchoice"],
+        }
         rows.append(row)
         del rewards
         torch.cuda.empty_cache()
@@ -431,7 +604,8 @@ def run_roofline(device: torch.device, beta: float, peak: Optional[float], shape
     return rows
 
 
-def print_roofline(rows: List[dict], peak: Optional[float], peak_source: str) -> None:
+def print_roofline(rows: Sequence[RooflineRow], peak: float | None, peak_source: str) -> None:
+    """Print the roofline table with the peak's source, since a % of peak means nothing without it."""
     name = rows[0]["device_name"] if rows else "?"
     print(f"Roofline on {name} (float32 rewards, no candidates; kchoice = the public op, validation included; "
           "kernel = kchoice_triton alone; median of triton.testing.do_bench; "
@@ -454,19 +628,21 @@ def print_roofline(rows: List[dict], peak: Optional[float], peak_source: str) ->
     print()
 
 
-def roofline_targets(rows: List[dict], peak: Optional[float]) -> List[Dict[str, str]]:
-    out = []
+def roofline_targets(rows: Sequence[RooflineRow], peak: float | None) -> list[Target]:
+    """Judge the roofline rows against the kernel's acceptance: bandwidth, compiled Gumbel, multinomial."""
+    out: list[Target] = []
     by_shape = {(r["N"], r["K"], r["m"]): r for r in rows}
     for shape in ROOFLINE_BANDWIDTH_SHAPES:
         r = by_shape.get(shape)
         name = f"CUDA: kchoice >= 70% of peak DRAM bandwidth at N={shape[0]}, K={shape[1]}"
+        frac = None if r is None else r["peak_fraction"]  # None exactly when the peak is unknown
         if r is None:
             out.append({"name": name, "status": "SKIP", "detail": "shape not run"})
-        elif not peak:
+        elif not peak or frac is None:
             out.append({"name": name, "status": "SKIP", "detail": f"{r['gbps']:.0f} GB/s; peak unknown"})
         else:
-            out.append({"name": name, "status": "PASS" if r["peak_fraction"] >= 0.7 else "FAIL",
-                        "detail": f"{100 * r['peak_fraction']:.1f}% ({r['gbps']:.0f} of {peak:.0f} GB/s) "
+            out.append({"name": name, "status": "PASS" if frac >= 0.7 else "FAIL",
+                        "detail": f"{100 * frac:.1f}% ({r['gbps']:.0f} of {peak:.0f} GB/s) "
                                   f"on {r['device_name']}"})
     for shape in ROOFLINE_BANDWIDTH_SHAPES:
         r = by_shape.get(shape)
@@ -493,7 +669,7 @@ DRAWS_SHAPES = ((400_000, 4, 1), (200_000, 16, 1), (20_000, 256, 1), (50_000, 16
 DRAWS_SEED = 2026
 
 
-def _load_module(path: str):
+def _load_module(path: str) -> ModuleType:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("kchoice_reference", path)
@@ -504,7 +680,8 @@ def _load_module(path: str):
     return module
 
 
-def draws_vs_reference(ref_path: str, shapes=DRAWS_SHAPES, chunk: int = 10_000) -> List[dict]:
+def draws_vs_reference(ref_path: str, shapes: Sequence[tuple[int, int, int]] = DRAWS_SHAPES,
+                       chunk: int = 10_000) -> list[dict[str, float]]:
     """Under TRITON_INTERPRET=1: rows whose winners this kernel and a reference ``kchoice_triton.py`` share.
 
     Softmax, beta = 1, rewards N(0, 4), a different seed per chunk of rows.
@@ -527,7 +704,7 @@ def draws_vs_reference(ref_path: str, shapes=DRAWS_SHAPES, chunk: int = 10_000) 
     return rows
 
 
-def _approx_log2(x, gen, worst: bool):
+def _approx_log2(x: torch.Tensor, gen: torch.Generator, worst: bool) -> torch.Tensor:
     """float32 log2 with CUDA's documented ``__log2f`` error: 2^-22.6 absolute on [0.5, 2], 2 ulp elsewhere."""
     y = torch.log2(x.double())
     inside = (x >= 0.5) & (x < 2)
@@ -539,7 +716,8 @@ def _approx_log2(x, gen, worst: bool):
     return torch.where(inside, y + e_abs, y * (1 + e_rel)).float()
 
 
-def draws_fast_log_simulation(shapes=((1_000_000, 4), (500_000, 16), (30_000, 256)), chunk: int = 20_000):
+def draws_fast_log_simulation(shapes: Sequence[tuple[int, int]] = ((1_000_000, 4), (500_000, 16), (30_000, 256)),
+                              chunk: int = 20_000) -> list[dict[str, float]]:
     """Rows whose softmax winner survives ``lg2.approx``'s documented error (random and worst-case sign)
     on the kernel's own Philox stream and keys (CPU, ``lightning_curate.ops.kchoice_philox``)."""
     from lightning_curate.ops.kchoice_philox import _bits
@@ -562,8 +740,9 @@ def draws_fast_log_simulation(shapes=((1_000_000, 4), (500_000, 16), (30_000, 25
     return rows
 
 
-def run_draws(ref_path: Optional[str], record: Optional[str]) -> int:
-    figures: Dict[str, object] = {"seed": DRAWS_SEED, "simulated_fast_log": draws_fast_log_simulation()}
+def run_draws(ref_path: str | None, record: str | None) -> int:
+    """Print (and with ``record`` write) the draws' figures; no timing, so it runs on any CPU."""
+    figures: DrawsFigures = {"seed": DRAWS_SEED, "simulated_fast_log": draws_fast_log_simulation()}
     if ref_path:
         figures["reference"] = ref_path
         figures["interpreter_vs_reference"] = draws_vs_reference(ref_path)
@@ -579,29 +758,31 @@ def run_draws(ref_path: Optional[str], record: Optional[str]) -> int:
 
 # --------------------------------------------------------------------------- printing
 
-def machine_info(device: torch.device) -> Dict[str, object]:
-    info: Dict[str, object] = {
+def machine_info(device: torch.device) -> MachineInfo:
+    """Where this run measured, printed and written beside the figures, which mean nothing without it."""
+    try:
+        import triton
+
+        triton_version: str | None = triton.__version__
+    except ImportError:
+        triton_version = None
+    cpu = _cpu_name()
+    info: MachineInfo = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu,
         "device": str(device),
+        "triton": triton_version,
+        "device_name": cpu,
     }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["device_name"] = props.name
         info["device_memory_gib"] = round(props.total_memory / GIB, 1)
-    else:
-        info["device_name"] = info["cpu"]
     return info
 
 
@@ -616,7 +797,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def fmt_ms(x: Optional[float]) -> str:
+def fmt_ms(x: float | None) -> str:
+    """Milliseconds to three significant-ish figures; ``-`` for a method that did not run."""
     if x is None:
         return "-"
     if x < 1:
@@ -626,17 +808,20 @@ def fmt_ms(x: Optional[float]) -> str:
     return f"{x:.0f}"
 
 
-def fmt_ratio(x: Optional[float]) -> str:
+def fmt_ratio(x: float | None) -> str:
+    """A speedup as ``2.50x``, whole above 100x where decimals are noise."""
     if x is None:
         return "-"
     return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
 
 
-def fmt(x: Optional[float], spec: str) -> str:
+def fmt(x: float | None, spec: str) -> str:
+    """``format`` with ``-`` for a missing figure, so a table cell is never ``None``."""
     return "-" if x is None else format(x, spec)
 
 
-def print_table(headers: Sequence[str], rows: List[Sequence[str]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Right-aligned plain-text columns: readable in a log, with no table library to install."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
     print(line)
@@ -647,7 +832,8 @@ def print_table(headers: Sequence[str], rows: List[Sequence[str]]) -> None:
 
 # --------------------------------------------------------------------------- main
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and fill the defaults (``--quick`` picks its own), refusing sizes that cannot be run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--n", type=int, nargs="+", help=f"slot counts N (default {list(DEFAULT_N)})")
@@ -710,7 +896,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def default_memory_shapes(ns, ks, ds) -> List[tuple]:
+def default_memory_shapes(ns: Sequence[int], ks: Sequence[int], ds: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The largest N at each K (and K=16 at the largest D): small shapes only measure allocator noise."""
     n = max(ns)
     shapes = [(n, k, 0) for k in ks]
     d = max(ds)
@@ -719,7 +906,8 @@ def default_memory_shapes(ns, ks, ds) -> List[tuple]:
     return shapes
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the roofline, the comparison grid and the memory measurements, print them and judge the targets."""
     global BACKEND
     args = parse_args(argv)
     BACKEND = args.backend
@@ -758,8 +946,8 @@ def main(argv=None) -> int:
           "(a) = torch.multinomial(softmax(beta*r), 1) + gather | (b) = per-slot Python loop")
     print(flush=True)
 
-    roof_rows: List[dict] = []
-    roof_targets: List[Dict[str, str]] = []
+    roof_rows: list[RooflineRow] = []
+    roof_targets: list[Target] = []
     if args.roofline != "off":
         if cuda:
             shapes = ROOFLINE_BANDWIDTH_SHAPES if args.roofline == "quick" else ROOFLINE_SHAPES
@@ -781,12 +969,12 @@ def main(argv=None) -> int:
             print(f"\nwrote {args.json}")
         return 1 if args.strict and any(t["status"] == "FAIL" for t in roof_targets) else 0
 
-    rows: List[Dict[str, object]] = []
-    mem_rows: List[Dict[str, object]] = []
+    rows: list[SpeedRow] = []
+    mem_rows: list[MemoryRow] = []
     for n in args.n:
         for k in args.k:
             for d in args.d:
-                row: Dict[str, object] = {"N": n, "K": k, "D": d, "device": str(device),
+                row: SpeedRow = {"N": n, "K": k, "D": d, "device": str(device),
                                           "candidate_dtype": str(cdtype).replace("torch.", "")}
                 cand_bytes = n * k * d * csize
                 if cand_bytes > budget:
@@ -801,24 +989,27 @@ def main(argv=None) -> int:
                         continue
                     fn = RUNNERS[method]
 
-                    def call(fn=fn, rewards=rewards, candidates=candidates):
+                    def call(fn: Runner = fn, rewards: torch.Tensor = rewards,
+                             candidates: torch.Tensor | None = candidates) -> object:
                         return fn(rewards, candidates, args.beta)
 
-                    t = time_cuda(call) if cuda else time_cpu(call, args.repeats, args.warmup)
-                    row[f"{method}_ms"] = t["median_ms"]
-                    row[f"{method}_timing"] = t
+                    timing = time_cuda(call) if cuda else time_cpu(call, args.repeats, args.warmup)
+                    ms_key, timing_key = SPEED_KEYS[method]
+                    row[ms_key] = timing["median_ms"]
+                    row[timing_key] = timing
                 kc = row["kchoice_ms"]
-                for method, key in (("multinomial", "ratio_a"), ("loop", "ratio_b")):
-                    if f"{method}_ms" in row:
-                        row[key] = row[f"{method}_ms"] / kc
+                if "multinomial_ms" in row:
+                    row["ratio_a"] = row["multinomial_ms"] / kc
+                if "loop_ms" in row:
+                    row["ratio_b"] = row["loop_ms"] / kc
                 row["bytes"] = kchoice_bytes(n, k, d, device)
                 row["gbps"] = row["bytes"] / (kc * 1e-3) / 1e9
                 if peak:
                     row["peak_fraction"] = row["gbps"] / peak
                 if cuda:  # cheap on CUDA: every shape
                     for method in ("kchoice", "multinomial"):
-                        m = measure_cuda_memory(method, rewards, candidates, args.beta, device)
-                        mem_rows.append({"N": n, "K": k, "D": d, "method": method, **m})
+                        figures = measure_cuda_memory(method, rewards, candidates, args.beta, device)
+                        mem_rows.append({"N": n, "K": k, "D": d, "method": method, **figures})
                 rows.append(row)
                 del rewards, candidates
                 gc.collect()
@@ -827,15 +1018,16 @@ def main(argv=None) -> int:
                 print(f"  done N={n} K={k} D={d}: kchoice {fmt_ms(kc)} ms", file=sys.stderr, flush=True)
 
     if args.memory and not cuda:
-        shapes = ([tuple(int(v) for v in s.split(",")) for s in args.memory_shapes]
-                  if args.memory_shapes else default_memory_shapes(args.n, args.k, args.d))
-        for n, k, d in shapes:
+        mem_shapes: Sequence[tuple[int, ...]] = (
+            [tuple(int(v) for v in s.split(",")) for s in args.memory_shapes]
+            if args.memory_shapes else default_memory_shapes(args.n, args.k, args.d))
+        for n, k, d in mem_shapes:
             if n * k * d * csize > budget:
                 mem_rows.append({"N": n, "K": k, "D": d, "method": "kchoice", "skipped": "over budget"})
                 continue
             for method in (("kchoice",) if args.quick else ("kchoice", "multinomial")):
-                m = measure_cpu_memory(method, n, k, d, args.beta, args.threads)
-                mem_rows.append({"N": n, "K": k, "D": d, "method": method, **m})
+                cpu_figures = measure_cpu_memory(method, n, k, d, args.beta, args.threads)
+                mem_rows.append({"N": n, "K": k, "D": d, "method": method, **cpu_figures})
                 print(f"  memory N={n} K={k} D={d} {method}: done", file=sys.stderr, flush=True)
 
     # ---- speed table
@@ -900,17 +1092,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def _find(rows, n, k, d):
+def _find(rows: Sequence[SpeedRow], n: int, k: int, d: int) -> SpeedRow | None:
     for r in rows:
         if (r["N"], r["K"], r["D"]) == (n, k, d) and "skipped" not in r:
             return r
     return None
 
 
-def evaluate_targets(rows, mem_rows, cuda: bool, peak: Optional[float]) -> List[Dict[str, str]]:
-    out = []
+def evaluate_targets(rows: Sequence[SpeedRow], mem_rows: Sequence[MemoryRow], cuda: bool,
+                     peak: float | None) -> list[Target]:
+    """Judge the grid against the op's acceptance; a shape not run is a SKIP, never a silent PASS."""
+    out: list[Target] = []
 
-    def add(name, status, detail):
+    def add(name: str, status: str, detail: str) -> None:
         out.append({"name": name, "status": status, "detail": detail})
 
     n, k, d = TARGET_SPEED_A

@@ -20,7 +20,8 @@ Five steps, each timed; every figure is recorded with the card's name:
 4. fidelity: ``configs/digits.yaml`` whole (all its rounds, its own epochs) on
    CUDA, once in float32 and once with bf16 autocast and ``compile: true``: each
    round's reward and rewarded-set share fidelity against the ideal learner's
-   prediction and the mean learner gap, beside the CPU run's row (README). Each
+   prediction and the mean learner gap, beside the CPU run's row (its record:
+   docs/experiments/2026-11-27-digits-devices.md). Each
    run's ``rounds.csv`` and ``round_metrics.png`` are copied to ``--out``.
 5. summary: ``gpu_check.json`` and ``gpu_check.md`` in ``--out``.
 
@@ -30,7 +31,7 @@ CUDA device (the script refuses to run rather than skip). Performance targets
 fidelity ratio within 0.85-1.15) are reported as PASS/FAIL in the summary without
 changing the exit status (NEAR for fidelity: a ratio outside the band by at most two of its
 standard errors). Steps 1-3 took about 7.5 minutes on one H100
-(2026-11-26; figures in docs/GPU.md); ``--skip`` leaves steps out.
+(2026-11-26; figures in docs/experiments/2026-11-26-h100.md); ``--skip`` leaves steps out.
 
 ``--quick`` is the kernel's acceptance as one prepared command within 5 minutes:
 steps 1 and 2 only, the roofline at its two target shapes (``bench_kchoice.py
@@ -52,23 +53,105 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any, Callable, TypedDict
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-# class-0 share (judge) per round of configs/digits.yaml on the CPU (README).
+# class-0 share (judge) per round of configs/digits.yaml on the CPU (docs/experiments/2026-11-26-h100.md).
 DIGITS_CPU_SHARE0 = (0.105, 0.297, 0.719)
 DIGITS_SHARE_TOLERANCE = 0.10
-# reward fidelity per round of configs/digits.yaml on the CPU (README; "-": within noise).
+# reward fidelity per round of configs/digits.yaml on the CPU (docs/experiments/2026-11-27-digits-devices.md;
+# "-": within noise).
 DIGITS_CPU_FIDELITY = "0.89, 0.97, 0.96, 1.06, -, -"
 # The digits runs' reward classifier and judge, trained into --out/checkpoints unless --classifiers gives them.
 # Each is its .ckpt and the net file beside it, which is what the run reads.
 CLASSIFIER_FILES = tuple(f"{name}.ckpt{tail}" for name in ("digits_classifier", "digits_judge")
                          for tail in ("", ".net.safetensors"))
 # How the fidelity step runs the generator: (compile, autocast dtype).
-FIDELITY_VARIANTS = {"fp32": (False, None), "bf16": (True, "bfloat16")}
+FIDELITY_VARIANTS: dict[str, tuple[bool, str | None]] = {"fp32": (False, None), "bf16": (True, "bfloat16")}
+
+# A parsed YAML run config: nested mappings whose schema LightningCLI owns, so its values stay Any.
+Config = dict[str, Any]
+# One row of a run's rounds.csv, as csv.DictReader reads it (every cell a string).
+RoundRow = dict[str, str]
+
+
+class Target(TypedDict):
+    """A performance target's verdict, as bench_kchoice.py writes them: PASS, FAIL, NEAR or SKIP."""
+
+    name: str
+    status: str
+    detail: str
+
+
+class FidelitySummary(TypedDict):
+    """A finished run's fidelity row: the ratios as the table shows them, and as numbers for the verdicts."""
+
+    reward_fidelity: str
+    gain_share_fidelity: str
+    ratios: list[float]
+    verdicts: list[str]
+    mean_gap: float
+    mean_gap_stderr: float
+
+
+class FidelityRun(FidelitySummary):
+    """One fidelity run in gpu_check.json: its wall time beside its fidelity row."""
+
+    seconds: float
+
+
+class StepResult(TypedDict, total=False):
+    """One step's entry in gpu_check.json; each step fills its own keys, ``main`` the last two."""
+
+    ok: bool
+    problems: list[str]
+    error: str  # the step raised, or (roofline) the benchmark failed
+    # tests
+    passed: int
+    tests: int
+    failures: int
+    errors: int
+    skipped: int
+    log: str
+    tail: list[str]
+    # roofline: bench_kchoice.py's JSON, passed through unread (so its rows stay Any)
+    rows: list[dict[str, Any]]
+    targets: list[Target]
+    peak_gbps: float | None
+    peak_source: str
+    table: str
+    # digits, cifar_like
+    run_dir: str
+    first_s: float
+    after_first: list[int]
+    resume_s: float
+    peak_gib: list[float]
+    reward_mean: list[float]
+    share_0: list[float]
+    # fidelity
+    runs: dict[str, FidelityRun]
+    # every step (main)
+    seconds: float
+    device_name: str
+
+
+class Summary(TypedDict):
+    """gpu_check.json: where and how the check ran, each step's result and the targets' verdicts."""
+
+    device_name: str
+    command: str
+    date: str
+    torch: str
+    triton: str
+    cuda: str | None
+    steps: dict[str, StepResult]
+    targets: list[Target]
+    classifiers: str
 
 
 def fail_without_cuda() -> None:
+    """Exit 2 on a machine without CUDA: a GPU check that skipped would read as passed."""
     import torch
 
     if not torch.cuda.is_available():
@@ -80,13 +163,13 @@ def fail_without_cuda() -> None:
 
 # --------------------------------------------------------------------------- configs
 
-def _load(name: str) -> dict:
+def _load(name: str) -> Config:
     import yaml
 
     return yaml.safe_load((CONFIGS / name).read_text())
 
 
-def _write(path: Path, config: dict) -> Path:
+def _write(path: Path, config: Config) -> Path:
     import yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,11 +177,11 @@ def _write(path: Path, config: dict) -> Path:
     return path
 
 
-def _callback(config: dict, suffix: str) -> dict:
+def _callback(config: Config, suffix: str) -> Config:
     return next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith(suffix))
 
 
-def classifier_config(name: str, ckpt_dir: Path, run_dir: Path, accelerator: str, max_epochs: int) -> dict:
+def classifier_config(name: str, ckpt_dir: Path, run_dir: Path, accelerator: str, max_epochs: int) -> Config:
     """A shipped classifier config writing its checkpoint into ``ckpt_dir``."""
     cfg = _load(name)
     cfg["trainer"].update({"accelerator": accelerator, "default_root_dir": str(run_dir), "max_epochs": max_epochs,
@@ -107,8 +190,8 @@ def classifier_config(name: str, ckpt_dir: Path, run_dir: Path, accelerator: str
     return cfg
 
 
-def run_config(cfg: dict, run_dir: Path, *, rounds: int, accelerator: str, precision: str, compile_: bool,
-               autocast: str | None, trainer_overrides: dict | None = None) -> dict:
+def run_config(cfg: Config, run_dir: Path, *, rounds: int, accelerator: str, precision: str, compile_: bool,
+               autocast: str | None, trainer_overrides: Config | None = None) -> Config:
     """A retraining config on ``accelerator`` with ``rounds`` rounds, writing into ``run_dir``."""
     cfg = copy.deepcopy(cfg)
     trainer = cfg["trainer"]
@@ -123,7 +206,7 @@ def run_config(cfg: dict, run_dir: Path, *, rounds: int, accelerator: str, preci
 
 
 def digits_config(out: Path, rounds: int, accelerator: str = "gpu", compile_: bool = True,
-                  autocast: str | None = "bfloat16", classifier_epochs: int | None = None) -> dict:
+                  autocast: str | None = "bfloat16", classifier_epochs: int | None = None) -> Config:
     """configs/digits.yaml (its epochs and sizes) with its classifiers trained into ``out/checkpoints``."""
     ckpt = out / "checkpoints"
     cfg = _load("digits.yaml")
@@ -139,7 +222,7 @@ def digits_config(out: Path, rounds: int, accelerator: str = "gpu", compile_: bo
                       compile_=compile_, autocast=autocast)
 
 
-def fidelity_config(out: Path, variant: str, accelerator: str = "gpu", seed: int = 0) -> dict:
+def fidelity_config(out: Path, variant: str, accelerator: str = "gpu", seed: int = 0) -> Config:
     """configs/digits.yaml as shipped (all its rounds), run in ``variant`` (FIDELITY_VARIANTS) into its own folder.
 
     ``seed`` replaces the config's three seeds (``seed_everything``, the loop's and the held-out
@@ -158,6 +241,7 @@ def fidelity_config(out: Path, variant: str, accelerator: str = "gpu", seed: int
 
 
 def run_name(variant: str, seed: int) -> str:
+    """The run's folder name; seed 0 keeps the shipped run's name so its records still match."""
     return f"digits_{variant}" if seed == 0 else f"digits_{variant}_seed{seed}"
 
 
@@ -173,7 +257,7 @@ def write_cifar_like(path: Path, n: int = 2048, seed: int = 0) -> Path:
 
 
 def cifar_like_config(out: Path, rounds: int, accelerator: str = "gpu", compile_: bool = True,
-                      autocast: str | None = "bfloat16", precision: str = "bf16-mixed", small: bool = False) -> dict:
+                      autocast: str | None = "bfloat16", precision: str = "bf16-mixed", small: bool = False) -> Config:
     """configs/cifar10.yaml's generator on random 3x32x32 images, rewarded by an untrained SmallCNN's q_0."""
     cfg = _load("cifar10.yaml")
     data = write_cifar_like(out / "data" / "cifar_like.pt", n=256 if small else 2048)
@@ -205,14 +289,15 @@ def cifar_like_config(out: Path, rounds: int, accelerator: str = "gpu", compile_
                       trainer_overrides={"limit_train_batches": 2 if small else 20, "log_every_n_steps": 1})
 
 
-def read_rounds(run_dir: Path) -> list[dict]:
+def read_rounds(run_dir: Path) -> list[RoundRow]:
+    """A run's rounds.csv as written, strings and all, so the checks see what a reader of the file sees."""
     import csv
 
     with open(run_dir / "rounds.csv") as fh:
         return list(csv.DictReader(fh))
 
 
-def check_rounds(rows: list[dict], rounds: int) -> list[str]:
+def check_rounds(rows: list[RoundRow], rounds: int) -> list[str]:
     """What is wrong with a finished run's rounds.csv (empty: nothing)."""
     problems = []
     got = [int(r["round"]) for r in rows]
@@ -227,7 +312,8 @@ def check_rounds(rows: list[dict], rounds: int) -> list[str]:
 
 # --------------------------------------------------------------------------- steps
 
-def step_tests(out: Path, timeout: float = 1200) -> dict:
+def step_tests(out: Path, timeout: float = 1200) -> StepResult:
+    """Run the CUDA tests compiled (not interpreted), since the interpreter hides register and launch bugs."""
     xml = out / "tests.xml"
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
@@ -236,17 +322,20 @@ def step_tests(out: Path, timeout: float = 1200) -> dict:
     (out / "tests.log").write_text(proc.stdout + proc.stderr)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if xml.is_file():
-        suite = ET.parse(xml).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        counts = {k: int(suite.get(k, 0)) for k in counts}
+        root = ET.parse(xml).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        if suite is not None:  # a junitxml without a testsuite leaves the counts at 0: the step fails
+            counts = {k: int(suite.get(k, 0)) for k in counts}
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     # One skip is expected: the subprocess re-run, which only runs under TRITON_INTERPRET=1.
     ok = proc.returncode == 0 and passed > 0 and counts["skipped"] <= 1
-    return {"ok": ok, "passed": passed, **counts, "log": str(out / "tests.log"),
+    return {"ok": ok, "passed": passed, "tests": counts["tests"], "failures": counts["failures"],
+            "errors": counts["errors"], "skipped": counts["skipped"], "log": str(out / "tests.log"),
             "tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []}
 
 
-def step_roofline(out: Path, quick: bool = False, timeout: float = 1200) -> dict:
+def step_roofline(out: Path, quick: bool = False, timeout: float = 1200) -> StepResult:
+    """Run the benchmark in its own process, so a crashed kernel fails this step and not the whole check."""
     path = out / "roofline.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_kchoice.py"), "--roofline",
                            "quick" if quick else "only", "--device", "cuda", "--json", str(path)],
@@ -268,23 +357,26 @@ def _fit(config_path: Path, *extra: str) -> None:
     main(["fit", "-c", str(config_path), *extra])
 
 
-def step_run(name: str, cfg_round1: dict, cfg_round2: dict, out: Path) -> dict:
+def step_run(name: str, cfg_round1: Config, cfg_round2: Config, out: Path) -> StepResult:
     """Round 1, then a resume (--ckpt_path last) extending the run to round 2; rounds.csv and peak memory."""
     import torch
 
     run_dir = Path(cfg_round1["trainer"]["default_root_dir"])
     first = _write(out / "configs" / f"{name}_1.yaml", cfg_round1)
     second = _write(out / "configs" / f"{name}_2.yaml", cfg_round2)
-    result: dict = {"run_dir": str(run_dir)}
+    result: StepResult = {"run_dir": str(run_dir)}
     peaks = []
     for label, path, extra in (("first", first, ()), ("resume", second, ("--ckpt_path", "last"))):
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         _fit(path, *extra)
-        result[f"{label}_s"] = round(time.perf_counter() - t0, 1)
+        seconds = round(time.perf_counter() - t0, 1)
         peaks.append(torch.cuda.max_memory_allocated() / 2**30)
         if label == "first":
+            result["first_s"] = seconds
             result["after_first"] = [int(r["round"]) for r in read_rounds(run_dir)]
+        else:
+            result["resume_s"] = seconds
     rows = read_rounds(run_dir)
     problems = check_rounds(rows, 2)
     if result["after_first"] != [0, 1]:
@@ -298,7 +390,7 @@ def step_run(name: str, cfg_round1: dict, cfg_round2: dict, out: Path) -> dict:
     return result
 
 
-def _float(value) -> float:
+def _float(value: str | None) -> float:
     from lightning_curate.experiments.aggregate import as_float
 
     return as_float(value)
@@ -309,7 +401,7 @@ def _cell(value: str) -> str:
     return f"{number:.2f}" if math.isfinite(number) else "-"
 
 
-def fidelity_summary(rows: list[dict]) -> dict:
+def fidelity_summary(rows: list[RoundRow]) -> FidelitySummary:
     """A finished run's fidelity: each curated round's ratios ("-": within noise), where each stands against
     the faithful band given its own error (``band_verdict``: in / near / out), and the mean learner gap."""
     from lightning_curate.loop.fidelity import band_verdict, mean_learner_gap
@@ -328,11 +420,12 @@ def fidelity_summary(rows: list[dict]) -> dict:
 
 
 def step_fidelity(out: Path, variants: tuple[str, ...] = tuple(FIDELITY_VARIANTS), accelerator: str = "gpu",
-                  seeds: tuple[int, ...] = (0,)) -> dict:
+                  seeds: tuple[int, ...] = (0,)) -> StepResult:
     """Each variant's whole digits run at each seed: its fidelity row, wall time and files copied to ``out``."""
     import shutil
 
-    result: dict = {"runs": {}}
+    runs: dict[str, FidelityRun] = {}
+    result: StepResult = {"runs": runs}
     problems = []
     for seed, mode in [(seed, mode) for seed in seeds for mode in variants]:
         cfg = fidelity_config(out, mode, accelerator, seed)
@@ -351,14 +444,14 @@ def step_fidelity(out: Path, variants: tuple[str, ...] = tuple(FIDELITY_VARIANTS
         for name in ("rounds.csv", "round_metrics.png"):
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, out / f"digits_{variant}_{name}")
-        result["runs"][variant] = {"seconds": seconds, **fidelity_summary(rows)}
-        print(f"   digits {variant}: reward fidelity {result['runs'][variant]['reward_fidelity']} "
+        runs[variant] = {"seconds": seconds, **fidelity_summary(rows)}
+        print(f"   digits {variant}: reward fidelity {runs[variant]['reward_fidelity']} "
               f"({seconds} s)", flush=True)
     result.update({"ok": not problems, "problems": problems})
     return result
 
 
-def fidelity_target(step: dict, dev: str) -> dict:
+def fidelity_target(step: StepResult, dev: str) -> Target:
     """PASS: every ratio inside the band; NEAR: some outside, none by more than BAND_Z of its standard
     errors; FAIL: one further out."""
     from lightning_curate.loop.fidelity import BAND_Z, FIDELITY_BAND
@@ -382,7 +475,8 @@ def fidelity_target(step: dict, dev: str) -> dict:
     return {"name": name, "status": status, "detail": f"{detail} ({len(verdicts)} ratios: {tally}){failures}"}
 
 
-def digits_target(run: dict) -> dict:
+def digits_target(run: StepResult) -> Target:
+    """Compare the card's class-0 shares with the CPU run's: the same curation must drift the same way."""
     name = (f"digits class-0 share per round within {DIGITS_SHARE_TOLERANCE:.2f} of the CPU run "
             f"{list(DIGITS_CPU_SHARE0)}")
     shares = run.get("share_0")
@@ -399,7 +493,8 @@ STEPS = ("tests", "roofline", "digits", "cifar_like", "fidelity")
 QUICK_SKIPS = ("digits", "cifar_like", "fidelity")  # --quick: the kernel's acceptance, no runs
 
 
-def write_summary(out: Path, summary: dict) -> None:
+def write_summary(out: Path, summary: Summary) -> None:
+    """Write the JSON and a markdown digest of ``summary``; called after every step, so a cut run keeps its figures."""
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
     dev = summary["device_name"]
     lines = [f"# gpu_check on {dev}", "",
@@ -425,7 +520,9 @@ def write_summary(out: Path, summary: dict) -> None:
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the steps in order, each one's failure recorded rather than raised, so one broken step still
+    leaves the others' figures."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/gpu_check", help="folder for the summary, logs and runs")
@@ -468,14 +565,14 @@ def main(argv=None) -> int:
         for name in CLASSIFIER_FILES:
             shutil.copyfile(args.classifiers / name, out / "checkpoints" / name)
     dev = torch.cuda.get_device_name()
-    summary = {"device_name": dev, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    summary: Summary = {"device_name": dev, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__, "triton": triton.__version__,
                "cuda": torch.version.cuda, "steps": {}, "targets": [],
                "classifiers": str(args.classifiers.resolve()) if args.classifiers else "trained on the card"}
     print(f"gpu_check on {dev} -> {out}", flush=True)
     if args.quick:
         args.skip = list(dict.fromkeys([*args.skip, *QUICK_SKIPS]))
-    steps = {
+    steps: dict[str, Callable[[], StepResult]] = {
         "tests": lambda: step_tests(out, timeout=180 if args.quick else 1200),
         "roofline": lambda: step_roofline(out, quick=args.quick, timeout=120 if args.quick else 1200),
         "digits": lambda: step_run("digits", digits_config(out, 1), digits_config(out, 2), out),
@@ -493,7 +590,7 @@ def main(argv=None) -> int:
         except BaseException as err:  # noqa: BLE001 - a failed step is recorded, the others still run
             if isinstance(err, KeyboardInterrupt):
                 raise
-            result = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+            result = StepResult(ok=False, error=f"{type(err).__name__}: {err}")
         result["seconds"] = round(time.perf_counter() - t0, 1)
         result["device_name"] = dev
         summary["steps"][name] = result

@@ -73,6 +73,9 @@ def test_bench_kchoice_roofline_table_and_targets(capsys):
                "gumbel_compiled_ms": 0.1}
         row["gbps"] = nbytes / (kc_ms * 1e-3) / 1e9
         row["kernel_gbps"] = 2 * row["gbps"]
+        row["kchoice_compact_gbps"] = bench.method_bytes("kchoice_compact", n, k, m) / (kc_ms * 1e-3) / 1e9
+        row["sum_gbps"] = bench.method_bytes("sum", n, k, m) / (kc_ms * 1e-3) / 1e9
+        row["gumbel_compiled_gbps"] = bench.method_bytes("gumbel_compiled", n, k, m) / 0.1e-3 / 1e9
         row["roofline_ms"] = nbytes / (peak * 1e9) * 1e3
         row["peak_fraction"] = row["gbps"] / peak
         row["kernel_peak_fraction"] = row["kernel_gbps"] / peak
@@ -83,12 +86,15 @@ def test_bench_kchoice_roofline_table_and_targets(capsys):
     out = capsys.readouterr().out
     assert "Roofline on NVIDIA H100 80GB HBM3" in out and "kernel % peak" in out
     status = {t["name"]: t["status"] for t in bench.roofline_targets(rows, peak)}
+    # Bandwidth at 1e6 x 16 and 1e7 x 4, compiled Gumbel at both, softmax + multinomial at 1e6 x 16.
     # 1e6 x 16: 80 MB in 30 us = 2667 GB/s = 79.6% of 3350 -> PASS; 1e7 x 4: 320 MB in 60 us -> PASS;
-    # 0.5 ms / 0.03 ms = 16.7x softmax + multinomial -> PASS. At 200 us: 12%, 2.5x -> FAIL, FAIL.
-    assert list(status.values()) == ["PASS", "PASS", "PASS"]
+    # 0.1 ms / 0.03 ms and 0.1 ms / 0.06 ms = 3.3x and 1.7x compiled Gumbel -> PASS, PASS;
+    # 0.5 ms / 0.03 ms = 16.7x softmax + multinomial -> PASS. At 200 us on 1e6 x 16: 12%, 0.5x, 2.5x -> FAIL.
+    assert list(status.values()) == ["PASS"] * 5
     rows[0]["kchoice_ms"] = 0.2
     rows[0]["gbps"] = rows[0]["bytes"] / 0.2e-3 / 1e9
     rows[0]["peak_fraction"] = rows[0]["gbps"] / peak
     rows[0]["speedup_multinomial"] = 0.5 / 0.2
-    assert [t["status"] for t in bench.roofline_targets(rows, peak)] == ["FAIL", "PASS", "FAIL"]
+    rows[0]["speedup_gumbel_compiled"] = 0.1 / 0.2
+    assert [t["status"] for t in bench.roofline_targets(rows, peak)] == ["FAIL", "PASS", "FAIL", "PASS", "FAIL"]
     assert [t["status"] for t in bench.roofline_targets(rows, None)][:2] == ["SKIP", "SKIP"]
