@@ -521,18 +521,18 @@ def field_checks(result: ClaimResult, measured: dict, setting: FieldSetting) -> 
         final = {pol: _median([run["degradation"][T] for run in measured[learner][pol]]) for pol in COT_POLICIES}
         var = {pol: _median([run["variance"][T] for run in measured[learner][pol]]) for pol in COT_POLICIES}
         label = "H/log K" if learner == "discrete" else "variance"
-        ours = lambda pol: f"{what[learner]} {final[pol]:.3f} ({label} {var[pol]:.3g})"  # noqa: E731
+        ours = {pol: f"{what[learner]} {final[pol]:.3f} ({label} {var[pol] + 0.0:.3g})" for pol in COT_POLICIES}
         collapse = setting.collapse_at[learner]
         rise = _median([run["degradation"][T] - run["degradation"][half] for run in measured[learner]["accumulate"]])
         check(result, f"{learner}, replace collapses: {what[learner]} at round {T} >= {collapse} "
-                      f"[paper: {COT_CLAIMS['replace']}]", final["replace"] >= collapse, ours("replace"))
+                      f"[paper: {COT_CLAIMS['replace']}]", final["replace"] >= collapse, ours["replace"])
         check(result, f"{learner}, accumulate stays stable: its {what[learner]} rises by <= {setting.stable_rise} "
                       f"from round {half} to {T} [paper: {COT_CLAIMS['accumulate']}]", rise <= setting.stable_rise,
-              f"rise {rise:.3f}; {ours('accumulate')}")
+              f"rise {rise:.3f}; {ours['accumulate']}")
         slow = final["accumulate"] <= final["accumulate_subsample"] < final["replace"]
         check(result, f"{learner}, accumulate-subsample degrades slowly: accumulate <= it < replace at round {T} "
                       f"[paper: {COT_CLAIMS['accumulate_subsample']}]", slow,
-              f"{ours('accumulate_subsample')}; accumulate {final['accumulate']:.3f}, replace {final['replace']:.3f}")
+              f"{ours['accumulate_subsample']}; accumulate {final['accumulate']:.3f}, replace {final['replace']:.3f}")
 
 
 def plot_field(measured: dict, setting: FieldSetting, path: Path) -> Path:
@@ -606,7 +606,8 @@ def write_report(results: list[ClaimResult], out: Path, args: argparse.Namespace
              f"{' --quick' if args.quick else ''}` in {seconds / 60:.1f} min on {platform.machine()} "
              f"({os.cpu_count()} CPUs), seeds {', '.join(map(str, args.seeds))}.", "",
              "The claims of Ferbach et al. (NeurIPS 2024) as docs/THEORY.md states them, each run as a sweep "
-             "(`lightning-curate-sweep`) with the mean over seeds and a 95% band in the figures.", "",
+             "(`lightning-curate-sweep`) with the mean over seeds and a 95% band in the figures. The field's results "
+             "(`field`, run with `--only field`) each name their paper and claim, with their own seeds.", "",
              "| claim | check | result | numbers |", "|---|---|---|---|"]
     for res in results:
         for c in res.checks:
