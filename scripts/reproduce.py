@@ -4,6 +4,7 @@
     python scripts/reproduce.py --quick         # fewer rounds, one seed (a smoke run)
     python scripts/reproduce.py --only discrete --only mog8 --jobs 2
     python scripts/reproduce.py --record        # also docs/experiments/records/reproduce.json
+    python scripts/reproduce.py --only field    # the field's results beside their papers (not in the default run)
 
 Claims (docs/THEORY.md sections 3-5), each run as a sweep (lightning_curate.experiments.sweep)
 in ``<out>/<claim>/``:
@@ -26,6 +27,16 @@ in ``<out>/<claim>/``:
   class 1, the rest class 0): with epsilon = 0 the honest reward rises as in
   ``discrete``; past the ideal learner's threshold the adversaries' class grows,
   below it it vanishes; with rho = 0.5 every class keeps the floor rho * p_data.
+
+The field's results, run only with ``--only field``:
+
+* ``field``: "Collapse or Thrive?" (Kazdan, Schaeffer et al., ICML 2025, arXiv:2410.16713):
+  the replace / accumulate / accumulate-subsample workflows on the exact discrete,
+  Gaussian and KDE learners, driven round by round through the package's data module,
+  learners and ``curate_round`` without the trainer (K = 1, no real data after round 0).
+  Replace collapses, accumulate stays stable, accumulate-subsample degrades slowly:
+  each claim a PASS/FAIL row per learner, over 20 seeds and 100 rounds (``--quick``:
+  10 seeds, 40 rounds; ``--seeds`` sets the seeds), in about 2 minutes on 2 CPUs.
 
 Finished runs are reused (the sweeps resume), so an interrupted reproduction
 continues where it stopped. Writes ``<out>/REPORT.md`` with a PASS/FAIL table
@@ -633,6 +644,7 @@ def record_figures(results: list[ClaimResult], args: argparse.Namespace, seconds
     """The reproduction's figures for :func:`write_record`: every check's verdict and numbers, by claim."""
     return {"quick": bool(args.quick), "seeds": list(args.seeds), "minutes": seconds / 60,
             "claims": {res.name: {"title": res.title, "minutes": res.seconds / 60, "command": res.command,
+                                  "note": res.note,
                                   "checks": [{"check": c.what, "passed": c.passed, "numbers": c.numbers}
                                              for c in res.checks]}
                        for res in results}}
