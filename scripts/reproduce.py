@@ -579,8 +579,8 @@ def plot_field(measured: dict, setting: FieldSetting, path: Path) -> Path:
 
 def field_setting(args: argparse.Namespace) -> FieldSetting:
     """The run's size: 100 rounds and 20 seeds; ``--quick``: 40 rounds and 10 seeds (``--seeds`` overrides)."""
-    rounds = 40 if args.quick else 100
-    seeds = args.field_seeds or list(range(10 if args.quick else 20))
+    rounds = 40 if getattr(args, "quick", False) else 100
+    seeds = getattr(args, "field_seeds", None) or list(range(10 if getattr(args, "quick", False) else 20))
     return FieldSetting(rounds=rounds, seeds=seeds, n={"discrete": 24, "gaussian": 100, "kde": 100})
 
 
