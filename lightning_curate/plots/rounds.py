@@ -130,7 +130,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
         ax.text(0.5, 0.5, "no reward recorded", transform=ax.transAxes, ha="center", va="center", color="0.4")
     else:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    ax.set_title("Reward: rises while curation optimises it")
+    ax.set_title("Reward: rises as curation optimises it")
     ax.set_ylabel("reward")
     _finish_x(ax)
 
@@ -142,7 +142,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
         panel += 1
         for key, color in zip(dist_keys, palette(len(dist_keys))):
             ax.plot(rounds, _column(rows, key), "-o", ms=4, lw=1.6, color=color, label=key.replace("_", " "))
-        ax.set_title("Distance to the real data: drift away from it")
+        ax.set_title("Distance to the real data: the drift")
         ax.set_ylabel("distance")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
@@ -198,7 +198,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
             # Row t predicts round t + 1: drawn at t + 1, beside what was observed there.
             ax.plot(rounds + 1, 100.0 * _column(rows, PREDICTED_SHARE(name)), ":^", ms=4, lw=1.3, color=color,
                     label=f"{name} ideal learner")
-        ax.set_title("Shares: observed (solid) should track ideal (dotted)")
+        ax.set_title("Shares: solid should track dotted (ideal)")
         ax.set_ylabel("share (%)")
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
         _finish_x(ax)
@@ -218,7 +218,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
                             label=key.replace("_", " "))
             else:
                 ax.plot(rounds, values, "-o", ms=4, lw=1.4, color=color, label=key.replace("_", " "))
-        ax.set_title("Fidelity: inside the grey band = follows the theory")
+        ax.set_title("Fidelity: in the grey band = follows theory")
         ax.set_ylabel("observed move / predicted move")
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
         _finish_x(ax)
@@ -232,7 +232,7 @@ def build_round_metrics_figure(rows: Sequence[Mapping], *, share_prefix: str = S
         err = _column(rows, stderr(Col.LEARNER_GAP))
         ax.errorbar(rounds[gap_shown], gap[gap_shown], yerr=np.nan_to_num(err[gap_shown]), fmt="-o", ms=4, lw=1.4,
                     capsize=3, color=palette(1)[0], label="model reward - training set's (±1 se)")
-        ax.set_title("Learner gap: near 0 = reproduces its own data")
+        ax.set_title("Learner gap: near 0 = learns its data")
         ax.set_ylabel("reward difference")
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
         _finish_x(ax)
