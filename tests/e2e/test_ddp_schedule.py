@@ -9,15 +9,22 @@ fidelity rule.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from run_configs import read_rows, tiny_config, write_config
 
+from lightning_curate.cli import main
+from lightning_curate.data.blending import BlendingDataModule
+from lightning_curate.data.toy2d import Toy2D
 from lightning_curate.loop.verdicts import BAND_Z, band_verdict
 from lightning_curate.utils.columns import Col, stderr
 
@@ -71,3 +78,58 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows in lexicographic order (a batch as a multiset of samples)."""
     order = torch.argsort(x[:, 1], stable=True)
     return x[order][torch.argsort(x[order][:, 0], stable=True)]
+
+
+REPO = TESTS.parent
+# Every shipped run that groups optimizer steps: the main job and the overlays on it.
+GROUPED = [["mog8.yaml"], ["mog8.yaml", "overlays/mog8_real.yaml"], ["mog8.yaml", "overlays/moons.yaml"],
+           ["mog8.yaml", "overlays/mog8_batch1024.yaml"], ["mog8.yaml", "overlays/mog8_adversarial.yaml"]]
+
+
+def test_every_grouped_config_composes_for_two_processes():
+    """The composition and validation path of each shipped grouped-step run with the DDP flags: it parses,
+    groups steps, and its global batch splits evenly over two ranks (the one check DDP adds)."""
+    assert sorted(p.name for p in (REPO / "configs").glob("*.yaml") if "steps_per_batch" in p.read_text()) \
+        == ["mog8.yaml"]  # a new grouped base belongs in GROUPED
+    for files in GROUPED:
+        args = [a for f in files for a in ("-c", str(REPO / "configs" / f))]
+        buf = io.StringIO()
+        argv, sys.argv = sys.argv, ["lightning-curate"]
+        try:
+            with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exit_info:
+                main(["fit", *args, *DDP, "--print_config"])
+        finally:
+            sys.argv = argv
+        assert not exit_info.value.code, files
+        config = yaml.safe_load(buf.getvalue())
+        assert config["trainer"]["strategy"] == "ddp" and str(config["trainer"]["devices"]) == "2", files
+        assert config["model"]["init_args"]["steps_per_batch"] > 1, files
+        data = config["data"]["init_args"]
+        source = Toy2D(**data["source"]["init_args"])
+        rank_batch = BlendingDataModule(source, batch_size=data["batch_size"]).rank_batch_size(2)
+        assert 2 * rank_batch == data["batch_size"], files
+
+
+def test_the_main_job_starts_on_two_processes_as_shipped(tmp_path):
+    """configs/mog8.yaml itself (grouped steps of 8) on two processes, cut to one epoch a round."""
+    overlay = {
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"), "limit_train_batches": 1, "enable_progress_bar": False,
+            "callbacks": [
+                {"class_path": "lightning_curate.loop.RetrainingLoop",
+                 "init_args": {"rounds": 1, "epochs_per_round": 1, "initial_epochs": 1, "seed": 0}},
+                {"class_path": "lightning_curate.loop.RoundCheckpoint",
+                 "init_args": {"dirpath": "${....default_root_dir}/checkpoints", "save_last": True}}],
+        },
+        "model": {"init_args": {"num_slots": 256}},
+        "data": {"init_args": {"source": {"init_args": {"num_train": 2048, "num_heldout": 512}}}},
+    }
+    small = write_config(tmp_path / "small.yaml", overlay)
+    proc = subprocess.run([sys.executable, "-m", "lightning_curate", "fit", "-c", str(REPO / "configs" / "mog8.yaml"),
+                           "-c", str(small), *DDP], env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # Round 0: 2,048 real rows, 8 global batches of 256 (one group); round 1: 256 curated rows, one batch.
+    assert ckpt["global_step"] == 8 + 1
+    assert [int(r["round"]) for r in read_rows(tmp_path / "run")] == [0, 1]
