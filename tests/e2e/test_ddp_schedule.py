@@ -13,6 +13,8 @@ import contextlib
 import io
 import math
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from run_configs import read_rows, tiny_config, write_config
+from run_configs import read_rows, store_digest, tiny_config, write_config
 
 from lightning_curate.cli import main
 from lightning_curate.data.blending import BlendingDataModule
@@ -32,23 +34,41 @@ TESTS = Path(__file__).parents[1]
 DDP = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
 
 
-def _fit(tmp_path: Path, name: str, *extra: str) -> Path:
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",  # gloo on the loopback only
+       "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+def _config(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """The main job's reduced config with grouped steps (3 a batch), recording every step's batch."""
     run = tmp_path / name
     cfg = tiny_config(run, rounds=2, steps_per_batch=3)
     del cfg["trainer"]["limit_train_batches"]  # it would count groups: compare whole epochs
     cfg["trainer"]["callbacks"].append({"class_path": "run_configs.RecordBatches"})
-    path = write_config(tmp_path / f"{name}.yaml", cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return run, write_config(tmp_path / f"{name}.yaml", cfg)
+
+
+def _fit(tmp_path: Path, name: str, *extra: str) -> Path:
+    run, path = _config(tmp_path, name)
     # A hang (a missed all-reduce) must fail the test, not stall CI.
     proc = subprocess.run([sys.executable, "-m", "lightning_curate", "fit", "-c", str(path), *extra],
-                          env=env, capture_output=True, text=True, timeout=420)
+                          env=ENV, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
 
 
-def test_grouped_steps_on_two_processes_keep_the_one_process_recipe(tmp_path):
-    one, two = _fit(tmp_path, "one"), _fit(tmp_path, "two", *DDP)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """The reduced config on one process and on two (DDP, gloo)."""
+    tmp_path = tmp_path_factory.mktemp("ddp_schedule")
+    return _fit(tmp_path, "one"), _fit(tmp_path, "two", *DDP)
+
+
+def _untimed(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if "time" not in k and "seconds" not in k} for r in rows]
+
+
+def test_grouped_steps_on_two_processes_keep_the_one_process_recipe(runs):
+    one, two = runs
     # The schedule: rounds, epochs, optimizer steps.
     steps = [torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
              for run in (one, two)]
@@ -133,3 +153,40 @@ def test_the_main_job_starts_on_two_processes_as_shipped(tmp_path):
     # Round 0: 2,048 real rows, 8 global batches of 256 (one group); round 1: 256 curated rows, one batch.
     assert ckpt["global_step"] == 8 + 1
     assert [int(r["round"]) for r in read_rows(tmp_path / "run")] == [0, 1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_torchrun_nodes_give_the_two_process_rounds(runs, tmp_path):
+    """The README's torchrun recipe: two launchers ("nodes") of one process each, rendezvous over c10d on
+    127.0.0.1, give the two-process DDP run's rounds, bit for bit (same seeds, same ranks' shards)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python (it ships with torch)")
+    run, path = _config(tmp_path, "torchrun")
+    port = _free_port()
+    cmd = [torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+           "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "lc-test", "--local-addr", "127.0.0.1",
+           "-m", "lightning_curate", "fit", "-c", str(path), "--trainer.accelerator=cpu",
+           "--trainer.strategy=ddp", "--trainer.num_nodes=2", "--trainer.devices=1"]
+    launchers = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
+    try:
+        outputs = [launcher.communicate(timeout=420)[0] for launcher in launchers]
+    finally:  # a hung rendezvous fails the test, never CI
+        for launcher in launchers:
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.wait()
+    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    two = runs[1]
+    assert _untimed(read_rows(run)) == _untimed(read_rows(two))
+    assert store_digest(run) == store_digest(two)  # every round's curated parts, byte for byte
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    reference = torch.load(two / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == reference["global_step"]
+    assert all(torch.equal(ckpt["state_dict"][k], reference["state_dict"][k]) for k in reference["state_dict"])
