@@ -34,8 +34,10 @@ TESTS = Path(__file__).parents[1]
 DDP = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",  # gloo on the loopback only
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+if sys.platform == "linux":
+    ENV.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on the loopback only
 
 
 def _config(tmp_path: Path, name: str) -> tuple[Path, Path]:
