@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
@@ -128,3 +129,20 @@ def load_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class RecordBatches(Callback):
+    """Saves every optimizer step's batch (each batch of a ``BatchGroup``) with its epoch, one file per rank
+    (``<default_root_dir>/batches_rank<r>.pt``), to compare what a step trains on across process counts.
+
+    Configs name it ``run_configs.RecordBatches``."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for x in batch if isinstance(batch, list) else [batch]:
+            self.batches.append((trainer.current_epoch, x.detach().clone()))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(self.batches, Path(trainer.default_root_dir) / f"batches_rank{trainer.global_rank}.pt")

@@ -17,7 +17,9 @@ rebuilding it every epoch cost 0.5 ms an epoch of the main job's 680. Batches ar
 round's tensor (:class:`IndexBatches`: no per-sample ``__getitem__``, no
 collate). Shuffling is seeded from (seed, epoch) exactly as a
 ``DistributedSampler`` would shuffle, so a resumed run sees the same batches
-as an uninterrupted one, and under DDP each rank takes its own shard.
+as an uninterrupted one, and under DDP each rank takes its own shard of every
+batch: ``batch_size`` is the global batch, so the optimizer steps and the samples
+each step sees are those of the one-process run.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class BlendingDataModule(L.LightningDataModule):
         policy: ``replace``, ``accumulate`` or ``accumulate_subsample``.
         synthetic_size: size of the synthetic part under ``accumulate_subsample``
             (default: the size of one round's curated data).
-        batch_size: training batch size.
+        batch_size: training batch size: the global batch, split evenly over DDP processes.
         num_workers: kept for configs that set it; batches are indexed from an
             in-memory tensor in the training process, where workers would only
             add inter-process copies, so it must be 0 or more and is not used.
@@ -291,10 +293,26 @@ class BlendingDataModule(L.LightningDataModule):
         # on (seed, epoch), and under DDP each rank indexes its own shard.
         # A module that takes several optimizer steps per batch gets its batches in groups.
         group = getattr(getattr(trainer, "lightning_module", None), "steps_per_batch", 1) if trainer else 1
-        return IndexBatches(dataset.tensors[0], self.batch_size, seed=derive_seed(self.seed, "shuffle") % (1 << 31),
-                            epoch=epoch, rank=getattr(trainer, "global_rank", 0),
-                            world_size=getattr(trainer, "world_size", 1), num_batches=self.steps_per_epoch,
-                            group=group)
+        world_size = getattr(trainer, "world_size", 1)
+        return IndexBatches(dataset.tensors[0], self.rank_batch_size(world_size),
+                            seed=derive_seed(self.seed, "shuffle") % (1 << 31), epoch=epoch,
+                            rank=getattr(trainer, "global_rank", 0), world_size=world_size,
+                            num_batches=self.steps_per_epoch, group=group)
+
+    def rank_batch_size(self, world_size: int) -> int:
+        """Each process's share of ``batch_size``: the global batch stays ``batch_size`` on any number
+        of processes, so a DDP run takes the one-process run's optimizer steps on the same samples
+        (rank ``r`` of ``W`` holds every ``W``-th row of the one-process batch).
+
+        Example:
+            >>> from lightning_curate.data import Toy2D
+            >>> BlendingDataModule(Toy2D("mog8"), batch_size=256).rank_batch_size(2)
+            128
+        """
+        if self.batch_size % world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch and must divide evenly over the "
+                             f"{world_size} processes; use a multiple of {world_size}")
+        return self.batch_size // world_size
 
     def _epochs_left_in_round(self, epoch: int, round_idx: int, max_epochs: Optional[int]) -> int:
         """Epochs from ``epoch`` to the next round's first (0: no later round before ``max_epochs``)."""

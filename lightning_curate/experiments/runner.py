@@ -28,7 +28,7 @@ from lightning_curate.experiments.grid import RunSpec
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError
 
 __all__ = ["CONFIG_NAME", "LOG_NAME", "RunResult", "finished_but_changed", "move_aside", "read_table", "run_command",
-           "run_status", "run_sweep", "table_path"]
+           "run_point", "run_status", "run_sweep", "table_path"]
 
 CONFIG_NAME = "sweep_config.yaml"
 LOG_NAME = "sweep.log"
@@ -198,6 +198,14 @@ def _execute(spec: RunSpec, index: int, total: int, *, python: str, timeout: Opt
     why = message or (f"exit status {rc}" if rc else f"only {done}/{spec.rounds + 1} rounds in rounds.csv")
     say(f"{tag}: FAILED ({why}) after {seconds:.1f} s; the end of {log_path}:\n{_tail(log_path)}")
     return RunResult(spec, "failed", seconds, rc, done, why)
+
+
+def run_point(spec: RunSpec, index: int, total: int, python: str = sys.executable, timeout: Optional[float] = None,
+              env: Optional[dict] = None) -> RunResult:
+    """One run of a sweep, as the local pool runs it: skipped if finished, resumed if it can be,
+    else started; progress lines to stdout. What a cluster task calls (``--launcher submitit``)."""
+    return _execute(spec, index, total, python=python, timeout=timeout, env=dict(os.environ) if env is None else env,
+                    say=lambda text: print(text, flush=True))
 
 
 def run_sweep(specs: Sequence[RunSpec], *, jobs: int = 1, timeout: Optional[float] = None,

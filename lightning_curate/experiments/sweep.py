@@ -23,6 +23,10 @@ Keys are dotted paths into the config: ``data.init_args.real_fraction``;
 list items take an index (``trainer.callbacks.0.init_args.seed``). Values are
 read as YAML (``0.5``, ``true``, ``euler``, ``[0, 1]``).
 
+``--launcher submitit`` hands the runs to SLURM as one array job instead, one run a
+task (:mod:`~lightning_curate.experiments.slurm`); the local pool of ``--jobs``
+processes is the default.
+
 Runs already finished (their ``rounds.csv`` has every round the config asks for)
 are skipped; unfinished runs with a checkpoint resume with ``--ckpt_path last``.
 At the end every ``rounds.csv`` goes into ``<out>/sweep.csv`` (one row per point
@@ -64,6 +68,7 @@ from lightning_curate.experiments.seed_fidelity import (
     format_fidelity_over_seeds,
     write_fidelity_over_seeds,
 )
+from lightning_curate.experiments.slurm import CLUSTERS, SlurmOptions, require_submitit, submit_sweep
 from lightning_curate.loop.fidelity import FIDELITY_BAND
 
 __all__ = [
@@ -87,6 +92,7 @@ __all__ = [
     "run_status",
     "run_sweep",
     "set_key",
+    "submit_sweep",
     "summarise",
 ]
 
@@ -147,12 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fixed override for every run, e.g. loop.rounds=3")
     p.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4 (default 0)")
     p.add_argument("--out", "-o", help="the sweep's directory (default runs/sweep)")
-    p.add_argument("--jobs", "-j", type=int, help="runs in parallel (default 1)")
+    p.add_argument("--jobs", "-j", type=int, help="runs in parallel (default 1); with --launcher submitit, "
+                                                  "at most this many array tasks at once")
     p.add_argument("--timeout", type=float, help="seconds allowed per run")
     p.add_argument("--metrics", help="comma-separated column patterns to plot (default: every metric)")
     p.add_argument("--no-figures", action="store_true", help="write sweep.csv only")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
     p.add_argument("--aggregate-only", action="store_true", help="run nothing; aggregate what is there")
+    slurm = p.add_argument_group("cluster", "--launcher submitit: the grid as one SLURM array job, one run a task "
+                                            "(needs the slurm extra: pip install 'lightning_curate[slurm]')")
+    slurm.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                       help="local: a pool of --jobs processes here (default); submitit: a SLURM array job")
+    slurm.add_argument("--slurm-partition", metavar="NAME", help="the SLURM partition")
+    slurm.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="time limit per run (60)")
+    slurm.add_argument("--slurm-cpus", type=int, metavar="N", help="CPU cores per run")
+    slurm.add_argument("--slurm-gpus", type=int, metavar="N", help="GPUs per run")
+    slurm.add_argument("--slurm-mem", type=float, metavar="GB", help="memory per run, in GB")
+    slurm.add_argument("--submitit-folder", metavar="DIR", help="submitit's logs and results (default OUT/submitit)")
+    slurm.add_argument("--submitit-cluster", choices=CLUSTERS, default="slurm",
+                       help="slurm (default), or local: submitit's local executor, the same array on this machine")
     return p
 
 
@@ -186,6 +205,12 @@ def configure(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace,
     shown = " + ".join(map(str, base_path)) if isinstance(base_path, list) else str(base_path)
     settings = {"base": shown, "grid": grid, "fixed": fixed, "seeds": seeds, "out": out, "jobs": jobs,
                 "metrics": metrics, "timeout": timeout, "grid_figure": spec.get("grid_figure")}
+    if args.launcher == "submitit":
+        require_submitit()  # before anything runs: a one-line error naming the extra
+        settings["slurm"] = SlurmOptions(
+            Path(args.submitit_folder) if args.submitit_folder else out / "submitit", partition=args.slurm_partition,
+            time_min=args.slurm_time, cpus=args.slurm_cpus, gpus=args.slurm_gpus, mem_gb=args.slurm_mem,
+            parallel=jobs if jobs > 1 else None, cluster=args.submitit_cluster)
     return args, settings, specs
 
 
@@ -237,7 +262,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[{i}/{len(specs)}] {spec.label}: {run_status(spec)} -> {spec.run_dir}")
         return 0
     results = []
-    if not args.aggregate_only:
+    if not args.aggregate_only and "slurm" in settings:
+        results = submit_sweep(specs, settings["slurm"], timeout=settings["timeout"])
+    elif not args.aggregate_only:
         results = run_sweep(specs, jobs=settings["jobs"], timeout=settings["timeout"])
     finish(specs, out, figures=not args.no_figures, metrics=settings["metrics"], grid_figure=settings["grid_figure"])
     failed = [r for r in results if r.status == "failed"]

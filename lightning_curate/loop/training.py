@@ -7,6 +7,8 @@ step: about 0.7 ms a step on a CPU, as much as a small MLP's step itself. With
 :class:`GeneratorTraining` steps through them with manual optimization, so that
 machinery runs once per G steps. The steps are the same, in the same order, with
 the same random draws: the trained weights are those of ``G = 1``, bit for bit.
+Under DDP each step goes through ``manual_backward``, which all-reduces that step's
+gradients (one all-reduce per optimizer step, as with ``G = 1``).
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ class GeneratorTraining(FastHookName, L.LightningModule):
 
     Args:
         steps_per_batch: optimizer steps per Lightning batch (see the module). Above 1 it uses
-            manual optimization, so it refuses what that cannot do: several processes (DDP
-            would sync one backward per batch), and Lightning refuses ``gradient_clip_val``
-            and ``accumulate_grad_batches``. Lightning's batch counts (``limit_train_batches``,
+            manual optimization, so it refuses what that cannot do (learning-rate schedulers,
+            checkpoints every n steps), and Lightning refuses ``gradient_clip_val`` and
+            ``accumulate_grad_batches``. Under DDP every step's ``manual_backward``
+            all-reduces its gradients. Lightning's batch counts (``limit_train_batches``,
             the progress bar) then count groups; ``trainer.global_step``, the step axis of
             the logged losses and the round rows still count optimizer steps.
     """
@@ -190,10 +193,6 @@ class GeneratorTraining(FastHookName, L.LightningModule):
         if self.steps_per_batch == 1:
             return
         trainer, fix = self.trainer, "or use steps_per_batch: 1"
-        if trainer.world_size > 1:
-            raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch} runs on one process (DDP syncs one "
-                                     f"backward per batch), got {trainer.world_size} processes; use "
-                                     "--model.init_args.steps_per_batch 1")
         if trainer.lr_scheduler_configs:
             raise TrainingSetupError(f"steps_per_batch={self.steps_per_batch}: Lightning does not step learning-"
                                      f"rate schedulers under manual optimization; remove the scheduler {fix}")

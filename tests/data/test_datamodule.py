@@ -266,6 +266,24 @@ def test_index_batches_shard_the_rows_between_ranks():
     assert sorted(torch.cat(shards).view(-1).tolist()) == list(range(12))
 
 
+@pytest.mark.parametrize("steps_per_epoch", [None, 5])
+def test_batch_size_is_the_global_batch_split_over_the_ranks(steps_per_epoch):
+    """Under DDP the step k of every rank together is the one-process step k: same steps, same samples."""
+    dm = make_dm(num_train=60, steps_per_epoch=steps_per_epoch)
+
+    def steps(rank, world_size):
+        dm.trainer = types.SimpleNamespace(current_epoch=1, global_rank=rank, world_size=world_size)
+        return list(dm.train_dataloader())
+
+    whole, ranks = steps(0, 1), [steps(r, 2) for r in range(2)]
+    assert len(whole) == len(ranks[0]) == len(ranks[1]) == (steps_per_epoch or 8)  # 60 rows, batches of 8
+    for x, x0, x1 in zip(whole, *ranks):
+        assert x0.shape[0] == x1.shape[0] == x.shape[0] // 2
+        assert torch.equal(sorted_rows(x), sorted_rows(torch.cat([x0, x1])))
+    with pytest.raises(ValueError, match=r"batch_size \(8\) is the global batch and must divide evenly over the 3 "):
+        steps(0, 3)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(batch_size=0), "batch_size"), (dict(world_size=0), "world_size"), (dict(rank=-1), "rank"),
     (dict(rank=2, world_size=2), "rank must be < world_size"),

@@ -2,7 +2,6 @@
 
 import copy
 import csv
-import types
 
 import lightning as L
 import pytest
@@ -56,15 +55,6 @@ def test_grouped_steps_train_the_same_weights_as_one_step_per_batch(tmp_path):
 
 def _module(steps_per_batch):
     return build_module(ClippedDistanceReward(dataset="mog8", targets=[0, 1]), steps_per_batch=steps_per_batch)
-
-
-def test_grouped_steps_refuse_several_processes():
-    module = _module(4)
-    assert not module.automatic_optimization and _module(1).automatic_optimization
-    module._trainer = types.SimpleNamespace(world_size=2, lr_scheduler_configs=[], checkpoint_callbacks=[])
-    with pytest.raises(TrainingSetupError, match=r"steps_per_batch=4 runs on one process .* got 2 processes; use "
-                                                 r"--model.init_args.steps_per_batch 1"):
-        module.on_fit_start()
 
 
 @pytest.mark.parametrize("saved, now, refused", [(1, 4, True), (4, 1, True), (4, 8, False), (1, 1, False)])
