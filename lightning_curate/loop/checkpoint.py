@@ -30,7 +30,10 @@ class RoundCheckpoint(ModelCheckpoint):
     It takes ``ModelCheckpoint``'s arguments except the ones that schedule saves
     (``every_n_epochs``, ``every_n_train_steps``, ``train_time_interval``: the rounds
     do), and ``save_last`` defaults to ``True`` so ``--ckpt_path last`` finds the newest
-    round. Without a :class:`~lightning_curate.loop.RetrainingLoop` in the trainer's
+    round. One file name per run: ``enable_version_counter`` defaults to ``False``, so a run directory
+    that was moved and resumed overwrites its ``last.ckpt`` instead of writing ``last-v1.ckpt`` beside
+    a stale one (which ``load_run`` or a later resume could pick). Without a
+    :class:`~lightning_curate.loop.RetrainingLoop` in the trainer's
     callbacks it saves after every epoch, like ``ModelCheckpoint``.
 
     Example::
@@ -39,7 +42,7 @@ class RoundCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: Optional[str] = None, save_last: Optional[bool] = True, save_top_k: int = 1,
-                 **kwargs: Any) -> None:
+                 enable_version_counter: bool = False, **kwargs: Any) -> None:
         for name in _SCHEDULES:
             if kwargs.get(name) is not None:
                 raise ValueError(f"RoundCheckpoint saves at each round's end: {name}={kwargs[name]!r} is not "
@@ -47,7 +50,8 @@ class RoundCheckpoint(ModelCheckpoint):
         if kwargs.get("save_on_exception"):
             raise ValueError("RoundCheckpoint saves at each round's end: save_on_exception=True would save a "
                              "state between two round ends, from which a resume is not exact")
-        super().__init__(dirpath=dirpath, save_last=save_last, save_top_k=save_top_k, **kwargs)
+        super().__init__(dirpath=dirpath, save_last=save_last, save_top_k=save_top_k,
+                         enable_version_counter=enable_version_counter, **kwargs)
 
     @property
     def state_key(self) -> str:

@@ -186,6 +186,70 @@ def test_an_allowed_change_is_made_and_recorded_in_the_next_round(finished, tmp_
     assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"] != manifests[2]["fingerprint"]
 
 
+# -- resumes that change the recipe (issue 25, item 1) ----------------------------------------------
+@pytest.mark.parametrize("section, key, value, shown", [
+    ("generator", "ema_decay", 0.5, "generator.ema_decay: stored 0.9, config 0.5"),
+    ("generator", "solver", "midpoint", "generator.solver: stored 'euler', config 'midpoint'"),
+    ("generator", "steps", 4, "generator.steps: stored 8, config 4"),
+    ("data", "batch_size", 64, "batch_size: stored 128, config 64"),
+    ("model", "lr", 0.01, "lr: stored 0.003, config 0.01"),
+    ("model", "weight_decay", 0.1, "weight_decay: stored 0.0, config 0.1"),
+    ("source", "name", "moons", "source.name: stored 'mog8', config 'moons'"),
+])
+def test_resume_with_a_changed_recipe_setting_is_refused(finished, tmp_path, capsys, section, key, value, shown):
+    cfg = tiny_config(finished, rounds=2, reward=json.loads(json.dumps(REWARD)))
+    target = {"generator": cfg["model"]["init_args"]["generator"]["init_args"], "model": cfg["model"]["init_args"],
+              "data": cfg["data"]["init_args"], "source": cfg["data"]["init_args"]["source"]["init_args"]}[section]
+    target[key] = value
+    before = tree_digest(finished)
+    code, err = _main(capsys, "-c", write_config(tmp_path / "changed.yaml", cfg), "--ckpt_path", "last")
+    assert code == 2 and shown in err and "Traceback" not in err, err[-2000:]
+    assert "--allow_changed_settings " + shown.split(":")[0] in err
+    assert tree_digest(finished) == before
+
+
+def test_an_allowed_lr_change_is_applied_to_the_restored_optimizer(finished, tmp_path, capsys):
+    cfg = _config(tmp_path, finished, rounds=2, lr=0.01)
+    code, err = _main(capsys, "-c", cfg, "--ckpt_path", "last", "--allow_changed_settings", "lr")
+    assert code == 0, err
+    manifest = json.loads((finished / "rounds" / "round_002" / "manifest.json").read_text())
+    assert manifest["settings_changed"] == {"lr": [0.003, 0.01]} and manifest["settings"]["lr"] == 0.01
+    state = torch.load(finished / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert sorted(p.name for p in (finished / "checkpoints").glob("last*")) == ["last.ckpt"]  # item 15
+    assert {g["lr"] for g in state["optimizer_states"][0]["param_groups"]} == {0.01}  # not the checkpoint's 0.003
+
+
+# -- a checkpoint from another run (issue 25, item 2) -----------------------------------------------
+def _foreign_checkpoint(run: Path, tmp_path: Path) -> Path:
+    """``run``'s last checkpoint as another run (another id, another reward radius and beta) made it."""
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    loop = state["callbacks"]["RetrainingLoop"]
+    loop["run_id"] = "0" * 32
+    loop["settings"] = dict(loop["settings"], beta=3.0)
+    path = tmp_path / "other.ckpt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_checkpoint_from_another_run_is_refused_naming_both(finished, tmp_path, capsys):
+    other = _foreign_checkpoint(finished, tmp_path)
+    ours = json.loads((finished / "rounds" / "round_001" / "manifest.json").read_text())["run_id"]
+    before = tree_digest(finished)
+    code, err = _main(capsys, "-c", _config(tmp_path, finished, rounds=2), "--ckpt_path", other)
+    assert code == 2, err[-2000:]
+    assert f"the checkpoint {other} was made by another run: run {'0' * 32}" in err
+    assert f"are run {ours}'s" in err and "beta: checkpoint 3.0, this run 1.0" in err
+    assert tree_digest(finished) == before
+
+
+def test_a_checkpoint_into_a_fresh_directory_is_refused_before_anything_is_written(finished, tmp_path, capsys):
+    fresh = tmp_path / "fresh"
+    ckpt = finished / "checkpoints" / "last.ckpt"
+    code, err = _main(capsys, "-c", _config(tmp_path, fresh, rounds=2), "--ckpt_path", ckpt)
+    assert code == 2 and f"the checkpoint {ckpt} belongs to run" in err and "holds no rounds" in err, err[-2000:]
+    assert not fresh.exists() or sorted(p.name for p in fresh.iterdir()) == []
+
+
 # -- a damaged or hostile store, a damaged checkpoint ----------------------------------------------
 def _break_manifest(run: Path, edit) -> Path:
     path = run / "rounds" / "round_001" / "manifest.json"
