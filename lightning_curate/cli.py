@@ -36,7 +36,7 @@ from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.component_check import ComponentError
 from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
-from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs
+from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs, folders_outside
 from lightning_curate.store.rounds import StoreError
 from lightning_curate.store.settings import SettingsMismatch, normalise, parse_allowed
 
@@ -105,9 +105,9 @@ class CurateCLI(LightningCLI):
             root = config.get("trainer", {}).get("default_root_dir") or os.getcwd()
             self._lock(Path(root))
 
-    def _lock(self, run_dir: Path) -> None:
+    def _lock(self, run_dir: Path, role: str = "run directory") -> None:
         if held_lock_for(run_dir) is None:
-            self.run_state.locks.append(RunLock(run_dir).acquire())
+            self.run_state.locks.append(RunLock(run_dir, role=role).acquire())
 
     def instantiate_classes(self) -> None:
         """Build the classes, then check the run directory (reads only) before fit writes anything."""
@@ -127,6 +127,8 @@ class CurateCLI(LightningCLI):
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if is_rank_zero_env():
             self._lock(run_dir)
+            for folder, role in folders_outside(self.trainer, run_dir):
+                self._lock(folder, role)
         if run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
             # The CSV logger would warn that "previous log files will be deleted" about our lock file alone.
             warnings.filterwarnings("ignore", message=f"Experiment logs directory {re.escape(str(run_dir))}")

@@ -41,7 +41,7 @@ from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
 from lightning_curate.loop.writing import RunWriter
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
-from lightning_curate.store.preflight import check_resume, checkpoint_dirs
+from lightning_curate.store.preflight import check_resume, checkpoint_dirs, folders_outside
 from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import fingerprint, parse_allowed
 from lightning_curate.utils.columns import Col
@@ -95,7 +95,7 @@ class RetrainingLoop(RoundSchedule, Callback):
         self._loaded_identity: Optional[dict[str, Any]] = None  # the restored checkpoint's run identity
         self.checked_dir: Optional[Path] = None  # set once check_run_dir passed for this directory
         self.stopped_by: Optional[BaseException] = None
-        self._lock: Optional[RunLock] = None
+        self._locks: list[RunLock] = []  # taken here only without the CLI
         self.store: Optional[RoundStore] = None
         self._restored = False
 
@@ -150,8 +150,10 @@ class RetrainingLoop(RoundSchedule, Callback):
             self._initial_state = trainer.strategy.broadcast(state, 0)
         self.apply_to(trainer)  # max_epochs; the data module reloads at round starts
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if trainer.is_global_zero and held_lock_for(run_dir) is None:
-            self._lock = RunLock(run_dir).acquire()  # without the CLI: lock here
+        if trainer.is_global_zero:  # without the CLI: lock here (the run directory, then the folders outside it)
+            for folder, role in [(run_dir, "run directory"), *folders_outside(trainer, run_dir)]:
+                if held_lock_for(folder) is None:
+                    self._locks.append(RunLock(folder, role=role).acquire())
         self.run_dir = run_dir
         self.store = RoundStore(self._run_dir / "rounds")
         datamodule.attach(self.store, self.round_of_epoch)
@@ -206,9 +208,8 @@ class RetrainingLoop(RoundSchedule, Callback):
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Release the lock the loop took itself (without the CLI), however fit ended."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        while self._locks:
+            self._locks.pop().release()
 
     @property
     def complete(self) -> bool:

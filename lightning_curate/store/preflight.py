@@ -22,13 +22,30 @@ from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import SettingsMismatch, diff_settings, mismatch_message, settings_of_manifest
 
 __all__ = ["check_checkpoint_file", "check_checkpoint_identity", "check_resume", "checkpoint_dirs",
-           "checkpoint_identity", "find_last_checkpoint"]
+           "checkpoint_identity", "find_last_checkpoint", "folders_outside"]
 
 
 def checkpoint_dirs(trainer: Any, run_dir: Path) -> list[Path]:
     """Where Lightning looks for ``last*.ckpt``: each ModelCheckpoint's folder (its default without one)."""
     dirs = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
     return dirs or [Path(run_dir) / "checkpoints"]
+
+
+def folders_outside(trainer: Any, run_dir: Path) -> list[tuple[Path, str]]:
+    """The folders the run writes outside ``run_dir`` (each checkpoint folder, the logger's), with their role:
+    the run locks them too, so that two runs never share one (``--ckpt_path last`` would take the other's)."""
+    root = Path(run_dir).resolve()
+    found = [(d, "checkpoint folder") for d in checkpoint_dirs(trainer, run_dir)]
+    for logger in getattr(trainer, "loggers", None) or []:
+        folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if folder:
+            found.append((Path(folder), "logger folder"))
+    out: list[tuple[Path, str]] = []
+    for folder, role in found:
+        resolved = folder.resolve()
+        if not resolved.is_relative_to(root) and all(resolved != f for f, _ in out):
+            out.append((resolved, role))
+    return out
 
 
 def find_last_checkpoint(dirs: Iterable[str | os.PathLike]) -> Optional[Path]:

@@ -426,6 +426,36 @@ def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(reference
         assert json.loads((run / "rounds" / f"round_{t:03d}" / "manifest.json").read_text())["beta"] == 1.0
 
 
+# -- two runs, one checkpoint folder (issue 25, items 3 and 15) ---------------------------------------
+def test_a_checkpoint_folder_outside_the_run_is_locked_too(tmp_path, capsys):
+    from lightning_curate.store.lock import RunLock
+
+    shared = tmp_path / "shared_checkpoints"
+    ready = tmp_path / "ready"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - another live run holding the shared folder
+        try:
+            RunLock(shared).acquire()
+            ready.touch()
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.time() + 30
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        run = tmp_path / "run"
+        cfg = tiny_config(run, rounds=1, reward=REWARD)
+        cfg["trainer"]["callbacks"][1]["init_args"]["dirpath"] = str(shared)
+        code, err = _main(capsys, "-c", write_config(tmp_path / "cfg.yaml", cfg))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert code == 2, err[-2000:]
+    assert f"the checkpoint folder {shared} is in use by another run: PID {pid}" in err
+    assert not run.exists()  # refused before the config, the logger or the store wrote anything
+
+
 # -- the filesystem refuses -------------------------------------------------------------------------
 def _fsize_limit():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
