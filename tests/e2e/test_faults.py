@@ -494,6 +494,58 @@ def test_a_file_size_limit_on_a_checkpoint_or_a_figure_names_it(tmp_path, plots)
     assert "Traceback" not in err
     # The checkpoint is saved after the round's commit: round 0 is whole, nothing after it.
     assert RoundStore(run / "rounds").rounds() == [0] and not (run / LOCK_NAME).exists()
+    if not plots:  # written atomically beside its name: no truncated checkpoint, no temp file left (item 16)
+        assert sorted((run / "checkpoints").iterdir()) == []
+
+
+class _FullDisk:
+    """A file that takes 1000 bytes, then reports a full disk."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, data):
+        self.real.write(b"x" * 1000)
+        raise OSError(28, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.real.close()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_old_one_whole(finished, monkeypatch):
+    from lightning_curate.loop.checkpoint import AtomicCheckpointIO
+
+    last = finished / "checkpoints" / "last.ckpt"
+    before = tree_digest(finished)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k)))
+    with pytest.raises(OSError, match="No space left on device") as err:
+        AtomicCheckpointIO().save_checkpoint({"epoch": 9}, last)
+    assert err.value.filename == str(last)
+    assert tree_digest(finished) == before  # the old last.ckpt whole, no temp file beside it
+
+
+def test_a_full_disk_at_rounds_csv_names_it_and_leaves_no_temp_file(finished, monkeypatch):
+    import csv
+
+    from lightning_curate.utils.table import write_csv
+
+    table = finished / "rounds.csv"
+    before = tree_digest(finished)
+    def full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", full)
+    with pytest.raises(OSError, match="No space left on device") as err:
+        write_csv(table, ["round"], [{"round": 0}])
+    assert err.value.filename == str(table)
+    assert tree_digest(finished) == before  # rounds.csv as it was, no rounds.csv.tmp left
 
 
 def _read_only(path: Path):
