@@ -34,17 +34,20 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.component_check import ComponentError
+from lightning_curate.loop.divergence import TrainingDivergedError
 from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
 from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs, folders_outside
 from lightning_curate.store.rounds import StoreError
 from lightning_curate.store.settings import SettingsMismatch, normalise, parse_allowed
+from lightning_curate.utils.validation import BetaRangeError
 
 __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "CurateCLI", "main"]
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 # Errors that explain themselves: printed as one line (LIGHTNING_CURATE_DEBUG=1 shows the traceback).
-_REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError, ComponentError)
+_REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError, ComponentError, TrainingDivergedError,
+             BetaRangeError)
 
 
 @dataclass

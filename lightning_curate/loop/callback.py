@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate.loop.analysis import RoundAnalysis
 from lightning_curate.loop.component_check import check_run_components
+from lightning_curate.loop.divergence import DivergenceWatch
 from lightning_curate.loop.manifest import recipe_settings, round_manifest, science_settings
 from lightning_curate.loop.report import fidelity_advice
 from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
@@ -98,6 +99,7 @@ class RetrainingLoop(RoundSchedule, Callback):
         self._locks: list[RunLock] = []  # taken here only without the CLI
         self.store: Optional[RoundStore] = None
         self._restored = False
+        self.divergence = DivergenceWatch()  # the first NaN loss, named before the reward sees NaN samples
 
     @property
     def _store(self) -> RoundStore:
@@ -263,8 +265,12 @@ class RetrainingLoop(RoundSchedule, Callback):
                 optimizer.state.clear()
         pl_module.generator.start_round(round_idx)
 
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.divergence.update(outputs, trainer.global_step)
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
+        self.divergence.check(pl_module, epoch)
         if not self.ends_round(epoch) or not epoch_finished(trainer):  # not if cut short
             return
         round_idx = self.round_of_epoch(epoch)

@@ -327,6 +327,23 @@ def test_triton_without_cuda_fails_before_training(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "run").exists()
 
 
+# -- a diverging generator, an absurd beta (issue 25, items 11 and 10) --------------------------------
+def test_a_diverging_generator_is_named_at_its_first_nan_loss(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = _main(capsys, "-c", _config(tmp_path, run, lr=1e12))
+    assert code == 1, err[-2000:]
+    assert "the generator (FlowMatching) diverged: its training loss was nan at step" in err
+    assert "lr=1000000000000.0" in err and "non-finite rewards" not in err
+    assert RoundStore(run / "rounds").rounds() == []
+
+
+def test_a_beta_beyond_float32_softmax_is_refused_naming_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = _main(capsys, "-c", _config(tmp_path, run, beta=1e10))
+    assert code == 1 and "beta: 1e+10 times the rewards' spread" in err and "mode: argmax" in err, err[-2000:]
+    assert "out of bounds" not in err and RoundStore(run / "rounds").rounds() == []
+
+
 # -- kill -9, SIGTERM, SIGINT ---------------------------------------------------------------------
 def test_kill_9_mid_write_of_a_round_then_resume(reference, tmp_path, capsys):
     """Killed between two parts of round 0: no round appears; the resume discards the partial folder."""
