@@ -326,6 +326,13 @@ class RetrainingLoop(RoundSchedule, Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._restored:  # a resume (of a finished run too): rounds.csv rebuilt from the store, every row
+            for t in self._store.rounds():
+                if t not in self.rows:
+                    record = self._store.read(t)
+                    self.writer.keep(t, record.manifest["row"], record.tensors.get("preview"))
+            if self.rows:
+                self.writer.write_table()
         if not self.rows:
             return
         self.writer.finish(trainer, pl_module)  # stopped early (max_time...): the last round's figures

@@ -295,13 +295,18 @@ def _truncated_checkpoint(run):
     return f"the checkpoint {path} is truncated or damaged"
 
 
+def _stale_fingerprint(run):
+    path = _break_manifest(run, lambda m: m["settings"].update(beta=1.5))  # settings edited, fingerprint not
+    return f"{path}: its settings do not match its fingerprint"
+
+
 def _no_checkpoint(run):
     shutil.rmtree(run / "checkpoints")
     return "--ckpt_path last: there is no last*.ckpt in"
 
 
 @pytest.mark.parametrize("fault", [_hostile, _missing_round, _missing_part, _bad_json, _flipped_part,
-                                   _truncated_checkpoint, _no_checkpoint])
+                                   _truncated_checkpoint, _no_checkpoint, _stale_fingerprint])
 def test_a_damaged_run_is_refused_naming_the_file(finished, tmp_path, capsys, fault):
     message = fault(finished)
     before = tree_digest(finished)
@@ -309,6 +314,15 @@ def test_a_damaged_run_is_refused_naming_the_file(finished, tmp_path, capsys, fa
     assert code == 2 and message in err, err
     assert "Resume it with" not in err and "Traceback" not in err
     assert tree_digest(finished) == before
+
+
+def test_a_resume_of_a_finished_run_rebuilds_lost_rows_of_rounds_csv(finished, reference, tmp_path, capsys):
+    table = finished / "rounds.csv"
+    table.write_text("".join(table.read_text().splitlines(keepends=True)[:2]))  # round 1's row lost
+    assert len(read_rows(finished)) == 1
+    code, err = _main(capsys, "-c", _config(tmp_path, finished), "--ckpt_path", "last")
+    assert code == 0, err[-2000:]
+    assert read_rows(finished) == read_rows(reference)
 
 
 def test_an_explicit_truncated_checkpoint_is_named(finished, tmp_path, capsys):
