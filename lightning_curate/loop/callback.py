@@ -46,6 +46,7 @@ from lightning_curate.store.preflight import check_resume, checkpoint_dirs, fold
 from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import fingerprint, parse_allowed
 from lightning_curate.utils.columns import Col
+from lightning_curate.utils.compat import epoch_batches_ready
 from lightning_curate.utils.seeding import derive_seed, seed_all
 from lightning_curate.utils.validation import check_choice, check_float
 
@@ -99,6 +100,7 @@ class RetrainingLoop(RoundSchedule, Callback):
         self._locks: list[RunLock] = []  # taken here only without the CLI
         self.store: Optional[RoundStore] = None
         self._restored = False
+        self._trainer: Any = None  # for state_dict: where in the schedule a checkpoint is saved
         self.divergence = DivergenceWatch()  # the first NaN loss, named before the reward sees NaN samples
 
     @property
@@ -157,6 +159,7 @@ class RetrainingLoop(RoundSchedule, Callback):
                 if held_lock_for(folder) is None:
                     self._locks.append(RunLock(folder, role=role).acquire())
         self.run_dir = run_dir
+        self._trainer = trainer
         self.store = RoundStore(self._run_dir / "rounds")
         datamodule.attach(self.store, self.round_of_epoch)
 
@@ -236,7 +239,24 @@ class RetrainingLoop(RoundSchedule, Callback):
         return {"rounds": self.rounds, "epochs_per_round": self.epochs_per_round,
                 "initial_epochs": self.initial_epochs, "seed": self.seed,
                 "finished_rounds": sorted(self.rows), "run_id": self.run_id,
-                "fingerprint": fingerprint(self.settings or {}), "settings": self.settings}
+                "fingerprint": fingerprint(self.settings or {}), "settings": self.settings,
+                "unresumable": self._unresumable()}
+
+    def _unresumable(self) -> Optional[str]:
+        """Why a checkpoint saved now could not resume exactly, or ``None`` (a whole epoch's end, its
+        round curated if it ends one). The batch order within an epoch and a round's curation are in no
+        checkpoint, so a mid-epoch save (``every_n_train_steps``) would resume to other rounds."""
+        trainer = self._trainer
+        if trainer is None or trainer.num_training_batches == float("inf"):
+            return None
+        epoch = trainer.current_epoch
+        if not epoch_finished(trainer):
+            ready, total = epoch_batches_ready(trainer), trainer.num_training_batches
+            return f"mid-epoch (epoch {epoch}, after {ready} of {total} batches)"
+        round_idx = self.round_of_epoch(epoch)
+        if self.ends_round(epoch) and round_idx not in self.rows:
+            return f"after round {round_idx}'s training but before its curation"
+        return None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key in ("epochs_per_round", "initial_epochs", "seed"):

@@ -98,6 +98,11 @@ def check_checkpoint_identity(store: RoundStore, stored: list[int], checkpoint: 
     """
     if identity is None:
         return
+    if identity.get("unresumable"):
+        raise StoreError(
+            f"the checkpoint {checkpoint} was saved {identity['unresumable']}: a resume from it would not repeat the "
+            "run (the batch order within an epoch and a round's curation are in no checkpoint). Resume from a "
+            "round's end: --ckpt_path last (RoundCheckpoint's last.ckpt)")
     theirs, their_fp = identity.get("run_id"), str(identity.get("fingerprint") or "?")[:12]
     if not stored:
         if identity.get("finished_rounds"):

@@ -457,6 +457,24 @@ def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(reference
         assert json.loads((run / "rounds" / f"round_{t:03d}" / "manifest.json").read_text())["beta"] == 1.0
 
 
+# -- a mid-epoch checkpoint (issue 25, item 8) -------------------------------------------------------
+def test_a_checkpoint_from_mid_epoch_or_before_a_rounds_curation_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(run, rounds=0, reward=REWARD)  # round 0 only: 3 epochs of 4 batches
+    cfg["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+        "dirpath": str(run / "steps"), "every_n_train_steps": 2, "save_top_k": -1, "save_last": False}})
+    code, err = _main(capsys, "-c", write_config(tmp_path / "steps.yaml", cfg))
+    assert code == 0, err[-2000:]
+    before = tree_digest(run)
+    resume = _config(tmp_path, run, "resume.yaml", rounds=1)
+    for step, why in [(2, "mid-epoch (epoch 0, after 2 of 4 batches)"),
+                      (12, "after round 0's training but before its curation")]:
+        ckpt = run / "steps" / f"epoch={(step - 1) // 4}-step={step}.ckpt"
+        code, err = _main(capsys, "-c", resume, "--ckpt_path", ckpt)
+        assert code == 2 and f"the checkpoint {ckpt} was saved {why}" in err, err[-2000:]
+    assert tree_digest(run) == before
+
+
 # -- two runs, one checkpoint folder (issue 25, items 3 and 15) ---------------------------------------
 def test_a_checkpoint_folder_outside_the_run_is_locked_too(tmp_path, capsys):
     from lightning_curate.store.lock import RunLock
