@@ -37,7 +37,12 @@ from lightning_curate.loop.component_check import ComponentError
 from lightning_curate.loop.divergence import TrainingDivergedError
 from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
-from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs, folders_outside
+from lightning_curate.store.preflight import (
+    check_checkpoint_file,
+    checkpoint_dirs,
+    find_last_checkpoint,
+    folders_outside,
+)
 from lightning_curate.store.rounds import StoreError
 from lightning_curate.store.settings import SettingsMismatch, normalise, parse_allowed
 from lightning_curate.utils.validation import BetaRangeError
@@ -138,6 +143,10 @@ class CurateCLI(LightningCLI):
         # Reads only: a refusal here leaves config.yaml, metrics.csv and the store untouched.
         loop.check_run_dir(run_dir, self.model, self.datamodule, ckpt_path=config.get("ckpt_path"),
                            checkpoint_dirs=checkpoint_dirs(self.trainer, run_dir))
+        if config.get("ckpt_path") == "last":  # the checkpoint just checked (newest by round), not Lightning's by mtime
+            found = find_last_checkpoint(checkpoint_dirs(self.trainer, run_dir))
+            if found is not None:
+                self.config_init[self.subcommand]["ckpt_path"] = str(found)
 
     def after_instantiate_classes(self) -> None:
         """From here on, errors are failures of the run (exit 1), not refusals (exit 2)."""

@@ -49,10 +49,20 @@ def folders_outside(trainer: Any, run_dir: Path) -> list[tuple[Path, str]]:
 
 
 def find_last_checkpoint(dirs: Iterable[str | os.PathLike]) -> Optional[Path]:
-    """The newest ``last*.ckpt`` in ``dirs`` (what Lightning's ``ckpt_path="last"`` resumes from)."""
+    """The newest ``last*.ckpt`` in ``dirs``: the one of the latest finished round (its run identity),
+    then the newest by mtime (a ``last-v1.ckpt`` beside a stale ``last.ckpt`` of a moved run, or
+    checkpoints without an identity)."""
     found = [p for d in dirs if d and Path(d).is_dir() for p in Path(d).iterdir()
              if p.name.startswith("last") and p.suffix == ".ckpt" and p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    if len(found) < 2:
+        return found[0] if found else None
+
+    def newest(path: Path) -> tuple[int, float]:
+        identity = checkpoint_identity(path) or {}
+        rounds = identity.get("finished_rounds") or [-1]
+        return max(rounds), path.stat().st_mtime
+
+    return max(found, key=newest)
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:

@@ -505,6 +505,21 @@ def test_a_checkpoint_folder_outside_the_run_is_locked_too(tmp_path, capsys):
     assert not run.exists()  # refused before the config, the logger or the store wrote anything
 
 
+def test_the_last_checkpoint_is_the_latest_rounds_not_the_newest_file(finished):
+    from lightning_curate.experiments import load_run
+    from lightning_curate.store.preflight import find_last_checkpoint
+
+    folder = finished / "checkpoints"
+    good = folder / "last-v1.ckpt"  # what an older version wrote beside a moved run's stale last.ckpt
+    shutil.copy(folder / "last.ckpt", good)
+    os.utime(good, (1, 1))
+    state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    state["callbacks"]["RetrainingLoop"]["finished_rounds"] = [0]
+    torch.save(state, folder / "last.ckpt")  # stale (round 0), newest by mtime, the plain name
+    assert find_last_checkpoint([folder]) == good  # what --ckpt_path last checks and resumes from
+    assert load_run(finished, trusted_classes=["run_configs.GatedReward"]).checkpoint == good
+
+
 # -- the filesystem refuses -------------------------------------------------------------------------
 def _fsize_limit():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
