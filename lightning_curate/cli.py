@@ -34,19 +34,27 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.component_check import ComponentError
+from lightning_curate.loop.divergence import TrainingDivergedError
 from lightning_curate.loop.schedule import RoundSchedule
 from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
-from lightning_curate.store.preflight import check_checkpoint_file, checkpoint_dirs
+from lightning_curate.store.preflight import (
+    check_checkpoint_file,
+    checkpoint_dirs,
+    find_last_checkpoint,
+    folders_outside,
+)
 from lightning_curate.store.rounds import StoreError
 from lightning_curate.store.settings import SettingsMismatch, normalise, parse_allowed
 from lightning_curate.utils.quiet import silence_third_party_noise
+from lightning_curate.utils.validation import BetaRangeError
 
 __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "CurateCLI", "main"]
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 # Errors that explain themselves: printed as one line (LIGHTNING_CURATE_DEBUG=1 shows the traceback).
-_REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError, ComponentError)
+_REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError, ComponentError, TrainingDivergedError,
+             BetaRangeError)
 
 
 @dataclass
@@ -111,9 +119,9 @@ class CurateCLI(LightningCLI):
             root = config.get("trainer", {}).get("default_root_dir") or os.getcwd()
             self._lock(Path(root))
 
-    def _lock(self, run_dir: Path) -> None:
+    def _lock(self, run_dir: Path, role: str = "run directory") -> None:
         if held_lock_for(run_dir) is None:
-            self.run_state.locks.append(RunLock(run_dir).acquire())
+            self.run_state.locks.append(RunLock(run_dir, role=role).acquire())
 
     def instantiate_classes(self) -> None:
         """Build the classes, then check the run directory (reads only) before fit writes anything."""
@@ -133,12 +141,18 @@ class CurateCLI(LightningCLI):
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if is_rank_zero_env():
             self._lock(run_dir)
+            for folder, role in folders_outside(self.trainer, run_dir):
+                self._lock(folder, role)
         if run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
             # The CSV logger would warn that "previous log files will be deleted" about our lock file alone.
             warnings.filterwarnings("ignore", message=f"Experiment logs directory {re.escape(str(run_dir))}")
         # Reads only: a refusal here leaves config.yaml, metrics.csv and the store untouched.
         loop.check_run_dir(run_dir, self.model, self.datamodule, ckpt_path=config.get("ckpt_path"),
                            checkpoint_dirs=checkpoint_dirs(self.trainer, run_dir))
+        if config.get("ckpt_path") == "last":  # the checkpoint just checked (newest by round), not Lightning's by mtime
+            found = find_last_checkpoint(checkpoint_dirs(self.trainer, run_dir))
+            if found is not None:
+                self.config_init[self.subcommand]["ckpt_path"] = str(found)
 
     def after_instantiate_classes(self) -> None:
         """From here on, errors are failures of the run (exit 1), not refusals (exit 2)."""

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from lightning_curate.store.preflight import check_checkpoint_file
+from lightning_curate.store.preflight import check_checkpoint_file, find_last_checkpoint
 from lightning_curate.store.rounds import StoreError
 from lightning_curate.utils.trust import TrustedClasses, check_config_classes
 
@@ -68,7 +68,8 @@ def load_run(run_dir: Path | str, checkpoint: Optional[Path | str] = None,
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise ValueError(f"{config_path}: expected the model and data sections a run saves")
     check_config_classes({"model": config["model"], "data": config["data"]}, str(config_path), trusted_classes)
-    path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.ckpt"
+    newest = find_last_checkpoint([run_dir / "checkpoints"])  # by round: never a stale last.ckpt beside last-v1
+    path = Path(checkpoint) if checkpoint is not None else newest or run_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

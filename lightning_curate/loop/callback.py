@@ -26,6 +26,7 @@ run never starts over stored rounds, a resume keeps the stored rounds' science s
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,20 +35,22 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lightning_curate.loop.analysis import RoundAnalysis
 from lightning_curate.loop.component_check import check_run_components
-from lightning_curate.loop.manifest import round_manifest, science_settings
+from lightning_curate.loop.divergence import DivergenceWatch
+from lightning_curate.loop.manifest import recipe_settings, round_manifest, science_settings
 from lightning_curate.loop.report import fidelity_advice
 from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
 from lightning_curate.loop.writing import RunWriter
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
-from lightning_curate.store.preflight import check_resume, checkpoint_dirs
+from lightning_curate.store.preflight import check_resume, checkpoint_dirs, folders_outside
 from lightning_curate.store.rounds import RoundStore, StoreError
-from lightning_curate.store.settings import parse_allowed
+from lightning_curate.store.settings import fingerprint, parse_allowed
 from lightning_curate.utils.columns import Col
+from lightning_curate.utils.compat import epoch_batches_ready
 from lightning_curate.utils.seeding import derive_seed, seed_all
 from lightning_curate.utils.validation import check_choice, check_float
 
-__all__ = ["INITS", "RetrainingLoop"]
+__all__ = ["INITS", "RetrainingLoop", "apply_optimizer_settings"]
 
 INITS = ("warm", "scratch")
 
@@ -90,11 +93,15 @@ class RetrainingLoop(RoundSchedule, Callback):
         self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
         self.settings: Optional[dict[str, Any]] = None
         self.settings_changed: dict[str, list] = {}
+        self.run_id: Optional[str] = None  # created at the run's first start; every manifest and checkpoint records it
+        self._loaded_identity: Optional[dict[str, Any]] = None  # the restored checkpoint's run identity
         self.checked_dir: Optional[Path] = None  # set once check_run_dir passed for this directory
         self.stopped_by: Optional[BaseException] = None
-        self._lock: Optional[RunLock] = None
+        self._locks: list[RunLock] = []  # taken here only without the CLI
         self.store: Optional[RoundStore] = None
         self._restored = False
+        self._trainer: Any = None  # for state_dict: where in the schedule a checkpoint is saved
+        self.divergence = DivergenceWatch()  # the first NaN loss, named before the reward sees NaN samples
 
     @property
     def _store(self) -> RoundStore:
@@ -147,9 +154,12 @@ class RetrainingLoop(RoundSchedule, Callback):
             self._initial_state = trainer.strategy.broadcast(state, 0)
         self.apply_to(trainer)  # max_epochs; the data module reloads at round starts
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if trainer.is_global_zero and held_lock_for(run_dir) is None:
-            self._lock = RunLock(run_dir).acquire()  # without the CLI: lock here
+        if trainer.is_global_zero:  # without the CLI: lock here (the run directory, then the folders outside it)
+            for folder, role in [(run_dir, "run directory"), *folders_outside(trainer, run_dir)]:
+                if held_lock_for(folder) is None:
+                    self._locks.append(RunLock(folder, role=role).acquire())
         self.run_dir = run_dir
+        self._trainer = trainer
         self.store = RoundStore(self._run_dir / "rounds")
         datamodule.attach(self.store, self.round_of_epoch)
 
@@ -173,10 +183,13 @@ class RetrainingLoop(RoundSchedule, Callback):
         ``lightning-curate`` calls it before anything is written; used without the CLI, the loop calls
         it at fit start, after the checkpoint is restored (``checkpoint_loaded``).
         """
-        self.settings = self.science_settings(pl_module, datamodule)
-        self.settings_changed = check_resume(RoundStore(Path(run_dir) / "rounds"), self.settings,
-                                             ckpt_path=ckpt_path, checkpoint_dirs=checkpoint_dirs,
-                                             allowed=self.allow_changed_settings, checkpoint_loaded=checkpoint_loaded)
+        self.settings = {**self.science_settings(pl_module, datamodule), **recipe_settings(pl_module, datamodule)}
+        store = RoundStore(Path(run_dir) / "rounds")
+        self.settings_changed = check_resume(store, self.settings, ckpt_path=ckpt_path, checkpoint_dirs=checkpoint_dirs,
+                                             allowed=self.allow_changed_settings, checkpoint_loaded=checkpoint_loaded,
+                                             loaded_identity=self._loaded_identity)
+        stored = store.rounds()
+        self.run_id = (store.read_manifest(stored[-1]).get("run_id") if stored else None) or uuid.uuid4().hex
         self.checked_dir = Path(run_dir).resolve()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -200,9 +213,8 @@ class RetrainingLoop(RoundSchedule, Callback):
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Release the lock the loop took itself (without the CLI), however fit ended."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        while self._locks:
+            self._locks.pop().release()
 
     @property
     def complete(self) -> bool:
@@ -214,6 +226,8 @@ class RetrainingLoop(RoundSchedule, Callback):
         return all(t in done for t in range(self.rounds + 1))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._restored:
+            apply_optimizer_settings(trainer, pl_module)
         self.writer.start()
         # After a resume, rebuild the table from the store (checksums verified on read).
         for t in self._store.rounds():
@@ -224,13 +238,32 @@ class RetrainingLoop(RoundSchedule, Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "epochs_per_round": self.epochs_per_round,
                 "initial_epochs": self.initial_epochs, "seed": self.seed,
-                "finished_rounds": sorted(self.rows)}
+                "finished_rounds": sorted(self.rows), "run_id": self.run_id,
+                "fingerprint": fingerprint(self.settings or {}), "settings": self.settings,
+                "unresumable": self._unresumable()}
+
+    def _unresumable(self) -> Optional[str]:
+        """Why a checkpoint saved now could not resume exactly, or ``None`` (a whole epoch's end, its
+        round curated if it ends one). The batch order within an epoch and a round's curation are in no
+        checkpoint, so a mid-epoch save (``every_n_train_steps``) would resume to other rounds."""
+        trainer = self._trainer
+        if trainer is None or trainer.num_training_batches == float("inf"):
+            return None
+        epoch = trainer.current_epoch
+        if not epoch_finished(trainer):
+            ready, total = epoch_batches_ready(trainer), trainer.num_training_batches
+            return f"mid-epoch (epoch {epoch}, after {ready} of {total} batches)"
+        round_idx = self.round_of_epoch(epoch)
+        if self.ends_round(epoch) and round_idx not in self.rows:
+            return f"after round {round_idx}'s training but before its curation"
+        return None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key in ("epochs_per_round", "initial_epochs", "seed"):
             if state_dict.get(key) != getattr(self, key):
                 raise ValueError(f"cannot resume: the checkpoint was made with {key}={state_dict.get(key)!r}, "
                                  f"the config now says {getattr(self, key)!r}")
+        self._loaded_identity = state_dict if state_dict.get("run_id") else None
         self._restored = True
 
     # -- one round ----------------------------------------------------------
@@ -252,8 +285,12 @@ class RetrainingLoop(RoundSchedule, Callback):
                 optimizer.state.clear()
         pl_module.generator.start_round(round_idx)
 
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.divergence.update(outputs, trainer.global_step)
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
+        self.divergence.check(pl_module, epoch)
         if not self.ends_round(epoch) or not epoch_finished(trainer):  # not if cut short
             return
         round_idx = self.round_of_epoch(epoch)
@@ -295,7 +332,8 @@ class RetrainingLoop(RoundSchedule, Callback):
             self.analysis.measure(pl_module, datamodule, round_idx, row, probe, self.rows.get(round_idx - 1))
             self._store.commit(round_idx, round_manifest(pl_module, datamodule, round_idx, epoch, row, seed=self.seed,
                                                          world_size=world, settings=self.settings,
-                                                         settings_changed=self.settings_changed))
+                                                         settings_changed=self.settings_changed,
+                                                         run_id=self.run_id))
             self.settings_changed = {}
         strategy.barrier("lightning_curate.round_committed")
         return row, preview
@@ -308,6 +346,13 @@ class RetrainingLoop(RoundSchedule, Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._restored:  # a resume (of a finished run too): rounds.csv rebuilt from the store, every row
+            for t in self._store.rounds():
+                if t not in self.rows:
+                    record = self._store.read(t)
+                    self.writer.keep(t, record.manifest["row"], record.tensors.get("preview"))
+            if self.rows:
+                self.writer.write_table()
         if not self.rows:
             return
         self.writer.finish(trainer, pl_module)  # stopped early (max_time...): the last round's figures
@@ -320,3 +365,20 @@ class RetrainingLoop(RoundSchedule, Callback):
     def summary(self, last_checkpoint: Optional[Path] = None) -> str:
         """A short per-round table and where the artifacts are."""
         return self.writer.summary(last_checkpoint, self.learner_noise)
+
+
+def apply_optimizer_settings(trainer: Any, pl_module: Any) -> None:
+    """Set the config's ``lr`` and ``weight_decay`` on the restored optimizers' parameter groups.
+
+    A checkpoint's optimizer state carries the values it was made with; without this a resume's new
+    ``lr`` (refused unless allowed, then recorded in the manifest) would be silently ignored. Left alone
+    where a scheduler owns the learning rate.
+    """
+    if getattr(trainer, "lr_scheduler_configs", None):
+        return
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            for key in ("lr", "weight_decay"):
+                value = getattr(pl_module, key, None)
+                if key in group and isinstance(value, (int, float)):
+                    group[key] = value

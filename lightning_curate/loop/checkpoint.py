@@ -2,16 +2,71 @@
 
 from __future__ import annotations
 
+import io
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_curate.loop.schedule import at_round_end, epoch_finished
 from lightning_curate.utils.compat import save_last_if_unsaved
 
-__all__ = ["RoundCheckpoint", "epoch_finished"]
+__all__ = ["AtomicCheckpointIO", "RoundCheckpoint", "epoch_finished"]
 
 _SCHEDULES = ("every_n_epochs", "every_n_train_steps", "train_time_interval")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that writes a local checkpoint atomically beside its final name.
+
+    Why: Lightning's own save goes through an fsspec transaction whose temp file is in the
+    system temp folder, then copied; a full disk mid-copy left a truncated ``last.ckpt`` that
+    ``load_run`` and the next resume failed on. Here the file is written to a hidden temp file in
+    the same folder (same filesystem), flushed and fsynced, then renamed over the old one: a
+    failure at any point leaves the previous checkpoint whole, removes the temp file and raises
+    an ``OSError`` naming the checkpoint. Remote paths (``s3://``...) keep Lightning's save.
+
+    Example::
+
+        trainer = Trainer(plugins=[AtomicCheckpointIO()])  # RoundCheckpoint installs it by itself
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot write the checkpoint: {err.strerror}", str(path)) from err
+        try:
+            buffer = io.BytesIO()  # serialised first (like Lightning): a short write is then an OSError
+            torch.save(checkpoint, buffer)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise OSError(err.errno, f"cannot write the checkpoint: {err.strerror or err}", str(path)) from err
+            raise
+        try:  # the rename itself survives a crash once the folder is synced
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
 
 
 class RoundCheckpoint(ModelCheckpoint):
@@ -30,7 +85,10 @@ class RoundCheckpoint(ModelCheckpoint):
     It takes ``ModelCheckpoint``'s arguments except the ones that schedule saves
     (``every_n_epochs``, ``every_n_train_steps``, ``train_time_interval``: the rounds
     do), and ``save_last`` defaults to ``True`` so ``--ckpt_path last`` finds the newest
-    round. Without a :class:`~lightning_curate.loop.RetrainingLoop` in the trainer's
+    round. One file name per run: ``enable_version_counter`` defaults to ``False``, so a run directory
+    that was moved and resumed overwrites its ``last.ckpt`` instead of writing ``last-v1.ckpt`` beside
+    a stale one (which ``load_run`` or a later resume could pick). Without a
+    :class:`~lightning_curate.loop.RetrainingLoop` in the trainer's
     callbacks it saves after every epoch, like ``ModelCheckpoint``.
 
     Example::
@@ -39,7 +97,7 @@ class RoundCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: Optional[str] = None, save_last: Optional[bool] = True, save_top_k: int = 1,
-                 **kwargs: Any) -> None:
+                 enable_version_counter: bool = False, **kwargs: Any) -> None:
         for name in _SCHEDULES:
             if kwargs.get(name) is not None:
                 raise ValueError(f"RoundCheckpoint saves at each round's end: {name}={kwargs[name]!r} is not "
@@ -47,7 +105,14 @@ class RoundCheckpoint(ModelCheckpoint):
         if kwargs.get("save_on_exception"):
             raise ValueError("RoundCheckpoint saves at each round's end: save_on_exception=True would save a "
                              "state between two round ends, from which a resume is not exact")
-        super().__init__(dirpath=dirpath, save_last=save_last, save_top_k=save_top_k, **kwargs)
+        super().__init__(dirpath=dirpath, save_last=save_last, save_top_k=save_top_k,
+                         enable_version_counter=enable_version_counter, **kwargs)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Write checkpoints atomically (:class:`AtomicCheckpointIO`) unless the user chose another CheckpointIO."""
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     @property
     def state_key(self) -> str:

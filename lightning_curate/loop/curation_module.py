@@ -37,7 +37,7 @@ from lightning_curate.ops.kchoice import BACKENDS, MODES, kchoice
 from lightning_curate.utils.columns import CURATED_REWARD_MEAN_OF, CURATED_SHARE, REWARD_MEAN_OF, SHARE, SLOTS, Col
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
-from lightning_curate.utils.validation import check_beta, check_choice, check_float, check_int
+from lightning_curate.utils.validation import check_beta, check_beta_spread, check_choice, check_float, check_int
 
 __all__ = ["PHASES", "SLOT_BLOCK", "CurationModule", "CurationOutcome"]
 
@@ -264,6 +264,7 @@ class CurationModule(GeneratorTraining):
             block_cands = cands[sl].view(nb, k, *shape)
             rows = torch.arange(nb, device=r_block.device)[:, None]
             if cur_rewards is None:
+                check_beta_spread(self.beta, r_block, self.mode)
                 res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode, seed=derive_seed(seed, "choice", b),
                               backend=self.backend, candidates=block_cands, check=True)  # flag read before commit
                 index, chosen = res.index.view(nb, m), res.chosen

@@ -44,7 +44,7 @@ from lightning_curate.ops.kchoice import kchoice
 from lightning_curate.store.settings import init_args_of, qualname
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
-from lightning_curate.utils.validation import MODES, check_beta, check_choice, check_float
+from lightning_curate.utils.validation import MODES, check_beta, check_beta_spread, check_choice, check_float
 
 __all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings", "draw_curators",
            "members", "population_shares", "same_reward"]
@@ -173,6 +173,7 @@ def choose_block(curators: nn.ModuleList, rewards: Tensor, assign: Tensor, num_w
             continue
         r_u = rewards[u, rows]
         seed_u = derive_seed(seed, "choice", block) if u == 0 else derive_seed(seed, "choice", block, u)
+        check_beta_spread(c.beta, r_u, c.mode, name=f"curators[{u}].beta")
         res = kchoice(r_u, c.beta, num_winners=num_winners, mode=c.mode, seed=seed_u, backend=backend, check=True)
         index[rows] = res.index.view(-1, num_winners)
         scores[rows] = choice_log_weights(r_u, c.mode, c.beta)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from lightning_curate.store.settings import fingerprint, init_args_of, normalise, qualname
 from lightning_curate.utils.seeding import derive_seed
 
-__all__ = ["round_manifest", "science_settings"]
+__all__ = ["recipe_settings", "round_manifest", "science_settings"]
 
 
 def science_settings(pl_module: Any, datamodule: Any, schedule: Any, *, seed: int, init: str,
@@ -31,18 +31,33 @@ def science_settings(pl_module: Any, datamodule: Any, schedule: Any, *, seed: in
         **getattr(pl_module, "population_settings", dict)()})
 
 
+def recipe_settings(pl_module: Any, datamodule: Any) -> dict[str, Any]:
+    """The run's recipe settings, normalised: the optimizer's (``lr``, ``weight_decay``), the batch size, the
+    data source's class and the generator's and the source's plain constructor arguments (``generator.ema_decay``,
+    ``generator.solver``, ``source.name``...; see :data:`~lightning_curate.store.settings.RECIPE_KEYS`)."""
+    source = getattr(datamodule, "source", None)
+    recipe: dict[str, Any] = {"lr": getattr(pl_module, "lr", None),
+                              "weight_decay": getattr(pl_module, "weight_decay", None),
+                              "batch_size": getattr(datamodule, "batch_size", None)}
+    recipe.update({f"generator.{k}": v for k, v in init_args_of(pl_module.generator).items()})
+    if source is not None:
+        recipe["source"] = qualname(source)
+        recipe.update({f"source.{k}": v for k, v in init_args_of(source).items()})
+    return normalise(recipe)
+
+
 def round_manifest(pl_module: Any, datamodule: Any, round_idx: int, epoch: int, row: dict[str, Any], *,
                    seed: int, world_size: int, settings: Optional[dict[str, Any]],
-                   settings_changed: Optional[dict[str, list]] = None) -> dict[str, Any]:
+                   settings_changed: Optional[dict[str, list]] = None, run_id: Optional[str] = None) -> dict[str, Any]:
     """The manifest of round ``round_idx`` (curated at the end of ``epoch``, training round ``round_idx + 1``):
-    its curation settings and seeds, the run's settings and fingerprint, the phase timings and its row."""
+    its curation settings and seeds, the run's settings, fingerprint and id, the phase timings and its row."""
     manifest = {
         "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
         "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
         "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
         "seed": seed, "round_seed": derive_seed(seed, "round", round_idx), "world_size": world_size,
         "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,
-        "settings": settings, "fingerprint": fingerprint(settings or {}),
+        "settings": settings, "fingerprint": fingerprint(settings or {}), "run_id": run_id,
         "timings": dict(pl_module.timings), "row": row}
     if settings_changed:
         manifest["settings_changed"] = settings_changed

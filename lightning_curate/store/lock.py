@@ -123,8 +123,10 @@ class RunLock:
         heartbeat_s: how often the holder refreshes the lock's mtime.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, stale_after_s: float = 600.0, heartbeat_s: float = 30.0):
+    def __init__(self, run_dir: str | os.PathLike, stale_after_s: float = 600.0, heartbeat_s: float = 30.0,
+                 role: str = "run directory"):
         self.run_dir = Path(run_dir).resolve()
+        self.role = role  # what the folder is to the run, for the messages ("checkpoint folder", ...)
         self.path = self.run_dir / LOCK_NAME
         self.stale_after_s = float(stale_after_s)
         self.heartbeat_s = float(heartbeat_s)
@@ -141,7 +143,7 @@ class RunLock:
             self._created_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise RunLockError(f"cannot create the run directory {self.run_dir}: {err}") from err
+            raise RunLockError(f"cannot create the {self.role} {self.run_dir}: {err}") from err
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
                      "pid_ns": _pid_namespace(), "start_ticks": _start_ticks(os.getpid()),
                      "token": secrets.token_hex(16), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
@@ -175,7 +177,7 @@ class RunLock:
         except OSError as err:
             if err.errno == errno.EEXIST:
                 return False
-            raise RunLockError(f"cannot lock the run directory {self.run_dir} (writing {target}): {err}") from err
+            raise RunLockError(f"cannot lock the {self.role} {self.run_dir} (writing {target}): {err}") from err
         finally:
             try:
                 tmp.unlink()
@@ -213,7 +215,7 @@ class RunLock:
         else:
             who = (f"PID {holder.get('pid')} on host {holder.get('host')} (started {holder.get('started')}, "
                    f"lock refreshed {time.time() - holder['mtime']:.0f} s ago)")
-        return (f"the run directory {self.run_dir} is in use by another run: {who}. Two runs in one directory "
+        return (f"the {self.role} {self.run_dir} is in use by another run: {who}. Two runs in one directory "
                 f"would mix their rounds. Wait for it to finish, stop it, or use another directory "
                 f"(--trainer.default_root_dir). A lock whose holder is gone is taken over automatically "
                 f"(on another host after {self.stale_after_s:.0f} s without a heartbeat)")

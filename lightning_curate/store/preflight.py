@@ -16,10 +16,13 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import torch
+
 from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import SettingsMismatch, diff_settings, mismatch_message, settings_of_manifest
 
-__all__ = ["check_checkpoint_file", "check_resume", "checkpoint_dirs", "find_last_checkpoint"]
+__all__ = ["check_checkpoint_file", "check_checkpoint_identity", "check_resume", "checkpoint_dirs",
+           "checkpoint_identity", "find_last_checkpoint", "folders_outside"]
 
 
 def checkpoint_dirs(trainer: Any, run_dir: Path) -> list[Path]:
@@ -28,11 +31,38 @@ def checkpoint_dirs(trainer: Any, run_dir: Path) -> list[Path]:
     return dirs or [Path(run_dir) / "checkpoints"]
 
 
+def folders_outside(trainer: Any, run_dir: Path) -> list[tuple[Path, str]]:
+    """The folders the run writes outside ``run_dir`` (each checkpoint folder, the logger's), with their role:
+    the run locks them too, so that two runs never share one (``--ckpt_path last`` would take the other's)."""
+    root = Path(run_dir).resolve()
+    found = [(d, "checkpoint folder") for d in checkpoint_dirs(trainer, run_dir)]
+    for logger in getattr(trainer, "loggers", None) or []:
+        folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if folder:
+            found.append((Path(folder), "logger folder"))
+    out: list[tuple[Path, str]] = []
+    for folder, role in found:
+        resolved = folder.resolve()
+        if not resolved.is_relative_to(root) and all(resolved != f for f, _ in out):
+            out.append((resolved, role))
+    return out
+
+
 def find_last_checkpoint(dirs: Iterable[str | os.PathLike]) -> Optional[Path]:
-    """The newest ``last*.ckpt`` in ``dirs`` (what Lightning's ``ckpt_path="last"`` resumes from)."""
+    """The newest ``last*.ckpt`` in ``dirs``: the one of the latest finished round (its run identity),
+    then the newest by mtime (a ``last-v1.ckpt`` beside a stale ``last.ckpt`` of a moved run, or
+    checkpoints without an identity)."""
     found = [p for d in dirs if d and Path(d).is_dir() for p in Path(d).iterdir()
              if p.name.startswith("last") and p.suffix == ".ckpt" and p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    if len(found) < 2:
+        return found[0] if found else None
+
+    def newest(path: Path) -> tuple[int, float]:
+        identity = checkpoint_identity(path) or {}
+        rounds = identity.get("finished_rounds") or [-1]
+        return max(rounds), path.stat().st_mtime
+
+    return max(found, key=newest)
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:
@@ -53,9 +83,64 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
                          "from another checkpoint with --ckpt_path <file>")
 
 
+def checkpoint_identity(path: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The run identity a checkpoint carries: its ``RetrainingLoop`` state (``run_id``, ``fingerprint``,
+    ``settings``, ``finished_rounds``), or ``None`` for a checkpoint without one (older, or not a loop's).
+
+    Read with ``weights_only=True``: tensors and plain containers only, nothing from the file runs.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a checkpoint torch reads safely: Lightning names it when it loads
+        return None
+    callbacks = checkpoint.get("callbacks") if isinstance(checkpoint, dict) else None
+    state = callbacks.get("RetrainingLoop") if isinstance(callbacks, dict) else None
+    return state if isinstance(state, dict) and state.get("run_id") else None
+
+
+def check_checkpoint_identity(store: RoundStore, stored: list[int], checkpoint: str | os.PathLike,
+                              identity: Optional[dict[str, Any]]) -> None:
+    """Refuse a checkpoint made by another run than the one whose rounds ``store`` holds.
+
+    Its ``run_id`` must be the stored rounds' (created at the run's first start, recorded in every
+    manifest and checkpoint); into a directory with no rounds, a checkpoint that finished rounds is
+    another run's too (its rounds are elsewhere).
+    """
+    if identity is None:
+        return
+    if identity.get("unresumable"):
+        raise StoreError(
+            f"the checkpoint {checkpoint} was saved {identity['unresumable']}: a resume from it would not repeat the "
+            "run (the batch order within an epoch and a round's curation are in no checkpoint). Resume from a "
+            "round's end: --ckpt_path last (RoundCheckpoint's last.ckpt)")
+    theirs, their_fp = identity.get("run_id"), str(identity.get("fingerprint") or "?")[:12]
+    if not stored:
+        if identity.get("finished_rounds"):
+            raise StoreError(
+                f"the checkpoint {checkpoint} belongs to run {theirs} (fingerprint {their_fp}), which finished "
+                f"rounds {identity['finished_rounds']}, but {store.root} holds no rounds: its rounds are in "
+                "that run's directory. Resume it there (--trainer.default_root_dir), or start a new run "
+                "without --ckpt_path")
+        return
+    manifest = store.read_manifest(stored[-1])
+    ours = manifest.get("run_id")
+    if ours is None or ours == theirs:
+        return
+    their_settings = identity.get("settings")
+    their_settings = their_settings if isinstance(their_settings, dict) else {}
+    changes = diff_settings(settings_of_manifest(manifest), their_settings)
+    differ = "; ".join(f"{k}: checkpoint {new!r}, this run {old!r}" for k, (old, new) in changes.items())
+    raise StoreError(
+        f"the checkpoint {checkpoint} was made by another run: run {theirs} (fingerprint {their_fp}), while the "
+        f"rounds in {store.root} are run {ours}'s (fingerprint {str(manifest.get('fingerprint'))[:12]})"
+        f"{f' ({differ})' if differ else ''}. Resume from this run's own checkpoint (--ckpt_path last), or "
+        "resume that run in its own directory")
+
+
 def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Optional[str | os.PathLike],
                  checkpoint_dirs: Iterable[str | os.PathLike] = (), allowed: tuple[str, ...] = (),
-                 checkpoint_loaded: bool = False) -> dict[str, list]:
+                 checkpoint_loaded: bool = False,
+                 loaded_identity: Optional[dict[str, Any]] = None) -> dict[str, list]:
     """Refuse to start or resume in a directory that does not fit; return the allowed setting changes.
 
     Args:
@@ -65,6 +150,7 @@ def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Opti
         checkpoint_dirs: where ``"last"`` is looked for.
         allowed: keys whose change the user allows (``--allow_changed_settings``).
         checkpoint_loaded: a checkpoint was already restored (the check runs after it, without the CLI).
+        loaded_identity: the restored checkpoint's run identity (see :func:`checkpoint_identity`).
 
     Returns:
         ``{key: [old, new]}`` of the allowed changes, for the next round's manifest.
@@ -92,6 +178,9 @@ def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Opti
             "(--trainer.default_root_dir)")
     if checkpoint is not None:
         check_checkpoint_file(checkpoint)
+        check_checkpoint_identity(store, stored, checkpoint, checkpoint_identity(checkpoint))
+    elif checkpoint_loaded:
+        check_checkpoint_identity(store, stored, "restored", loaded_identity)
     if not stored:
         return {}
     old = settings_of_manifest(store.read_manifest(stored[-1]))

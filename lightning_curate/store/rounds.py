@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_curate.store.settings import settings_of_manifest
+from lightning_curate.store.settings import fingerprint, settings_of_manifest
 
 __all__ = ["RoundStore", "StoreError", "StoredRound"]
 
@@ -286,6 +286,11 @@ class RoundStore:
         for t in stored:
             manifest, _ = self.verify(t)
             settings = settings_of_manifest(manifest)
+            if "fingerprint" in manifest and isinstance(manifest.get("settings"), dict) \
+                    and fingerprint(manifest["settings"]) != manifest["fingerprint"]:
+                raise StoreError(f"{self.path(t) / MANIFEST}: its settings do not match its fingerprint (edited after "
+                                 "the round was written?); restore the manifest, or start a new run in another "
+                                 "directory")
             if previous is not None:
                 changed = sorted(k for k in set(previous) & set(settings) if previous[k] != settings[k])
                 declared = manifest.get("settings_changed") or {}

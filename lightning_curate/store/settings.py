@@ -16,11 +16,18 @@ import inspect
 import json
 from typing import Any, Iterable, Optional
 
-__all__ = ["FIXED_KEYS", "SCIENCE_KEYS", "SettingsMismatch", "canonical_json", "diff_settings", "fingerprint",
-           "init_args_of", "mismatch_message", "normalise", "parse_allowed", "qualname", "settings_of_manifest"]
+__all__ = ["FIXED_KEYS", "RECIPE_KEYS", "RECIPE_PREFIXES", "SCIENCE_KEYS", "SettingsMismatch", "canonical_json",
+           "diff_settings", "fingerprint", "init_args_of", "is_recorded_key", "mismatch_message", "normalise",
+           "parse_allowed", "qualname", "settings_of_manifest"]
 
 SCIENCE_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "real_fraction", "policy", "reward",
                 "generator", "seed", "epochs_per_round", "initial_epochs", "init", "steps_per_epoch", "curators")
+# The recipe: how a round's model is trained and sampled (the optimizer's, the batches', the data source's
+# class). ``generator.ARG`` and ``source.ARG`` keys hold the generator's and the data source's constructor
+# arguments (EMA decay and reset, solver, steps, the data set's name and size...). A resume that changes one
+# is refused like a science setting: round t + 1 would be made by another recipe than round t.
+RECIPE_KEYS = ("batch_size", "lr", "weight_decay", "source")
+RECIPE_PREFIXES = ("generator.", "source.")
 # Changing these would make the resumed epochs and draws differ from the checkpoint's schedule:
 # never allowed (RetrainingLoop.load_state_dict refuses them too).
 FIXED_KEYS = ("seed", "epochs_per_round", "initial_epochs")
@@ -58,11 +65,16 @@ def settings_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: manifest[k] for k in _LEGACY_KEYS if k in manifest}
 
 
+def is_recorded_key(key: str) -> bool:
+    """Whether ``key`` is a setting the manifests record (science or recipe)."""
+    return key in SCIENCE_KEYS or key in RECIPE_KEYS or key.startswith(RECIPE_PREFIXES)
+
+
 def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list]:
     """``{key: [old, new]}`` for every key recorded in ``old`` whose value differs in ``new``."""
     new = normalise(new)
     keys = set(old) | {k for k in _ABSENT_MEANS_NONE if k in new}
-    return {k: [old.get(k), new.get(k)] for k in sorted(keys) if k in SCIENCE_KEYS and old.get(k) != new.get(k)}
+    return {k: [old.get(k), new.get(k)] for k in sorted(keys) if is_recorded_key(k) and old.get(k) != new.get(k)}
 
 
 def parse_allowed(value: Optional[str | Iterable[str]]) -> tuple[str, ...]:
@@ -76,8 +88,9 @@ def parse_allowed(value: Optional[str | Iterable[str]]) -> tuple[str, ...]:
         if key in FIXED_KEYS:
             raise ValueError(f"allow_changed_settings: {key!r} cannot change within a run (the checkpoint's "
                              f"schedule and draws depend on it); start a new run in another directory")
-        if key not in SCIENCE_KEYS:
-            raise ValueError(f"allow_changed_settings: unknown key {key!r}; expected some of {', '.join(allowed)}")
+        if not is_recorded_key(key):
+            raise ValueError(f"allow_changed_settings: unknown key {key!r}; expected some of {', '.join(allowed)}, "
+                             f"{', '.join(RECIPE_KEYS)} or generator.ARG, source.ARG (a constructor argument)")
     return tuple(dict.fromkeys(keys))
 
 
@@ -88,7 +101,7 @@ def mismatch_message(where: str, changes: dict[str, list], allowed: tuple[str, .
     keys = ",".join(k for k in refused if k not in FIXED_KEYS)
     hint = (f" To change them deliberately (recorded in the next round's manifest), pass "
             f"--allow_changed_settings {keys}." if keys else "")
-    return (f"cannot resume {where}: the config's science settings differ from the stored rounds' ({lines}). "
+    return (f"cannot resume {where}: the config's settings differ from the stored rounds' ({lines}). "
             f"Resuming would mix rounds of two experiments under one run.{hint} Or start a new run in another "
             f"directory (--trainer.default_root_dir)")
 

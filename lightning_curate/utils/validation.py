@@ -17,7 +17,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["MODES", "atom_indices", "check_beta", "check_choice", "check_float", "check_int", "check_vector", "is_int"]
+__all__ = ["BETA_SPREAD_MAX", "MODES", "BetaRangeError", "atom_indices", "check_beta", "check_beta_spread",
+           "check_choice", "check_float", "check_int", "check_vector", "is_int"]
 
 # The K-choice rules (Bradley-Terry / Plackett-Luce, best-of-K, uniform): here so that
 # the op (ops) and its exact laws (theory) name them from one place.
@@ -76,6 +77,35 @@ def check_float(name: str, value: Any, minimum: Optional[float] = None, maximum:
 def check_beta(beta: Any) -> float:
     """The choice's inverse temperature: a finite number ``>= 0`` (0 is uniform choice)."""
     return check_float("beta", beta, minimum=0.0)
+
+
+# beta times the rewards' spread beyond which a float32 softmax draw is no longer reliable (kchoice's draw
+# failed from about 1e10 on): there the choice is the argmax anyway, which mode: argmax computes exactly.
+BETA_SPREAD_MAX = 1e8
+
+
+class BetaRangeError(ValueError):
+    """A softmax choice whose ``beta`` times the rewards' spread is beyond float32's reach."""
+
+
+def check_beta_spread(beta: float, rewards: Tensor, mode: str, name: str = "beta") -> None:
+    """Refuse a softmax choice whose ``beta * (max - min reward)`` exceeds :data:`BETA_SPREAD_MAX`.
+
+    Example:
+        >>> check_beta_spread(1e6, torch.tensor([0.0, 1.0]), "softmax")  # fine
+        >>> try:
+        ...     check_beta_spread(1e9, torch.tensor([0.0, 1.0]), "softmax")
+        ... except ValueError as err:
+        ...     print(str(err)[:49])
+        beta: 1e+09 times the rewards' spread 1 is 1e+09,
+    """
+    if mode != "softmax" or rewards.numel() == 0:
+        return
+    spread = float(rewards.max() - rewards.min())
+    if beta * spread > BETA_SPREAD_MAX:
+        raise BetaRangeError(f"{name}: {beta:g} times the rewards' spread {spread:g} is {beta * spread:g}, above "
+                         f"{BETA_SPREAD_MAX:g}: a float32 softmax draw cannot resolve it. Use mode: argmax (the "
+                         f"beta -> infinity limit, computed exactly) or a smaller {name}")
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:

@@ -186,6 +186,70 @@ def test_an_allowed_change_is_made_and_recorded_in_the_next_round(finished, tmp_
     assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"] != manifests[2]["fingerprint"]
 
 
+# -- resumes that change the recipe (issue 25, item 1) ----------------------------------------------
+@pytest.mark.parametrize("section, key, value, shown", [
+    ("generator", "ema_decay", 0.5, "generator.ema_decay: stored 0.9, config 0.5"),
+    ("generator", "solver", "midpoint", "generator.solver: stored 'euler', config 'midpoint'"),
+    ("generator", "steps", 4, "generator.steps: stored 8, config 4"),
+    ("data", "batch_size", 64, "batch_size: stored 128, config 64"),
+    ("model", "lr", 0.01, "lr: stored 0.003, config 0.01"),
+    ("model", "weight_decay", 0.1, "weight_decay: stored 0.0, config 0.1"),
+    ("source", "name", "moons", "source.name: stored 'mog8', config 'moons'"),
+])
+def test_resume_with_a_changed_recipe_setting_is_refused(finished, tmp_path, capsys, section, key, value, shown):
+    cfg = tiny_config(finished, rounds=2, reward=json.loads(json.dumps(REWARD)))
+    target = {"generator": cfg["model"]["init_args"]["generator"]["init_args"], "model": cfg["model"]["init_args"],
+              "data": cfg["data"]["init_args"], "source": cfg["data"]["init_args"]["source"]["init_args"]}[section]
+    target[key] = value
+    before = tree_digest(finished)
+    code, err = _main(capsys, "-c", write_config(tmp_path / "changed.yaml", cfg), "--ckpt_path", "last")
+    assert code == 2 and shown in err and "Traceback" not in err, err[-2000:]
+    assert "--allow_changed_settings " + shown.split(":")[0] in err
+    assert tree_digest(finished) == before
+
+
+def test_an_allowed_lr_change_is_applied_to_the_restored_optimizer(finished, tmp_path, capsys):
+    cfg = _config(tmp_path, finished, rounds=2, lr=0.01)
+    code, err = _main(capsys, "-c", cfg, "--ckpt_path", "last", "--allow_changed_settings", "lr")
+    assert code == 0, err
+    manifest = json.loads((finished / "rounds" / "round_002" / "manifest.json").read_text())
+    assert manifest["settings_changed"] == {"lr": [0.003, 0.01]} and manifest["settings"]["lr"] == 0.01
+    state = torch.load(finished / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert sorted(p.name for p in (finished / "checkpoints").glob("last*")) == ["last.ckpt"]  # item 15
+    assert {g["lr"] for g in state["optimizer_states"][0]["param_groups"]} == {0.01}  # not the checkpoint's 0.003
+
+
+# -- a checkpoint from another run (issue 25, item 2) -----------------------------------------------
+def _foreign_checkpoint(run: Path, tmp_path: Path) -> Path:
+    """``run``'s last checkpoint as another run (another id, another reward radius and beta) made it."""
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    loop = state["callbacks"]["RetrainingLoop"]
+    loop["run_id"] = "0" * 32
+    loop["settings"] = dict(loop["settings"], beta=3.0)
+    path = tmp_path / "other.ckpt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_checkpoint_from_another_run_is_refused_naming_both(finished, tmp_path, capsys):
+    other = _foreign_checkpoint(finished, tmp_path)
+    ours = json.loads((finished / "rounds" / "round_001" / "manifest.json").read_text())["run_id"]
+    before = tree_digest(finished)
+    code, err = _main(capsys, "-c", _config(tmp_path, finished, rounds=2), "--ckpt_path", other)
+    assert code == 2, err[-2000:]
+    assert f"the checkpoint {other} was made by another run: run {'0' * 32}" in err
+    assert f"are run {ours}'s" in err and "beta: checkpoint 3.0, this run 1.0" in err
+    assert tree_digest(finished) == before
+
+
+def test_a_checkpoint_into_a_fresh_directory_is_refused_before_anything_is_written(finished, tmp_path, capsys):
+    fresh = tmp_path / "fresh"
+    ckpt = finished / "checkpoints" / "last.ckpt"
+    code, err = _main(capsys, "-c", _config(tmp_path, fresh, rounds=2), "--ckpt_path", ckpt)
+    assert code == 2 and f"the checkpoint {ckpt} belongs to run" in err and "holds no rounds" in err, err[-2000:]
+    assert not fresh.exists() or sorted(p.name for p in fresh.iterdir()) == []
+
+
 # -- a damaged or hostile store, a damaged checkpoint ----------------------------------------------
 def _break_manifest(run: Path, edit) -> Path:
     path = run / "rounds" / "round_001" / "manifest.json"
@@ -231,13 +295,18 @@ def _truncated_checkpoint(run):
     return f"the checkpoint {path} is truncated or damaged"
 
 
+def _stale_fingerprint(run):
+    path = _break_manifest(run, lambda m: m["settings"].update(beta=1.5))  # settings edited, fingerprint not
+    return f"{path}: its settings do not match its fingerprint"
+
+
 def _no_checkpoint(run):
     shutil.rmtree(run / "checkpoints")
     return "--ckpt_path last: there is no last*.ckpt in"
 
 
 @pytest.mark.parametrize("fault", [_hostile, _missing_round, _missing_part, _bad_json, _flipped_part,
-                                   _truncated_checkpoint, _no_checkpoint])
+                                   _truncated_checkpoint, _no_checkpoint, _stale_fingerprint])
 def test_a_damaged_run_is_refused_naming_the_file(finished, tmp_path, capsys, fault):
     message = fault(finished)
     before = tree_digest(finished)
@@ -245,6 +314,15 @@ def test_a_damaged_run_is_refused_naming_the_file(finished, tmp_path, capsys, fa
     assert code == 2 and message in err, err
     assert "Resume it with" not in err and "Traceback" not in err
     assert tree_digest(finished) == before
+
+
+def test_a_resume_of_a_finished_run_rebuilds_lost_rows_of_rounds_csv(finished, reference, tmp_path, capsys):
+    table = finished / "rounds.csv"
+    table.write_text("".join(table.read_text().splitlines(keepends=True)[:2]))  # round 1's row lost
+    assert len(read_rows(finished)) == 1
+    code, err = _main(capsys, "-c", _config(tmp_path, finished), "--ckpt_path", "last")
+    assert code == 0, err[-2000:]
+    assert read_rows(finished) == read_rows(reference)
 
 
 def test_an_explicit_truncated_checkpoint_is_named(finished, tmp_path, capsys):
@@ -261,6 +339,23 @@ def test_triton_without_cuda_fails_before_training(tmp_path, capsys, monkeypatch
     code, err = _main(capsys, "-c", _config(tmp_path, tmp_path / "run", backend="triton"))
     assert code == 2 and "backend: 'triton' cannot run here" in err
     assert not (tmp_path / "run").exists()
+
+
+# -- a diverging generator, an absurd beta (issue 25, items 11 and 10) --------------------------------
+def test_a_diverging_generator_is_named_at_its_first_nan_loss(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = _main(capsys, "-c", _config(tmp_path, run, lr=1e12))
+    assert code == 1, err[-2000:]
+    assert "the generator (FlowMatching) diverged: its training loss was nan at step" in err
+    assert "lr=1000000000000.0" in err and "non-finite rewards" not in err
+    assert RoundStore(run / "rounds").rounds() == []
+
+
+def test_a_beta_beyond_float32_softmax_is_refused_naming_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = _main(capsys, "-c", _config(tmp_path, run, beta=1e10))
+    assert code == 1 and "beta: 1e+10 times the rewards' spread" in err and "mode: argmax" in err, err[-2000:]
+    assert "out of bounds" not in err and RoundStore(run / "rounds").rounds() == []
 
 
 # -- kill -9, SIGTERM, SIGINT ---------------------------------------------------------------------
@@ -362,6 +457,69 @@ def test_a_second_run_on_a_busy_directory_is_refused_naming_the_holder(reference
         assert json.loads((run / "rounds" / f"round_{t:03d}" / "manifest.json").read_text())["beta"] == 1.0
 
 
+# -- a mid-epoch checkpoint (issue 25, item 8) -------------------------------------------------------
+def test_a_checkpoint_from_mid_epoch_or_before_a_rounds_curation_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(run, rounds=0, reward=REWARD)  # round 0 only: 3 epochs of 4 batches
+    cfg["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+        "dirpath": str(run / "steps"), "every_n_train_steps": 2, "save_top_k": -1, "save_last": False}})
+    code, err = _main(capsys, "-c", write_config(tmp_path / "steps.yaml", cfg))
+    assert code == 0, err[-2000:]
+    before = tree_digest(run)
+    resume = _config(tmp_path, run, "resume.yaml", rounds=1)
+    for step, why in [(2, "mid-epoch (epoch 0, after 2 of 4 batches)"),
+                      (12, "after round 0's training but before its curation")]:
+        ckpt = run / "steps" / f"epoch={(step - 1) // 4}-step={step}.ckpt"
+        code, err = _main(capsys, "-c", resume, "--ckpt_path", ckpt)
+        assert code == 2 and f"the checkpoint {ckpt} was saved {why}" in err, err[-2000:]
+    assert tree_digest(run) == before
+
+
+# -- two runs, one checkpoint folder (issue 25, items 3 and 15) ---------------------------------------
+def test_a_checkpoint_folder_outside_the_run_is_locked_too(tmp_path, capsys):
+    from lightning_curate.store.lock import RunLock
+
+    shared = tmp_path / "shared_checkpoints"
+    ready = tmp_path / "ready"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - another live run holding the shared folder
+        try:
+            RunLock(shared).acquire()
+            ready.touch()
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.time() + 30
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        run = tmp_path / "run"
+        cfg = tiny_config(run, rounds=1, reward=REWARD)
+        cfg["trainer"]["callbacks"][1]["init_args"]["dirpath"] = str(shared)
+        code, err = _main(capsys, "-c", write_config(tmp_path / "cfg.yaml", cfg))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert code == 2, err[-2000:]
+    assert f"the checkpoint folder {shared} is in use by another run: PID {pid}" in err
+    assert not run.exists()  # refused before the config, the logger or the store wrote anything
+
+
+def test_the_last_checkpoint_is_the_latest_rounds_not_the_newest_file(finished):
+    from lightning_curate.experiments import load_run
+    from lightning_curate.store.preflight import find_last_checkpoint
+
+    folder = finished / "checkpoints"
+    good = folder / "last-v1.ckpt"  # what an older version wrote beside a moved run's stale last.ckpt
+    shutil.copy(folder / "last.ckpt", good)
+    os.utime(good, (1, 1))
+    state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    state["callbacks"]["RetrainingLoop"]["finished_rounds"] = [0]
+    torch.save(state, folder / "last.ckpt")  # stale (round 0), newest by mtime, the plain name
+    assert find_last_checkpoint([folder]) == good  # what --ckpt_path last checks and resumes from
+    assert load_run(finished, trusted_classes=["run_configs.GatedReward"]).checkpoint == good
+
+
 # -- the filesystem refuses -------------------------------------------------------------------------
 def _fsize_limit():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -400,6 +558,58 @@ def test_a_file_size_limit_on_a_checkpoint_or_a_figure_names_it(tmp_path, plots)
     assert "Traceback" not in err
     # The checkpoint is saved after the round's commit: round 0 is whole, nothing after it.
     assert RoundStore(run / "rounds").rounds() == [0] and not (run / LOCK_NAME).exists()
+    if not plots:  # written atomically beside its name: no truncated checkpoint, no temp file left (item 16)
+        assert sorted((run / "checkpoints").iterdir()) == []
+
+
+class _FullDisk:
+    """A file that takes 1000 bytes, then reports a full disk."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, data):
+        self.real.write(b"x" * 1000)
+        raise OSError(28, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.real.close()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_old_one_whole(finished, monkeypatch):
+    from lightning_curate.loop.checkpoint import AtomicCheckpointIO
+
+    last = finished / "checkpoints" / "last.ckpt"
+    before = tree_digest(finished)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k)))
+    with pytest.raises(OSError, match="No space left on device") as err:
+        AtomicCheckpointIO().save_checkpoint({"epoch": 9}, last)
+    assert err.value.filename == str(last)
+    assert tree_digest(finished) == before  # the old last.ckpt whole, no temp file beside it
+
+
+def test_a_full_disk_at_rounds_csv_names_it_and_leaves_no_temp_file(finished, monkeypatch):
+    import csv
+
+    from lightning_curate.utils.table import write_csv
+
+    table = finished / "rounds.csv"
+    before = tree_digest(finished)
+    def full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", full)
+    with pytest.raises(OSError, match="No space left on device") as err:
+        write_csv(table, ["round"], [{"round": 0}])
+    assert err.value.filename == str(table)
+    assert tree_digest(finished) == before  # rounds.csv as it was, no rounds.csv.tmp left
 
 
 def _read_only(path: Path):
