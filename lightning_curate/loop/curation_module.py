@@ -320,7 +320,9 @@ class CurationModule(GeneratorTraining):
             Col.REWARD_STD: float(model_stats["std"]),
             Col.CURATED_REWARD_MEAN: float(curated_stats["mean"]),
             Col.CURATED_REWARD_STD: float(curated_stats["std"]),
-            Col.SELECTION_ENTROPY: float(self.selection_entropy.compute()),
+            # A per-slot choice's entropy: a pool selection makes none (NaN).
+            Col.SELECTION_ENTROPY: (math.nan if isinstance(self.selection, PoolFraction)
+                                    else float(self.selection_entropy.compute())),
         }
         if self.curator_slots is not None:  # each curator's reward of the model's and the kept samples
             slots = self.curator_slots.compute().reshape(-1).tolist()
