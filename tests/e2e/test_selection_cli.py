@@ -7,15 +7,20 @@ the manifest and ``rounds.csv`` say of the rule, and an exact resume of a schedu
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from run_configs import read_rows, store_digest, tiny_config, write_config
 
 from lightning_curate.cli import main
+from lightning_curate.models.generator import Generator
 from lightning_curate.store.rounds import RoundStore
 
 POOL = "lightning_curate.loop.PoolFraction"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(run, rounds=2, **model):
@@ -70,3 +75,61 @@ def test_the_transform_and_a_geometric_budget_resume_exactly(tmp_path):
     assert store_digest(cut) == store_digest(whole)
     stored = RoundStore(whole / "rounds").read(0).tensors["x"]
     assert torch.isfinite(stored).all()
+
+
+def test_the_exact_learner_follows_the_truncation_law(tmp_path):
+    """Top quarter by reward on 10 atoms: p_1 = p_data truncated to its top quarter ([0.4, 0.4, 0.2, 0...]),
+    then p_2 = all mass on atom 0; the exact learner lands there up to the draw of one round."""
+    cfg = yaml.safe_load((REPO / "configs" / "discrete.yaml").read_text())
+    cfg["trainer"]["default_root_dir"] = str(tmp_path / "run")
+    cfg["trainer"]["callbacks"][0]["init_args"].update(rounds=2, plots=False)
+    model = cfg["model"]["init_args"]
+    model.update(num_slots=4000, preview_size=1000,
+                 selection={"class_path": POOL, "init_args": {"rule": "top", "fraction": 0.25}})
+    model["reward"]["init_args"]["rewards"] = [3, 2, 1, 0, 0, 0, 0, 0, 0, 0]
+    main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
+    rows = read_rows(tmp_path / "run")
+    assert [float(rows[1][f"ideal_share_class{i}"]) for i in range(3)] == pytest.approx([0.4, 0.4, 0.2])
+    for i in range(3):  # 4000 kept of 16000: a share's sampling sd is below 0.01
+        assert abs(float(rows[1][f"exact_share_class{i}"]) - float(rows[1][f"ideal_share_class{i}"])) < 0.04
+    assert float(rows[2]["exact_share_class0"]) == float(rows[2]["ideal_share_class0"]) == 1.0
+    assert float(rows[0]["predicted_curated_share_class0"]) == pytest.approx(0.4, abs=0.06)  # the probe's
+
+
+class GaussianLearner(Generator):
+    """An isotropic 2D Gaussian fitted in closed form, with its closed-form log-density (test-local)."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_shape = (2,)
+        self.register_buffer("mean", torch.zeros(2))
+        self.register_buffer("scale", torch.ones(()))
+
+    def fit(self, x):
+        self.mean.copy_(x.mean(0))
+        self.scale.copy_((x - x.mean(0)).square().mean().sqrt())
+
+    def sample(self, n, *, generator=None, device=None):
+        noise = torch.randn(n, 2, generator=generator, device=generator.device if generator is not None else None)
+        return (self.mean + self.scale * noise.to(self.mean.device)).to(device or self.mean.device)
+
+    def log_prob(self, x):
+        z = (x - self.mean) / self.scale
+        return -0.5 * z.square().sum(dim=1) - 2 * self.scale.log() - math.log(2 * math.pi)
+
+
+def test_likelihood_selection_runs_from_yaml_and_predicts_nothing(tmp_path):
+    run = tmp_path / "run"
+    cfg = _config(run, generator={"class_path": "test_selection_cli.GaussianLearner"},
+                  selection={"class_path": POOL, "init_args": {"rule": "top", "fraction": 0.5,
+                                                               "score": "likelihood"}})
+    cfg["trainer"]["callbacks"][0]["init_args"].update(epochs_per_round=1, initial_epochs=1)
+    main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
+    rows = read_rows(run)
+    scales = [float(RoundStore(run / "rounds").read(t).tensors["x"].std()) for t in (0, 1)]
+    assert scales[1] < scales[0]  # keeping the likeliest half shrinks the Gaussian round after round
+    assert all(r.get("predicted_reward_mean", "") == "" for r in rows)
+    assert all(r.get("reward_fidelity", "") == "" for r in rows)
