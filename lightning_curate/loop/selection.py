@@ -14,8 +14,9 @@ every chunk and keeps only the scores (one float per candidate, thousands of tim
 image); the kept set is then exact: the candidates ranked by score, ties broken by the lower
 candidate index (``slot * K + j``), the first ``floor(fraction * pool)`` kept. The second pass
 regenerates each chunk from the same per-block seeds (``derive_seed(seed, "candidates", b)``, so
-the candidates are the first pass's exactly) and keeps those in the set. A round that is one chunk
-on one process keeps its candidates from the first pass instead of regenerating them. Under DDP
+the candidates are the first pass's exactly; a chunk whose rewards differ from the first pass's is
+an error, never a silent other set) and keeps those in the set. A rank whose blocks are one chunk
+keeps its candidates from the first pass instead of regenerating them. Under DDP
 each rank scores its own blocks and the scores are summed over ranks (``all_reduce``), so every
 rank knows the same kept set: the round is the same on any number of ranks and any chunk size.
 
@@ -206,23 +207,32 @@ def curate_pool(module: Any, selection: PoolFraction, chunks: list[list[int]], n
     keep = selection.keep_count(pool)
     keys = torch.zeros(pool, dtype=torch.float64)
     cached = None
+    checksums: list[float] = []  # each chunk's reward sum: the regenerated chunk must give it again
     for blocks in chunks:  # pass 1: the keys of the whole pool
         sizes = [min(SLOT_BLOCK, n_slots - b * SLOT_BLOCK) for b in blocks]
         cands, rewards, labels = draw(blocks, sizes)
         with module._phase("curate"):
             keys[candidate_index(blocks, sizes, k)] = pool_keys(selection, module, cands, rewards, blocks, sizes, k,
                                                                 seed, round_idx)
+            checksums.append(float(rewards.detach().double().cpu().sum()))
         if len(chunks) == 1:
             cached = (cands, rewards, labels)
         del cands, rewards, labels
     with module._phase("curate"):
         mask = kept_mask(_global_keys(keys, world_size), keep, selection.rule)
     del keys
-    for blocks in chunks:  # pass 2: the kept candidates, chunk by chunk
+    for blocks, checksum in zip(chunks, checksums):  # pass 2: the kept candidates, chunk by chunk
         sizes = [min(SLOT_BLOCK, n_slots - b * SLOT_BLOCK) for b in blocks]
         cands, rewards, labels = cached if cached is not None else draw(blocks, sizes)
         with module._phase("curate"):
-            yield _pool_part(module, blocks, sizes, cands, rewards, labels, mask)
+            if float(rewards.detach().double().cpu().sum()) != checksum:
+                raise RuntimeError(
+                    f"round {round_idx}: selection {selection!r} regenerated blocks {blocks} from their seeds and "
+                    f"got other candidates than the first pass: {type(module.generator).__name__}.sample is not "
+                    "deterministic for a seeded generator here (global RNG use, or nondeterministic kernels). "
+                    "Set chunk_size >= num_slots so that the pool is kept from the first pass")
+            out = _pool_part(module, blocks, sizes, cands, rewards, labels, mask)
+        yield out
         del cands, rewards, labels
 
 

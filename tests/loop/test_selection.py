@@ -190,3 +190,21 @@ def test_settings_are_recorded_only_when_set():
     assert build_module(CoarseReward()).population_settings() == {}
     settings = build_module(CoarseReward(), selection=PoolFraction("bottom", 0.5)).population_settings()
     assert settings == {"selection": {"class": "PoolFraction", "rule": "bottom", "fraction": 0.5, "score": "reward"}}
+
+
+class UnseededGaussian(GaussianGenerator):
+    """Breaks the sampling contract: draws from the global RNG, so a seed does not repeat its samples."""
+
+    def sample(self, n, *, generator=None, device=None):
+        return super().sample(n, generator=None, device=device)
+
+
+def test_a_generator_that_does_not_repeat_its_samples_is_an_error_not_another_set():
+    torch.manual_seed(0)
+    module = CurationModule(UnseededGaussian(), CoarseReward(), num_slots=NUM_SLOTS, num_candidates=K,
+                            chunk_size=512, preview_size=10, selection=PoolFraction("top", 0.1))
+    with pytest.raises(RuntimeError, match=r"regenerated blocks \[0\].*chunk_size >= num_slots"):
+        curate(module)
+    one_chunk = CurationModule(UnseededGaussian(), CoarseReward(), num_slots=NUM_SLOTS, num_candidates=K,
+                               chunk_size=NUM_SLOTS, preview_size=10, selection=PoolFraction("top", 0.1))
+    assert curate(one_chunk).tensors["x"].shape == (330, 2)  # the pool kept from the first pass
