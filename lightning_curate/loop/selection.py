@@ -81,8 +81,9 @@ class PoolFraction(Selection):
             the same size, seeded by round and block: the score only feeds the metrics).
         fraction: the kept share of the pool, in ``(0, 1]``; ``floor(fraction * pool)`` candidates
             (at least one) are kept.
-        score: ``reward`` (the module's reward model) or ``likelihood`` (the generator's own
-            ``log_prob``; a generator without one is refused when the module is built).
+        score: ``reward`` (the module's reward model) or ``likelihood``: the generator's own
+            ``log_prob(x) -> Tensor[n]``, called under ``torch.no_grad`` (a model whose density needs
+            autograd enables it itself); a generator without one is refused when the module is built.
 
     Example:
         >>> PoolFraction("top", 0.25).keep_count(4000)
@@ -150,8 +151,9 @@ def pool_keys(selection: PoolFraction, module: Any, cands: Tensor, rewards: Tens
                                      dtype=torch.float64) for b, nb in zip(blocks, sizes)])
     if selection.score == "reward":
         return rewards.detach().double().cpu()
-    with torch.inference_mode():
-        logp = module.generator.log_prob(cands)
+    # Called under the round's no_grad, not inference_mode: a model whose log-density needs autograd
+    # (a flow's divergence) may enable it itself on these candidates.
+    logp = module.generator.log_prob(cands)
     if not isinstance(logp, Tensor) or tuple(logp.shape) != (cands.shape[0],):
         shape = tuple(logp.shape) if isinstance(logp, Tensor) else type(logp).__name__
         raise ValueError(f"round {round_idx}: {type(module.generator).__name__}.log_prob returned shape {shape} "

@@ -208,3 +208,20 @@ def test_a_generator_that_does_not_repeat_its_samples_is_an_error_not_another_se
     one_chunk = CurationModule(UnseededGaussian(), CoarseReward(), num_slots=NUM_SLOTS, num_candidates=K,
                                chunk_size=NUM_SLOTS, preview_size=10, selection=PoolFraction("top", 0.1))
     assert curate(one_chunk).tensors["x"].shape == (330, 2)  # the pool kept from the first pass
+
+
+class AutogradGaussian(GaussianGenerator):
+    """The same density, its score found by autograd (as a flow's divergence would be): the round must let it."""
+
+    def log_prob(self, x):
+        with torch.enable_grad():
+            x = x.detach().clone().requires_grad_(True)
+            grad = torch.autograd.grad(super().log_prob(x).sum(), x)[0]  # -(x - mean) / scale^2
+        return -0.5 * (grad * self.scale).square().sum(dim=1) - 2 * math.log(self.scale) - math.log(2 * math.pi)
+
+
+def test_a_log_prob_that_needs_autograd_runs_inside_the_round():
+    kept = [curate(CurationModule(gen, CoarseReward(), num_slots=NUM_SLOTS, num_candidates=K, preview_size=10,
+                                  selection=PoolFraction("top", 0.1, "likelihood"))).tensors["x"]
+            for gen in (GaussianGenerator(), AutogradGaussian())]
+    assert torch.equal(kept[0], kept[1])
