@@ -11,7 +11,8 @@ Per selection rule (:mod:`lightning_curate.loop.selection`): the K-choice as abo
 by reward (``top``, ``bottom``) truncates the law to its top (bottom) quantile
 (:mod:`lightning_curate.theory.truncation`), exactly on the exact learner's atoms; a ``random``
 fraction predicts no move (so no fidelity ratio: the move is within noise). A pool fraction by
-likelihood, and any run with a ``transform``, get no prediction: no ``predicted_*`` columns, and
+likelihood gets no probe prediction (the probe holds rewards, not likelihoods), only the exact
+learner's exact trajectory; any run with a ``transform`` gets none: no ``predicted_*`` columns, and
 the fidelity columns are then left out (not applicable), not filled with numbers of another law.
 """
 
@@ -49,8 +50,10 @@ __all__ = ["PopulationForecast", "exact_metrics", "exact_population", "exact_tru
 
 
 def predicts(module: Any) -> bool:
-    """Whether the ideal learner predicts anything for ``module``'s rounds: not under a ``transform``
-    (a correction outside the theory), nor under a pool fraction ranked by likelihood."""
+    """Whether the ideal learner predicts ``module``'s next round from its probe (``predicted_*``): not
+    under a ``transform`` (a correction outside the theory), nor under a pool fraction ranked by
+    likelihood (the probe holds rewards, not likelihoods; the exact learner's exact trajectory is
+    :func:`exact_truncation_metrics`')."""
     if getattr(module, "transform", None) is not None:
         return False
     selection = getattr(module, "selection", None)
@@ -216,8 +219,8 @@ def exact_population(curators: nn.ModuleList, pi: Tensor, num_candidates: int) -
 
 def exact_metrics(module: Any, source: nn.Module, real_fraction: float, round_idx: int) -> dict[str, float]:
     """The generator's exact round quantities (``round_metrics``, the exact learner's), under the population
-    or the pool selection (:func:`exact_truncation_metrics`); none where :func:`predicts` says so."""
-    if not predicts(module):
+    or the pool selection (:func:`exact_truncation_metrics`); none under a ``transform``."""
+    if getattr(module, "transform", None) is not None:
         return {}
     if isinstance(getattr(module, "selection", None), PoolFraction):
         return exact_truncation_metrics(module, source, real_fraction, round_idx)
@@ -233,8 +236,9 @@ def exact_metrics(module: Any, source: nn.Module, real_fraction: float, round_id
 
 
 def exact_truncation_metrics(module: Any, source: nn.Module, real_fraction: float, round_idx: int) -> dict[str, float]:
-    """An exact categorical learner's quantities under a pool fraction by reward: its law ``p_t`` against
-    the ideal learner's :func:`~lightning_curate.theory.truncation.truncation_trajectory` from ``p_data``.
+    """An exact categorical learner's quantities under a pool fraction: its law ``p_t`` against the ideal
+    learner's :func:`~lightning_curate.theory.truncation.truncation_trajectory` from ``p_data``, ranked by
+    the reward's per-atom table or, for ``score: likelihood``, by the model's own ``p_t``.
 
     ``{}`` unless the generator has ``probs`` (e.g. ``ExactCategorical``), the reward a per-atom table
     (``values``) and the source a ``p_data``, all over the same atoms. Otherwise ``kl_to_ideal``,
@@ -248,7 +252,9 @@ def exact_truncation_metrics(module: Any, source: nn.Module, real_fraction: floa
     p_t, r, p0 = (cast(Tensor, t).detach().cpu().double() for t in (probs, values, p_data))
     if not p_t.numel() == r.numel() == p0.numel():
         return {}
-    ideal = truncation_trajectory(p0, r, selection.fraction, selection.rule, real_fraction, rounds=round_idx)[-1]
+    scores = None if selection.score == "likelihood" else r
+    ideal = truncation_trajectory(p0, scores, selection.fraction, selection.rule, real_fraction,
+                                  rounds=round_idx)[-1]
     row = {"kl_to_ideal": theory.kl_divergence(p_t, ideal), "exact_reward_mean": float((p_t * r).sum())}
     names = getattr(source, "class_names", None) or [f"atom{i}" for i in range(p_t.numel())]
     for name, pe, pi in zip(names, p_t.tolist(), ideal.tolist()):

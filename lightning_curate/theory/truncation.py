@@ -11,7 +11,9 @@ and the ideal learner, which fits its training set exactly, moves to
 ``p_{t+1} = rho p_data + (1 - rho) q_t``. On a finite support (the exact categorical
 learner's atoms) this is exact; on a round's probe candidates it is the empirical
 prediction, as :func:`~lightning_curate.theory.predict_round` is for the K-choice. The
-bottom fraction is the same with ``-r``; a random fraction keeps ``p_t`` unchanged.
+bottom fraction is the same with ``-r``; a random fraction keeps ``p_t`` unchanged. Ranked by
+the model's own likelihood, the score is ``p_t`` itself: the top fraction keeps the model's most
+probable region, and on a finite support that too is exact.
 
 Example:
     >>> import torch
@@ -65,23 +67,28 @@ def truncate(p: Tensor, r: Tensor, fraction: float, rule: str) -> Tensor:
     return q / q.sum()
 
 
-def truncation_trajectory(p_data: Tensor, r: Tensor, fraction: float, rule: str, real_fraction: float,
+def truncation_trajectory(p_data: Tensor, r: Optional[Tensor], fraction: float, rule: str, real_fraction: float,
                           rounds: int) -> list[Tensor]:
     """``[p_0, ..., p_rounds]`` of the ideal learner under a pool selection on a finite support.
 
-    ``p_{t+1} = rho p_data + (1 - rho) truncate(p_t)``, from ``p_0 = p_data``.
+    ``p_{t+1} = rho p_data + (1 - rho) truncate(p_t)``, from ``p_0 = p_data``, ranked by the scores
+    ``r`` of the atoms, or with ``r = None`` by the model's own likelihood ``p_t`` (a selection by
+    likelihood: the score moves with the model, round by round).
 
     Example:
         >>> import torch
         >>> laws = truncation_trajectory(torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0]), 0.5, "top", 0.0, 1)
         >>> laws[-1].tolist()
         [0.0, 1.0]
+        >>> truncation_trajectory(torch.tensor([0.6, 0.4]), None, 0.5, "top", 0.0, 1)[-1].tolist()
+        [1.0, 0.0]
     """
     rho = check_float("real_fraction", real_fraction, minimum=0.0, maximum=1.0)
     p0 = p_data.detach().to("cpu", torch.float64).reshape(-1)
     laws = [p0 / p0.sum()]
     for _ in range(rounds):
-        laws.append(rho * laws[0] + (1 - rho) * truncate(laws[-1], r, fraction, rule))
+        p = laws[-1]
+        laws.append(rho * laws[0] + (1 - rho) * truncate(p, p if r is None else r, fraction, rule))
     return laws
 
 

@@ -16,6 +16,7 @@ import yaml
 from run_configs import read_rows, store_digest, tiny_config, write_config
 
 from lightning_curate.cli import main
+from lightning_curate.models import ExactCategorical
 from lightning_curate.models.generator import Generator
 from lightning_curate.store.rounds import RoundStore
 
@@ -79,16 +80,28 @@ def test_the_transform_and_a_geometric_budget_resume_exactly(tmp_path):
     assert torch.isfinite(stored).all()
 
 
-def test_the_exact_learner_follows_the_truncation_law(tmp_path):
-    """Top quarter by reward on 10 atoms: p_1 = p_data truncated to its top quarter ([0.4, 0.4, 0.2, 0...]),
-    then p_2 = all mass on atom 0; the exact learner lands there up to the draw of one round."""
+class LikelyCategorical(ExactCategorical):
+    """The exact learner with its own log-likelihood (test-local, until models carry ``log_prob``)."""
+
+    def log_prob(self, x):
+        return self.probs.to(x.device)[x.reshape(-1).long()].log()
+
+
+def _discrete(tmp_path, selection, **model_args):
     cfg = yaml.safe_load((REPO / "configs" / "discrete.yaml").read_text())
     cfg["trainer"]["default_root_dir"] = str(tmp_path / "run")
     cfg["trainer"]["callbacks"][0]["init_args"].update(rounds=2, plots=False)
     model = cfg["model"]["init_args"]
-    model.update(num_slots=4000, preview_size=1000,
-                 selection={"class_path": POOL, "init_args": {"rule": "top", "fraction": 0.25}})
-    model["reward"]["init_args"]["rewards"] = [3, 2, 1, 0, 0, 0, 0, 0, 0, 0]
+    model.update(num_slots=4000, preview_size=1000, selection={"class_path": POOL, "init_args": selection},
+                 **model_args)
+    return cfg
+
+
+def test_the_exact_learner_follows_the_truncation_law(tmp_path):
+    """Top quarter by reward on 10 atoms: p_1 = p_data truncated to its top quarter ([0.4, 0.4, 0.2, 0...]),
+    then p_2 = all mass on atom 0; the exact learner lands there up to the draw of one round."""
+    cfg = _discrete(tmp_path, {"rule": "top", "fraction": 0.25})
+    cfg["model"]["init_args"]["reward"]["init_args"]["rewards"] = [3, 2, 1, 0, 0, 0, 0, 0, 0, 0]
     main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
     rows = read_rows(tmp_path / "run")
     assert [float(rows[1][f"ideal_share_class{i}"]) for i in range(3)] == pytest.approx([0.4, 0.4, 0.2])
@@ -135,3 +148,18 @@ def test_likelihood_selection_runs_from_yaml_and_predicts_nothing(tmp_path):
     assert scales[1] < scales[0]  # keeping the likeliest half shrinks the Gaussian round after round
     assert all(r.get("predicted_reward_mean", "") == "" for r in rows)
     assert all(r.get("reward_fidelity", "") == "" for r in rows)
+
+
+def test_the_exact_learner_follows_the_likelihood_truncation(tmp_path):
+    """Top half by the model's own likelihood from p_data = [0.4, 0.3, 0.2, 0.1, 0...]: p_1 = [0.8, 0.2, 0...]
+    (the likeliest atom whole, the next one's share that fills the half), then p_2 = all mass on atom 0."""
+    cfg = _discrete(tmp_path, {"rule": "top", "fraction": 0.5, "score": "likelihood"},
+                    generator={"class_path": "test_selection_cli.LikelyCategorical", "init_args": {"num_atoms": 10}})
+    cfg["data"]["init_args"]["source"]["init_args"]["probs"] = [0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0, 0, 0]
+    main(["fit", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))])
+    rows = read_rows(tmp_path / "run")
+    assert [float(rows[1][f"ideal_share_class{i}"]) for i in range(3)] == pytest.approx([0.8, 0.2, 0.0])
+    for i in range(3):  # 8000 kept of 16000
+        assert abs(float(rows[1][f"exact_share_class{i}"]) - float(rows[1][f"ideal_share_class{i}"])) < 0.03
+    assert float(rows[2]["exact_share_class0"]) == float(rows[2]["ideal_share_class0"]) == 1.0
+    assert rows[0].get("predicted_reward_mean", "") == ""  # no probe prediction by likelihood
