@@ -8,6 +8,11 @@ synthetic samples from the round store, chosen by ``policy``:
 - ``accumulate``: everything curated so far;
 - ``accumulate_subsample``: everything curated so far, subsampled to ``synthetic_size``.
 
+Rounds may differ in size (a growing slot budget, ``CurationModule(num_slots_schedule=...)``):
+each policy takes the stored rounds as they are, ``accumulate_subsample``'s default
+``synthetic_size`` is the last round's size, and the real part is sized from the synthetic part
+actually used, so ``real_fraction`` holds in every round.
+
 Datasets are built lazily in ``train_dataloader()``, because a restored run
 only knows its epoch after ``setup()``. Lightning asks for a new loader only
 when the round changes (the data module sets the trainer's

@@ -5,7 +5,9 @@
   ``analysis``'s (with ``prediction``, ``fidelity`` and ``verdicts``), what is written for people
   ``writing``'s and ``report``'s, and a round's manifest ``manifest``'s;
 * :class:`CurationModule` (``curation_module``, ``training``) trains the generator and curates its
-  samples, one :class:`Curator` or a population of them (``curators``);
+  samples, one :class:`Curator` or a population of them (``curators``); what a round keeps is a
+  :class:`KChoice` or a :class:`PoolFraction` (``selection``), a :class:`ManifoldProjection` may
+  correct it before storage (``transforms``), and :class:`SlotSchedule` grows its budget (``schedule``);
 * :class:`RoundCheckpoint` and :class:`RoundProgressBar` act at the rounds' ends;
 * the round store (:class:`RoundStore`) is :mod:`lightning_curate.store`'s, re-exported here.
 """
@@ -15,9 +17,12 @@ from lightning_curate.loop.checkpoint import RoundCheckpoint
 from lightning_curate.loop.curation_module import CurationModule, CurationOutcome
 from lightning_curate.loop.curators import Curator
 from lightning_curate.loop.progress import RoundProgressBar
-from lightning_curate.loop.schedule import RoundSchedule
+from lightning_curate.loop.schedule import RoundSchedule, SlotSchedule
+from lightning_curate.loop.selection import KChoice, PoolFraction, Selection
 from lightning_curate.loop.training import GeneratorTraining
+from lightning_curate.loop.transforms import ManifoldProjection
 from lightning_curate.store.rounds import RoundStore, StoredRound, StoreError
 
-__all__ = ["CurationModule", "CurationOutcome", "Curator", "GeneratorTraining", "RetrainingLoop", "RoundCheckpoint",
-           "RoundProgressBar", "RoundSchedule", "RoundStore", "StoreError", "StoredRound"]
+__all__ = ["CurationModule", "CurationOutcome", "Curator", "GeneratorTraining", "KChoice", "ManifoldProjection",
+           "PoolFraction", "RetrainingLoop", "RoundCheckpoint", "RoundProgressBar", "RoundSchedule", "RoundStore",
+           "Selection", "SlotSchedule", "StoreError", "StoredRound"]

@@ -89,16 +89,17 @@ class RoundAnalysis:
         """The gap to the round's own training set, then round 0's fit of the data or the fidelity to the
         previous round's prediction."""
         k = pl_module.num_candidates
+        n_slots = pl_module.slots_of_round(round_idx) if hasattr(pl_module, "slots_of_round") else pl_module.num_slots
         if round_idx == 0 and self.real_rewards is not None:  # round 0 trained on the real data
             trained_on = self.real_rewards.double().mean().item()
         else:
             trained_on = pl_module.mean_score(datamodule.dataset_for_round(round_idx).tensors[0], round_idx)
-        columns = learner_gap_columns(row, float(trained_on), num_candidates=pl_module.num_slots * k)
+        columns = learner_gap_columns(row, float(trained_on), num_candidates=n_slots * k)
         if round_idx == 0:
             columns.update(p0_quality(row, preview, datamodule.real, self.real_labels, datamodule.class_names,
                                       pl_module.sample_distance))
         elif previous is not None:
-            probe = min(pl_module.preview_size, pl_module.num_slots) * k
-            columns.update(fidelity_columns(previous, row, num_candidates=pl_module.num_slots * k,
+            probe = min(pl_module.preview_size, n_slots) * k
+            columns.update(fidelity_columns(previous, row, num_candidates=n_slots * k,
                                             num_probe=probe or None, learner_noise=self.learner_noise))
         return columns

@@ -4,7 +4,9 @@
 ``curate_round`` is one curation step of docs/THEORY.md section 1 at a round
 boundary: sample ``num_slots x num_candidates`` candidates block by block
 (bounded memory), score them with the reward model, keep ``num_winners`` per
-slot with :func:`lightning_curate.kchoice`, and measure the round.
+slot with :func:`lightning_curate.kchoice` (or a fraction of the whole pool,
+:mod:`lightning_curate.loop.selection`), optionally transform the kept samples
+(:mod:`lightning_curate.loop.transforms`), and measure the round.
 """
 
 from __future__ import annotations
@@ -23,27 +25,32 @@ from torch.profiler import record_function
 from lightning_curate.loop.curators import (
     Curator,
     check_population,
-    choice_log_weights,
-    choose_block,
     curator_settings,
-    draw_curators,
+    describe_module,
     members,
     same_reward,
 )
+from lightning_curate.loop.schedule import SlotSchedule
+from lightning_curate.loop.selection import (
+    SLOT_BLOCK,
+    PoolFraction,
+    Selection,
+    check_selection,
+    curate_pool,
+    kchoice_blocks,
+)
 from lightning_curate.loop.training import GeneratorTraining
+from lightning_curate.loop.transforms import transform_part
 from lightning_curate.metrics.curation import ModeShares, RewardStats, SelectionEntropy, SlicedWasserstein
 from lightning_curate.models.generator import Generator
-from lightning_curate.ops.kchoice import BACKENDS, MODES, kchoice
+from lightning_curate.ops.kchoice import BACKENDS, MODES
 from lightning_curate.utils.columns import CURATED_REWARD_MEAN_OF, CURATED_SHARE, REWARD_MEAN_OF, SHARE, SLOTS, Col
 from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
-from lightning_curate.utils.validation import check_beta, check_beta_spread, check_choice, check_float, check_int
+from lightning_curate.utils.validation import check_beta, check_choice, check_float, check_int
 
 __all__ = ["PHASES", "SLOT_BLOCK", "CurationModule", "CurationOutcome"]
 
-# Randomness is keyed to fixed blocks of slots: the candidates and choices of a
-# block depend on (round seed, block index) only, so chunk_size never changes a round.
-SLOT_BLOCK = 512
 PHASES = ("generate", "reward", "curate", "store")
 # Lightning's warning at training start about modules in eval mode (fit_loop), as a regex for one count.
 EVAL_MODE_WARNING = r"Found {count} module\(s\) in eval mode at the start of training"
@@ -84,13 +91,21 @@ class CurationModule(GeneratorTraining):
         steps_per_batch: optimizer steps per Lightning batch; above 1, Lightning's per-batch
             work runs once per that many steps, with the same trained weights bit for bit
             (see :class:`~lightning_curate.loop.training.GeneratorTraining`).
+        selection: which candidates are kept: :class:`~lightning_curate.loop.KChoice` (the default,
+            the per-slot choice above) or :class:`~lightning_curate.loop.PoolFraction` (the top,
+            bottom or a random fraction of the whole pool, by reward or likelihood).
+        transform: an ``nn.Module`` ``x -> x`` (same shape) applied to the kept samples before they
+            are stored (a correction, a verifier; e.g. :class:`~lightning_curate.loop.ManifoldProjection`).
+        num_slots_schedule: how ``num_slots`` grows by round
+            (:class:`~lightning_curate.loop.SlotSchedule`; default constant).
     """
 
     def __init__(self, generator: Generator, reward: nn.Module, num_slots: int = 2000,
                  num_candidates: int = 4, beta: float = 1.0, num_winners: int = 1, mode: str = "softmax",
                  chunk_size: int = 8192, lr: float = 1e-3, weight_decay: float = 0.0,
                  preview_size: int = 2000, backend: str = "auto", curators: Optional[list[Curator]] = None,
-                 log_choices: int = 0, steps_per_batch: int = 1):
+                 log_choices: int = 0, steps_per_batch: int = 1, selection: Optional[Selection] = None,
+                 transform: Optional[nn.Module] = None, num_slots_schedule: Optional[SlotSchedule] = None):
         super().__init__(steps_per_batch)
         check_int("num_slots", num_slots, minimum=1)
         check_int("num_candidates", num_candidates, minimum=1)
@@ -104,7 +119,8 @@ class CurationModule(GeneratorTraining):
         check_choice("mode", mode, MODES)
         check_choice("backend", backend, BACKENDS)
         check_float("lr", lr, minimum=0.0, strict_minimum=True)
-        self.save_hyperparameters(ignore=["generator", "reward", "curators"])
+        self.save_hyperparameters(ignore=["generator", "reward", "curators", "selection", "transform",
+                                          "num_slots_schedule"])
         self.generator = generator
         self.reward = reward.requires_grad_(False).eval()
         self.num_slots, self.num_candidates, self.num_winners = num_slots, num_candidates, num_winners
@@ -113,12 +129,22 @@ class CurationModule(GeneratorTraining):
         self.log_choices = log_choices
         # The population, its normalised shares pi (float64, on the CPU) and names (None, [1.], [] for one curator).
         self.curators, self.curator_shares, self.curator_names = check_population(curators)
+        self.selection = check_selection(selection, generator, curators=curators, num_winners=num_winners,
+                                         log_choices=log_choices)
+        if transform is not None and not isinstance(transform, nn.Module):
+            raise TypeError(f"transform must be an nn.Module mapping samples to samples, "
+                            f"got {type(transform).__name__}")
+        self.transform = transform.requires_grad_(False).eval() if transform is not None else None
+        if num_slots_schedule is not None and not isinstance(num_slots_schedule, SlotSchedule):
+            raise TypeError(f"num_slots_schedule must be a SlotSchedule, got {type(num_slots_schedule).__name__}")
+        self.num_slots_schedule = num_slots_schedule
         self._reuses_reference = [same_reward(c.reward, self.reward) for c in members(self.curators)]
         self.curator_reward = nn.ModuleList([RewardStats() for _ in self.curator_names])
         self.curator_curated = nn.ModuleList([RewardStats() for _ in self.curator_names])
         self.curator_slots = ModeShares(len(self.curator_names)) if self.curators is not None else None
         self.model_reward = RewardStats()
         self.curated_reward = RewardStats()
+        self.stored_reward = RewardStats()  # of the stored (transformed) samples, with a transform
         self.selection_entropy = SelectionEntropy()
         # Computed on one process from the merged preview (see RetrainingLoop), never synced.
         self.distance = SlicedWasserstein(sync_on_compute=False)
@@ -137,13 +163,15 @@ class CurationModule(GeneratorTraining):
     def train(self, mode: bool = True):
         super().train(mode)
         self.reward.eval()  # the reward model is a fixed judge: never in training mode
+        if self.transform is not None:
+            self.transform.eval()
         for c in members(self.curators):
             c.reward.eval()
         return self
 
     def frozen_module_names(self) -> set[str]:
         """The submodules kept in eval mode on purpose: the reward models (fixed judges) and theirs."""
-        roots = ["reward"] + [f"curators.{i}.reward" for i in range(len(members(self.curators)))]
+        roots = ["reward", "transform"] + [f"curators.{i}.reward" for i in range(len(members(self.curators)))]
         return {name for name, _ in self.named_modules() if any(name == r or name.startswith(r + ".") for r in roots)}
 
     def on_fit_start(self) -> None:
@@ -187,6 +215,11 @@ class CurationModule(GeneratorTraining):
         total = sum(float(self.score(part.to(self.device), round_idx).double().sum()) for part in x.split(chunk))
         return total / max(1, x.shape[0])
 
+    def slots_of_round(self, round_idx: int) -> int:
+        """The slots round ``round_idx`` curates: ``num_slots``, or its ``num_slots_schedule``'s."""
+        schedule = self.num_slots_schedule
+        return self.num_slots if schedule is None else schedule.slots(self.num_slots, round_idx)
+
     @torch.no_grad()
     def curate_round(self, round_idx: int, seed: int,
                      label_fn: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
@@ -202,7 +235,7 @@ class CurationModule(GeneratorTraining):
         so memory stays bounded by one chunk; the outcome then holds only the
         preview. The metrics are torchmetrics states, reduced across ranks.
         """
-        n_slots, k = self.num_slots, self.num_candidates
+        n_slots, k = self.slots_of_round(round_idx), self.num_candidates
         n_classes = len(class_names) if class_names and label_fn is not None else 0
         self._reset_round_metrics(n_classes)
         kept: list[dict[str, Tensor]] = []
@@ -210,9 +243,9 @@ class CurationModule(GeneratorTraining):
         self.timings = dict.fromkeys(PHASES, 0.0)
         my_blocks = list(range(rank, math.ceil(n_slots / SLOT_BLOCK), world_size))
         chunk_blocks = max(1, math.ceil(self.chunk_size / SLOT_BLOCK))
-        for chunk_idx, first in enumerate(range(0, len(my_blocks), chunk_blocks)):
-            blocks = my_blocks[first:first + chunk_blocks]
-            sizes = [min(SLOT_BLOCK, n_slots - b * SLOT_BLOCK) for b in blocks]
+        chunks = [my_blocks[first:first + chunk_blocks] for first in range(0, len(my_blocks), chunk_blocks)]
+
+        def draw(blocks: list[int], sizes: list[int]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
             with self._phase("generate"):
                 cands = torch.cat([
                     self.generator.sample(nb * k, generator=make_generator(derive_seed(seed, "candidates", b)),
@@ -225,103 +258,50 @@ class CurationModule(GeneratorTraining):
                                                        for c, same in zip(members(self.curators),
                                                                           self._reuses_reference)])
                 labels = label_fn(cands) if n_classes and label_fn is not None else None
-            with self._phase("curate"):
-                part, probe = self._curate_blocks(blocks, sizes, cands, rewards, labels, seed)
+            return cands, rewards, labels
+
+        if isinstance(self.selection, PoolFraction):
+            parts = curate_pool(self, self.selection, chunks, n_slots, seed, round_idx, draw, world_size)
+        else:
+            parts = self._kchoice_parts(chunks, n_slots, seed, draw)
+        for chunk_idx, (part, probe) in enumerate(parts):
             if probe is not None:
                 preview.append(probe)
+            if self.transform is not None:
+                with self._phase("curate"):
+                    part = transform_part(self, part, label_fn if n_classes else None, round_idx)
             with self._phase("store"):
                 if sink is not None:
                     sink(part, chunk_idx)
                 else:
                     kept.append(part)
-            del cands, rewards, labels
 
         tensors = _cat_parts(kept)
         tensors.update(_cat_parts(preview))
         row = self._round_row(class_names if n_classes else None)
+        if self.num_slots_schedule is not None:
+            row["num_slots"] = float(n_slots)
+        if self.transform is not None:
+            row["stored_reward_mean"] = float(self.stored_reward.compute()["mean"])
         return CurationOutcome(tensors=tensors, row=row)
 
+    def _kchoice_parts(self, chunks, n_slots, seed, draw):
+        """Each chunk's winners and probe by the per-slot K-choice (``draw`` generates and scores it)."""
+        for blocks in chunks:
+            sizes = [min(SLOT_BLOCK, n_slots - b * SLOT_BLOCK) for b in blocks]
+            cands, rewards, labels = draw(blocks, sizes)
+            with self._phase("curate"):
+                part = self._curate_blocks(blocks, sizes, cands, rewards, labels, seed)
+            yield part
+            del cands, rewards, labels
+
     def _curate_blocks(self, blocks, sizes, cands, rewards, labels, seed):
-        """Choose the winners of each block of a chunk; update the round's metrics.
-
-        ``rewards``: ``[n]`` (one curator) or ``[1 + U, n]`` (the reference reward, then each curator's).
-        """
-        k, m = self.num_candidates, self.num_winners
-        shape = tuple(self.generator.data_shape)
-        out: dict[str, list[Tensor]] = {"x": [], "slot": [], "rewards": []}
-        probe: dict[str, list[Tensor]] = {"preview": [], "preview_slot": [], "probe_rewards": []}
-        if labels is not None:
-            out["labels"], probe["probe_labels"] = [], []
-        cur_rewards = None
-        if self.curators is not None:
-            rewards, cur_rewards = rewards[0], rewards[1:]
-            probe["probe_curator_rewards"] = []
-        offset = 0
-        for b, nb in zip(blocks, sizes):
-            sl = slice(offset, offset + nb * k)
-            offset += nb * k
-            r_block = rewards[sl].view(nb, k)
-            block_cands = cands[sl].view(nb, k, *shape)
-            rows = torch.arange(nb, device=r_block.device)[:, None]
-            if cur_rewards is None:
-                check_beta_spread(self.beta, r_block, self.mode)
-                res = kchoice(r_block, self.beta, num_winners=m, mode=self.mode, seed=derive_seed(seed, "choice", b),
-                              backend=self.backend, candidates=block_cands, check=True)  # flag read before commit
-                index, chosen = res.index.view(nb, m), res.chosen
-                scores = choice_log_weights(r_block, self.mode, self.beta)
-            else:
-                assign = draw_curators(seed, b, nb, self.curator_shares)
-                r_cur = cur_rewards[:, sl].view(-1, nb, k)
-                index, scores = choose_block(self.curators, r_cur, assign, m, seed, b, self.backend)
-                chosen = block_cands[rows, index]
-                self._update_curator_metrics(r_cur, index, assign)
-            flat = (rows * k + index).reshape(-1)
-            slots = b * SLOT_BLOCK + torch.arange(nb)
-            out["x"].append(chosen.reshape(nb * m, *shape).cpu())
-            out["slot"].append(slots.repeat_interleave(m))
-            out["rewards"].append(r_block.reshape(-1)[flat].cpu())
-            self.model_reward.update(r_block.reshape(-1))
-            self.curated_reward.update(r_block.reshape(-1)[flat])
-            self.selection_entropy.update(scores)
-            if labels is not None:
-                lab = labels[sl]
-                out["labels"].append(lab[flat].cpu())
-                self.model_shares.update(lab)
-                self.curated_shares.update(lab[flat])
-            # Slots below preview_size also keep their first candidate (an i.i.d. model
-            # sample) and all K rewards: for plots, distances and predictions.
-            n_probe = int((slots < self.preview_size).sum())
-            if n_probe:
-                probe["preview"].append(block_cands[:n_probe, 0].cpu())
-                probe["preview_slot"].append(slots[:n_probe])
-                probe["probe_rewards"].append(r_block[:n_probe].cpu())
-                if labels is not None:
-                    probe["probe_labels"].append(labels[sl].view(nb, k)[:n_probe].cpu())
-                if cur_rewards is not None:
-                    probe["probe_curator_rewards"].append(r_cur[:, :n_probe].permute(1, 2, 0).cpu())
-            n_log = int((slots < self.log_choices).sum())
-            if n_log:
-                logged = {"choice_candidates": block_cands[:n_log], "choice_index": index[:n_log],
-                          "choice_slot": slots[:n_log], "choice_rewards": r_block[:n_log]}
-                if cur_rewards is not None:
-                    logged["choice_curator"] = assign[:n_log]
-                for key, value in logged.items():
-                    probe.setdefault(key, []).append(value.cpu())
-        part = {key: torch.cat(v) for key, v in out.items()}
-        probe_part = {key: torch.cat(v) for key, v in probe.items() if v} or None
-        return part, probe_part
-
-    def _update_curator_metrics(self, r_cur: Tensor, index: Tensor, assign: Tensor) -> None:
-        """Each curator's reward of the model's samples and of the kept ones, and the slots each curated."""
-        assert self.curator_slots is not None
-        kept = r_cur.gather(2, index.unsqueeze(0).expand(r_cur.shape[0], -1, -1))
-        for u, (model, curated) in enumerate(zip(self.curator_reward, self.curator_curated)):
-            cast(RewardStats, model).update(r_cur[u].reshape(-1))
-            cast(RewardStats, curated).update(kept[u].reshape(-1))
-        self.curator_slots.update(assign.to(self.device))
+        """Choose the winners of each block of a chunk by the K-choice; update the round's metrics
+        (:func:`~lightning_curate.loop.selection.kchoice_blocks`)."""
+        return kchoice_blocks(self, blocks, sizes, cands, rewards, labels, seed)
 
     def _reset_round_metrics(self, n_classes: int) -> None:
-        for metric in (self.model_reward, self.curated_reward, self.selection_entropy,
+        for metric in (self.model_reward, self.curated_reward, self.stored_reward, self.selection_entropy,
                        *self.curator_reward, *self.curator_curated, *([self.curator_slots] if self.curators else [])):
             metric.reset()
         if n_classes and (self.model_shares is None or self.model_shares.num_modes != n_classes):
@@ -340,7 +320,9 @@ class CurationModule(GeneratorTraining):
             Col.REWARD_STD: float(model_stats["std"]),
             Col.CURATED_REWARD_MEAN: float(curated_stats["mean"]),
             Col.CURATED_REWARD_STD: float(curated_stats["std"]),
-            Col.SELECTION_ENTROPY: float(self.selection_entropy.compute()),
+            # A per-slot choice's entropy: a pool selection makes none (NaN).
+            Col.SELECTION_ENTROPY: (math.nan if isinstance(self.selection, PoolFraction)
+                                    else float(self.selection_entropy.compute())),
         }
         if self.curator_slots is not None:  # each curator's reward of the model's and the kept samples
             slots = self.curator_slots.compute().reshape(-1).tolist()
@@ -361,8 +343,16 @@ class CurationModule(GeneratorTraining):
         return row
 
     def population_settings(self) -> dict[str, Any]:
-        """``{"curators": [...]}`` for the run's science settings (``{}`` for one curator)."""
-        return {"curators": curator_settings(self.curators)} if self.curators is not None else {}
+        """The science settings beyond the one curator's: ``curators``, ``selection``, ``transform`` and
+        ``num_slots_schedule``, each only when set (a run without them is recorded as before)."""
+        out: dict[str, Any] = {"curators": curator_settings(self.curators)} if self.curators is not None else {}
+        if self.selection.settings() is not None:
+            out["selection"] = self.selection.settings()
+        if self.transform is not None:
+            out["transform"] = describe_module(self.transform)
+        if self.num_slots_schedule is not None:
+            out["num_slots_schedule"] = self.num_slots_schedule.settings()
+        return out
 
     def sample_distance(self, samples: Tensor, reference: Tensor) -> float:
         """Sliced Wasserstein distance of model samples to held-out real data (this process only)."""

@@ -47,7 +47,7 @@ from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import MODES, check_beta, check_beta_spread, check_choice, check_float
 
 __all__ = ["Curator", "check_population", "choice_log_weights", "choose_block", "curator_settings", "draw_curators",
-           "members", "population_shares", "same_reward"]
+           "describe_module", "members", "population_shares", "same_reward"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -199,18 +199,18 @@ def curator_settings(curators: Optional[nn.ModuleList]) -> list[dict[str, Any]]:
     if curators is None:
         return []
     return [{"name": c.name, "weight": c.weight, "share": c.share, "beta": c.beta, "mode": c.mode,
-             "reward": _describe(c.reward)} for c in members(curators)]
+             "reward": describe_module(c.reward)} for c in members(curators)]
 
 
 def same_reward(a: nn.Module, b: nn.Module) -> bool:
     """Whether two reward modules are the same function (class, arguments and state), so one's
     scores can stand for the other's: an honest curator's reward is usually the reference's."""
-    return a is b or _describe(a) == _describe(b)
+    return a is b or describe_module(a) == describe_module(b)
 
 
-def _describe(module: nn.Module) -> dict[str, Any]:
+def describe_module(module: nn.Module) -> dict[str, Any]:
     """A reward's class, plain arguments (wrapped rewards described alike) and state digest."""
     args: dict[str, Any] = init_args_of(module)
     for name, child in module.named_children():
-        args[name] = _describe(child)
+        args[name] = describe_module(child)
     return {"class_path": qualname(module), "init_args": args, "state": _state_digest(module)}

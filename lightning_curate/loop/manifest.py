@@ -51,9 +51,11 @@ def round_manifest(pl_module: Any, datamodule: Any, round_idx: int, epoch: int, 
                    settings_changed: Optional[dict[str, list]] = None, run_id: Optional[str] = None) -> dict[str, Any]:
     """The manifest of round ``round_idx`` (curated at the end of ``epoch``, training round ``round_idx + 1``):
     its curation settings and seeds, the run's settings, fingerprint and id, the phase timings and its row."""
+    slots_of_round = getattr(pl_module, "slots_of_round", None)  # a num_slots_schedule's count for this round
     manifest = {
         "produced_by_round": round_idx, "trains_round": round_idx + 1, "epoch": epoch,
-        "num_slots": pl_module.num_slots, "num_candidates": pl_module.num_candidates,
+        "num_slots": slots_of_round(round_idx) if slots_of_round else pl_module.num_slots,
+        "num_candidates": pl_module.num_candidates,
         "num_winners": pl_module.num_winners, "beta": pl_module.beta, "mode": pl_module.mode,
         "seed": seed, "round_seed": derive_seed(seed, "round", round_idx), "world_size": world_size,
         "real_fraction": datamodule.real_fraction, "policy": datamodule.policy,

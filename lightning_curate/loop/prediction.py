@@ -6,6 +6,14 @@ One curator: :func:`~lightning_curate.theory.predict_round` on the round's probe
 candidates into that prediction, :func:`ideal_columns` runs the ideal learner from the real
 data for as many rounds, and :func:`exact_metrics` gives an exact learner's exact quantities
 under it. What a population's predictions keep between rounds is a :class:`PopulationForecast`'s.
+
+Per selection rule (:mod:`lightning_curate.loop.selection`): the K-choice as above; a pool fraction
+by reward (``top``, ``bottom``) truncates the law to its top (bottom) quantile
+(:mod:`lightning_curate.theory.truncation`), exactly on the exact learner's atoms; a ``random``
+fraction predicts no move (so no fidelity ratio: the move is within noise). A pool fraction by
+likelihood gets no probe prediction (the probe holds rewards, not likelihoods), only the exact
+learner's exact trajectory; any run with a ``transform`` gets none: no ``predicted_*`` columns, and
+the fidelity columns are then left out (not applicable), not filled with numbers of another law.
 """
 
 from __future__ import annotations
@@ -16,12 +24,17 @@ from typing import Any, Optional, Sequence, cast
 import torch
 from torch import Tensor, nn
 
+from lightning_curate import theory
 from lightning_curate.loop.curators import members
+from lightning_curate.loop.selection import PoolFraction
 from lightning_curate.theory.empirical import empirical_curation_weights
 from lightning_curate.theory.ideal_learner import predict_round
 from lightning_curate.theory.population import AtomCurator
+from lightning_curate.theory.truncation import predict_pool_round, truncation_trajectory
 from lightning_curate.utils.columns import (
+    EXACT_SHARE,
     IDEAL_REWARD_MEAN_OF,
+    IDEAL_SHARE,
     ONE_CURATOR_PREDICTIONS,
     PREDICTED_CURATED_REWARD_MEAN_OF,
     PREDICTED_CURATED_SHARE,
@@ -31,8 +44,20 @@ from lightning_curate.utils.columns import (
     stderr,
 )
 
-__all__ = ["PopulationForecast", "exact_metrics", "exact_population", "ideal_columns", "mixture_weights",
-           "population_columns", "predict_next"]
+__all__ = ["PopulationForecast", "exact_metrics", "exact_population", "exact_truncation_metrics", "ideal_columns",
+           "mixture_weights",
+           "population_columns", "predict_next", "predicts"]
+
+
+def predicts(module: Any) -> bool:
+    """Whether the ideal learner predicts ``module``'s next round from its probe (``predicted_*``): not
+    under a ``transform`` (a correction outside the theory), nor under a pool fraction ranked by
+    likelihood (the probe holds rewards, not likelihoods; the exact learner's exact trajectory is
+    :func:`exact_truncation_metrics`')."""
+    if getattr(module, "transform", None) is not None:
+        return False
+    selection = getattr(module, "selection", None)
+    return not (isinstance(selection, PoolFraction) and selection.score == "likelihood" and selection.rule != "random")
 
 
 def mixture_weights(rewards: Tensor, curators: nn.ModuleList, pi: Tensor, num_candidates: int,
@@ -128,6 +153,13 @@ def predict_next(module: Any, probe: dict[str, Tensor], *, class_names: Optional
     """
     labels = probe.get("probe_labels")
     names = list(class_names) if labels is not None and class_names else None
+    if not predicts(module):
+        return {}
+    selection = getattr(module, "selection", None)
+    if isinstance(selection, PoolFraction):
+        return predict_pool_round(probe["probe_rewards"], selection.fraction, selection.rule, labels=labels,
+                                  class_names=names, real_fraction=real_fraction, real_rewards=real_rewards,
+                                  real_labels=real_labels if labels is not None else None)
     base = predict_round(probe["probe_rewards"], module.beta, labels=labels, class_names=names,
                          num_winners=module.num_winners, mode=module.mode, real_fraction=real_fraction,
                          real_rewards=real_rewards, real_labels=real_labels if labels is not None else None,
@@ -186,7 +218,12 @@ def exact_population(curators: nn.ModuleList, pi: Tensor, num_candidates: int) -
 
 
 def exact_metrics(module: Any, source: nn.Module, real_fraction: float, round_idx: int) -> dict[str, float]:
-    """The generator's exact round quantities (``round_metrics``, the exact learner's), under the population."""
+    """The generator's exact round quantities (``round_metrics``, the exact learner's), under the population
+    or the pool selection (:func:`exact_truncation_metrics`); none under a ``transform``."""
+    if getattr(module, "transform", None) is not None:
+        return {}
+    if isinstance(getattr(module, "selection", None), PoolFraction):
+        return exact_truncation_metrics(module, source, real_fraction, round_idx)
     extra: dict[str, Any] = {}
     if module.curators is not None:
         population = exact_population(module.curators, module.curator_shares, module.num_candidates)
@@ -196,3 +233,31 @@ def exact_metrics(module: Any, source: nn.Module, real_fraction: float, round_id
     return module.generator.round_metrics(module.reward, source, beta=module.beta,
                                           num_candidates=module.num_candidates, real_fraction=real_fraction,
                                           round_idx=round_idx, **extra)
+
+
+def exact_truncation_metrics(module: Any, source: nn.Module, real_fraction: float, round_idx: int) -> dict[str, float]:
+    """An exact categorical learner's quantities under a pool fraction: its law ``p_t`` against the ideal
+    learner's :func:`~lightning_curate.theory.truncation.truncation_trajectory` from ``p_data``, ranked by
+    the reward's per-atom table or, for ``score: likelihood``, by the model's own ``p_t``.
+
+    ``{}`` unless the generator has ``probs`` (e.g. ``ExactCategorical``), the reward a per-atom table
+    (``values``) and the source a ``p_data``, all over the same atoms. Otherwise ``kl_to_ideal``,
+    ``exact_reward_mean``, ``exact_share_<name>`` and ``ideal_share_<name>``.
+    """
+    selection = module.selection
+    probs, values = getattr(module.generator, "probs", None), getattr(module.reward, "values", None)
+    p_data = getattr(source, "p_data", None)
+    if not all(isinstance(t, Tensor) for t in (probs, values, p_data)):
+        return {}
+    p_t, r, p0 = (cast(Tensor, t).detach().cpu().double() for t in (probs, values, p_data))
+    if not p_t.numel() == r.numel() == p0.numel():
+        return {}
+    scores = None if selection.score == "likelihood" else r
+    ideal = truncation_trajectory(p0, scores, selection.fraction, selection.rule, real_fraction,
+                                  rounds=round_idx)[-1]
+    row = {"kl_to_ideal": theory.kl_divergence(p_t, ideal), "exact_reward_mean": float((p_t * r).sum())}
+    names = getattr(source, "class_names", None) or [f"atom{i}" for i in range(p_t.numel())]
+    for name, pe, pi in zip(names, p_t.tolist(), ideal.tolist()):
+        row[EXACT_SHARE(name)] = pe
+        row[IDEAL_SHARE(name)] = pi
+    return row

@@ -5,6 +5,9 @@ later round ``epochs_per_round`` epochs. The callbacks that act at round ends (t
 its checkpoint, its progress bar) read the schedule here, through :func:`schedule_of`,
 so none of them imports another.
 
+The sample budget may grow by round too: :class:`SlotSchedule` gives the number of slots a
+round curates (``CurationModule(num_slots_schedule=...)``).
+
 Example:
     >>> s = RoundSchedule(rounds=2, epochs_per_round=3, initial_epochs=4)
     >>> s.total_epochs, s.round_of_epoch(3), s.round_of_epoch(4), s.last_epoch_of_round(2)
@@ -13,12 +16,61 @@ Example:
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from lightning_curate.utils.compat import epoch_batches_ready, set_max_epochs
-from lightning_curate.utils.validation import check_int
+from lightning_curate.utils.validation import check_choice, check_float, check_int
 
-__all__ = ["RoundSchedule", "at_round_end", "epoch_finished", "schedule_of"]
+__all__ = ["SLOT_SCHEDULES", "RoundSchedule", "SlotSchedule", "at_round_end", "epoch_finished", "schedule_of"]
+
+SLOT_SCHEDULES = ("constant", "linear", "geometric")
+
+
+@dataclass(frozen=True)
+class SlotSchedule:
+    """How many slots each round curates: ``num_slots`` at round 0, then growing by round.
+
+    ``constant``: ``N`` every round; ``linear``: ``N + increment * t`` (``increment`` defaults
+    to ``N``: ``N, 2N, 3N, ...``); ``geometric``: ``round(N * factor ** t)``. The round is the one
+    whose model is sampled (round ``t``'s curation trains round ``t + 1``). It depends on the round
+    index alone, so a resumed run curates what the uninterrupted run does.
+
+    Args:
+        kind: ``constant``, ``linear`` or ``geometric``.
+        factor: the geometric growth per round (``> 0``; below 1 shrinks, never under one slot).
+        increment: the linear growth per round, in slots (may be negative; never under one slot).
+
+    Example (YAML: ``num_slots_schedule: {kind: geometric, factor: 1.5}``):
+        >>> [SlotSchedule("geometric", factor=1.5).slots(1000, t) for t in range(3)]
+        [1000, 1500, 2250]
+        >>> [SlotSchedule("linear").slots(1000, t) for t in range(3)]
+        [1000, 2000, 3000]
+    """
+
+    kind: str = "constant"
+    factor: float = 1.0
+    increment: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check_choice("num_slots_schedule.kind", self.kind, SLOT_SCHEDULES)
+        check_float("num_slots_schedule.factor", self.factor, minimum=0.0, strict_minimum=True)
+        if self.increment is not None:
+            check_int("num_slots_schedule.increment", self.increment)
+
+    def slots(self, num_slots: int, round_idx: int) -> int:
+        """The slots of round ``round_idx``'s curation, from the base ``num_slots``."""
+        if self.kind == "linear":
+            step = num_slots if self.increment is None else self.increment
+            return max(1, num_slots + step * round_idx)
+        if self.kind == "geometric":
+            return max(1, math.floor(num_slots * self.factor ** round_idx + 0.5))
+        return num_slots
+
+    def settings(self) -> dict[str, Any]:
+        """Its fields, for the manifest's science settings."""
+        return asdict(self)
 
 
 class RoundSchedule:

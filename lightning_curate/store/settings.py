@@ -21,7 +21,8 @@ __all__ = ["FIXED_KEYS", "RECIPE_KEYS", "RECIPE_PREFIXES", "SCIENCE_KEYS", "Sett
            "parse_allowed", "qualname", "settings_of_manifest"]
 
 SCIENCE_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "real_fraction", "policy", "reward",
-                "generator", "seed", "epochs_per_round", "initial_epochs", "init", "steps_per_epoch", "curators")
+                "generator", "seed", "epochs_per_round", "initial_epochs", "init", "steps_per_epoch", "curators",
+                "selection", "transform", "num_slots_schedule")
 # The recipe: how a round's model is trained and sampled (the optimizer's, the batches', the data source's
 # class). ``generator.ARG`` and ``source.ARG`` keys hold the generator's and the data source's constructor
 # arguments (EMA decay and reset, solver, steps, the data set's name and size...). A resume that changes one
@@ -33,7 +34,7 @@ RECIPE_PREFIXES = ("generator.", "source.")
 FIXED_KEYS = ("seed", "epochs_per_round", "initial_epochs")
 # Settings recorded only when set: a run without them had none (no curators: one curator), so adding
 # them on resume is a change too.
-_ABSENT_MEANS_NONE = ("curators",)
+_ABSENT_MEANS_NONE = ("curators", "selection", "transform", "num_slots_schedule")
 # Manifests written before settings were recorded keep these at their top level.
 _LEGACY_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "seed")
 

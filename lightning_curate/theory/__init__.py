@@ -19,6 +19,7 @@ from lightning_curate.theory.laws import (
     tilted_distribution,
     two_level_band,
 )
+from lightning_curate.theory.truncation import predict_pool_round, truncate, truncation_trajectory
 
 __all__ = [
     "DEFAULT_MAX_SUPPORT",
@@ -32,10 +33,13 @@ __all__ = [
     "improvement_violated",
     "kl_divergence",
     "plackett_luce_law",
+    "predict_pool_round",
     "predict_round",
     "retraining_trajectory",
     "rlhf_coefficient",
     "rlhf_optimum",
     "tilted_distribution",
+    "truncate",
+    "truncation_trajectory",
     "two_level_band",
 ]

@@ -31,6 +31,7 @@ COMPOSITIONS = {
     "mog8_batch1024": ["mog8.yaml", "overlays/mog8_batch1024.yaml"],
     "mog8_gaussian": ["mog8.yaml", "overlays/mog8_gaussian.yaml"],
     "mog8_kde": ["mog8.yaml", "overlays/mog8_kde.yaml"],
+    "mog8_correction": ["mog8.yaml", "overlays/mog8_correction.yaml"],
     "digits_real": ["digits.yaml", "overlays/digits_real.yaml"],
     "digits_confidence": ["digits.yaml", "overlays/digits_confidence.yaml"],
     "digits_confidence_real": ["digits.yaml", "overlays/digits_confidence.yaml",
