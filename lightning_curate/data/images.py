@@ -101,7 +101,8 @@ class ImageSource(DataSource):
         self._inception_said = False
         if self.inception_weights is not None:
             from lightning_curate.metrics.inception import InceptionFID
-            set_unregistered(self, "_inception", InceptionFID(self.inception_weights))
+            # The samples it sees are already whole (merged across ranks): no second gathering at compute().
+            set_unregistered(self, "_inception", InceptionFID(self.inception_weights, sync_on_compute=False))
 
     def _read(self) -> RealData:
         raise NotImplementedError
