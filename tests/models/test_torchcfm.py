@@ -88,6 +88,21 @@ def test_samples_equal_torchcfm_for_the_same_noise_and_solver(checkpoint):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+def test_euler_samples_equal_torchdyns_neural_ode(checkpoint):
+    """compute_fid.py's Euler path: torchdyn's NeuralODE(net, solver="euler").trajectory on the same grid."""
+    torchdyn_core = pytest.importorskip("torchdyn.core", reason="torchdyn is not installed (torchcfm's sampler in "
+                                        "its examples; pip install --no-deps torchdyn torchcde torchsde trampoline)")
+    path, ema = checkpoint
+    fm = FlowMatching(TorchCFMUNet(str(path), ema=True, **SMALL), data_shape=[3, 32, 32], solver="euler",
+                      steps=5, ema_decay=0.0)
+    ours = fm.sample(2, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    node = torchdyn_core.NeuralODE(ema.eval(), solver="euler")
+    with torch.no_grad():
+        theirs = node.trajectory(noise, t_span=torch.linspace(0, 1, 6))[-1]
+    assert torch.equal(ours, theirs)
+
+
 def test_ema_chooses_the_averaged_weights_and_module_prefixes_are_removed(tmp_path, checkpoint):
     path, ema = checkpoint
     live = TorchCFMUNet(str(path), ema=False, **SMALL)
