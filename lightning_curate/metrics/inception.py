@@ -78,7 +78,7 @@ class InceptionFID(FrechetInceptionDistance):
     """Inception-feature FID between real and generated images, from local InceptionV3 weights.
 
     Args:
-        weights: path of torch-fidelity's InceptionV3 weights (see the module).
+        inception_weights: path of torch-fidelity's InceptionV3 weights (see the module).
         reset_real_features: ``False`` keeps the real statistics across ``reset()``.
         kwargs: passed to torchmetrics' ``Metric``.
 
@@ -91,8 +91,8 @@ class InceptionFID(FrechetInceptionDistance):
         >>> float(fid.compute())  # doctest: +SKIP
     """
 
-    def __init__(self, weights: str | Path, reset_real_features: bool = True, **kwargs: Any) -> None:
-        state = load_inception_weights(weights)
+    def __init__(self, inception_weights: str | Path, reset_real_features: bool = True, **kwargs: Any) -> None:
+        state = load_inception_weights(inception_weights)
         try:
             import torch_fidelity  # noqa: F401
         except ImportError as exc:
@@ -107,9 +107,9 @@ class InceptionFID(FrechetInceptionDistance):
                 super().__init__(feature=INCEPTION_FEATURES, reset_real_features=reset_real_features,
                                  normalize=False, feature_extractor_weights_path=str(copy), **kwargs)
             except RuntimeError as exc:  # load_state_dict: missing, unexpected or misshapen keys
-                raise ValueError(f"inception_weights {weights}: not InceptionV3 weights in torch-fidelity's "
+                raise ValueError(f"inception_weights {inception_weights}: not InceptionV3 weights in torch-fidelity's "
                                  f"format ({exc})") from exc
-        self.weights = str(weights)
+        self.inception_weights = str(inception_weights)
 
     def update(self, real: Optional[Tensor] = None, fake: Optional[Tensor] = None) -> None:  # type: ignore[override]
         """Add a batch of real and/or generated images, float ``[n, C, H, W]`` in ``[-1, 1]``."""
