@@ -139,9 +139,9 @@ def test_bad_checkpoints_are_refused_with_the_parameter_named(tmp_path, checkpoi
 
 
 def test_the_loop_curates_and_retrains_the_loaded_model(tmp_path, checkpoint):
-    """Two curated rounds on (fake) CIFAR-10 images starting from the checkpoint's EMA weights."""
+    """A curated round on (fake) CIFAR-10 images, starting from the checkpoint's EMA weights."""
     path, ema = checkpoint
-    make_fake_cifar(tmp_path, n=8)
+    make_fake_cifar(tmp_path, n=4)
     velocity = TorchCFMUNet(str(path), **SMALL)
     generator = FlowMatching(velocity, data_shape=[3, 32, 32], steps=2, ema_decay=0.9)
     assert all(torch.equal(generator.ema.module.unet.state_dict()[k], v) for k, v in ema.state_dict().items())
@@ -150,15 +150,16 @@ def test_the_loop_curates_and_retrains_the_loaded_model(tmp_path, checkpoint):
         def forward(self, x):
             return 5.0 * x.mean(dim=(1, 2, 3))
 
-    module = CurationModule(generator, Brightness(), num_slots=16, num_candidates=4, preview_size=8, lr=1e-4)
-    data = BlendingDataModule(CIFAR10(str(tmp_path / "cifar-10-batches-py")), batch_size=16)
-    loop = RetrainingLoop(rounds=2, epochs_per_round=1, initial_epochs=1, seed=0, plots=False)
+    module = CurationModule(generator, Brightness(), num_slots=8, num_candidates=4, preview_size=4, lr=1e-4)
+    data = BlendingDataModule(CIFAR10(str(tmp_path / "cifar-10-batches-py")), batch_size=10)
+    loop = RetrainingLoop(rounds=1, epochs_per_round=1, initial_epochs=1, seed=0, plots=False)
     trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, callbacks=[loop], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=data)
     assert loop.complete
-    # Round 2 trained on round 1's winners: 16 slots, each the best-rewarded of 4 candidates by softmax choice.
-    winners = loop.store.read(1).tensors["x"]
-    assert winners.shape == (16, 3, 32, 32) and torch.isfinite(winners).all()
+    # Round 1 trained on round 0's winners: 8 slots, each chosen among 4 candidates of the loaded model.
+    winners = loop.store.read(0).tensors["x"]
+    assert winners.shape == (8, 3, 32, 32) and torch.isfinite(winners).all()
+    assert not torch.equal(winners[0], winners[1])
     trained = velocity.unet.state_dict()
     assert not all(torch.equal(trained[k], v) for k, v in ema.state_dict().items() if v.is_floating_point())
