@@ -35,6 +35,8 @@ import torch
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from lightning_curate.utils.validation import check_int
+
 __all__ = ["INCEPTION_FEATURES", "InceptionFID", "MISSING_WEIGHTS_MESSAGE", "WEIGHTS_FILE", "load_inception_weights",
            "to_uint8"]
 
@@ -80,6 +82,7 @@ class InceptionFID(FrechetInceptionDistance):
     Args:
         inception_weights: path of torch-fidelity's InceptionV3 weights (see the module).
         reset_real_features: ``False`` keeps the real statistics across ``reset()``.
+        batch_size: images per Inception call (each is resized to 299x299 first).
         kwargs: passed to torchmetrics' ``Metric``.
 
     ``update(real=..., fake=...)`` takes float images in ``[-1, 1]``;
@@ -91,7 +94,9 @@ class InceptionFID(FrechetInceptionDistance):
         >>> float(fid.compute())  # doctest: +SKIP
     """
 
-    def __init__(self, inception_weights: str | Path, reset_real_features: bool = True, **kwargs: Any) -> None:
+    def __init__(self, inception_weights: str | Path, reset_real_features: bool = True, batch_size: int = 200,
+                 **kwargs: Any) -> None:
+        check_int("batch_size", batch_size, minimum=1)
         state = load_inception_weights(inception_weights)
         try:
             import torch_fidelity  # noqa: F401
@@ -110,14 +115,17 @@ class InceptionFID(FrechetInceptionDistance):
                 raise ValueError(f"inception_weights {inception_weights}: not InceptionV3 weights in torch-fidelity's "
                                  f"format ({exc})") from exc
         self.inception_weights = str(inception_weights)
+        self.batch_size = batch_size
 
     def update(self, real: Optional[Tensor] = None, fake: Optional[Tensor] = None) -> None:  # type: ignore[override]
         """Add a batch of real and/or generated images, float ``[n, C, H, W]`` in ``[-1, 1]``."""
         if real is None and fake is None:
             raise ValueError("InceptionFID.update needs real=... and/or fake=... batches")
         for batch, is_real in ((real, True), (fake, False)):
-            if batch is not None and batch.shape[0] > 0:
-                super().update(to_uint8(batch), real=is_real)
+            if batch is None:
+                continue
+            for start in range(0, batch.shape[0], self.batch_size):  # 299x299 inputs: bounded memory
+                super().update(to_uint8(batch[start:start + self.batch_size]), real=is_real)
 
     def compute(self) -> Tensor:
         """The Frechet distance between the real and generated Inception features seen."""
