@@ -13,8 +13,9 @@
 #     with e.g.  make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/<cuda tag>"
 #     On Linux, a plain torch==2.13.0 from PyPI is the CUDA build; for a small
 #     CPU-only one use  TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-#   * the package with its test, dev and docs extras (pip install -e ".[test,dev,docs]"), again only
-#     when pyproject.toml changed since the last install (a stamp file in the venv).
+#   * the package with its test, dev and docs extras (pip install -e ".[test,dev,docs]"), and torchcfm
+#     without its dependencies (its UNet needs only torch and numpy), again only when pyproject.toml
+#     changed since the last install (a stamp file in the venv).
 # Extra pytest arguments: make test ARGS="tests/ops -x"; extra fit arguments:
 # make run ARGS="--trainer.default_root_dir runs/other".
 
@@ -51,4 +52,5 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC) into $(VENV)"; $(PIP) install $(TORCH_SPEC); }
 	@echo "installing lightning-curate (editable, with its test, dev and docs extras) into $(VENV)"
 	@$(PIP) install -e ".[test,dev,docs]"
+	@$(PIP) install --no-deps "torchcfm==1.0.7"  # its UNet for tests/models/test_torchcfm.py, without torchdyn & co
 	@touch $(STAMP)

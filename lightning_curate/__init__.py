@@ -38,6 +38,7 @@ from lightning_curate.models import (
     Generator,
     KDELearner,
     MLPVelocity,
+    TorchCFMUNet,
     UNetVelocity,
 )
 from lightning_curate.ops import KChoice, kchoice
@@ -87,6 +88,7 @@ __all__ = [
     "SmallCNN",
     "StoreError",
     "Toy2D",
+    "TorchCFMUNet",
     "TrainedClassifier",
     "UNetVelocity",
     "__version__",

@@ -46,10 +46,12 @@ class CIFAR10(ImageSource):
         heldout: ``"test"`` (the test batch) or one of ``data_batch_1`` ..
             ``data_batch_5``, which is then left out of the training set.
         judge: optional classifier labelling generated images (see :meth:`ImageSource.label`).
+        inception_weights: local InceptionV3 weights for ``inception_fid`` (see :meth:`ImageSource.sample_metrics`).
     """
 
-    def __init__(self, root: str, heldout: str = "test", judge: Optional[nn.Module] = None) -> None:
-        super().__init__(judge)
+    def __init__(self, root: str, heldout: str = "test", judge: Optional[nn.Module] = None,
+                 inception_weights: Optional[str] = None) -> None:
+        super().__init__(judge, inception_weights)
         choices = ("test",) + CIFAR_TRAIN_BATCHES
         if heldout not in choices:
             raise ValueError(f"heldout must be one of {list(choices)}, got {heldout!r}")

@@ -18,19 +18,24 @@ by checkpoint path with :class:`lightning_curate.classifiers.TrainedClassifier`
 and it has a ``train_config``). With a judge, :meth:`ImageSource.sample_metrics`
 also measures each round's model samples against the held-out images in the
 judge's feature space: a Frechet distance (``fid``), ``precision`` and
-``recall`` (see :mod:`lightning_curate.metrics.image`).
+``recall`` (see :mod:`lightning_curate.metrics.image`). With
+``inception_weights`` (a local copy of torch-fidelity's InceptionV3 weights),
+it reports the standard Inception-feature FID beside them (``inception_fid``,
+see :mod:`lightning_curate.metrics.inception`); nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_curate.data.source import DataSource, RealData
+from lightning_curate.utils.compat import set_unregistered
 
 __all__ = ["Digits", "ImageSource", "stratified_split", "to_unit_range"]
 
@@ -82,12 +87,22 @@ class ImageSource(DataSource):
     ``class_names`` (before or during ``_read``).
     """
 
-    def __init__(self, judge: Optional[nn.Module] = None) -> None:
+    _inception: Any  # lightning_curate.metrics.inception.InceptionFID, when inception_weights is given
+
+    def __init__(self, judge: Optional[nn.Module] = None, inception_weights: Optional[str] = None) -> None:
         super().__init__()
         if judge is not None and not isinstance(judge, nn.Module):
             raise TypeError(f"judge must be a torch.nn.Module mapping images to logits, got {type(judge).__name__}")
         self.judge = judge
         self._data: Optional[RealData] = None
+        # Inception FID (lightning_curate.metrics.inception): built now, so a bad path fails before any training;
+        # held outside the module tree (a fixed measuring network, not state of the source).
+        self.inception_weights = None if inception_weights is None else str(inception_weights)
+        self._inception_said = False
+        if self.inception_weights is not None:
+            from lightning_curate.metrics.inception import InceptionFID
+            # The samples it sees are already whole (merged across ranks): no second gathering at compute().
+            set_unregistered(self, "_inception", InceptionFID(self.inception_weights, sync_on_compute=False))
 
     def _read(self) -> RealData:
         raise NotImplementedError
@@ -110,13 +125,32 @@ class ImageSource(DataSource):
             prepare()
 
     def sample_metrics(self, samples: Tensor, reference: Tensor) -> dict[str, float]:
-        """``fid``, ``precision`` and ``recall`` of ``samples`` vs ``reference`` in the judge's feature space.
+        """``fid``, ``precision`` and ``recall`` in the judge's feature space, and ``inception_fid``.
 
-        Features are the judge's ``features(x)`` when it has them, else its
-        logits. Precision and recall use ``k = PR_NEIGHBOURS`` nearest
-        neighbours. Without a judge, or with fewer than 2 samples on a side,
-        returns ``{}`` (precision/recall need more than ``k``).
+        Judge metrics: features are the judge's ``features(x)`` when it has
+        them, else its logits; precision and recall use ``k = PR_NEIGHBOURS``
+        nearest neighbours; none without a judge. ``inception_fid``: the
+        standard FID, with ``inception_weights`` only (without them, for RGB
+        images, one line says how to get it, once). Fewer than 2 samples on a side give ``{}``
+        (precision/recall need more than ``k``).
         """
+        out = self._judge_metrics(samples, reference)
+        if samples.shape[0] < 2 or reference.shape[0] < 2:
+            return out
+        if self.inception_weights is None:
+            if not self._inception_said and samples.dim() == 4 and samples.shape[1] == 3:
+                from lightning_curate.metrics.inception import MISSING_WEIGHTS_MESSAGE
+
+                rank_zero_info(f"[lightning_curate] {MISSING_WEIGHTS_MESSAGE}")
+                self._inception_said = True
+            return out
+        fid = self._inception.to(samples.device)
+        fid.reset()
+        fid.update(real=reference.to(samples.device), fake=samples)
+        out["inception_fid"] = max(0.0, float(fid.compute()))
+        return out
+
+    def _judge_metrics(self, samples: Tensor, reference: Tensor) -> dict[str, float]:
         if self.judge is None or samples.shape[0] < 2 or reference.shape[0] < 2:
             return {}
         from lightning_curate.metrics.image import FeatureExtractor, FeatureFID, PrecisionRecall
@@ -191,10 +225,12 @@ class Digits(ImageSource):
         heldout_fraction: fraction of each class held out (default 0.2: 1,438 train, 359 held out).
         seed: seeds the split.
         judge: optional classifier labelling generated images (see :meth:`ImageSource.label`).
+        inception_weights: local InceptionV3 weights for ``inception_fid`` (see :meth:`ImageSource.sample_metrics`).
     """
 
-    def __init__(self, heldout_fraction: float = 0.2, seed: int = 0, judge: Optional[nn.Module] = None) -> None:
-        super().__init__(judge)
+    def __init__(self, heldout_fraction: float = 0.2, seed: int = 0, judge: Optional[nn.Module] = None,
+                 inception_weights: Optional[str] = None) -> None:
+        super().__init__(judge, inception_weights)
         if not 0.0 < heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
         self.heldout_fraction = float(heldout_fraction)

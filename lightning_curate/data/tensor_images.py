@@ -42,11 +42,13 @@ class TensorImages(ImageSource):
         class_names: names of the label values (default: from the file, else
             ``"0"``, ``"1"``, ... up to the largest label; ``None`` without labels).
         judge: optional classifier labelling generated images (see :meth:`ImageSource.label`).
+        inception_weights: local InceptionV3 weights for ``inception_fid`` (see :meth:`ImageSource.sample_metrics`).
     """
 
     def __init__(self, path: str, heldout_fraction: float = 0.1, seed: int = 0,
-                 class_names: Optional[list[str]] = None, judge: Optional[nn.Module] = None) -> None:
-        super().__init__(judge)
+                 class_names: Optional[list[str]] = None, judge: Optional[nn.Module] = None,
+                 inception_weights: Optional[str] = None) -> None:
+        super().__init__(judge, inception_weights)
         if not 0.0 < heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
         self.path = str(path)

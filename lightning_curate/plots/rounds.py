@@ -48,7 +48,7 @@ def _as_float(v) -> float:
 
 def _is_distance_key(key: str) -> bool:
     k = key.lower()
-    return k.endswith(("_distance", "_dist")) or k in ("w2", "wasserstein", "mmd", "swd", "fid", "kl", "tv")
+    return k.endswith(("_distance", "_dist", "_fid")) or k in ("w2", "wasserstein", "mmd", "swd", "fid", "kl", "tv")
 
 
 def _column(rows: Sequence[Mapping], key: str) -> np.ndarray:
