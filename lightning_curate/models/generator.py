@@ -57,7 +57,7 @@ class Generator(nn.Module):
     An optional protocol: :meth:`log_prob`, the model's own log-density. Selection by the model's
     likelihood (keeping the top, bottom or a random share of a pool ranked by it) calls it, and
     refuses a generator without it (:func:`has_log_prob`). The built-in learners have it: in closed
-    form for ``GaussianLearner`` and ``KDELearner``, by the ODE's change of variables for
+    form for ``ExactCategorical``, ``GaussianLearner`` and ``KDELearner``, by the ODE's change of variables for
     ``FlowMatching`` (:mod:`lightning_curate.models.likelihood`).
 
     Example:
@@ -172,8 +172,9 @@ def has_log_prob(generator: nn.Module) -> bool:
     """Whether ``generator`` implements the optional :meth:`Generator.log_prob`.
 
     Example:
-        >>> from lightning_curate.models import ExactCategorical, GaussianLearner
-        >>> has_log_prob(GaussianLearner(dim=2)), has_log_prob(ExactCategorical(num_atoms=3))
+        >>> from torch import nn
+        >>> from lightning_curate.models import GaussianLearner
+        >>> has_log_prob(GaussianLearner(dim=2)), has_log_prob(nn.Linear(2, 1))
         (True, False)
     """
     return callable(getattr(generator, "log_prob", None)) and getattr(type(generator), "log_prob", None) is not \

@@ -18,7 +18,14 @@ import torch
 from scipy import integrate, stats
 from torch import Tensor, nn
 
-from lightning_curate.models import FlowMatching, GaussianLearner, KDELearner, flow_log_prob, has_log_prob
+from lightning_curate.models import (
+    ExactCategorical,
+    FlowMatching,
+    GaussianLearner,
+    KDELearner,
+    flow_log_prob,
+    has_log_prob,
+)
 from lightning_curate.models.likelihood import EXACT_MAX_DIM, divergence_exact, divergence_hutchinson
 
 
@@ -196,3 +203,13 @@ def test_kde_learner_log_prob_is_scipys_gaussian_kde():
                                atol=1e-9, rtol=0)
     with pytest.raises(ValueError, match=r"log_prob: x must be \[M, 2\]"):
         model.log_prob(x[:, :1])
+
+
+def test_exact_categorical_log_prob_is_the_log_of_its_frequencies():
+    model = ExactCategorical(num_atoms=3)
+    model.fit(torch.tensor([[0.0], [2.0], [2.0], [2.0]]))
+    got = model.log_prob(torch.tensor([[2.0], [0.0], [1.0]]))
+    assert got[:2].tolist() == [math.log(0.75), math.log(0.25)] and got[2] == -math.inf
+    assert has_log_prob(model)
+    with pytest.raises(ValueError):
+        model.log_prob(torch.tensor([[3.0]]))
