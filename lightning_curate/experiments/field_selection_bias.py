@@ -16,7 +16,8 @@ bandwidth) or a ``GaussianLearner``, refitted each generation in closed form und
 * ``accumulate``: the real data and every generation's kept samples so far.
 
 The measure is the dispersion ratio ``tr(cov(model)) / tr(cov(p_data))`` after the last
-generation (1: the data's spread; towards 0: collapse), and the minority mode's mass.
+generation (1: the data's spread; towards 0: collapse; exactly 0 once the kept samples are one point
+to float32 precision and no covariance can be fitted), and the minority mode's mass.
 """
 
 from __future__ import annotations
@@ -102,7 +103,15 @@ def dispersion_run(learner: str, workflow: str, selection: bool, setting: Select
     out: dict[str, list[float]] = {"ratio": [], "tail": []}
     draws = torch.Generator().manual_seed(derive_seed(seed, "draws", learner, workflow, int(selection)))
     for t in range(setting.generations + 1):
-        model.fit(train)
+        try:
+            model.fit(train)
+        except ValueError as err:
+            if "singular" not in str(err):
+                raise
+            # The kept samples are one point to float32 precision: collapsed, for every later generation too.
+            out["ratio"] += [0.0] * (setting.generations + 1 - t)
+            out["tail"] += [0.0] * (setting.generations + 1 - t)
+            break
         _, cov = model_moments(model)
         out["ratio"].append(float(cov.trace() / data_cov.trace()))
         probe = model.sample(2000, generator=draws)

@@ -62,3 +62,11 @@ def test_rows_and_figure(tmp_path):
     assert [row.passed for row in result.rows] == [True, True, True, None] * 2
     assert "arXiv:2606.13732" in result.paper
     assert result.figures == [tmp_path / "selection_bias.png"] and result.figures[0].stat().st_size > 0
+
+
+def test_a_collapse_to_a_point_reads_as_zero_dispersion_to_the_end():
+    setting = SelectionBiasSetting(seeds=[0], generations=60, **TINY)
+    run = dispersion_run("gaussian", "replace", True, setting, seed=0)
+    assert len(run["ratio"]) == len(run["tail"]) == 61
+    first = run["ratio"].index(0.0)  # no Gaussian fits the kept points: they are one point in float32
+    assert 0 < first and all(r == 0.0 for r in run["ratio"][first:]) and run["ratio"][first - 1] < 1e-12
