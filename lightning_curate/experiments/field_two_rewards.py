@@ -191,7 +191,7 @@ def _plot(runs: dict[int, list[Tensor]], theory: dict[int, Tensor], nbs: Tensor,
         ax.grid(True, alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)
-    fig.suptitle(f"Two-reward curation, q = {setting.q}: the loop (dots, mean of {len(setting.seeds)} seeds), our "
+    fig.suptitle(f"Two-reward curation, q = {setting.q}: the loop (dots, mean of {len(setting.seeds)} seeds),\nour "
                  "exact theory (lines), the weighted Nash bargaining solution (dotted)", fontsize=9)
     return save_figure(fig, path)
 
