@@ -21,14 +21,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchdiffeq import odeint
 
 from lightning_curate.models.generator import Generator
-from lightning_curate.models.likelihood import flow_log_prob
+from lightning_curate.models.likelihood import SOLVERS, flow_log_prob
 from lightning_curate.utils.compat import foreach_copy_, foreach_lerp_
 from lightning_curate.utils.validation import check_choice
 
 __all__ = ["AUTOCAST_DTYPES", "EMA_RESETS", "FlowMatching", "SOLVERS", "ot_permutation"]
 
 EMA_RESETS = ("never", "round")
-SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -27,10 +27,12 @@ from torchdiffeq import odeint
 
 from lightning_curate.utils.validation import check_choice, check_int
 
-__all__ = ["DIVERGENCES", "EXACT_MAX_DIM", "divergence_exact", "divergence_hutchinson", "flow_log_prob",
+__all__ = ["DIVERGENCES", "EXACT_MAX_DIM", "SOLVERS", "divergence_exact", "divergence_hutchinson", "flow_log_prob",
            "standard_normal_log_prob"]
 
 DIVERGENCES = ("exact", "hutchinson")
+# The ODE solvers of sampling (FlowMatching) and of the likelihood: fixed-step, then adaptive.
+SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 # The automatic choice takes the exact divergence up to this many dimensions (one backward pass each).
 EXACT_MAX_DIM = 32
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -136,8 +138,6 @@ def flow_log_prob(
             >>> abs(float(lp[0]) - float(expected)) < 1e-6
             True
     """
-    from lightning_curate.models.flow_matching import SOLVERS  # the sampler's solvers, one list
-
     solver = check_choice("solver", solver, SOLVERS)
     steps = check_int("steps", steps, minimum=1)
     probes = check_int("probes", probes, minimum=1)
