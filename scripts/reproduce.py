@@ -441,9 +441,11 @@ def claim_field(args: argparse.Namespace, out: Path, name: str) -> ClaimResult:
 
 def write_report(results: list[ClaimResult], out: Path, args: argparse.Namespace, seconds: float) -> Path:
     """``<out>/REPORT.md``: the PASS/FAIL table, then each claim's command and figures."""
+    asked = getattr(args, "asked", [])
+    only_flag = f" --only {','.join(asked)}" if asked else ""
     lines = ["# Reproduction report", "",
              f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python scripts/reproduce.py"
-             f"{' --quick' if args.quick else ''}` in {seconds / 60:.1f} min on {platform.machine()} "
+             f"{' --quick' if args.quick else ''}{only_flag}` in {seconds / 60:.1f} min on {platform.machine()} "
              f"({os.cpu_count()} CPUs), seeds {', '.join(map(str, args.seeds))}.", "",
              "The claims of Ferbach et al. (NeurIPS 2024) as docs/THEORY.md states them, each run as a sweep "
              "(`lightning-curate-sweep`) with the mean over seeds and a 95% band in the figures. The field's results "
@@ -501,6 +503,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error(f"unknown claim(s) {unknown}; choose from {', '.join(CLAIMS + FIELD_CLAIMS)}, or field (all of "
                 "the field's)")
     only = [n for n in CLAIMS + FIELD_CLAIMS if n in asked or ("field" in asked and n in FIELD_CLAIMS)]
+    args.asked = asked
     try:
         args.field_seeds = sweep.parse_seeds(args.seeds) if args.seeds else None
         args.seeds = sweep.parse_seeds(args.seeds if args.seeds else ("0" if args.quick else "0,1,2"))
