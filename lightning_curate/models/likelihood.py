@@ -116,7 +116,9 @@ def flow_log_prob(
     fixed-step solvers; ``dopri5`` controls the error of the augmented state ``(x, L)``.
 
     Args:
-        velocity: called as ``velocity(x_t, t)`` with ``t`` of shape ``[n]``; differentiable in ``x_t``.
+        velocity: called as ``velocity(x_t, t)`` with ``t`` of shape ``[n]``; differentiable in ``x_t``, and
+            each row's output may depend on its own row only (a network in eval mode: batch statistics
+            would mix the rows' divergences).
         x: the points ``[n, *shape]``.
         solver: ``euler``, ``midpoint``, ``rk4`` (``steps`` fixed steps) or ``dopri5`` (adaptive).
         steps: the fixed-step solvers' number of steps (``>= 1``).
