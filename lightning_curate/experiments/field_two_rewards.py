@@ -223,7 +223,8 @@ def two_rewards(out: Path, *, quick: bool = False, seeds: Optional[list[int]] = 
         # the standard error of the seeds' mean: their spread, and at least one round's sampling noise
         ideal = theory[k][-1]
         sampling = ideal * (1 - ideal) / (setting.num_slots * final.shape[0])
-        se = (final.var(0) / final.shape[0] + sampling).sqrt()
+        spread = final.var(0) if final.shape[0] > 1 else torch.zeros_like(ideal)  # one seed: no spread to read
+        se = (spread / final.shape[0] + sampling).sqrt()
         mean = final.mean(0)
         dev = ((mean - ideal).abs() / se.clamp_min(1e-12)).max()
         result.add(f"K={k}: the loop's law at round {setting.rounds} is our exact theory's, within 5 standard errors "

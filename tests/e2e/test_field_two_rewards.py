@@ -94,3 +94,9 @@ def test_the_loop_follows_the_exact_theory_and_the_rows_pass_in_a_tiny_setting(t
     nbs_row = "K=4: the loop's limit is within 0.03 of the weighted Nash bargaining solution (every atom)"
     assert decided[nbs_row] is False
     assert result.figures == [tmp_path / "two_rewards.png"] and result.figures[0].stat().st_size > 0
+
+
+def test_one_seed_is_decided_on_the_sampling_noise(tmp_path):
+    setting = TwoRewardSetting(seeds=[0], rounds=4, ks=(4,), num_slots=800)
+    result = two_rewards(tmp_path, setting=setting)
+    assert "nan" not in result.rows[0].numbers and result.rows[0].passed is True
