@@ -32,8 +32,8 @@ from lightning_curate.utils.seeding import derive_seed
 __all__ = ["LS_CLAIM", "LS_PAPER", "RULES", "LikelihoodSetting", "likelihood_selection", "minority_retention",
            "mixture_sample", "select_by_log_prob"]
 
-LS_PAPER = ("self-consuming diffusion with likelihood-ranked selection (2026), as issue 27 cites it; we could "
-            "not find the paper itself, so its figures are not beside ours")
+LS_PAPER = ("self-consuming diffusion with likelihood-ranked selection (2026); we could not find the paper "
+            "itself, so its figures are not beside ours")
 LS_CLAIM = ("after one generation, bottom-k selection by the model's own likelihood keeps the most minority "
             "mass, random-k the middle, top-k the least")
 RULES = ("bottom", "random", "top")
