@@ -28,15 +28,20 @@ in ``<out>/<claim>/``:
   ``discrete``; past the ideal learner's threshold the adversaries' class grows,
   below it it vanishes; with rho = 0.5 every class keeps the floor rho * p_data.
 
-The field's results, run only with ``--only field``:
+The field's results, run only with ``--only field`` (all four) or ``--only <name>``, each a module
+``lightning_curate.experiments.field_*`` that names its paper, setting and claims (``--seeds`` sets
+their seeds; ``--quick`` shrinks them), in ``<out>/field/<name>/``:
 
-* ``field``: "Collapse or Thrive?" (Kazdan, Schaeffer et al., ICML 2025, arXiv:2410.16713):
-  the replace / accumulate / accumulate-subsample workflows on the exact discrete,
-  Gaussian and KDE learners, driven round by round through the package's data module,
-  learners and ``curate_round`` without the trainer (K = 1, no real data after round 0).
-  Replace collapses, accumulate stays stable, accumulate-subsample degrades slowly:
-  each claim a PASS/FAIL row per learner, over 20 seeds and 100 rounds (``--quick``:
-  10 seeds, 40 rounds; ``--seeds`` sets the seeds), in about 2 minutes on 2 CPUs.
+* ``collapse_or_thrive``: "Collapse or Thrive?" (Kazdan, Schaeffer et al., ICML 2025, arXiv:2410.16713):
+  replace collapses, accumulate stays stable, accumulate-subsample degrades slowly, on the exact
+  discrete, Gaussian and KDE learners (``field_collapse``);
+* ``likelihood_selection``: bottom-, random- and top-k of a pool by the model's own log-likelihood
+  on an imbalanced 2D mixture: the minority's retention after one generation (``field_likelihood``);
+* ``selection_bias``: "When sample selection bias precipitates model collapse" (Qiao et al., ICML 2026,
+  arXiv:2606.13732): dispersion ratios under replace / accumulate, with and without a local-reference
+  verifier's selection (``field_selection_bias``);
+* ``two_rewards``: two-reward curation (Falahati et al., ICML 2026, arXiv:2605.07724): the loop's limit
+  against the weighted Nash bargaining solution and the exact finite-K theory (``field_two_rewards``).
 
 Finished runs are reused (the sweeps resume), so an interrupted reproduction
 continues where it stopped. Writes ``<out>/REPORT.md`` with a PASS/FAIL table
@@ -48,6 +53,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import functools
 import os
 import platform
 import shlex
@@ -65,7 +71,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CLAIMS = ("mog8", "discrete", "digits_class", "digits_confidence", "population")
 # Results of the field, beside their papers: run with --only (not part of the default run).
-FIELD_CLAIMS = ("field",)
+FIELD_CLAIMS = ("collapse_or_thrive", "likelihood_selection", "selection_bias", "two_rewards")
 
 
 @dataclass
@@ -132,6 +138,13 @@ def point_of(specs: list[sweep.RunSpec], **values: object) -> Optional[str]:
         if all(s.values.get(k) == v for k, v in values.items()):
             return s.point
     return None
+
+
+def verdict_of(c: Check) -> str:
+    """PASS, **FAIL**, SKIPPED (a check that could not run) or INFO (a row that reports, deciding nothing)."""
+    if c.passed is None:
+        return "SKIPPED" if c.numbers.startswith("SKIPPED") else "INFO"
+    return "PASS" if c.passed else "**FAIL**"
 
 
 def check(result: ClaimResult, what: str, passed: bool, numbers: str) -> None:
@@ -398,210 +411,26 @@ def claim_population(args: argparse.Namespace, out: Path) -> ClaimResult:
 
 
 # --------------------------------------------------------------------------- #
-# the field: "Collapse or Thrive?" (Kazdan, Schaeffer et al., ICML 2025)
+# the field's results, beside their papers (lightning_curate.experiments.field_*)
 # --------------------------------------------------------------------------- #
 
-COT_PAPER = ('Kazdan, Schaeffer et al., "Collapse or Thrive? Perils and Promises of Synthetic Data in a '
-             'Self-Generating World", ICML 2025 (arXiv:2410.16713)')
-# The paper's claims, quoted from its abstract (arXiv:2410.16713v4); it reports them as test-loss curves
-# over model-fitting iterations, and its text gives no single number for them.
-COT_CLAIMS = {
-    "replace": "(a) replacing all real data by successive generations of purely synthetic data suffers model "
-               "collapse in all task-settings studied",
-    "accumulate": "(b) accumulating synthetic data alongside real data: models remain stable and their test "
-                  "losses do not diverge",
-    "accumulate_subsample": "(c) accumulate with fixed-size subsets each generation: slow and gradual rather than "
-                            "explosive degradation of test loss",
-}
-COT_POLICIES = ("replace", "accumulate", "accumulate_subsample")
-COT_LEARNERS = ("discrete", "gaussian", "kde")
+
+def field_reproductions() -> dict[str, Callable[..., Any]]:
+    """The field's reproductions by claim name: each ``fn(out, *, quick, seeds) -> FieldResult``."""
+    from lightning_curate.experiments.field_collapse import collapse_or_thrive
+    from lightning_curate.experiments.field_likelihood import likelihood_selection
+    from lightning_curate.experiments.field_selection_bias import selection_bias
+    from lightning_curate.experiments.field_two_rewards import two_rewards
+
+    return {"collapse_or_thrive": collapse_or_thrive, "likelihood_selection": likelihood_selection,
+            "selection_bias": selection_bias, "two_rewards": two_rewards}
 
 
-@dataclass
-class FieldSetting:
-    """One Collapse-or-Thrive run's size: rounds, seeds, samples a round, and the rounds its test loss is read."""
-
-    rounds: int
-    seeds: list[int]
-    n: dict[str, int]  # samples a round, by learner
-    atoms: int = 4  # support of the discrete learner (uniform p_data)
-    dim: int = 2  # dimension of the continuous learners' p_data = N(0, I)
-    heldout: int = 256  # real test points for the continuous learners' negative log-likelihood
-    # the checks' bounds: replace's degradation at the last round at least this (collapse); accumulate's rise over
-    # the second half of the rounds at most this (stable: its test loss stops rising)
-    collapse_at: dict[str, float] = field(default_factory=lambda: {"discrete": 0.5, "gaussian": 0.25, "kde": 0.25})
-    stable_rise: float = 0.05
-
-
-class _MemoryStore:
-    """The round store's ``read`` for the data module, in memory (the loop without the trainer)."""
-
-    def __init__(self) -> None:
-        self.rounds: dict[int, dict] = {}
-
-    def read(self, t: int) -> Any:
-        return type("Record", (), {"tensors": self.rounds[t]})()
-
-
-def _standard_normal_source(dim: int, n: int, heldout: int, seed: int) -> Any:
-    """``p_data = N(0, I_dim)``: ``n`` train and ``heldout`` test points from ``seed``."""
-    import torch
-
-    from lightning_curate.data import DataSource, RealData
-
-    class StandardNormal(DataSource):
-        def load(self) -> RealData:
-            gen = torch.Generator().manual_seed(seed)
-            return RealData(train=torch.randn(n, dim, generator=gen), heldout=torch.randn(heldout, dim, generator=gen))
-
-    return StandardNormal()
-
-
-def field_run(learner: str, policy: str, setting: FieldSetting, seed: int) -> dict[str, list[float]]:
-    """One workflow on the package's path: its data module composes each round's set, the learner fits it in
-    closed form, :meth:`CurationModule.curate_round` samples the next round (``K = 1``: no curation).
-
-    Returns ``degradation`` per round (discrete: ``1 - H(model) / log atoms``; continuous: the held-out real
-    data's negative log-likelihood minus round 0's, in nats; ``nan`` on rounds not read) and ``variance``
-    (discrete: ``H / log atoms``; continuous: the model's generalised variance per coordinate,
-    ``det(cov)^(1 / dim)``: it falls when any direction collapses).
-    """
-    import math
-
-    from lightning_curate.data import Atoms, BlendingDataModule
-    from lightning_curate.loop import CurationModule
-    from lightning_curate.models import ExactCategorical, GaussianLearner, KDELearner
-    from lightning_curate.rewards import AtomReward, LinearReward
-    from lightning_curate.utils.seeding import derive_seed
-
-    n = setting.n[learner]
-    source: Any
-    if learner == "discrete":
-        source = Atoms(probs=[1.0 / setting.atoms] * setting.atoms, num_train=n, num_heldout=n, seed=seed)
-        generator: Any = ExactCategorical(num_atoms=setting.atoms)
-        reward: Any = AtomReward([0.0] * setting.atoms)
-    else:
-        source = _standard_normal_source(setting.dim, n, setting.heldout, seed)
-        generator = GaussianLearner(dim=setting.dim) if learner == "gaussian" else KDELearner(dim=setting.dim)
-        reward = LinearReward([1.0] + [0.0] * (setting.dim - 1), gamma=0.0)
-    dm = BlendingDataModule(source, real_fraction=0.0, policy=policy, batch_size=n, seed=seed)
-    store = _MemoryStore()
-    dm.attach(store, lambda epoch: epoch)  # type: ignore[arg-type]  # the data module only reads rounds
-    module = CurationModule(generator, reward, num_slots=n, num_candidates=1, preview_size=0, backend="torch")
-    read = {0, setting.rounds // 2, setting.rounds, *range(0, setting.rounds + 1, max(1, setting.rounds // 10))}
-    out: dict[str, list[float]] = {"degradation": [], "variance": []}
-    nll0 = 0.0
-    for t in range(setting.rounds + 1):
-        module.generator.fit(dm.dataset_for_round(t).tensors[0])
-        if learner == "discrete":
-            p = module.generator.probs.double()
-            h = float(-(p[p > 0] * p[p > 0].log()).sum()) / math.log(setting.atoms)
-            out["degradation"].append(1.0 - h)
-            out["variance"].append(h)
-        else:
-            metrics = module.generator.round_metrics(reward, source, beta=1.0, num_candidates=1, real_fraction=0.0,
-                                                     round_idx=t)
-            out["variance"].append(math.exp(metrics["model_cov_logdet"] / setting.dim))
-            nll = float(module.generator.loss(dm.real.heldout)) if t in read else math.nan
-            nll0 = nll if t == 0 else nll0
-            out["degradation"].append(nll - nll0)
-        if t < setting.rounds:
-            store.rounds[t] = module.curate_round(t, seed=derive_seed(seed, "round", t)).tensors
-    return out
-
-
-def field_measure(setting: FieldSetting) -> dict[str, dict[str, list[dict[str, list[float]]]]]:
-    """Every learner and workflow over the setting's seeds: ``[learner][policy]`` -> one run per seed."""
-    return {learner: {policy: [field_run(learner, policy, setting, s) for s in setting.seeds]
-                      for policy in COT_POLICIES} for learner in COT_LEARNERS}
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
-
-
-def field_checks(result: ClaimResult, measured: dict, setting: FieldSetting) -> None:
-    """The paper's three claims per learner, decided on medians over seeds: replace's degradation at the last
-    round, accumulate's rise over the second half, and the three workflows' order at the last round."""
-    T, half = setting.rounds, setting.rounds // 2
-    what = {"discrete": "entropy lost, 1 - H/log K", "gaussian": "excess test NLL, nats",
-            "kde": "excess test NLL, nats"}
-    for learner in COT_LEARNERS:
-        final = {pol: _median([run["degradation"][T] for run in measured[learner][pol]]) for pol in COT_POLICIES}
-        var = {pol: _median([run["variance"][T] for run in measured[learner][pol]]) for pol in COT_POLICIES}
-        label = "H/log K" if learner == "discrete" else "variance"
-        ours = {pol: f"{what[learner]} {final[pol]:.3f} ({label} {var[pol] + 0.0:.3g})" for pol in COT_POLICIES}
-        collapse = setting.collapse_at[learner]
-        rise = _median([run["degradation"][T] - run["degradation"][half] for run in measured[learner]["accumulate"]])
-        check(result, f"{learner}, replace collapses: {what[learner]} at round {T} >= {collapse} "
-                      f"[paper: {COT_CLAIMS['replace']}]", final["replace"] >= collapse, ours["replace"])
-        check(result, f"{learner}, accumulate stays stable: its {what[learner]} rises by <= {setting.stable_rise} "
-                      f"from round {half} to {T} [paper: {COT_CLAIMS['accumulate']}]", rise <= setting.stable_rise,
-              f"rise {rise:.3f}; {ours['accumulate']}")
-        slow = final["accumulate"] <= final["accumulate_subsample"] < final["replace"]
-        check(result, f"{learner}, accumulate-subsample degrades slowly: accumulate <= it < replace at round {T} "
-                      f"[paper: {COT_CLAIMS['accumulate_subsample']}]", slow,
-              f"{ours['accumulate_subsample']}; accumulate {final['accumulate']:.3f}, replace {final['replace']:.3f}")
-
-
-def plot_field(measured: dict, setting: FieldSetting, path: Path) -> Path:
-    """Per learner, the median over seeds (and the quartiles' band) of its diversity over rounds, per workflow."""
-    from lightning_curate.plots import save_figure
-    from lightning_curate.plots.common import new_figure
-
-    fig = new_figure(12.0, 3.6)
-    colors = {"replace": "#d62728", "accumulate": "#1f77b4", "accumulate_subsample": "#2ca02c"}
-    titles = {"discrete": f"discrete (K={setting.atoms}, n={setting.n['discrete']})",
-              "gaussian": f"Gaussian MLE (d={setting.dim}, n={setting.n['gaussian']})",
-              "kde": f"KDE, Scott (d={setting.dim}, n={setting.n['kde']})"}
-    rounds = list(range(setting.rounds + 1))
-    for i, learner in enumerate(COT_LEARNERS):
-        ax = fig.add_subplot(1, 3, i + 1)
-        for pol in COT_POLICIES:
-            runs = [run["variance"] for run in measured[learner][pol]]
-            q = [sorted(r[t] for r in runs) for t in rounds]
-            ax.plot(rounds, [_median(v) for v in q], color=colors[pol], lw=1.5, label=pol)
-            ax.fill_between(rounds, [v[len(v) // 4] for v in q], [v[(3 * len(v)) // 4] for v in q],
-                            color=colors[pol], alpha=0.15, linewidth=0)
-        if learner != "discrete":
-            ax.set_yscale("log")
-        ax.set_xlabel("round")
-        ax.set_ylabel("entropy / log K" if learner == "discrete" else "det(model covariance)^(1/d)")
-        ax.set_title(titles[learner], fontsize=9)
-        ax.grid(True, alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=8)
-    fig.suptitle(f"Collapse or Thrive? workflows, median and quartiles over {len(setting.seeds)} seeds", fontsize=10)
-    return save_figure(fig, path)
-
-
-def field_setting(args: argparse.Namespace) -> FieldSetting:
-    """The run's size: 100 rounds and 20 seeds; ``--quick``: 40 rounds and 10 seeds (``--seeds`` overrides)."""
-    rounds = 40 if getattr(args, "quick", False) else 100
-    seeds = getattr(args, "field_seeds", None) or list(range(10 if getattr(args, "quick", False) else 20))
-    return FieldSetting(rounds=rounds, seeds=seeds, n={"discrete": 24, "gaussian": 100, "kde": 100})
-
-
-def claim_field(args: argparse.Namespace, out: Path, setting: Optional[FieldSetting] = None) -> ClaimResult:
-    """Collapse or Thrive on the exact discrete, Gaussian and KDE learners: replace, accumulate, subsample."""
-    result = ClaimResult("field", "Collapse or Thrive? (Kazdan, Schaeffer et al., ICML 2025) on the exact learners")
-    import torch
-
-    setting = setting or field_setting(args)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of tiny fits: one thread avoids the pool's overhead (10x here)
-    try:
-        measured = field_measure(setting)
-    finally:
-        torch.set_num_threads(threads)
-    field_checks(result, measured, setting)
-    result.figures.append(plot_field(measured, setting, out / "collapse_or_thrive.png"))
-    result.note = (f"{COT_PAPER}; {setting.rounds} rounds, seeds {setting.seeds[0]}..{setting.seeds[-1]}, "
-                   f"samples a round {setting.n}, p_data uniform on {setting.atoms} atoms / N(0, I_{setting.dim}), "
-                   "real_fraction 0 after round 0, K = 1, the package's data module, learners and curate_round")
+def claim_field(args: argparse.Namespace, out: Path, name: str) -> ClaimResult:
+    """One of the field's reproductions, its rows as the report's checks (``--seeds`` sets its seeds)."""
+    res = field_reproductions()[name](out, quick=bool(args.quick), seeds=args.field_seeds)
+    result = ClaimResult(name, res.title, note=f"{res.paper}; {res.setting}", figures=list(res.figures))
+    result.checks = [Check(name, row.what, row.passed, row.numbers) for row in res.rows]
     return result
 
 
@@ -612,17 +441,19 @@ def claim_field(args: argparse.Namespace, out: Path, setting: Optional[FieldSett
 
 def write_report(results: list[ClaimResult], out: Path, args: argparse.Namespace, seconds: float) -> Path:
     """``<out>/REPORT.md``: the PASS/FAIL table, then each claim's command and figures."""
+    asked = getattr(args, "asked", [])
+    only_flag = f" --only {','.join(asked)}" if asked else ""
     lines = ["# Reproduction report", "",
              f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python scripts/reproduce.py"
-             f"{' --quick' if args.quick else ''}` in {seconds / 60:.1f} min on {platform.machine()} "
+             f"{' --quick' if args.quick else ''}{only_flag}` in {seconds / 60:.1f} min on {platform.machine()} "
              f"({os.cpu_count()} CPUs), seeds {', '.join(map(str, args.seeds))}.", "",
              "The claims of Ferbach et al. (NeurIPS 2024) as docs/THEORY.md states them, each run as a sweep "
              "(`lightning-curate-sweep`) with the mean over seeds and a 95% band in the figures. The field's results "
-             "(`field`, run with `--only field`) each name their paper and claim, with their own seeds.", "",
+             "(run with `--only field`) each name their paper and claim, with their own seeds.", "",
              "| claim | check | result | numbers |", "|---|---|---|---|"]
     for res in results:
         for c in res.checks:
-            verdict = "SKIPPED" if c.passed is None else ("PASS" if c.passed else "**FAIL**")
+            verdict = verdict_of(c)
             lines.append(f"| {res.name} | {c.what} | {verdict} | {c.numbers.replace('|', '/')} |")
     for res in results:
         lines += ["", f"## {res.name}: {res.title}", ""]
@@ -666,10 +497,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                         f"{DEFAULT_FOLDER})")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
-    only = [n.strip() for spec in args.only for n in spec.split(",") if n.strip()]
-    unknown = [n for n in only if n not in CLAIMS + FIELD_CLAIMS]
+    asked = [n.strip() for spec in args.only for n in spec.split(",") if n.strip()]
+    unknown = [n for n in asked if n not in CLAIMS + FIELD_CLAIMS + ("field",)]
     if unknown:
-        p.error(f"unknown claim(s) {unknown}; choose from {', '.join(CLAIMS + FIELD_CLAIMS)}")
+        p.error(f"unknown claim(s) {unknown}; choose from {', '.join(CLAIMS + FIELD_CLAIMS)}, or field (all of "
+                "the field's)")
+    only = [n for n in CLAIMS + FIELD_CLAIMS if n in asked or ("field" in asked and n in FIELD_CLAIMS)]
+    args.asked = asked
     try:
         args.field_seeds = sweep.parse_seeds(args.seeds) if args.seeds else None
         args.seeds = sweep.parse_seeds(args.seeds if args.seeds else ("0" if args.quick else "0,1,2"))
@@ -685,8 +519,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "digits_class": lambda: claim_digits(args, out / "digits_class", "digits_class"),
         "digits_confidence": lambda: claim_digits(args, out / "digits_confidence", "digits_confidence"),
         "population": lambda: claim_population(args, out / "population"),
-        "field": lambda: claim_field(args, out / "field"),
     }
+    for field_name in FIELD_CLAIMS:
+        runners[field_name] = functools.partial(claim_field, args, out / "field" / field_name, field_name)
     results, start = [], time.time()
     for name in CLAIMS + FIELD_CLAIMS:
         if (only and name not in only) or (not only and name in FIELD_CLAIMS):
@@ -697,15 +532,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         res.seconds = time.time() - t0
         results.append(res)
         for c in res.checks:
-            verdict = "SKIPPED" if c.passed is None else ("PASS" if c.passed else "FAIL")
+            verdict = verdict_of(c).replace("*", "")
             print(f"  {verdict:7} {c.what}: {c.numbers}", flush=True)
         write_report(results, out, args, time.time() - start)  # a report after every claim
     report = write_report(results, out, args, time.time() - start)
     print(f"\nReport: {report}")
     if record is not None:
         name = "reproduce_quick" if args.quick else "reproduce"
-        if only:
-            name += "_" + "_".join(n for n in CLAIMS + FIELD_CLAIMS if n in only)
+        if asked:
+            name += "_" + "_".join(n for n in CLAIMS + ("field",) + FIELD_CLAIMS
+                                   if n in asked and not (n in FIELD_CLAIMS and "field" in asked))
         path = write_record(name, record_figures(results, args, time.time() - start),
                             shlex.join(["python", "scripts/reproduce.py", *argv]), record)
         print(f"Record: {path}")

@@ -84,6 +84,20 @@ class ExactCategorical(Generator):
         self.counts.copy_(torch.bincount(idx, minlength=self.num_atoms).to(self.counts))
         self.fits += 1
 
+    def log_prob(self, x: Tensor) -> Tensor:
+        """The model's log-probability of each atom of ``x`` (float ``[N, 1]`` atom indices), float64 ``[N]``.
+
+        With respect to the counting measure; ``-inf`` for an atom the model gives no mass.
+
+        Example:
+            >>> model = ExactCategorical(num_atoms=2)
+            >>> model.fit(torch.tensor([[0.0], [0.0], [0.0], [1.0]]))
+            >>> model.log_prob(torch.tensor([[1.0], [0.0]])).exp().tolist()
+            [0.25, 0.75]
+        """
+        idx = atom_indices(x, self.num_atoms, type(self).__name__)
+        return self.probs.log()[idx.to(self.counts.device)].to(x.device)
+
     def loss(self, x: Tensor) -> Tensor:
         """The batch's mean negative log-likelihood under the current model (a score to log; nothing trains on it).
 

@@ -169,6 +169,8 @@ class GaussianLearner(Generator):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """The model's log-density at ``x`` (``[N, dim]``), float64 ``[N]``."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{type(self).__name__}.log_prob: x must be [N, {self.dim}], got shape {tuple(x.shape)}")
         d = (x.to(self.mean) - self.mean).T
         z = torch.linalg.solve_triangular(self.scale_tril, d, upper=False)
         half_log_det = torch.log(torch.diagonal(self.scale_tril)).sum()

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Generator", "is_closed_form"]
+__all__ = ["Generator", "has_log_prob", "is_closed_form"]
 
 
 class Generator(nn.Module):
@@ -53,6 +53,12 @@ class Generator(nn.Module):
     * at each round's end: :meth:`sample` in eval mode (the curation's candidates and the
       preview), then :meth:`round_metrics`; :meth:`finish_round` instead of sampling when the
       round was already stored (a resumed run).
+
+    An optional protocol: :meth:`log_prob`, the model's own log-density. Selection by the model's
+    likelihood (keeping the top, bottom or a random share of a pool ranked by it) calls it, and
+    refuses a generator without it (:func:`has_log_prob`). The built-in learners have it: in closed
+    form for ``ExactCategorical``, ``GaussianLearner`` and ``KDELearner``, by the ODE's change of variables for
+    ``FlowMatching`` (:mod:`lightning_curate.models.likelihood`).
 
     Example:
         A Gaussian whose mean is learned by gradient descent::
@@ -128,6 +134,20 @@ class Generator(nn.Module):
             f"{type(self).__name__} must implement sample(n, *, generator=None, device=None) -> Tensor"
         )
 
+    def log_prob(self, x: Tensor) -> Tensor:
+        """The model's log-density at each point (optional; likelihood-ranked selection needs it).
+
+        Args:
+            x: points ``[n, *data_shape]`` on any device.
+
+        Returns:
+            ``[n]`` log-densities (natural log, with respect to Lebesgue measure for continuous data,
+            to the counting measure for atoms), finite where the model has mass. Deterministic for a
+            given model and ``x``: an estimator that draws (e.g. Hutchinson's probes) seeds its draws.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement log_prob(x) -> Tensor[n], which "
+                                  "likelihood-ranked selection needs; implement it, or select by a reward")
+
     def update_ema(self) -> None:
         """Called after each optimizer step; a model that averages its weights updates them here."""
 
@@ -146,6 +166,19 @@ class Generator(nn.Module):
                       real_fraction: float, round_idx: int) -> dict[str, float]:
         """Extra ``rounds.csv`` columns this model can compute exactly (e.g. its KL to the ideal learner)."""
         return {}
+
+
+def has_log_prob(generator: nn.Module) -> bool:
+    """Whether ``generator`` implements the optional :meth:`Generator.log_prob`.
+
+    Example:
+        >>> from torch import nn
+        >>> from lightning_curate.models import GaussianLearner
+        >>> has_log_prob(GaussianLearner(dim=2)), has_log_prob(nn.Linear(2, 1))
+        (True, False)
+    """
+    return callable(getattr(generator, "log_prob", None)) and getattr(type(generator), "log_prob", None) is not \
+        Generator.log_prob
 
 
 def is_closed_form(generator: nn.Module) -> bool:

@@ -142,6 +142,8 @@ class KDELearner(Generator):
 
     def log_prob(self, x: Tensor, chunk: int = 1 << 22) -> Tensor:
         """The log-density at ``x`` (``[M, dim]``), float64 ``[M]``, in chunks of about ``chunk`` kernel terms."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{type(self).__name__}.log_prob: x must be [M, {self.dim}], got shape {tuple(x.shape)}")
         pts = self.points.to(torch.float64)
         inv_l = torch.linalg.inv(self.kernel_tril)
         zp = pts @ inv_l.T  # whitened centres

@@ -70,78 +70,8 @@ def test_record_writes_every_checks_verdict_and_the_command(reproduce, tmp_path,
 
 
 # --------------------------------------------------------------------------- #
-# the field: "Collapse or Thrive?" rows
+# the field's reproductions (their rows are tested in tests/e2e/test_field_*.py)
 # --------------------------------------------------------------------------- #
-
-
-def tiny_setting(reproduce):
-    return reproduce.FieldSetting(rounds=16, seeds=[0, 1, 2], n={"discrete": 8, "gaussian": 20, "kde": 20},
-                                  heldout=64)
-
-
-def test_field_rows_run_on_the_package_path_and_pass_in_a_tiny_setting(reproduce, tmp_path):
-    """The nine rows (three learners x three workflows' claims) run end to end and, at these fixed seeds, pass:
-    small sample sizes make replace collapse within 16 rounds (at 12 rounds, seed noise puts
-    KDE accumulate-subsample below accumulate: the order needs rounds or seeds)."""
-    import argparse
-
-    result = reproduce.claim_field(argparse.Namespace(), tmp_path, tiny_setting(reproduce))
-    assert [c.what.split(":")[0] for c in result.checks] == [
-        f"{learner}, {claim}" for learner in ("discrete", "gaussian", "kde")
-        for claim in ("replace collapses", "accumulate stays stable", "accumulate-subsample degrades slowly")]
-    assert all("[paper: (" in c.what for c in result.checks)
-    assert [c.passed for c in result.checks] == [True] * 9, [(c.what, c.numbers) for c in result.checks]
-    assert "arXiv:2410.16713" in result.note
-    assert result.figures == [tmp_path / "collapse_or_thrive.png"] and result.figures[0].stat().st_size > 0
-
-
-def test_field_run_starts_from_the_real_data_and_replace_fixes_on_one_atom(reproduce):
-    """Round 0 fits the real atoms in exact proportions (full entropy, nothing lost); under replace with 8 samples
-    a round the chain is absorbed (entropy 0) and stays there."""
-    setting = reproduce.FieldSetting(rounds=40, seeds=[0], n={"discrete": 8, "gaussian": 20, "kde": 20})
-    run = reproduce.field_run("discrete", "replace", setting, seed=0)
-    assert run["degradation"][0] == 0.0 and run["variance"][0] == pytest.approx(1.0)
-    fixed = run["degradation"].index(1.0)
-    assert all(d == 1.0 for d in run["degradation"][fixed:])
-    gaussian = reproduce.field_run("gaussian", "accumulate", setting, seed=0)
-    assert gaussian["degradation"][0] == 0.0  # the excess NLL is measured against round 0's model
-    assert sum(d == d for d in gaussian["degradation"]) == 11  # read at 0, 4, ..., 40 (and 20): nan elsewhere
-
-
-def synthetic_measurement(reproduce, setting, final, half):
-    """Hand-made runs: every seed's degradation is ``half[policy]`` at round T/2 and ``final[policy]`` at T."""
-    def run(policy):
-        degradation = [0.0] * (setting.rounds + 1)
-        degradation[setting.rounds // 2], degradation[setting.rounds] = half[policy], final[policy]
-        return {"degradation": degradation, "variance": [1.0] * (setting.rounds + 1)}
-    return {learner: {pol: [run(pol) for _ in setting.seeds] for pol in reproduce.COT_POLICIES}
-            for learner in reproduce.COT_LEARNERS}
-
-
-def test_field_checks_pass_the_claims_and_fail_their_negations(reproduce):
-    setting = tiny_setting(reproduce)
-    holds = synthetic_measurement(reproduce, setting,
-                                  final={"replace": 0.9, "accumulate": 0.06, "accumulate_subsample": 0.2},
-                                  half={"replace": 0.5, "accumulate": 0.05, "accumulate_subsample": 0.1})
-    result = reproduce.ClaimResult("field", "t")
-    reproduce.field_checks(result, holds, setting)
-    assert [c.passed for c in result.checks] == [True] * 9
-    # replace does not collapse (0.2 < 0.25 and < 0.5), accumulate keeps rising (+0.3 > 0.05),
-    # subsampling degrades faster than replace: every claim must FAIL.
-    broken = synthetic_measurement(reproduce, setting,
-                                   final={"replace": 0.2, "accumulate": 0.4, "accumulate_subsample": 0.3},
-                                   half={"replace": 0.1, "accumulate": 0.1, "accumulate_subsample": 0.1})
-    result = reproduce.ClaimResult("field", "t")
-    reproduce.field_checks(result, broken, setting)
-    assert [c.passed for c in result.checks] == [False] * 9
-    assert result.checks[1].numbers.startswith("rise 0.300;")
-    # on the bound: a rise of exactly stable_rise passes, subsample equal to accumulate passes, equal to replace fails
-    edge = synthetic_measurement(reproduce, setting,
-                                 final={"replace": 0.5, "accumulate": 0.15, "accumulate_subsample": 0.5},
-                                 half={"replace": 0.0, "accumulate": 0.1, "accumulate_subsample": 0.0})
-    result = reproduce.ClaimResult("field", "t")
-    reproduce.field_checks(result, edge, setting)
-    assert [c.passed for c in result.checks[:3]] == [True, True, False]
 
 
 def test_field_runs_only_when_asked_and_names_its_record(reproduce, tmp_path, monkeypatch):
@@ -157,15 +87,45 @@ def test_field_runs_only_when_asked_and_names_its_record(reproduce, tmp_path, mo
             return result
         return claim
 
-    for name in ("mog8", "discrete", "population", "field"):
+    for name in ("mog8", "discrete", "population"):
         monkeypatch.setattr(reproduce, f"claim_{name}", fake(name))
     monkeypatch.setattr(reproduce, "claim_digits", lambda args, out, name: fake(name)(args, out))
+    monkeypatch.setattr(reproduce, "claim_field", lambda args, out, name: fake(name)(args, out))
     monkeypatch.chdir(tmp_path)
     assert reproduce.main(["--quick", "--out", str(tmp_path / "all")]) == 0
     assert ran == list(reproduce.CLAIMS)  # the default run: the paper's claims, not the field's
     ran.clear()
     argv = ["--only", "field", "--quick", "--out", str(tmp_path / "f"), "--record", str(tmp_path / "rec")]
     assert reproduce.main(argv) == 0
-    assert ran == ["field"]
-    assert read_record(tmp_path / "rec" / "reproduce_quick_field.json")["figures"]["claims"]["field"]["checks"] == [
-        {"check": "x", "passed": True, "numbers": "1"}]
+    assert ran == list(reproduce.FIELD_CLAIMS)  # `field` names all four
+    claims = read_record(tmp_path / "rec" / "reproduce_quick_field.json")["figures"]["claims"]
+    assert list(claims) == list(reproduce.FIELD_CLAIMS)
+    assert claims["two_rewards"]["checks"] == [{"check": "x", "passed": True, "numbers": "1"}]
+    ran.clear()
+    argv = ["--only", "two_rewards", "--out", str(tmp_path / "one"), "--record", str(tmp_path / "rec")]
+    assert reproduce.main(argv) == 0 and ran == ["two_rewards"]
+    assert (tmp_path / "rec" / "reproduce_two_rewards.json").is_file()
+
+
+def test_a_field_claims_rows_become_the_reports_checks(reproduce, tmp_path, monkeypatch):
+    """claim_field turns a reproduction's rows into checks, INFO rows decide nothing, and --seeds reaches it."""
+    import argparse
+
+    from lightning_curate.experiments.field_common import FieldResult
+
+    seen = {}
+
+    def fake(out, *, quick, seeds):
+        seen.update(out=out, quick=quick, seeds=seeds)
+        res = FieldResult("two_rewards", "t", "the paper", "the setting", figures=[out / "f.png"])
+        res.add("claim", True, "1")
+        res.add("report", None, "2")
+        return res
+
+    monkeypatch.setattr(reproduce, "field_reproductions", lambda: {"two_rewards": fake})
+    args = argparse.Namespace(quick=True, field_seeds=[3, 4])
+    result = reproduce.claim_field(args, tmp_path, "two_rewards")
+    assert seen == {"out": tmp_path, "quick": True, "seeds": [3, 4]}
+    assert [(c.what, c.passed, c.numbers) for c in result.checks] == [("claim", True, "1"), ("report", None, "2")]
+    assert [reproduce.verdict_of(c) for c in result.checks] == ["PASS", "INFO"]
+    assert result.note == "the paper; the setting" and result.figures == [tmp_path / "f.png"]
