@@ -36,7 +36,9 @@ from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.component_check import ComponentError
 from lightning_curate.loop.divergence import TrainingDivergedError
 from lightning_curate.loop.schedule import RoundSchedule
+from lightning_curate.loop.startup import check_components_first
 from lightning_curate.loop.training import TrainingSetupError
+from lightning_curate.store.capacity import CapacityError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
 from lightning_curate.store.preflight import (
     check_checkpoint_file,
@@ -54,7 +56,7 @@ __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "Curate
 EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 # Errors that explain themselves: printed as one line (LIGHTNING_CURATE_DEBUG=1 shows the traceback).
 _REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError, ComponentError, TrainingDivergedError,
-             BetaRangeError)
+             BetaRangeError, CapacityError)
 
 
 @dataclass
@@ -149,6 +151,11 @@ class CurateCLI(LightningCLI):
         # Reads only: a refusal here leaves config.yaml, metrics.csv and the store untouched.
         loop.check_run_dir(run_dir, self.model, self.datamodule, ckpt_path=config.get("ckpt_path"),
                            checkpoint_dirs=checkpoint_dirs(self.trainer, run_dir))
+        loop.check_capacity(self.trainer, self.model, self.datamodule, run_dir)  # before the first allocation
+        if is_rank_zero_env() and hasattr(self.model, "curate_round") and hasattr(self.datamodule, "attach"):
+            # Lightning's fit deletes metrics.csv and saves config.yaml before the loop's setup would check them.
+            check_components_first(self.trainer, self.model, self.datamodule)
+            loop.components_checked = True
         if config.get("ckpt_path") == "last":  # the checkpoint just checked (newest by round), not Lightning's by mtime
             found = find_last_checkpoint(checkpoint_dirs(self.trainer, run_dir))
             if found is not None:

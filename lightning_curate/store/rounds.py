@@ -165,6 +165,17 @@ class RoundStore:
                              "the round is discarded and made again on resume") from err
         return path
 
+    def abort(self, round_idx: int) -> None:
+        """Discard a round in progress (its temporary folder), on the way out of a stopped or failed run.
+
+        Best effort: it raises nothing (what stopped the run is the error to report), and a folder it
+        could not remove is removed at the next start. A committed round is never touched.
+        """
+        try:
+            _remove_entry(self._tmp(round_idx))
+        except StoreError:
+            pass
+
     def commit(self, round_idx: int, manifest: dict[str, Any]) -> Path:
         """Checksum the parts, write the manifest and move the round into place atomically."""
         tmp, final = self._tmp(round_idx), self.path(round_idx)
