@@ -198,7 +198,8 @@ class RetrainingLoop(RoundSchedule, Callback):
         store = RoundStore(Path(run_dir) / "rounds")
         self.settings_changed = check_resume(store, self.settings, ckpt_path=ckpt_path, checkpoint_dirs=checkpoint_dirs,
                                              allowed=self.allow_changed_settings, checkpoint_loaded=checkpoint_loaded,
-                                             loaded_identity=self._loaded_identity)
+                                             loaded_identity=self._loaded_identity,
+                                             model_state=None if checkpoint_loaded else pl_module.state_dict())
         stored = store.rounds()
         self.run_id = (store.read_manifest(stored[-1]).get("run_id") if stored else None) or uuid.uuid4().hex
         self.checked_dir = Path(run_dir).resolve()
@@ -258,7 +259,7 @@ class RetrainingLoop(RoundSchedule, Callback):
             if state_dict.get(key) != getattr(self, key):
                 raise ValueError(f"cannot resume: the checkpoint was made with {key}={state_dict.get(key)!r}, "
                                  f"the config now says {getattr(self, key)!r}")
-        self._loaded_identity = state_dict if state_dict.get("run_id") else None
+        self._loaded_identity = state_dict
         self._restored = True
 
     # -- one round ----------------------------------------------------------

@@ -23,7 +23,7 @@ def _store(tmp_path, rounds=3, settings=SETTINGS, changed=None):
     for t in range(rounds):
         manifest = {"settings": settings, "fingerprint": fingerprint(settings)}
         if changed and t == changed[0]:
-            manifest = {"settings": changed[1], "settings_changed": changed[2]}
+            manifest = {"settings": changed[1], "fingerprint": fingerprint(changed[1]), "settings_changed": changed[2]}
             settings = changed[1]  # the later rounds keep the new settings
         store.write(t, {"x": torch.full((4, 2), float(t))}, manifest)
     return store
