@@ -27,6 +27,7 @@ from run_configs import read_rows, store_digest, tiny_config, tree_digest, write
 from lightning_curate.cli import main
 from lightning_curate.store.lock import LOCK_NAME
 from lightning_curate.store.rounds import RoundStore
+from lightning_curate.store.settings import fingerprint
 
 TESTS = Path(__file__).resolve().parents[1]
 REWARD = {"class_path": "run_configs.GatedReward", "init_args": {"dataset": "mog8", "targets": [0, 1], "radius": 0.5}}
@@ -226,6 +227,7 @@ def _foreign_checkpoint(run: Path, tmp_path: Path) -> Path:
     loop = state["callbacks"]["RetrainingLoop"]
     loop["run_id"] = "0" * 32
     loop["settings"] = dict(loop["settings"], beta=3.0)
+    loop["fingerprint"] = fingerprint(loop["settings"])
     path = tmp_path / "other.ckpt"
     torch.save(state, path)
     return path
