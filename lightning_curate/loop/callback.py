@@ -320,8 +320,8 @@ class RetrainingLoop(RoundSchedule, Callback):
             outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
                                              label_fn=datamodule.label, class_names=datamodule.class_names,
                                              sink=sink, rank=rank, world_size=world)
-        except BaseException:  # SIGTERM, Ctrl-C or a failure: no half round is left behind
-            if trainer.is_global_zero:
+        except (SIGTERMException, KeyboardInterrupt):  # stopped on purpose: no half round left behind (a
+            if trainer.is_global_zero:  # failure's is kept to inspect; the next start removes it)
                 self._store.abort(round_idx)
             raise
         if outcome.tensors:  # the preview and the choice logs
