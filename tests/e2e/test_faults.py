@@ -445,6 +445,27 @@ def test_a_size_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, ca
     assert not run.exists()  # refused before the logger, the config save, the store: the lock came and went
 
 
+def test_without_the_cli_the_loop_refuses_the_size_at_setup(tmp_path, monkeypatch):
+    import lightning as L
+
+    from lightning_curate.data import BlendingDataModule, Toy2D
+    from lightning_curate.loop import CurationModule, RetrainingLoop
+    from lightning_curate.models import FlowMatching, MLPVelocity
+    from lightning_curate.rewards import ClippedDistanceReward
+    from lightning_curate.store.capacity import CapacityError
+
+    _machine(monkeypatch, disk=50 * 10**9, memory=8 * 10**9)
+    generator = FlowMatching(MLPVelocity(dim=2, hidden=16, depth=1), data_shape=[2], steps=2)
+    module = CurationModule(generator, ClippedDistanceReward(dataset="mog8", targets=[0, 1]), num_slots=10**10)
+    data = BlendingDataModule(Toy2D(name="mog8", num_train=256, num_heldout=64), batch_size=64)
+    trainer = L.Trainer(default_root_dir=tmp_path / "run", callbacks=[RetrainingLoop(rounds=1)], accelerator="cpu",
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(CapacityError, match=r"^num_slots: the round store needs about 560 GB on disk"):
+        trainer.fit(module, data)
+    assert not (tmp_path / "run").exists()  # refused before the lock, the store, any sample
+
+
 def test_sigterm_during_a_long_curation_stops_it_between_chunks(tmp_path):
     """Held in round 0's second chunk (of 2): the signal stops the curation there, the round in progress is
     discarded whole, and the run exits 143 with the resume command (before: the whole round was curated first)."""
