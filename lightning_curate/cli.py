@@ -36,7 +36,7 @@ from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.component_check import ComponentError
 from lightning_curate.loop.divergence import TrainingDivergedError
 from lightning_curate.loop.schedule import RoundSchedule
-from lightning_curate.loop.startup import check_components_first
+from lightning_curate.loop.startup import check_components_first, forks_later
 from lightning_curate.loop.training import TrainingSetupError
 from lightning_curate.store.capacity import CapacityError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
@@ -152,7 +152,8 @@ class CurateCLI(LightningCLI):
         loop.check_run_dir(run_dir, self.model, self.datamodule, ckpt_path=config.get("ckpt_path"),
                            checkpoint_dirs=checkpoint_dirs(self.trainer, run_dir))
         loop.check_capacity(self.trainer, self.model, self.datamodule, run_dir)  # before the first allocation
-        if is_rank_zero_env() and hasattr(self.model, "curate_round") and hasattr(self.datamodule, "attach"):
+        if is_rank_zero_env() and hasattr(self.model, "curate_round") and hasattr(self.datamodule, "attach") \
+                and not forks_later(self.trainer):
             # Lightning's fit deletes metrics.csv and saves config.yaml before the loop's setup would check them.
             check_components_first(self.trainer, self.model, self.datamodule)
             loop.components_checked = True

@@ -42,6 +42,7 @@ from lightning_curate.loop.manifest import recipe_settings, round_manifest, scie
 from lightning_curate.loop.report import fidelity_advice
 from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
 from lightning_curate.loop.sizing import check_run_capacity
+from lightning_curate.loop.startup import forks_later
 from lightning_curate.loop.writing import RunWriter
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
@@ -179,8 +180,9 @@ class RetrainingLoop(RoundSchedule, Callback):
     def check_capacity(self, trainer: Any, pl_module: Any, datamodule: Any, run_dir: Path) -> None:
         """Refuse rounds that cannot fit on the disk or in memory (:mod:`lightning_curate.loop.sizing`)."""
         rounds_left = self.rounds + 1 - len(RoundStore(Path(run_dir) / "rounds").rounds())
+        device = "cpu" if forks_later(trainer) else trainer.strategy.root_device  # no CUDA before a fork
         check_run_capacity(pl_module, datamodule, Path(run_dir), rounds_left=rounds_left,
-                           world_size=trainer.world_size, device=trainer.strategy.root_device)
+                           world_size=trainer.world_size, device=device)
 
     def science_settings(self, pl_module: Any, datamodule: Any) -> dict[str, Any]:
         """What makes two runs the same experiment; every manifest records it and its fingerprint."""

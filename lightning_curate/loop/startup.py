@@ -16,7 +16,7 @@ from typing import Any
 
 from lightning_curate.loop.component_check import check_components
 
-__all__ = ["check_components_first"]
+__all__ = ["check_components_first", "forks_later"]
 
 
 def check_components_first(trainer: Any, pl_module: Any, datamodule: Any) -> None:
@@ -33,3 +33,10 @@ def check_components_first(trainer: Any, pl_module: Any, datamodule: Any) -> Non
                          device=device, other_rewards=others)
     finally:
         pl_module.to(previous)
+
+
+def forks_later(trainer: Any) -> bool:
+    """Whether ``fit`` forks its processes (``ddp_fork``, ``ddp_notebook``): then CUDA must not be touched
+    before it, and the check and the GPU's free memory are left to each process's ``setup``."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return bool(launcher is not None and getattr(launcher, "_start_method", None) == "fork")
