@@ -201,7 +201,8 @@ class RetrainingLoop(RoundSchedule, Callback):
         self.settings_changed = check_resume(store, self.settings, ckpt_path=ckpt_path, checkpoint_dirs=checkpoint_dirs,
                                              allowed=self.allow_changed_settings, checkpoint_loaded=checkpoint_loaded,
                                              loaded_identity=self._loaded_identity,
-                                             model_state=None if checkpoint_loaded else pl_module.state_dict())
+                                             model_parameters=None if checkpoint_loaded
+                                             else dict(pl_module.named_parameters()))
         stored = store.rounds()
         self.run_id = (store.read_manifest(stored[-1]).get("run_id") if stored else None) or uuid.uuid4().hex
         self.checked_dir = Path(run_dir).resolve()

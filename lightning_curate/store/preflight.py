@@ -106,12 +106,14 @@ def checkpoint_identity(path: str | os.PathLike) -> Optional[dict[str, Any]]:
     return state if isinstance(state, dict) else None
 
 
-def check_checkpoint_fits(path: str | os.PathLike, model_state: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose weights do not fit the config's model: the same parameter names and shapes.
+def check_checkpoint_fits(path: str | os.PathLike, parameters: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights do not fit the config's model: each of the model's ``parameters``
+    (by name) must be in it, with the same shape.
 
     Lightning would find out only when it loads the weights, after the logger and the config save have
     rewritten ``metrics.csv`` and ``config.yaml`` (a changed architecture, e.g. the velocity net's
-    ``hidden``, is not a recorded setting). Read with ``weights_only=True`` and memory-mapped.
+    ``hidden``, is not a recorded setting). Buffers are left out: a module may resize them as it loads
+    (a KDE's stored points). Read with ``weights_only=True`` and memory-mapped.
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -120,11 +122,9 @@ def check_checkpoint_fits(path: str | os.PathLike, model_state: dict[str, Any]) 
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         return
-    problems = [f"{k}: checkpoint {list(v.shape)}, model {list(model_state[k].shape)}" for k, v in state.items()
-                if k in model_state and hasattr(v, "shape") and hasattr(model_state[k], "shape")
-                and tuple(v.shape) != tuple(model_state[k].shape)]
-    problems += [f"{k}: in the model, not in the checkpoint" for k in model_state if k not in state]
-    problems += [f"{k}: in the checkpoint, not in the model" for k in state if k not in model_state]
+    problems = [f"{k}: checkpoint {list(state[k].shape)}, model {list(v.shape)}" for k, v in parameters.items()
+                if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    problems += [f"{k}: in the model, not in the checkpoint" for k in parameters if k not in state]
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise StoreError(
@@ -204,7 +204,7 @@ def _check_checkpoint_without_id(store: RoundStore, stored: list[int], checkpoin
 def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Optional[str | os.PathLike],
                  checkpoint_dirs: Iterable[str | os.PathLike] = (), allowed: tuple[str, ...] = (),
                  checkpoint_loaded: bool = False, loaded_identity: Optional[dict[str, Any]] = None,
-                 model_state: Optional[dict[str, Any]] = None) -> dict[str, list]:
+                 model_parameters: Optional[dict[str, Any]] = None) -> dict[str, list]:
     """Refuse to start or resume in a directory that does not fit; return the allowed setting changes.
 
     Args:
@@ -215,7 +215,7 @@ def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Opti
         allowed: keys whose change the user allows (``--allow_changed_settings``).
         checkpoint_loaded: a checkpoint was already restored (the check runs after it, without the CLI).
         loaded_identity: the restored checkpoint's run identity (see :func:`checkpoint_identity`).
-        model_state: the config's model's ``state_dict``, which the checkpoint's weights must fit.
+        model_parameters: the config's model's parameters by name, which the checkpoint's weights must fit.
 
     Returns:
         ``{key: [old, new]}`` of the allowed changes, for the next round's manifest.
@@ -244,8 +244,8 @@ def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Opti
     if checkpoint is not None:
         check_checkpoint_file(checkpoint)
         check_checkpoint_identity(store, stored, checkpoint, checkpoint_identity(checkpoint))
-        if model_state is not None:
-            check_checkpoint_fits(checkpoint, model_state)
+        if model_parameters is not None:
+            check_checkpoint_fits(checkpoint, model_parameters)
     elif checkpoint_loaded:
         check_checkpoint_identity(store, stored, "restored", loaded_identity)
     if not stored:
