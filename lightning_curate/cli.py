@@ -7,12 +7,16 @@ same way; a module in the working directory is found, as with ``python -m``) and
 may use omegaconf interpolation (``${trainer.default_root_dir}``).
 
 Before anything is written the run directory is locked and checked (stored
-rounds, the checkpoint, the science settings), so a refused start leaves the
-earlier run byte for byte as it was. Exit status: 0 when every round finished;
+rounds, the checkpoint and whether its weights fit the model, the science
+settings, the disk and memory the rounds need, and the components, a few samples
+drawn and scored), so a refused start leaves the earlier run byte for byte as it
+was: Lightning's ``fit`` saves ``config.yaml`` and deletes ``metrics.csv`` only
+after all of these. Exit status: 0 when every round finished;
 1 when the run stopped early or failed; 2 when it was refused before starting
 (bad config value, unknown class_path, locked directory, stored rounds, changed
-settings, damaged store or checkpoint, a generator, reward or data source that
-fails the fit-start check of :mod:`lightning_curate.loop.component_check`); 130 after SIGINT, 143 after SIGTERM.
+settings, damaged store or checkpoint, rounds too large for the disk or the memory, a generator, reward or data
+source that fails the fit-start check of :mod:`lightning_curate.loop.component_check`); 130 after SIGINT, 143
+after SIGTERM.
 """
 
 from __future__ import annotations
