@@ -466,9 +466,11 @@ def test_without_the_cli_the_loop_refuses_the_size_at_setup(tmp_path, monkeypatc
     assert not (tmp_path / "run").exists()  # refused before the lock, the store, any sample
 
 
-def test_sigterm_during_a_long_curation_stops_it_between_chunks(tmp_path):
-    """Held in round 0's second chunk (of 2): the signal stops the curation there, the round in progress is
-    discarded whole, and the run exits 143 with the resume command (before: the whole round was curated first)."""
+@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_a_long_curation_stops_it_and_stores_no_half_round(tmp_path, how, code):
+    """Held in round 0's second chunk (of 2): SIGTERM stops the curation after that chunk (before: the whole
+    round was curated first), SIGINT at once; the round in progress is discarded whole, and the run exits
+    with the resume command."""
     run = tmp_path / "run"
     gate = tmp_path / "gate"
     gate.touch()
@@ -476,11 +478,11 @@ def test_sigterm_during_a_long_curation_stops_it_between_chunks(tmp_path):
     cfg = _config(tmp_path, run, chunk_size=1)  # one block of 512 slots per chunk: 2 chunks of 600 slots
     proc = _Child(tmp_path, ["-c", cfg], "run", env={"LC_TEST_GATE": str(gate), "LC_TEST_GATE_AFTER": str(first_part)})
     _wait_for(Path(str(gate) + ".reached"), proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, how))
     gate.unlink()
-    assert _finish(proc) == 143
+    assert _finish(proc) == code
     err = (tmp_path / "run.err").read_text()
-    assert "SIGTERM: the run stopped before round 0 finished" in err and "--ckpt_path last" in err
+    assert f"{how}: the run stopped before round 0 finished" in err and "--ckpt_path last" in err
     assert sorted(p.name for p in (run / "rounds").iterdir()) == []  # no round, no half round
     assert not (run / LOCK_NAME).exists()
 
