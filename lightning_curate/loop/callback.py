@@ -181,7 +181,7 @@ class RetrainingLoop(RoundSchedule, Callback):
         """Refuse rounds that cannot fit on the disk or in memory (:mod:`lightning_curate.loop.sizing`)."""
         rounds_left = self.rounds + 1 - len(RoundStore(Path(run_dir) / "rounds").rounds())
         device = "cpu" if forks_later(trainer) else trainer.strategy.root_device  # no CUDA before a fork
-        check_run_capacity(pl_module, datamodule, Path(run_dir), rounds_left=rounds_left,
+        check_run_capacity(pl_module, datamodule, Path(run_dir), rounds_left=rounds_left, rounds=self.rounds,
                            world_size=trainer.world_size, device=device)
 
     def science_settings(self, pl_module: Any, datamodule: Any) -> dict[str, Any]:

@@ -31,9 +31,11 @@ def _device_memory(device: Any) -> Optional[int]:
         return None
 
 
-def check_run_capacity(pl_module: Any, datamodule: Any, run_dir: Path, *, rounds_left: int,
+def check_run_capacity(pl_module: Any, datamodule: Any, run_dir: Path, *, rounds_left: int, rounds: int = 1,
                        world_size: int = 1, device: Any = "cpu") -> None:
     """Refuse a run whose remaining rounds cannot fit on the disk of ``run_dir`` or in memory.
+
+    ``rounds``: the run's curated rounds, which an ``accumulate`` policy's training set gathers.
 
     A module without the curation settings (``num_slots``...) is not checked.
 
@@ -57,7 +59,9 @@ def check_run_capacity(pl_module: Any, datamodule: Any, run_dir: Path, *, rounds
                         preview_size=int(getattr(pl_module, "preview_size", 0) or 0),
                         log_choices=int(getattr(pl_module, "log_choices", 0) or 0),
                         num_rewards=1 + (len(curators) if curators is not None else 0),
-                        labels=bool(getattr(source, "class_names", None)), world_size=max(1, world_size))
+                        labels=bool(getattr(source, "class_names", None)), world_size=max(1, world_size),
+                        pool_rounds=max(1, rounds) if str(getattr(datamodule, "policy", "")).startswith("accumulate")
+                        else 1)
     check_capacity(sizes, rounds_left=rounds_left, run_dir=run_dir, chunk_size=pl_module.chunk_size,
                    block=SLOT_BLOCK, disk_free=free_disk(run_dir), host_memory=available_memory(),
                    device_memory=_device_memory(device), device=str(device))

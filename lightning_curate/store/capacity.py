@@ -38,7 +38,7 @@ class CapacityError(ValueError):
 class RoundSizes:
     """Bytes of one round: ``disk`` (its stored parts), ``chunk`` (the peak of one curation chunk, on the
     curating device), ``one_block_chunk`` (the same with the smallest chunk, one block of slots) and
-    ``data`` (the winners a round trains on, in host memory)."""
+    ``data`` (the winners a round trains on, of every round its pool gathers, in host memory)."""
 
     disk: int
     chunk: int
@@ -62,7 +62,7 @@ def human_bytes(n: float) -> str:
 
 def round_sizes(*, num_slots: int, num_candidates: int, num_winners: int, chunk_size: int, sample_numel: int,
                 block: int, itemsize: int = 4, preview_size: int = 0, log_choices: int = 0, num_rewards: int = 1,
-                labels: bool = False, world_size: int = 1) -> RoundSizes:
+                labels: bool = False, world_size: int = 1, pool_rounds: int = 1) -> RoundSizes:
     """Estimate one round's bytes (see :class:`RoundSizes`).
 
     Args:
@@ -74,6 +74,8 @@ def round_sizes(*, num_slots: int, num_candidates: int, num_winners: int, chunk_
         num_rewards: rewards per candidate (1, or 1 + the curators of a population).
         labels: whether a label is kept per sample.
         world_size: ranks curating the round (a rank curates its share of the blocks).
+        pool_rounds: rounds whose winners a round trains on at most (1 for ``policy: replace``; the
+            number of rounds for the ``accumulate`` policies).
 
     Example:
         >>> sizes = round_sizes(num_slots=1000, num_candidates=4, num_winners=1, chunk_size=512,
@@ -101,7 +103,7 @@ def round_sizes(*, num_slots: int, num_candidates: int, num_winners: int, chunk_
 
     chunk_slots = min(my_slots, max(1, math.ceil(chunk_size / block)) * block)
     return RoundSizes(disk=disk, chunk=chunk_of(chunk_slots), one_block_chunk=chunk_of(min(my_slots, block)),
-                      data=winners * sample)
+                      data=winners * sample * pool_rounds)
 
 
 def free_disk(path: str | os.PathLike) -> int:
@@ -183,7 +185,7 @@ def check_capacity(sizes: RoundSizes, *, rounds_left: int, run_dir: str | os.Pat
             "Lower num_slots (or rounds, log_choices), or free space")
     if host_memory is not None and 2 * sizes.data > host_memory:
         raise CapacityError(
-            f"num_slots: a round's training set (its winners, loaded with a copy) needs about "
+            f"num_slots: a round's training set (the winners it trains on, loaded with a copy) needs about "
             f"{human_bytes(2 * sizes.data)} of memory, but {human_bytes(host_memory)} is available. Lower num_slots "
             "(or num_winners)")
     memory = device_memory if device_memory is not None else host_memory

@@ -33,6 +33,10 @@ def test_round_sizes_count_every_stored_and_held_byte():
     assert sizes.data == 2000 * sample
 
 
+def test_an_accumulating_pool_holds_the_winners_of_every_round():
+    assert _sizes(pool_rounds=10).data == 10 * _sizes().data == 10 * 1000 * 2 * 4
+
+
 def test_a_chunk_is_whole_blocks_and_at_most_a_ranks_slots():
     assert _sizes(chunk_size=1).chunk == _sizes(chunk_size=512).chunk  # at least one block
     assert _sizes(chunk_size=600).chunk == _sizes(chunk_size=1024).chunk  # rounded up to blocks, capped at N
@@ -56,8 +60,8 @@ def test_the_disk_refusal_names_num_slots_and_both_numbers():
 
 
 def test_the_training_set_refusal_names_num_slots():
-    with pytest.raises(CapacityError, match=r"^num_slots: a round's training set .* needs about 16 GB of memory, "
-                                            r"but 8 GB is available"):
+    with pytest.raises(CapacityError, match=r"^num_slots: a round's training set \(the winners it trains on, .*\) "
+                                            r"needs about 16 GB of memory, but 8 GB is available"):
         check_capacity(_sizes(num_slots=10**9), rounds_left=1, run_dir="r", chunk_size=512, block=BLOCK,
                        disk_free=None, host_memory=8 * 10**9)
 
