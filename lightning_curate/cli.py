@@ -7,12 +7,16 @@ same way; a module in the working directory is found, as with ``python -m``) and
 may use omegaconf interpolation (``${trainer.default_root_dir}``).
 
 Before anything is written the run directory is locked and checked (stored
-rounds, the checkpoint, the science settings), so a refused start leaves the
-earlier run byte for byte as it was. Exit status: 0 when every round finished;
+rounds, the checkpoint and whether its weights fit the model, the science
+settings, the disk and memory the rounds need, and the components, a few samples
+drawn and scored), so a refused start leaves the earlier run byte for byte as it
+was: Lightning's ``fit`` saves ``config.yaml`` and deletes ``metrics.csv`` only
+after all of these. Exit status: 0 when every round finished;
 1 when the run stopped early or failed; 2 when it was refused before starting
 (bad config value, unknown class_path, locked directory, stored rounds, changed
-settings, damaged store or checkpoint, a generator, reward or data source that
-fails the fit-start check of :mod:`lightning_curate.loop.component_check`); 130 after SIGINT, 143 after SIGTERM.
+settings, damaged store or checkpoint, rounds too large for the disk or the memory, a generator, reward or data
+source that fails the fit-start check of :mod:`lightning_curate.loop.component_check`); 130 after SIGINT, 143
+after SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from lightning_curate.loop.callback import RetrainingLoop
 from lightning_curate.loop.component_check import ComponentError
 from lightning_curate.loop.divergence import TrainingDivergedError
 from lightning_curate.loop.schedule import RoundSchedule
+from lightning_curate.loop.startup import check_components_first, forks_later
 from lightning_curate.loop.training import TrainingSetupError
+from lightning_curate.store.capacity import CapacityError
 from lightning_curate.store.lock import LOCK_NAME, RunLock, RunLockError, held_lock_for, is_rank_zero_env
 from lightning_curate.store.preflight import (
     check_checkpoint_file,
@@ -54,7 +60,7 @@ __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "Curate
 EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 # Errors that explain themselves: printed as one line (LIGHTNING_CURATE_DEBUG=1 shows the traceback).
 _REFUSALS = (RunLockError, StoreError, SettingsMismatch, TrainingSetupError, ComponentError, TrainingDivergedError,
-             BetaRangeError)
+             BetaRangeError, CapacityError)
 
 
 @dataclass
@@ -149,6 +155,12 @@ class CurateCLI(LightningCLI):
         # Reads only: a refusal here leaves config.yaml, metrics.csv and the store untouched.
         loop.check_run_dir(run_dir, self.model, self.datamodule, ckpt_path=config.get("ckpt_path"),
                            checkpoint_dirs=checkpoint_dirs(self.trainer, run_dir))
+        loop.check_capacity(self.trainer, self.model, self.datamodule, run_dir)  # before the first allocation
+        if is_rank_zero_env() and hasattr(self.model, "curate_round") and hasattr(self.datamodule, "attach") \
+                and not forks_later(self.trainer):
+            # Lightning's fit deletes metrics.csv and saves config.yaml before the loop's setup would check them.
+            check_components_first(self.trainer, self.model, self.datamodule)
+            loop.components_checked = True
         if config.get("ckpt_path") == "last":  # the checkpoint just checked (newest by round), not Lightning's by mtime
             found = find_last_checkpoint(checkpoint_dirs(self.trainer, run_dir))
             if found is not None:

@@ -32,13 +32,17 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_curate.loop.analysis import RoundAnalysis
+from lightning_curate.loop.checkpoint import unresumable_reason
 from lightning_curate.loop.component_check import check_run_components
 from lightning_curate.loop.divergence import DivergenceWatch
 from lightning_curate.loop.manifest import recipe_settings, round_manifest, science_settings
 from lightning_curate.loop.report import fidelity_advice
 from lightning_curate.loop.schedule import RoundSchedule, epoch_finished
+from lightning_curate.loop.sizing import check_run_capacity
+from lightning_curate.loop.startup import forks_later
 from lightning_curate.loop.writing import RunWriter
 from lightning_curate.ops.kchoice import triton_unavailable_reason
 from lightning_curate.store.lock import RunLock, held_lock_for
@@ -46,7 +50,6 @@ from lightning_curate.store.preflight import check_resume, checkpoint_dirs, fold
 from lightning_curate.store.rounds import RoundStore, StoreError
 from lightning_curate.store.settings import fingerprint, parse_allowed
 from lightning_curate.utils.columns import Col
-from lightning_curate.utils.compat import epoch_batches_ready
 from lightning_curate.utils.seeding import derive_seed, seed_all
 from lightning_curate.utils.validation import check_choice, check_float
 
@@ -96,6 +99,7 @@ class RetrainingLoop(RoundSchedule, Callback):
         self.run_id: Optional[str] = None  # created at the run's first start; every manifest and checkpoint records it
         self._loaded_identity: Optional[dict[str, Any]] = None  # the restored checkpoint's run identity
         self.checked_dir: Optional[Path] = None  # set once check_run_dir passed for this directory
+        self.components_checked = False  # set by the CLI, which checks them before anything is written
         self.stopped_by: Optional[BaseException] = None
         self._locks: list[RunLock] = []  # taken here only without the CLI
         self.store: Optional[RoundStore] = None
@@ -147,13 +151,15 @@ class RetrainingLoop(RoundSchedule, Callback):
         if datamodule is None or not hasattr(datamodule, "attach"):
             raise TypeError("RetrainingLoop needs a BlendingDataModule (the `data` section of the config)")
         self.check_backend(trainer, pl_module)
-        check_run_components(pl_module, datamodule)  # before any training or writing: samples drawn and scored
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self.check_capacity(trainer, pl_module, datamodule, run_dir)  # before the first allocation
+        if not self.components_checked:  # the CLI checks them before anything is written
+            check_run_components(pl_module, datamodule)  # before any training or writing: samples drawn and scored
         if self.init == "scratch" and self._initial_state is None:
             # Rank 0's: every replica restarts each round from the same weights, whatever the seeding.
             state = {k: v.detach().cpu().clone() for k, v in pl_module.generator.state_dict().items()}
             self._initial_state = trainer.strategy.broadcast(state, 0)
         self.apply_to(trainer)  # max_epochs; the data module reloads at round starts
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:  # without the CLI: lock here (the run directory, then the folders outside it)
             for folder, role in [(run_dir, "run directory"), *folders_outside(trainer, run_dir)]:
                 if held_lock_for(folder) is None:
@@ -171,6 +177,13 @@ class RetrainingLoop(RoundSchedule, Callback):
             if reason is not None:
                 raise ValueError(f"backend: 'triton' cannot run here: {reason}. Use backend: auto or torch")
 
+    def check_capacity(self, trainer: Any, pl_module: Any, datamodule: Any, run_dir: Path) -> None:
+        """Refuse rounds that cannot fit on the disk or in memory (:mod:`lightning_curate.loop.sizing`)."""
+        rounds_left = self.rounds + 1 - len(RoundStore(Path(run_dir) / "rounds").rounds())
+        device = "cpu" if forks_later(trainer) else trainer.strategy.root_device  # no CUDA before a fork
+        check_run_capacity(pl_module, datamodule, Path(run_dir), rounds_left=rounds_left, rounds=self.rounds,
+                           world_size=trainer.world_size, device=device)
+
     def science_settings(self, pl_module: Any, datamodule: Any) -> dict[str, Any]:
         """What makes two runs the same experiment; every manifest records it and its fingerprint."""
         return science_settings(pl_module, datamodule, self, seed=self.seed, init=self.init,
@@ -187,7 +200,9 @@ class RetrainingLoop(RoundSchedule, Callback):
         store = RoundStore(Path(run_dir) / "rounds")
         self.settings_changed = check_resume(store, self.settings, ckpt_path=ckpt_path, checkpoint_dirs=checkpoint_dirs,
                                              allowed=self.allow_changed_settings, checkpoint_loaded=checkpoint_loaded,
-                                             loaded_identity=self._loaded_identity)
+                                             loaded_identity=self._loaded_identity,
+                                             model_parameters=None if checkpoint_loaded
+                                             else dict(pl_module.named_parameters()))
         stored = store.rounds()
         self.run_id = (store.read_manifest(stored[-1]).get("run_id") if stored else None) or uuid.uuid4().hex
         self.checked_dir = Path(run_dir).resolve()
@@ -240,30 +255,14 @@ class RetrainingLoop(RoundSchedule, Callback):
                 "initial_epochs": self.initial_epochs, "seed": self.seed,
                 "finished_rounds": sorted(self.rows), "run_id": self.run_id,
                 "fingerprint": fingerprint(self.settings or {}), "settings": self.settings,
-                "unresumable": self._unresumable()}
-
-    def _unresumable(self) -> Optional[str]:
-        """Why a checkpoint saved now could not resume exactly, or ``None`` (a whole epoch's end, its
-        round curated if it ends one). The batch order within an epoch and a round's curation are in no
-        checkpoint, so a mid-epoch save (``every_n_train_steps``) would resume to other rounds."""
-        trainer = self._trainer
-        if trainer is None or trainer.num_training_batches == float("inf"):
-            return None
-        epoch = trainer.current_epoch
-        if not epoch_finished(trainer):
-            ready, total = epoch_batches_ready(trainer), trainer.num_training_batches
-            return f"mid-epoch (epoch {epoch}, after {ready} of {total} batches)"
-        round_idx = self.round_of_epoch(epoch)
-        if self.ends_round(epoch) and round_idx not in self.rows:
-            return f"after round {round_idx}'s training but before its curation"
-        return None
+                "unresumable": unresumable_reason(self._trainer, self, set(self.rows))}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key in ("epochs_per_round", "initial_epochs", "seed"):
             if state_dict.get(key) != getattr(self, key):
                 raise ValueError(f"cannot resume: the checkpoint was made with {key}={state_dict.get(key)!r}, "
                                  f"the config now says {getattr(self, key)!r}")
-        self._loaded_identity = state_dict if state_dict.get("run_id") else None
+        self._loaded_identity = state_dict
         self._restored = True
 
     # -- one round ----------------------------------------------------------
@@ -316,11 +315,18 @@ class RetrainingLoop(RoundSchedule, Callback):
         rank, world = trainer.global_rank, trainer.world_size
 
         def sink(tensors, chunk_idx):
+            if getattr(trainer, "received_sigterm", False):  # between chunks: a long curation stops at once
+                raise SIGTERMException()
             self._store.write_part(round_idx, tensors, rank=rank, chunk=chunk_idx)
 
-        outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
-                                         label_fn=datamodule.label, class_names=datamodule.class_names,
-                                         sink=sink, rank=rank, world_size=world)
+        try:
+            outcome = pl_module.curate_round(round_idx, seed=derive_seed(self.seed, "round", round_idx),
+                                             label_fn=datamodule.label, class_names=datamodule.class_names,
+                                             sink=sink, rank=rank, world_size=world)
+        except (SIGTERMException, KeyboardInterrupt):  # stopped on purpose: no half round left behind (a
+            if trainer.is_global_zero:  # failure's is kept to inspect; the next start removes it)
+                self._store.abort(round_idx)
+            raise
         if outcome.tensors:  # the preview and the choice logs
             self._store.write_preview(round_idx, outcome.tensors, rank=rank)
         row = {Col.ROUND: round_idx, Col.EPOCH: epoch, **datamodule.composition[round_idx], **outcome.row}

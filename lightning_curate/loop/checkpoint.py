@@ -13,9 +13,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_curate.loop.schedule import at_round_end, epoch_finished
-from lightning_curate.utils.compat import save_last_if_unsaved
+from lightning_curate.utils.compat import epoch_batches_ready, save_last_if_unsaved
 
-__all__ = ["AtomicCheckpointIO", "RoundCheckpoint", "epoch_finished"]
+__all__ = ["AtomicCheckpointIO", "RoundCheckpoint", "epoch_finished", "unresumable_reason"]
 
 _SCHEDULES = ("every_n_epochs", "every_n_train_steps", "train_time_interval")
 
@@ -144,3 +144,23 @@ class RoundCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """Nothing: ``ModelCheckpoint`` would save ``last.ckpt`` here, between two round ends."""
 
+
+
+def unresumable_reason(trainer: Any, schedule: Any, finished_rounds: set[int]) -> Optional[str]:
+    """Why a checkpoint saved now could not resume exactly, or ``None`` (a whole epoch's end, its round
+    curated if it ends one). The batch order within an epoch and a round's curation are in no checkpoint,
+    so a mid-epoch save (``every_n_train_steps``) would resume to other rounds.
+
+    ``schedule`` is the run's :class:`~lightning_curate.loop.schedule.RoundSchedule`; ``finished_rounds``
+    the rounds curated so far.
+    """
+    if trainer is None or trainer.num_training_batches == float("inf"):
+        return None
+    epoch = trainer.current_epoch
+    if not epoch_finished(trainer):
+        ready, total = epoch_batches_ready(trainer), trainer.num_training_batches
+        return f"mid-epoch (epoch {epoch}, after {ready} of {total} batches)"
+    round_idx = schedule.round_of_epoch(epoch)
+    if schedule.ends_round(epoch) and round_idx not in finished_rounds:
+        return f"after round {round_idx}'s training but before its curation"
+    return None

@@ -12,6 +12,7 @@ used without the CLI.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -19,10 +20,16 @@ from typing import Any, Iterable, Optional
 import torch
 
 from lightning_curate.store.rounds import RoundStore, StoreError
-from lightning_curate.store.settings import SettingsMismatch, diff_settings, mismatch_message, settings_of_manifest
+from lightning_curate.store.settings import (
+    SettingsMismatch,
+    diff_settings,
+    fingerprint,
+    mismatch_message,
+    settings_of_manifest,
+)
 
-__all__ = ["check_checkpoint_file", "check_checkpoint_identity", "check_resume", "checkpoint_dirs",
-           "checkpoint_identity", "find_last_checkpoint", "folders_outside"]
+__all__ = ["check_checkpoint_file", "check_checkpoint_fits", "check_checkpoint_identity", "check_resume",
+           "checkpoint_dirs", "checkpoint_identity", "find_last_checkpoint", "folders_outside"]
 
 
 def checkpoint_dirs(trainer: Any, run_dir: Path) -> list[Path]:
@@ -85,7 +92,8 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
 
 def checkpoint_identity(path: str | os.PathLike) -> Optional[dict[str, Any]]:
     """The run identity a checkpoint carries: its ``RetrainingLoop`` state (``run_id``, ``fingerprint``,
-    ``settings``, ``finished_rounds``), or ``None`` for a checkpoint without one (older, or not a loop's).
+    ``settings``, ``finished_rounds``; a checkpoint from before run ids has no ``run_id``), or ``None`` for
+    a checkpoint without a loop's state.
 
     Read with ``weights_only=True``: tensors and plain containers only, nothing from the file runs.
     """
@@ -95,7 +103,34 @@ def checkpoint_identity(path: str | os.PathLike) -> Optional[dict[str, Any]]:
         return None
     callbacks = checkpoint.get("callbacks") if isinstance(checkpoint, dict) else None
     state = callbacks.get("RetrainingLoop") if isinstance(callbacks, dict) else None
-    return state if isinstance(state, dict) and state.get("run_id") else None
+    return state if isinstance(state, dict) else None
+
+
+def check_checkpoint_fits(path: str | os.PathLike, parameters: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights do not fit the config's model: each of the model's ``parameters``
+    (by name) must be in it, with the same shape.
+
+    Lightning would find out only when it loads the weights, after the logger and the config save have
+    rewritten ``metrics.csv`` and ``config.yaml`` (a changed architecture, e.g. the velocity net's
+    ``hidden``, is not a recorded setting). Buffers are left out: a module may resize them as it loads
+    (a KDE's stored points). Read with ``weights_only=True`` and memory-mapped.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a checkpoint torch reads safely: Lightning names it when it loads
+        return
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        return
+    problems = [f"{k}: checkpoint {list(state[k].shape)}, model {list(v.shape)}" for k, v in parameters.items()
+                if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    problems += [f"{k}: in the model, not in the checkpoint" for k in parameters if k not in state]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise StoreError(
+            f"the checkpoint {path} does not fit the config's model ({shown}): the model's architecture changed "
+            "since the checkpoint was saved. Restore the config it was saved with, or start a new run in another "
+            "directory (--trainer.default_root_dir)")
 
 
 def check_checkpoint_identity(store: RoundStore, stored: list[int], checkpoint: str | os.PathLike,
@@ -104,10 +139,18 @@ def check_checkpoint_identity(store: RoundStore, stored: list[int], checkpoint: 
 
     Its ``run_id`` must be the stored rounds' (created at the run's first start, recorded in every
     manifest and checkpoint); into a directory with no rounds, a checkpoint that finished rounds is
-    another run's too (its rounds are elsewhere).
+    another run's too (its rounds are elsewhere). Its ``settings`` must match its ``fingerprint``.
+    A checkpoint without a run id (saved before run ids, or not by a ``RetrainingLoop``) is refused
+    where the stored rounds have one: nothing shows it is theirs. Where they have none either (a run
+    made before run ids), it is accepted with a warning; the settings are still compared.
     """
-    if identity is None:
+    if identity is None or not identity.get("run_id"):
+        _check_checkpoint_without_id(store, stored, checkpoint, identity)
         return
+    settings = identity.get("settings")
+    if isinstance(settings, dict) and identity.get("fingerprint") != fingerprint(settings):
+        raise StoreError(f"the checkpoint {checkpoint}: its settings do not match its fingerprint (edited after it "
+                         "was saved?); resume from another checkpoint with --ckpt_path <file>")
     if identity.get("unresumable"):
         raise StoreError(
             f"the checkpoint {checkpoint} was saved {identity['unresumable']}: a resume from it would not repeat the "
@@ -137,10 +180,31 @@ def check_checkpoint_identity(store: RoundStore, stored: list[int], checkpoint: 
         "resume that run in its own directory")
 
 
+def _check_checkpoint_without_id(store: RoundStore, stored: list[int], checkpoint: str | os.PathLike,
+                                 identity: Optional[dict[str, Any]]) -> None:
+    finished = (identity or {}).get("finished_rounds")
+    if not stored:
+        if finished:
+            raise StoreError(
+                f"the checkpoint {checkpoint} finished rounds {finished}, but {store.root} holds no rounds: its rounds "
+                "are in its own run's directory. Resume it there (--trainer.default_root_dir), or start a new run "
+                "without --ckpt_path")
+        return
+    ours = store.read_manifest(stored[-1]).get("run_id")
+    if ours is not None:
+        raise StoreError(
+            f"the checkpoint {checkpoint} carries no run id (saved by a lightning_curate from before run ids, or not "
+            f"by a RetrainingLoop), but the rounds in {store.root} are run {ours}'s, whose checkpoints all carry it: "
+            "nothing shows the checkpoint is this run's. Resume from this run's own checkpoint (--ckpt_path last), "
+            "or start a new run in another directory (--trainer.default_root_dir)")
+    warnings.warn(f"the checkpoint {checkpoint} and the rounds in {store.root} carry no run id (a run from before "
+                  "run ids): resuming on the stored rounds' settings, which the config must match", stacklevel=2)
+
+
 def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Optional[str | os.PathLike],
                  checkpoint_dirs: Iterable[str | os.PathLike] = (), allowed: tuple[str, ...] = (),
-                 checkpoint_loaded: bool = False,
-                 loaded_identity: Optional[dict[str, Any]] = None) -> dict[str, list]:
+                 checkpoint_loaded: bool = False, loaded_identity: Optional[dict[str, Any]] = None,
+                 model_parameters: Optional[dict[str, Any]] = None) -> dict[str, list]:
     """Refuse to start or resume in a directory that does not fit; return the allowed setting changes.
 
     Args:
@@ -151,6 +215,7 @@ def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Opti
         allowed: keys whose change the user allows (``--allow_changed_settings``).
         checkpoint_loaded: a checkpoint was already restored (the check runs after it, without the CLI).
         loaded_identity: the restored checkpoint's run identity (see :func:`checkpoint_identity`).
+        model_parameters: the config's model's parameters by name, which the checkpoint's weights must fit.
 
     Returns:
         ``{key: [old, new]}`` of the allowed changes, for the next round's manifest.
@@ -179,6 +244,8 @@ def check_resume(store: RoundStore, settings: dict[str, Any], *, ckpt_path: Opti
     if checkpoint is not None:
         check_checkpoint_file(checkpoint)
         check_checkpoint_identity(store, stored, checkpoint, checkpoint_identity(checkpoint))
+        if model_parameters is not None:
+            check_checkpoint_fits(checkpoint, model_parameters)
     elif checkpoint_loaded:
         check_checkpoint_identity(store, stored, "restored", loaded_identity)
     if not stored:

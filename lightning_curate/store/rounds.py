@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_curate.store.settings import fingerprint, settings_of_manifest
+from lightning_curate.store.integrity import check_manifest_settings, check_row
+from lightning_curate.store.settings import settings_of_manifest
 
 __all__ = ["RoundStore", "StoreError", "StoredRound"]
 
@@ -165,6 +166,17 @@ class RoundStore:
                              "the round is discarded and made again on resume") from err
         return path
 
+    def abort(self, round_idx: int) -> None:
+        """Discard a round in progress (its temporary folder), on the way out of a stopped or failed run.
+
+        Best effort: it raises nothing (what stopped the run is the error to report), and a folder it
+        could not remove is removed at the next start. A committed round is never touched.
+        """
+        try:
+            _remove_entry(self._tmp(round_idx))
+        except StoreError:
+            pass
+
     def commit(self, round_idx: int, manifest: dict[str, Any]) -> Path:
         """Checksum the parts, write the manifest and move the round into place atomically."""
         tmp, final = self._tmp(round_idx), self.path(round_idx)
@@ -261,7 +273,13 @@ class RoundStore:
             tensors = _merge_parts(loaded)
         except ValueError as err:
             raise StoreError(f"round {round_idx} ({self.path(round_idx)}): {err}") from err
+        self._refuse_edited(round_idx, check_row(manifest, tensors))
         return StoredRound(tensors=tensors, manifest=manifest)
+
+    def _refuse_edited(self, round_idx: int, problems: list[str]) -> None:
+        if problems:
+            raise StoreError(f"{self.path(round_idx) / MANIFEST}: {'; '.join(problems)} (edited after the round was "
+                             "written?); restore the manifest, or start a new run in another directory")
 
     def check_whole(self) -> list[int]:
         """Verify the whole store before a resume trusts it; returns the stored rounds ``0..t``.
@@ -284,13 +302,9 @@ class RoundStore:
                              "from round_000. Restore the missing round, or start a new run in another directory")
         previous = None
         for t in stored:
-            manifest, _ = self.verify(t)
+            manifest = self.read(t).manifest  # verified, loaded, its row checked against its data
             settings = settings_of_manifest(manifest)
-            if "fingerprint" in manifest and isinstance(manifest.get("settings"), dict) \
-                    and fingerprint(manifest["settings"]) != manifest["fingerprint"]:
-                raise StoreError(f"{self.path(t) / MANIFEST}: its settings do not match its fingerprint (edited after "
-                                 "the round was written?); restore the manifest, or start a new run in another "
-                                 "directory")
+            self._refuse_edited(t, check_manifest_settings(manifest, self.path(t) / MANIFEST))
             if previous is not None:
                 changed = sorted(k for k in set(previous) & set(settings) if previous[k] != settings[k])
                 declared = manifest.get("settings_changed") or {}

@@ -16,9 +16,9 @@ import inspect
 import json
 from typing import Any, Iterable, Optional
 
-__all__ = ["FIXED_KEYS", "RECIPE_KEYS", "RECIPE_PREFIXES", "SCIENCE_KEYS", "SettingsMismatch", "canonical_json",
-           "diff_settings", "fingerprint", "init_args_of", "is_recorded_key", "mismatch_message", "normalise",
-           "parse_allowed", "qualname", "settings_of_manifest"]
+__all__ = ["FIXED_KEYS", "LEGACY_KEYS", "RECIPE_KEYS", "RECIPE_PREFIXES", "SCIENCE_KEYS", "SettingsMismatch",
+           "canonical_json", "diff_settings", "fingerprint", "init_args_of", "is_recorded_key", "mismatch_message",
+           "normalise", "parse_allowed", "qualname", "settings_of_manifest"]
 
 SCIENCE_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "real_fraction", "policy", "reward",
                 "generator", "seed", "epochs_per_round", "initial_epochs", "init", "steps_per_epoch", "curators",
@@ -36,7 +36,7 @@ FIXED_KEYS = ("seed", "epochs_per_round", "initial_epochs")
 # them on resume is a change too.
 _ABSENT_MEANS_NONE = ("curators", "selection", "transform", "num_slots_schedule")
 # Manifests written before settings were recorded keep these at their top level.
-_LEGACY_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "seed")
+LEGACY_KEYS = ("num_slots", "num_candidates", "beta", "num_winners", "mode", "seed")
 
 
 class SettingsMismatch(RuntimeError):
@@ -63,7 +63,7 @@ def settings_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     settings = manifest.get("settings")
     if isinstance(settings, dict):
         return settings
-    return {k: manifest[k] for k in _LEGACY_KEYS if k in manifest}
+    return {k: manifest[k] for k in LEGACY_KEYS if k in manifest}
 
 
 def is_recorded_key(key: str) -> bool:

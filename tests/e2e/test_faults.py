@@ -27,6 +27,7 @@ from run_configs import read_rows, store_digest, tiny_config, tree_digest, write
 from lightning_curate.cli import main
 from lightning_curate.store.lock import LOCK_NAME
 from lightning_curate.store.rounds import RoundStore
+from lightning_curate.store.settings import fingerprint
 
 TESTS = Path(__file__).resolve().parents[1]
 REWARD = {"class_path": "run_configs.GatedReward", "init_args": {"dataset": "mog8", "targets": [0, 1], "radius": 0.5}}
@@ -226,6 +227,7 @@ def _foreign_checkpoint(run: Path, tmp_path: Path) -> Path:
     loop = state["callbacks"]["RetrainingLoop"]
     loop["run_id"] = "0" * 32
     loop["settings"] = dict(loop["settings"], beta=3.0)
+    loop["fingerprint"] = fingerprint(loop["settings"])
     path = tmp_path / "other.ckpt"
     torch.save(state, path)
     return path
@@ -305,8 +307,43 @@ def _no_checkpoint(run):
     return "--ckpt_path last: there is no last*.ckpt in"
 
 
+def _no_fingerprint(run):  # issue 25, item 9: settings edited and their fingerprint dropped
+    path = _break_manifest(run, lambda m: (m["settings"].update(beta=1.5), m.pop("fingerprint")))
+    return f"{path}: its settings have no fingerprint"
+
+
+def _top_level_edit(run):  # the manifest's own beta edited, its settings not
+    path = _break_manifest(run, lambda m: m.update(beta=1.5))
+    return f"{path}: its beta (1.5) differs from its settings' (1.0)"
+
+
+def _edited_row(run):  # the row rounds.csv is rebuilt from, edited
+    path = _break_manifest(run, lambda m: m["row"].update(curated_reward_mean=0.99))
+    return f"{path}: its row's curated_reward_mean is 0.99, but the stored winners' rewards give"
+
+
+def _edit_checkpoint(run, edit) -> Path:
+    path = run / "checkpoints" / "last.ckpt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    edit(state["callbacks"]["RetrainingLoop"])
+    torch.save(state, path)
+    return path
+
+
+def _checkpoint_settings_edited(run):
+    path = _edit_checkpoint(run, lambda loop: loop["settings"].update(beta=3.0))
+    return f"the checkpoint {path}: its settings do not match its fingerprint"
+
+
+def _checkpoint_without_run_id(run):  # saved before run ids: nothing shows it is this run's
+    path = _edit_checkpoint(run, lambda loop: loop.pop("run_id"))
+    return f"the checkpoint {path} carries no run id"
+
+
 @pytest.mark.parametrize("fault", [_hostile, _missing_round, _missing_part, _bad_json, _flipped_part,
-                                   _truncated_checkpoint, _no_checkpoint, _stale_fingerprint])
+                                   _truncated_checkpoint, _no_checkpoint, _stale_fingerprint, _no_fingerprint,
+                                   _top_level_edit, _edited_row, _checkpoint_settings_edited,
+                                   _checkpoint_without_run_id])
 def test_a_damaged_run_is_refused_naming_the_file(finished, tmp_path, capsys, fault):
     message = fault(finished)
     before = tree_digest(finished)
@@ -314,6 +351,26 @@ def test_a_damaged_run_is_refused_naming_the_file(finished, tmp_path, capsys, fa
     assert code == 2 and message in err, err
     assert "Resume it with" not in err and "Traceback" not in err
     assert tree_digest(finished) == before
+
+
+def test_a_run_from_before_run_ids_resumes_with_a_warning(finished, reference, tmp_path, capsys):
+    """Neither its checkpoint nor its rounds carry a run id: accepted, said so, the settings still compared."""
+    ckpt = _edit_checkpoint(finished, lambda loop: loop.pop("run_id"))
+    for t in (0, 1):
+        _break_manifest_of(finished, t, lambda m: m.pop("run_id"))
+    with pytest.warns(UserWarning, match=f"the checkpoint {ckpt} and the rounds in .* carry no run id"):
+        code, err = _main(capsys, "-c", _config(tmp_path, finished), "--ckpt_path", "last")
+    assert code == 0, err[-2000:]
+    assert read_rows(finished) == read_rows(reference)
+    code, err = _main(capsys, "-c", _config(tmp_path, finished, beta=2.0), "--ckpt_path", "last")
+    assert code == 2 and "beta: stored 1.0, config 2.0" in err
+
+
+def _break_manifest_of(run: Path, t: int, edit) -> None:
+    path = run / "rounds" / f"round_{t:03d}" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
 
 
 def test_a_resume_of_a_finished_run_rebuilds_lost_rows_of_rounds_csv(finished, reference, tmp_path, capsys):
@@ -359,6 +416,107 @@ def test_a_beta_beyond_float32_softmax_is_refused_naming_it(tmp_path, capsys):
 
 
 # -- kill -9, SIGTERM, SIGINT ---------------------------------------------------------------------
+# -- absurd sizes (issue 25, item 6) -------------------------------------------------------------------
+def _machine(monkeypatch, *, disk: int, memory: int) -> None:
+    """A machine with ``disk`` bytes free and ``memory`` bytes available, and a curation that must never start."""
+    monkeypatch.setattr("lightning_curate.loop.sizing.free_disk", lambda path: disk)
+    monkeypatch.setattr("lightning_curate.loop.sizing.available_memory", lambda: memory)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the curation started")
+
+    monkeypatch.setattr("lightning_curate.loop.curation_module.CurationModule.curate_round", never)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_slots": 10**10},
+     "num_slots: the round store needs about 560 GB on disk (2 rounds of 280 GB), but 50 GB are free in {run}"),
+    ({"num_candidates": 10**6},
+     "num_candidates: one curation chunk of the smallest size (512 slots) needs about 30.7 GB of memory, but 8 GB"),
+    ({"num_slots": 100_000, "num_candidates": 4000, "chunk_size": 100_000},
+     "chunk_size: a curation chunk (100000 slots) needs about 11.3 GB of memory, but 8 GB is available. Lower "
+     "chunk_size (to 33280 or less)"),
+])
+def test_a_size_that_cannot_fit_is_refused_before_anything_is_built(tmp_path, capsys, monkeypatch, overrides, message):
+    _machine(monkeypatch, disk=50 * 10**9, memory=8 * 10**9)
+    run = tmp_path / "run"
+    code, err = _main(capsys, "-c", _config(tmp_path, run, **overrides))
+    assert code == 2 and message.format(run=run) in err, err[-2000:]
+    assert not run.exists()  # refused before the logger, the config save, the store: the lock came and went
+
+
+def test_without_the_cli_the_loop_refuses_the_size_at_setup(tmp_path, monkeypatch):
+    import lightning as L
+
+    from lightning_curate.data import BlendingDataModule, Toy2D
+    from lightning_curate.loop import CurationModule, RetrainingLoop
+    from lightning_curate.models import FlowMatching, MLPVelocity
+    from lightning_curate.rewards import ClippedDistanceReward
+    from lightning_curate.store.capacity import CapacityError
+
+    _machine(monkeypatch, disk=50 * 10**9, memory=8 * 10**9)
+    generator = FlowMatching(MLPVelocity(dim=2, hidden=16, depth=1), data_shape=[2], steps=2)
+    module = CurationModule(generator, ClippedDistanceReward(dataset="mog8", targets=[0, 1]), num_slots=10**10)
+    data = BlendingDataModule(Toy2D(name="mog8", num_train=256, num_heldout=64), batch_size=64)
+    trainer = L.Trainer(default_root_dir=tmp_path / "run", callbacks=[RetrainingLoop(rounds=1)], accelerator="cpu",
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(CapacityError, match=r"^num_slots: the round store needs about 560 GB on disk"):
+        trainer.fit(module, data)
+    assert not (tmp_path / "run").exists()  # refused before the lock, the store, any sample
+
+
+@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_a_long_curation_stops_it_and_stores_no_half_round(tmp_path, how, code):
+    """Held in round 0's second chunk (of 2): SIGTERM stops the curation after that chunk (before: the whole
+    round was curated first), SIGINT at once; the round in progress is discarded whole, and the run exits
+    with the resume command."""
+    run = tmp_path / "run"
+    gate = tmp_path / "gate"
+    gate.touch()
+    first_part = run / "rounds" / ".tmp_round_000" / "part_000_00000.pt"
+    cfg = _config(tmp_path, run, chunk_size=1)  # one block of 512 slots per chunk: 2 chunks of 600 slots
+    proc = _Child(tmp_path, ["-c", cfg], "run", env={"LC_TEST_GATE": str(gate), "LC_TEST_GATE_AFTER": str(first_part)})
+    _wait_for(Path(str(gate) + ".reached"), proc)
+    proc.send_signal(getattr(signal, how))
+    gate.unlink()
+    assert _finish(proc) == code
+    err = (tmp_path / "run.err").read_text()
+    assert f"{how}: the run stopped before round 0 finished" in err and "--ckpt_path last" in err
+    assert sorted(p.name for p in (run / "rounds").iterdir()) == []  # no round, no half round
+    assert not (run / LOCK_NAME).exists()
+
+
+# -- a start that fails after the checks writes nothing (issue 25, item 7) ----------------------------
+def _bad_reward(monkeypatch, cfg):
+    import run_configs
+
+    forward = run_configs.GatedReward.forward
+    monkeypatch.setattr(run_configs.GatedReward, "forward", lambda self, x: forward(self, x)[:, None])
+    return "returned shape [8, 1]; expected one reward per sample, shape [8]"
+
+
+def _other_architecture(monkeypatch, cfg):
+    cfg["model"]["init_args"]["generator"]["init_args"]["velocity"]["init_args"]["hidden"] = 32
+    return "does not fit the config's model (generator.velocity.net.0.weight: checkpoint [64, 34], model [32, 34]"
+
+
+def _unfit_size(monkeypatch, cfg):
+    _machine(monkeypatch, disk=1000, memory=8 * 10**9)  # round 2 needs 36 kB
+    return "num_slots: the round store needs about 36 kB on disk (1 round of 36 kB), but 1 kB are free"
+
+
+@pytest.mark.parametrize("fault", [_bad_reward, _other_architecture, _unfit_size])
+def test_a_failing_resume_leaves_config_and_metrics_byte_identical(finished, tmp_path, capsys, monkeypatch, fault):
+    cfg = tiny_config(finished, rounds=2, reward=json.loads(json.dumps(REWARD)))
+    message = fault(monkeypatch, cfg)
+    before = tree_digest(finished)
+    assert {"config.yaml", "metrics.csv"} <= set(before)
+    code, err = _main(capsys, "-c", write_config(tmp_path / "resume.yaml", cfg), "--ckpt_path", "last")
+    assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+    assert tree_digest(finished) == before
+
+
 def test_kill_9_mid_write_of_a_round_then_resume(reference, tmp_path, capsys):
     """Killed between two parts of round 0: no round appears; the resume discards the partial folder."""
     run = tmp_path / "run"

@@ -1,6 +1,7 @@
 """The store checked whole before a resume trusts it; file errors name their path; settings compared."""
 
 import json
+import re
 import resource
 import signal
 import zipfile
@@ -23,7 +24,7 @@ def _store(tmp_path, rounds=3, settings=SETTINGS, changed=None):
     for t in range(rounds):
         manifest = {"settings": settings, "fingerprint": fingerprint(settings)}
         if changed and t == changed[0]:
-            manifest = {"settings": changed[1], "settings_changed": changed[2]}
+            manifest = {"settings": changed[1], "fingerprint": fingerprint(changed[1]), "settings_changed": changed[2]}
             settings = changed[1]  # the later rounds keep the new settings
         store.write(t, {"x": torch.full((4, 2), float(t))}, manifest)
     return store
@@ -214,3 +215,61 @@ def test_the_training_recipe_is_part_of_the_experiment(tmp_path):
                          checkpoint_loaded=True)
         assert diff_settings(stored, dict(stored, **{key: value})) == {key: [stored[key], value]}
     assert parse_allowed("init,steps_per_epoch") == ("init", "steps_per_epoch")
+
+
+# -- a manifest checked against itself and its data (issue 25, item 9) ------------------------------
+def _row_store(tmp_path, row):
+    store = RoundStore(tmp_path / "rows")
+    rewards = torch.tensor([0.5, 1.0, 2.0, 4.5])
+    manifest = {"settings": SETTINGS, "fingerprint": fingerprint(SETTINGS), "beta": 1.0, "epoch": 3, "row": row}
+    store.write(0, {"x": torch.zeros(4, 2), "slot": torch.arange(4), "rewards": rewards}, manifest)
+    return store
+
+
+def test_a_row_is_checked_against_the_stored_winners(tmp_path):
+    good = {"round": 0, "epoch": 3, "curated_reward_mean": 2.0, "curated_reward_std": float(torch.tensor(
+        [0.5, 1.0, 2.0, 4.5], dtype=torch.float64).std())}
+    assert _row_store(tmp_path / "a", good).read(0).manifest["row"] == good
+    for edit, message in [({"curated_reward_mean": 2.5}, "its row's curated_reward_mean is 2.5, but the stored "
+                                                          "winners' rewards give 2"),
+                          ({"curated_reward_std": 0.1}, "its row's curated_reward_std is 0.1"),
+                          ({"round": 1}, "its row's round is 1, the round's is 0"),
+                          ({"epoch": 5}, "its row's epoch is 5, the round's is 3")]:
+        store = _row_store(tmp_path / str(len(message)) / next(iter(edit)), {**good, **edit})
+        with pytest.raises(StoreError, match=re.escape(f"{store.path(0) / 'manifest.json'}: {message}")):
+            store.read(0)
+        with pytest.raises(StoreError, match=re.escape(message)):
+            store.check_whole()
+
+
+def test_manifest_settings_need_their_fingerprint_and_agree_with_the_top_level_keys(tmp_path):
+    from lightning_curate.store.integrity import check_manifest_settings
+
+    good = {"settings": SETTINGS, "fingerprint": fingerprint(SETTINGS), "beta": 1.0}
+    assert check_manifest_settings(good, tmp_path) == []
+    assert check_manifest_settings({"beta": 2.0}, tmp_path) == []  # from before settings: nothing to compare
+    assert check_manifest_settings({**good, "fingerprint": None}, tmp_path) == ["its settings have no fingerprint"]
+    assert check_manifest_settings({**good, "beta": 2.0}, tmp_path) == [
+        "its beta (2.0) differs from its settings' (1.0)"]
+
+
+def test_abort_discards_only_the_round_in_progress(tmp_path):
+    store = _store(tmp_path, rounds=1)
+    store.begin(1)
+    store.write_part(1, {"x": torch.zeros(2, 2)})
+    store.abort(1)
+    store.abort(2)  # nothing in progress: nothing to do
+    assert store.rounds() == [0] and not list(store.root.glob(".tmp_round_*"))
+    assert store.check_whole() == [0]
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_named(tmp_path):
+    from lightning_curate.store.preflight import check_checkpoint_fits
+
+    path = tmp_path / "c.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(4, 2), "b": torch.zeros(4), "buffer": torch.zeros(1)}}, path)
+    check_checkpoint_fits(path, {"w": torch.zeros(4, 2), "b": torch.zeros(4)})  # buffers are not compared
+    with pytest.raises(StoreError, match=re.escape(f"the checkpoint {path} does not fit the config's model (w: "
+                                                   "checkpoint [4, 2], model [8, 2]; new: in the model, not in the "
+                                                   "checkpoint)")):
+        check_checkpoint_fits(path, {"w": torch.zeros(8, 2), "b": torch.zeros(4), "new": torch.zeros(1)})
