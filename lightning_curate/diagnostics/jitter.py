@@ -42,9 +42,10 @@ import yaml
 from lightning_curate.diagnostics.common import DiagnosticError, progress
 from lightning_curate.experiments.aggregate import as_float
 from lightning_curate.experiments.config_keys import SweepError, loop_entry
+from lightning_curate.loop.schedule import SlotSchedule
 from lightning_curate.utils.columns import SHARE
 
-__all__ = ["add_arguments", "composed_config", "jitter_of_rows", "run"]
+__all__ = ["add_arguments", "candidates_of_round", "composed_config", "jitter_of_rows", "run"]
 
 
 def composed_config(config_files: list[str]) -> dict[str, Any]:
@@ -136,6 +137,29 @@ def _last_round(run_dir: Path) -> int:
         return max(int(row["round"]) for row in csv.DictReader(fh))
 
 
+def candidates_of_round(model: dict[str, Any], round_idx: int) -> int:
+    """The candidates round ``round_idx``'s means are measured on: its slots times ``num_candidates``.
+
+    Its slots are ``num_slots``, or what ``num_slots_schedule`` gives for that round
+    (:meth:`~lightning_curate.loop.SlotSchedule.slots`, as the module's ``slots_of_round``).
+
+    Args:
+        model: a composed config's ``model.init_args``.
+        round_idx: the round (its row of ``rounds.csv``).
+
+    Example:
+        >>> model = {"num_slots": 100, "num_candidates": 4, "num_slots_schedule": {"kind": "geometric", "factor": 2.0}}
+        >>> candidates_of_round(model, 0), candidates_of_round(model, 2)
+        (400, 1600)
+    """
+    num_slots = int(model["num_slots"])
+    schedule = model.get("num_slots_schedule")
+    if schedule is not None:
+        fields = schedule.get("init_args", schedule) if isinstance(schedule, dict) else schedule
+        num_slots = SlotSchedule(**fields).slots(num_slots, round_idx)
+    return num_slots * int(model["num_candidates"])
+
+
 def jitter_of_rows(rows: list[dict[str, float]], num_candidates: int) -> dict[str, Any]:
     """The refits' spread of one round's ``reward_mean`` and class shares, against their sampling error.
 
@@ -215,12 +239,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = composed_config(files)
     try:
         model = config["model"]["init_args"]
-        num_candidates = int(model["num_slots"]) * int(model["num_candidates"])
+        candidates_of_round(model, max(args.rounds))  # a bad num_slots_schedule is named before any training
         seed = int(config["data"]["init_args"].get("seed") or 0)
         loop_entry(config)
-    except (KeyError, TypeError, SweepError) as err:
+    except (KeyError, TypeError, ValueError, SweepError) as err:
         raise DiagnosticError(f"{' + '.join(files)}: not a curated-retraining config (model.init_args.num_slots, "
-                              f"num_candidates, data.init_args and a RetrainingLoop callback): {err}") from err
+                              f"num_candidates, num_slots_schedule, data.init_args and a RetrainingLoop callback): "
+                              f"{err}") from err
     work = Path(tempfile.mkdtemp(prefix="learner_jitter_")) if args.work_dir is None else args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     base, results = work / "base", {}
@@ -240,7 +265,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 _run(config, refit, t, seed + k, resume=True)  # refit 0 is the run's own next round
                 rows.append(_row(refit, t))
                 bar.update()
-            results[t] = {**jitter_of_rows(rows, num_candidates), "reward_means": [r["reward_mean"] for r in rows],
+            # the round's own pool: under a num_slots_schedule it is not the base num_slots'
+            results[t] = {**jitter_of_rows(rows, candidates_of_round(model, t)),
+                          "reward_means": [r["reward_mean"] for r in rows],
                           "reward_fidelity": [r.get("reward_fidelity", math.nan) for r in rows],
                           "learner_gap": [r.get("learner_gap", math.nan) for r in rows]}
     print(_table(results))

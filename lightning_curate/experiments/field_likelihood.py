@@ -11,7 +11,9 @@ Here the model is one of the package's generators with an exact log-likelihood
 ``FlowMatching`` (the ODE's change of variables, :mod:`lightning_curate.models.likelihood`, the
 flow counterpart of a diffusion model's ELBO). One generation: fit the model on real data, draw a
 pool from it, keep half the pool by each rule, refit a fresh model on the kept half, and measure the
-refitted model's minority mass. The selection is a direct top-k on ``log_prob``.
+refitted model's minority mass. The top and bottom rules are the loop's own
+(:func:`~lightning_curate.loop.selection.kept_mask`, what ``PoolFraction`` keeps: ties go to the
+lower index), so the reproduction exercises the package's rule.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lightning_curate.experiments.field_common import FieldResult, median, one_thread, quartiles
+from lightning_curate.loop.selection import kept_mask
 from lightning_curate.models import FlowMatching, Generator, KDELearner, MLPVelocity
 from lightning_curate.plots import save_figure
 from lightning_curate.plots.common import new_figure
@@ -69,6 +72,10 @@ def mixture_sample(n: int, setting: LikelihoodSetting, generator: torch.Generato
 def select_by_log_prob(log_prob: Tensor, k: int, rule: str, generator: torch.Generator) -> Tensor:
     """The indices of the ``k`` kept points: the highest (``top``), lowest (``bottom``) or a random ``k``.
 
+    ``top`` and ``bottom`` keep the set :class:`~lightning_curate.loop.PoolFraction` keeps
+    (:func:`~lightning_curate.loop.selection.kept_mask`: ties go to the lower index), returned in rank
+    order (best first, the order the refit is fed). ``random`` is a uniform ``k``-subset by ``generator``.
+
     Example:
         >>> select_by_log_prob(torch.tensor([0.0, 3.0, 1.0, 2.0]), 2, "top", torch.Generator()).tolist()
         [1, 3]
@@ -77,7 +84,8 @@ def select_by_log_prob(log_prob: Tensor, k: int, rule: str, generator: torch.Gen
         return torch.randperm(log_prob.numel(), generator=generator)[:k]
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    return torch.topk(log_prob, k, largest=rule == "top").indices
+    kept = kept_mask(log_prob, k, rule).nonzero().flatten()
+    return kept[torch.sort(log_prob[kept], descending=rule == "top", stable=True).indices]
 
 
 def _fit(learner: str, x: Tensor, setting: LikelihoodSetting, seed: int) -> Generator:

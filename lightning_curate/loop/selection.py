@@ -37,6 +37,7 @@ from torch import Tensor
 
 from lightning_curate.loop.curators import choice_log_weights, choose_block, draw_curators
 from lightning_curate.metrics.curation import RewardStats
+from lightning_curate.models.generator import has_log_prob
 from lightning_curate.ops.kchoice import kchoice
 from lightning_curate.theory.truncation import POOL_RULES
 from lightning_curate.utils.seeding import derive_seed
@@ -126,7 +127,7 @@ def check_selection(selection: Optional[Selection], generator: Any, *, curators:
         if log_choices:
             raise ValueError(f"{where}: log_choices logs per-slot choices, which a pool selection does not make; "
                              "set log_choices: 0")
-        if selection.score == "likelihood" and not callable(getattr(generator, "log_prob", None)):
+        if selection.score == "likelihood" and not has_log_prob(generator):  # not the base's NotImplementedError
             raise TypeError(f"selection.score 'likelihood' needs the generator's log-likelihood, "
                             f"log_prob(x) -> Tensor[n]; {type(generator).__name__} has none. Use score: reward")
     return selection

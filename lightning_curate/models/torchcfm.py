@@ -89,15 +89,15 @@ class TorchCFMUNet(nn.Module):
     The defaults are the OT-CFM CIFAR-10 configuration of torchcfm's
     ``examples/images/cifar10/train_cifar10.py`` (about 36 M parameters); a
     checkpoint loads only into the configuration it was trained with, and a
-    mismatch is an error that says so.
+    mismatch is an error that says so. The arguments after ``dim`` (``num_channels``,
+    ``num_res_blocks``, ``channel_mult``, ``num_heads``, ``num_head_channels``,
+    ``attention_resolutions``, ``dropout``) are ``UNetModelWrapper``'s.
 
     Args:
         checkpoint_path: torchcfm checkpoint to start from (see :func:`load_torchcfm_weights`);
             ``None``: torchcfm's random initialisation (training from scratch).
         ema: load the checkpoint's ``ema_model`` weights (else ``net_model``).
         dim: ``(C, H, W)`` of one image.
-        num_channels, num_res_blocks, channel_mult, num_heads, num_head_channels,
-            attention_resolutions, dropout: ``UNetModelWrapper``'s arguments.
 
     Example:
         As the velocity of the package's flow matching, from YAML::

@@ -181,3 +181,33 @@ def test_a_config_without_a_curated_loop_is_named_before_any_training(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("error: plain.yaml: not a curated-retraining config") and "RetrainingLoop" in err
     assert not (tmp_path / "w").exists()
+
+
+def test_the_sampling_error_is_the_rounds_own_pool_under_a_slot_schedule(tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(tmp_path / "run", rounds=3, num_slots_schedule={"kind": "geometric", "factor": 1.5})
+    composed = script.composed_config([str(write_config(tmp_path / "grow.yaml", cfg))])  # fit's own composition
+    model = composed["model"]["init_args"]
+    assert [script.candidates_of_round(model, t) for t in range(4)] == [600 * 4, 900 * 4, 1350 * 4, 2025 * 4]
+    # the diagnostic's own numbers: refits' rows faked, the standard error from each round's pool
+    refit_rows = iter([{"reward_mean": m, "reward_std": 3.0} for m in (1.0, 1.5, 2.0, 2.6)])
+    monkeypatch.setattr(script, "composed_config", lambda files: composed)
+    monkeypatch.setattr(script, "_check_base", lambda *a, **kw: None)
+    monkeypatch.setattr(script, "_run", lambda *a, **kw: None)
+    monkeypatch.setattr(script, "_row", lambda run_dir, t: next(refit_rows))
+    (tmp_path / "w" / "base").mkdir(parents=True)
+    assert diagnose(["jitter", "-c", "grow.yaml", "--rounds", "1", "2", "--refits", "2", "--work-dir",
+                     str(tmp_path / "w"), "--json"]) == 0
+    rounds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rounds"]
+    assert rounds["1"]["reward_sampling_se"] == pytest.approx(3.0 / math.sqrt(900 * 4))  # not 600 * 4
+    assert rounds["2"]["reward_sampling_se"] == pytest.approx(3.0 / math.sqrt(1350 * 4))
+    assert rounds["2"]["reward_spread"] == pytest.approx(0.6 / math.sqrt(2))  # the stdev of 2.0 and 2.6
+
+
+def test_a_bad_slot_schedule_is_named_before_any_training(tmp_path, monkeypatch, capsys):
+    config = {"trainer": {"default_root_dir": "runs/x", "callbacks": []}, "data": {"init_args": {"seed": 0}},
+              "model": {"init_args": {"num_slots": 10, "num_candidates": 2, "num_slots_schedule": {"kind": "cubic"}}}}
+    monkeypatch.setattr(script, "composed_config", lambda files: config)
+    monkeypatch.setattr(script, "_run", lambda *a, **kw: pytest.fail("trained a config it should have refused"))
+    assert diagnose(["jitter", "-c", "grow.yaml", "--rounds", "1", "--work-dir", str(tmp_path / "w")]) == 1
+    assert "num_slots_schedule.kind" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

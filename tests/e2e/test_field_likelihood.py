@@ -13,6 +13,7 @@ from lightning_curate.experiments.field_likelihood import (
     mixture_sample,
     select_by_log_prob,
 )
+from lightning_curate.loop.selection import kept_mask
 
 TINY = dict(n_real=300, pool=600, measure=4000, flow_steps=300)
 
@@ -25,6 +26,20 @@ def test_select_by_log_prob_keeps_the_top_bottom_or_a_random_k():
     assert random.tolist() == torch.randperm(6, generator=torch.Generator().manual_seed(4))[:3].tolist()
     with pytest.raises(ValueError, match="rule must be one of"):
         select_by_log_prob(lp, 2, "middle", torch.Generator())
+
+
+@pytest.mark.parametrize("rule", ["top", "bottom"])
+def test_select_by_log_prob_keeps_the_loops_set_in_rank_order_ties_to_the_lower_index(rule):
+    lp = torch.tensor([1.0, 2.0, 2.0, 0.0, 2.0, 0.0, 1.0])
+    picked = select_by_log_prob(lp, 3, rule, torch.Generator())
+    assert picked.tolist() == ([1, 2, 4] if rule == "top" else [3, 5, 0])  # best first; equal scores by index
+    mask = torch.zeros(lp.numel(), dtype=torch.bool)
+    mask[picked] = True
+    assert torch.equal(mask, kept_mask(lp, 3, rule))  # what PoolFraction keeps of the same scores
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(500, generator=generator)
+    expected = torch.topk(scores, 50, largest=rule == "top").indices  # no ties: the former direct top-k's picks
+    assert select_by_log_prob(scores, 50, rule, generator).tolist() == expected.tolist()
 
 
 def test_the_mixture_is_imbalanced_as_set():

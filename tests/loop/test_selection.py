@@ -152,9 +152,18 @@ def test_likelihood_keeps_the_most_and_least_likely_candidates():
         assert torch.equal(out.tensors["x"], pool[oracle]), rule
 
 
+class PlainGaussian(GaussianGenerator):
+    """The same Gaussian without a density: the base class's ``log_prob`` (it raises NotImplementedError)."""
+
+    log_prob = Generator.log_prob
+
+
 def test_a_generator_without_log_prob_is_refused_by_name():
-    with pytest.raises(TypeError, match=r"selection.score 'likelihood'.*FlowMatching has none"):
-        build_module(CoarseReward(), selection=PoolFraction("top", 0.5, "likelihood"))
+    with pytest.raises(TypeError, match=r"selection.score 'likelihood'.*PlainGaussian has none"):
+        CurationModule(PlainGaussian(), CoarseReward(), num_slots=NUM_SLOTS, num_candidates=K,
+                       selection=PoolFraction("top", 0.5, "likelihood"))
+    # a generator with one (the flow's change of variables) is accepted
+    build_module(CoarseReward(), selection=PoolFraction("top", 0.5, "likelihood"))
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
