@@ -32,6 +32,15 @@ setup until training starts) and ``other`` (the rest: the trainer's own
 per-step and per-epoch work, logging, the progress bar, the summary). It prints a table per
 size and, with ``--json``, one JSON line with every number.
 
+``--whole`` times the whole processes instead, as a user times the command: the bare
+loop's ``python bare_loop.py`` against ``python -m lightning_curate fit -c package.yaml``
+(what the ``lightning-curate`` console script runs) with everything the shipped config does
+(startup, per-round metrics, the figures, checkpoints; no timer callback). Each process's
+wall time and CPU time (user + system, of the child) are measured from outside, over
+``--pairs`` alternating pairs (default 3; the first pair runs the bare loop first, the next
+the package first, and so on), and the median of the pairs' wall ratios is reported, with
+the median wall and CPU of each program.
+
 Sizes: ``main`` is ``configs/mog8.yaml`` as shipped (2,000 slots, 8 rk4
 steps, batch 256, 8,000 real points, 40 + 10 x 64 epochs; ``--sizes main8``
 runs its earlier setting, 24 Euler steps and 10 x 8 epochs); ``large`` is the
@@ -43,6 +52,7 @@ Examples::
     python scripts/bench_overhead.py                 # main and large
     python scripts/bench_overhead.py --sizes tiny --json
     python scripts/bench_overhead.py --sizes main --record   # docs/experiments/records/bench_overhead_main.json
+    python scripts/bench_overhead.py --whole --sizes large --record   # records/bench_overhead_whole_large.json
 """
 
 from __future__ import annotations
@@ -51,7 +61,9 @@ import argparse
 import copy
 import json
 import os
+import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +80,7 @@ REPO = Path(__file__).resolve().parents[1]
 MAIN_CONFIG = REPO / "configs" / "mog8.yaml"
 PHASES = ("train", "generate", "reward", "curate", "store", "round_metrics", "checkpoint", "startup", "other")
 
-__all__ = ["SIZES", "bare_loop_source", "package_config", "run_size", "main"]
+__all__ = ["SIZES", "bare_loop_source", "format_whole", "main", "package_config", "run_size", "run_whole"]
 
 # The work of each size: what both programs do.
 SIZES = {
@@ -283,8 +295,12 @@ def bare_loop_source() -> str:
     return textwrap.dedent(BARE_LOOP).lstrip()
 
 
-def package_config(work: dict, root: Path, threads: int) -> dict:
-    """``configs/mog8.yaml`` with the sizes of ``work``, its run in ``root`` and no per-round plots."""
+def package_config(work: dict, root: Path, threads: int, whole: bool = False) -> dict:
+    """``configs/mog8.yaml`` with the sizes of ``work`` and its run in ``root``.
+
+    By default the per-round plots are off and the phase timer is the first callback; ``whole``: the
+    config as shipped (its plots, no timer), for the whole-process comparison.
+    """
     cfg = copy.deepcopy(yaml.safe_load(MAIN_CONFIG.read_text()))
     cfg["torch_num_threads"] = threads
     trainer = cfg["trainer"]
@@ -292,8 +308,11 @@ def package_config(work: dict, root: Path, threads: int) -> dict:
     for callback in trainer["callbacks"]:
         if callback["class_path"].endswith("RetrainingLoop"):
             callback["init_args"].update(rounds=work["rounds"], epochs_per_round=work["epochs_per_round"],
-                                         initial_epochs=work["initial_epochs"], plots=False)
-    trainer["callbacks"].insert(0, {"class_path": "bench_timer.EpochTimer"})
+                                         initial_epochs=work["initial_epochs"])
+            if not whole:
+                callback["init_args"]["plots"] = False
+    if not whole:
+        trainer["callbacks"].insert(0, {"class_path": "bench_timer.EpochTimer"})
     model = cfg["model"]["init_args"]
     model.update(num_slots=work["num_slots"], num_candidates=work["num_candidates"])
     model["generator"]["init_args"].update(solver=work["solver"], steps=work["steps"])
@@ -344,6 +363,78 @@ def run_size(name: str, threads: int = 1, timeout: float = 1800, repeats: int = 
     }
 
 
+def _run_whole(cmd: list[str], cwd: Path, env: dict, timeout: float) -> dict:
+    """One whole process: its wall time and CPU time (user + system), measured from outside."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-4000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu}
+
+
+WHOLE_PACKAGE_COMMAND = ["-m", "lightning_curate", "fit", "-c", "package.yaml"]
+
+
+def run_whole(name: str, threads: int = 1, timeout: float = 1800, pairs: int = 3) -> dict:
+    """The whole bare-loop process against the whole ``lightning-curate fit`` process on size ``name``.
+
+    ``pairs`` alternating pairs (bare first, then package first, ...); each pair's wall and CPU
+    ratios, and their medians: the figure a user timing both commands would see.
+    """
+    work = {**SIZES[name], "threads": threads}
+    runs: dict[str, list[dict]] = {"bare": [], "package": []}
+    with tempfile.TemporaryDirectory(prefix=f"bench_overhead_whole_{name}_") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "bare_loop.py").write_text(bare_loop_source())
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        commands = {"bare": [sys.executable, "bare_loop.py", json.dumps(work)],
+                    "package": [sys.executable, *WHOLE_PACKAGE_COMMAND]}
+        for pair in range(pairs):
+            root = tmp / f"run{pair}"
+            (tmp / "package.yaml").write_text(
+                yaml.safe_dump(package_config(work, root, threads, whole=True), sort_keys=False))
+            order = ("bare", "package") if pair % 2 == 0 else ("package", "bare")
+            for program in order:
+                runs[program].append(_run_whole(commands[program], tmp, env, timeout))
+            if not (root / "rounds.csv").is_file():
+                raise RuntimeError(f"the package run of pair {pair} left no rounds.csv in {root}")
+    ratios = [p["wall"] / b["wall"] for b, p in zip(runs["bare"], runs["package"])]
+    cpu_ratios = [p["cpu"] / b["cpu"] for b, p in zip(runs["bare"], runs["package"])]
+    median = {program: {key: statistics.median(r[key] for r in runs[program]) for key in ("wall", "cpu")}
+              for program in runs}
+    return {
+        "size": name, "mode": "whole", "work": work, "optimizer_steps": _optimizer_steps(work), "pairs": pairs,
+        "package_command": "python " + shlex.join(WHOLE_PACKAGE_COMMAND), "runs": runs,
+        "ratios_wall": ratios, "ratios_cpu": cpu_ratios, "median": median,
+        "ratio_wall": statistics.median(ratios), "ratio_cpu": statistics.median(cpu_ratios),
+    }
+
+
+def format_whole(result: dict) -> str:
+    """Each pair's wall and CPU seconds of both processes, and the median ratios."""
+    w = result["work"]
+    lines = [f"whole processes, size {result['size']}: {w['num_slots']} slots x K={w['num_candidates']}, "
+             f"{w['steps']} {w['solver']} steps, batch {w['batch_size']}, {result['optimizer_steps']} optimizer "
+             f"steps, {w['rounds']} rounds, {w['threads']} thread(s)",
+             f"{'pair':>6} {'bare wall':>10} {'pkg wall':>9} {'ratio':>6} {'bare cpu':>9} {'pkg cpu':>8} {'ratio':>6}"]
+    runs = result["runs"]
+    for i, (bare, package) in enumerate(zip(runs["bare"], runs["package"])):
+        lines.append(f"{i:>6} {bare['wall']:10.2f} {package['wall']:9.2f} {result['ratios_wall'][i]:6.2f} "
+                     f"{bare['cpu']:9.2f} {package['cpu']:8.2f} {result['ratios_cpu'][i]:6.2f}")
+    m = result["median"]
+    lines.append(f"{'median':>6} {m['bare']['wall']:10.2f} {m['package']['wall']:9.2f} {result['ratio_wall']:6.2f} "
+                 f"{m['bare']['cpu']:9.2f} {m['package']['cpu']:8.2f} {result['ratio_cpu']:6.2f}")
+    lines.append(f"whole package / bare = {result['ratio_wall']:.2f}x wall, {result['ratio_cpu']:.2f}x CPU "
+                 f"(median of {result['pairs']} alternating pairs)")
+    return "\n".join(lines)
+
+
 def _optimizer_steps(work: dict) -> int:
     per_epoch = lambda n: -(-n // work["batch_size"])  # noqa: E731
     return (work["initial_epochs"] * per_epoch(work["num_train"])
@@ -383,23 +474,35 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both programs")
     parser.add_argument("--repeats", type=int, default=5,
                         help="runs of each program, alternating; the fastest of each is compared (default 5)")
+    parser.add_argument("--whole", action="store_true",
+                        help="time the whole processes as shipped (plots, startup and all), not the phases")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="with --whole: alternating pairs of runs; the median ratio is reported (default 3)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line with every number")
     parser.add_argument("--record", nargs="?", type=Path, const=REPO / DEFAULT_FOLDER, default=None,
                         metavar="FOLDER", help=f"also write each size's figures as a JSON record, "
-                                               f"bench_overhead_<size>.json (default folder {DEFAULT_FOLDER})")
+                                               f"bench_overhead_<size>.json (with --whole "
+                                               f"bench_overhead_whole_<size>.json; default folder {DEFAULT_FOLDER})")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.pairs < 1:
+        parser.error(f"--pairs must be >= 1, got {args.pairs}")
     results = []
     for name in args.sizes:
-        result = run_size(name, threads=args.threads, repeats=args.repeats)
+        if args.whole:
+            result = run_whole(name, threads=args.threads, pairs=args.pairs)
+            print(format_whole(result), flush=True)
+        else:
+            result = run_size(name, threads=args.threads, repeats=args.repeats)
+            print(format_result(result), flush=True)
         results.append(result)
-        print(format_result(result), flush=True)
         if args.record is not None:
-            path = write_record(f"bench_overhead_{name}", result,
+            stem = f"bench_overhead_whole_{name}" if args.whole else f"bench_overhead_{name}"
+            path = write_record(stem, result,
                                 shlex.join(["python", "scripts/bench_overhead.py", *argv]), args.record, device="cpu")
             print(f"record: {path}", flush=True)
         print(flush=True)

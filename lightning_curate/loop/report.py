@@ -31,8 +31,10 @@ from lightning_curate.utils.table import write_csv
 __all__ = ["PLOT_TIME_SHARE", "ROW_ORDER", "PlotBudget", "fidelity_advice", "log_row", "plot_run", "summary",
            "write_table"]
 
-# Figures are redrawn after a round while drawing has cost at most this share of the run's time.
-PLOT_TIME_SHARE = 0.1
+# Figures are redrawn after a round while drawing, this drawing included, costs at most this share of the run.
+PLOT_TIME_SHARE = 0.05
+# What the first drawing is expected to cost before one has been timed (seconds: two figures on a CPU).
+FIRST_DRAW_SECONDS = 2.0
 
 ROW_ORDER = list(LEAD)  # the columns rounds.csv starts with (lightning_curate.utils.columns.LEAD)
 
@@ -173,26 +175,33 @@ def log_row(loggers: Sequence[Any], row: Mapping[str, Any], step: int) -> None:
 
 
 class PlotBudget:
-    """Decides after which rounds the figures are redrawn, so drawing never dominates a run.
+    """Decides after which rounds the figures are redrawn, so drawing never weighs on a run.
 
     Redrawing every figure after every round grows with the rounds (one panel
     per round) and took about a third of the main job's time on a CPU. A round's
-    figures are drawn while the drawing so far has cost at most ``share`` of
-    the time since the budget started; the last round's always are.
+    figures are drawn mid-run only while the drawing so far plus the drawing
+    now (expected to cost as much as the last one, ``first_cost`` before any)
+    stays within ``share`` of the time since the budget started; the last
+    round's always are. A short run is drawn once, at its end; a long one
+    (rounds of minutes) after most rounds.
 
     Example:
-        >>> budget = PlotBudget(share=0.1)
-        >>> budget.due(last=False)  # nothing drawn yet
+        >>> budget = PlotBudget(share=0.1, first_cost=2.0)
+        >>> budget.due(last=False)  # 2 s of drawing would be all of the run so far
+        False
+        >>> budget.due(last=True)
         True
     """
 
-    def __init__(self, share: float = PLOT_TIME_SHARE, clock=time.perf_counter):
+    def __init__(self, share: float = PLOT_TIME_SHARE, clock=time.perf_counter,
+                 first_cost: float = FIRST_DRAW_SECONDS):
         self.share, self.clock = share, clock
         self.start, self.spent = clock(), 0.0
+        self.expected = first_cost  # the next drawing's cost: the last one's, once one is timed
 
     def due(self, last: bool) -> bool:
-        """Whether to draw now: always for the last round, else while within the share."""
-        return last or self.spent <= self.share * (self.clock() - self.start)
+        """Whether to draw now: always for the last round, else while this drawing keeps within the share."""
+        return last or self.spent + self.expected <= self.share * (self.clock() - self.start)
 
     def draw(self, fn, *args: Any, **kwargs: Any) -> None:
         """Call ``fn`` and charge its time to the budget."""
@@ -200,7 +209,8 @@ class PlotBudget:
         try:
             fn(*args, **kwargs)
         finally:
-            self.spent += self.clock() - t0
+            self.expected = self.clock() - t0
+            self.spent += self.expected
 
 
 def plot_run(rows: Sequence[Mapping[str, Any]], previews: Sequence[Optional[Tensor]], run_dir: Path, *,

@@ -93,21 +93,45 @@ def test_table_puts_fixed_columns_first(tmp_path):
 
 
 def test_plot_budget_draws_while_within_its_share_and_always_last():
-    """A fake clock: drawing 1 s with a 10% share waits until 10 s have passed; the last round always draws."""
+    """A fake clock, a 10% share: the first drawing (expected 2 s) waits until 20 s have passed; once
+    one has cost 1 s, the next (expected 1 s) waits until the 2 s of drawing are 10% of the run."""
     now = [0.0]
-    budget = PlotBudget(share=0.1, clock=lambda: now[0])
+    budget = PlotBudget(share=0.1, clock=lambda: now[0], first_cost=2.0)
+    assert not budget.due(last=False)
+    assert budget.due(last=True)
+    now[0] = 19.9
+    assert not budget.due(last=False)
+    now[0] = 20.0
     assert budget.due(last=False)
 
     def draw():
         now[0] += 1.0
 
     budget.draw(draw)
-    assert budget.spent == 1.0
-    now[0] = 9.9
+    assert budget.spent == 1.0 and budget.expected == 1.0
+    now[0] = 19.9
     assert not budget.due(last=False)
     assert budget.due(last=True)
-    now[0] = 10.0
+    now[0] = 20.0
     assert budget.due(last=False)
+
+
+def test_a_short_run_is_drawn_once_at_its_end_and_a_long_one_mid_run():
+    """With the defaults (5%, 2 s expected) and drawings of 1 s: rounds of 3 s draw only the last;
+    rounds of 10 s from round 3 on, about every other round; rounds of 60 s every round."""
+    from lightning_curate.loop.report import FIRST_DRAW_SECONDS, PLOT_TIME_SHARE
+
+    assert (PLOT_TIME_SHARE, FIRST_DRAW_SECONDS) == (0.05, 2.0)
+    for round_seconds, expected in ((3.0, [10]), (10.0, [3, 4, 5, 7, 9, 10]), (60.0, list(range(11)))):
+        now = [0.0]
+        budget = PlotBudget(clock=lambda: now[0])
+        drawn = []
+        for t in range(11):
+            now[0] += round_seconds
+            if budget.due(last=t == 10):
+                budget.draw(lambda: now.__setitem__(0, now[0] + 1.0))
+                drawn.append(t)
+        assert drawn == expected, round_seconds
 
 
 def test_plot_budget_charges_a_failed_drawing():
