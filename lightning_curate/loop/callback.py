@@ -66,7 +66,8 @@ class RetrainingLoop(RoundSchedule, Callback):
         epochs_per_round: training epochs of each curated round.
         initial_epochs: epochs of round 0 on real data (default: ``epochs_per_round``).
         seed: run seed; every round's draws are derived from it.
-        plots: write PNG figures after the rounds (mid-run only while drawing stays within 5% of the run; always at the end).
+        plots: write PNG figures after the rounds (mid-run only while drawing stays within 5% of the
+            run; always at the end).
         allow_changed_settings: science settings (e.g. ``["beta"]`` or ``"beta,num_candidates"``) a
             resume may change deliberately; the change is recorded in the next round's manifest.
             Any other difference from the stored rounds refuses the resume.
