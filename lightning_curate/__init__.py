@@ -11,7 +11,7 @@ import gc as _gc
 
 # Importing torch, Lightning and their dependencies allocates some 400,000 objects that live as long as
 # the process. With the cyclic collector on, each time they grow the old generation by a quarter it
-# walks all of them again: 7 full collections during the import, 0.7 s of CPU, a sixth of it. It is
+# walks all of them again: 6-7 full collections during the import, 0.5-0.7 s of CPU. It is
 # paused for the import and put back as it was, with one full collection (what it would have found).
 _collecting = _gc.isenabled()
 _gc.disable()
