@@ -105,7 +105,7 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
 REPO = TESTS.parent
 # Every shipped run that groups optimizer steps: the main job and the overlays on it.
 GROUPED = [["mog8.yaml"], ["mog8.yaml", "overlays/mog8_real.yaml"], ["mog8.yaml", "overlays/moons.yaml"],
-           ["mog8.yaml", "overlays/mog8_batch1024.yaml"], ["mog8.yaml", "overlays/mog8_adversarial.yaml"]]
+           ["mog8.yaml", "overlays/mog8_adversarial.yaml"]]
 
 
 def test_every_grouped_config_composes_for_two_processes():
