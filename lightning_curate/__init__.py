@@ -18,10 +18,13 @@ from lightning_curate.data import CIFAR10, Atoms, BlendingDataModule, DataSource
 from lightning_curate.loop import (
     CurationModule,
     Curator,
+    ManifoldProjection,
+    PoolFraction,
     RetrainingLoop,
     RoundCheckpoint,
     RoundProgressBar,
     RoundStore,
+    SlotChoice,
     StoreError,
 )
 from lightning_curate.loop.component_check import (
@@ -77,7 +80,9 @@ __all__ = [
     "KDELearner",
     "MLPClassifier",
     "MLPVelocity",
+    "ManifoldProjection",
     "NegatedReward",
+    "PoolFraction",
     "RealData",
     "RetrainingLoop",
     "RewardError",
@@ -85,6 +90,7 @@ __all__ = [
     "RoundCheckpoint",
     "RoundProgressBar",
     "RoundStore",
+    "SlotChoice",
     "SmallCNN",
     "StoreError",
     "Toy2D",
