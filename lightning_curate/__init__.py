@@ -27,10 +27,13 @@ try:
     from lightning_curate.loop import (
         CurationModule,
         Curator,
+        ManifoldProjection,
+        PoolFraction,
         RetrainingLoop,
         RoundCheckpoint,
         RoundProgressBar,
         RoundStore,
+        SlotChoice,
         StoreError,
     )
     from lightning_curate.loop.component_check import (
@@ -90,7 +93,9 @@ __all__ = [
     "KDELearner",
     "MLPClassifier",
     "MLPVelocity",
+    "ManifoldProjection",
     "NegatedReward",
+    "PoolFraction",
     "RealData",
     "RetrainingLoop",
     "RewardError",
@@ -98,6 +103,7 @@ __all__ = [
     "RoundCheckpoint",
     "RoundProgressBar",
     "RoundStore",
+    "SlotChoice",
     "SmallCNN",
     "StoreError",
     "Toy2D",

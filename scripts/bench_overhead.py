@@ -84,6 +84,7 @@ __all__ = ["SIZES", "bare_loop_source", "format_whole", "main", "package_config"
 
 # The work of each size: what both programs do.
 SIZES = {
+    # The main job of 0.2.0 (batches of 256, one pass an epoch); today's draws 8 batches of 1,024 an epoch.
     "main": dict(num_slots=2000, num_candidates=4, solver="rk4", steps=8, batch_size=256, num_train=8000,
                  initial_epochs=40, epochs_per_round=64, rounds=10),
     "large": dict(num_slots=10000, num_candidates=4, solver="euler", steps=20, batch_size=512, num_train=20000,
@@ -318,6 +319,7 @@ def package_config(work: dict, root: Path, threads: int, whole: bool = False) ->
     model["generator"]["init_args"].update(solver=work["solver"], steps=work["steps"])
     data = cfg["data"]["init_args"]
     data["batch_size"] = work["batch_size"]
+    data["steps_per_epoch"] = None  # one pass over the training set an epoch, as the bare loop takes
     data["source"]["init_args"]["num_train"] = work["num_train"]
     return cfg
 

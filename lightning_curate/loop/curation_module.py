@@ -91,7 +91,7 @@ class CurationModule(GeneratorTraining):
         steps_per_batch: optimizer steps per Lightning batch; above 1, Lightning's per-batch
             work runs once per that many steps, with the same trained weights bit for bit
             (see :class:`~lightning_curate.loop.training.GeneratorTraining`).
-        selection: which candidates are kept: :class:`~lightning_curate.loop.KChoice` (the default,
+        selection: which candidates are kept: :class:`~lightning_curate.loop.SlotChoice` (the default,
             the per-slot choice above) or :class:`~lightning_curate.loop.PoolFraction` (the top,
             bottom or a random fraction of the whole pool, by reward or likelihood).
         transform: an ``nn.Module`` ``x -> x`` (same shape) applied to the kept samples before they

@@ -3,7 +3,7 @@
 A round draws ``num_slots x K`` candidates (the *pool*). ``CurationModule(selection=...)`` says
 which of them go to the store:
 
-* :class:`KChoice` (the default): each slot keeps ``num_winners`` of its ``K`` candidates by the
+* :class:`SlotChoice` (the default): each slot keeps ``num_winners`` of its ``K`` candidates by the
   Bradley-Terry choice (``beta``, ``mode``, or a population of curators): docs/THEORY.md section 1.
 * :class:`PoolFraction`: the ``top``, ``bottom`` or a ``random`` fraction of the whole pool, ranked
   by the reward or by the generator's own log-likelihood (``generator.log_prob(x) -> [n]``).
@@ -44,7 +44,7 @@ from lightning_curate.utils.seeding import derive_seed
 from lightning_curate.utils.seeding import generator as make_generator
 from lightning_curate.utils.validation import check_beta_spread, check_choice, check_float
 
-__all__ = ["KChoice", "POOL_SCORES", "SLOT_BLOCK", "PoolFraction", "Selection", "candidate_index", "check_selection",
+__all__ = ["SlotChoice", "POOL_SCORES", "SLOT_BLOCK", "PoolFraction", "Selection", "candidate_index", "check_selection",
            "curate_pool", "kchoice_blocks", "kept_mask", "pool_keys"]
 
 POOL_SCORES = ("reward", "likelihood")
@@ -54,24 +54,24 @@ SLOT_BLOCK = 512
 
 
 class Selection:
-    """What a round keeps of its candidates (a base: :class:`KChoice` or :class:`PoolFraction`)."""
+    """What a round keeps of its candidates (a base: :class:`SlotChoice` or :class:`PoolFraction`)."""
 
     def settings(self) -> Optional[dict[str, Any]]:
         """The science settings it adds to the manifest (``None``: the default, recorded as absent)."""
         return None
 
 
-class KChoice(Selection):
+class SlotChoice(Selection):
     """Today's choice, and the default: each slot keeps ``num_winners`` of its ``K`` candidates by the
     module's ``beta`` and ``mode`` (or its curators). Bit for bit what a module without ``selection`` does.
 
     Example:
-        >>> KChoice().settings() is None
+        >>> SlotChoice().settings() is None
         True
     """
 
     def __repr__(self) -> str:
-        return "KChoice()"
+        return "SlotChoice()"
 
 
 class PoolFraction(Selection):
@@ -110,11 +110,11 @@ class PoolFraction(Selection):
 
 def check_selection(selection: Optional[Selection], generator: Any, *, curators: Any, num_winners: int,
                     log_choices: int) -> Selection:
-    """The module's selection (``KChoice`` for ``None``), refused where it cannot work."""
+    """The module's selection (``SlotChoice`` for ``None``), refused where it cannot work."""
     if selection is None:
-        return KChoice()
+        return SlotChoice()
     if not isinstance(selection, Selection):
-        raise TypeError(f"selection must be a lightning_curate.loop.KChoice or PoolFraction, "
+        raise TypeError(f"selection must be a lightning_curate.loop.SlotChoice or PoolFraction, "
                         f"got {type(selection).__name__}")
     if isinstance(selection, PoolFraction):
         where = f"selection {selection!r}"

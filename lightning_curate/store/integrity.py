@@ -9,7 +9,8 @@ both, and name the manifest:
 * the ``fingerprint`` must be the sha256 of the ``settings`` it fingerprints (and present beside them);
 * a top-level key (``beta``, ``num_slots``...) must equal the same key of ``settings``;
 * the ``row`` must describe its round: its ``round`` and ``epoch``, and its curated-reward mean and
-  standard deviation must be those of the stored winners' rewards (to float32 precision).
+  standard deviation must be those of the stored winners' rewards (to float32 precision); after a
+  transform, its ``stored_reward_mean`` must be their mean.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def check_manifest_settings(manifest: dict[str, Any], path: Path) -> list[str]:
         problems.append("its settings have no fingerprint")
     elif fingerprint(settings) != recorded:
         problems.append("its settings do not match its fingerprint")
+    scheduled = settings.get("num_slots_schedule") is not None  # then the top-level num_slots is the round's own
     for key in LEGACY_KEYS:
+        if key == "num_slots" and scheduled:
+            continue
         if key in manifest and key in settings and manifest[key] != settings[key]:
             problems.append(f"its {key} ({manifest[key]!r}) differs from its settings' ({settings[key]!r})")
     return problems
@@ -66,9 +70,14 @@ def check_row(manifest: dict[str, Any], tensors: dict[str, Tensor]) -> list[str]
     if rewards is None or rewards.numel() == 0:
         return problems
     values = rewards.double().reshape(-1)
-    stats = {Col.CURATED_REWARD_MEAN: float(values.mean()),
-             Col.CURATED_REWARD_STD: float(values.std()) if values.numel() > 1 else 0.0}
-    scale = max(1.0, abs(stats[Col.CURATED_REWARD_MEAN]), stats[Col.CURATED_REWARD_STD])
+    if "stored_reward_mean" in row:
+        # A transform ran before storage: the stored rewards are the transformed samples', which the row's
+        # stored_reward_mean describes (its curated_* columns describe the selection, before the transform).
+        stats = {"stored_reward_mean": float(values.mean())}
+    else:
+        stats = {Col.CURATED_REWARD_MEAN: float(values.mean()),
+                 Col.CURATED_REWARD_STD: float(values.std()) if values.numel() > 1 else 0.0}
+    scale = max([1.0] + [abs(value) for value in stats.values()] + [float(values.std()) if values.numel() > 1 else 0.0])
     for key, actual in stats.items():
         stored = row.get(key)
         if isinstance(stored, (int, float)) and not _close(float(stored), actual, scale):

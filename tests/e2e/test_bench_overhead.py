@@ -74,7 +74,7 @@ def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):
     cfg = bench.package_config(work, tmp_path / "run", threads=1)
     loop = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("RetrainingLoop"))["init_args"]
     assert loop == {"rounds": 10, "epochs_per_round": 20, "initial_epochs": 37, "seed": 0, "plots": False,
-                    "learner_noise": 1.2}  # the shipped noise rule: it changes no work
+                    "learner_noise": 0.6}  # the shipped noise rule: it changes no work
     assert cfg["trainer"]["callbacks"][0]["class_path"] == "bench_timer.EpochTimer"
     # The whole-process mode runs the config as shipped: its figures (the loop's default) and no timer.
     whole = bench.package_config(work, tmp_path / "run", threads=1, whole=True)
@@ -91,19 +91,11 @@ def test_package_config_is_the_main_job_at_the_benchmark_sizes(tmp_path):
     assert model["generator"]["init_args"]["velocity"]["init_args"] == {"dim": 2, "hidden": 128, "depth": 3}
     data = cfg["data"]["init_args"]
     assert data["batch_size"] == 512 and data["source"]["init_args"]["num_train"] == 20000
+    assert data["steps_per_epoch"] is None  # one pass an epoch, as the bare loop takes
     assert cfg["torch_num_threads"] == 1 and cfg["trainer"]["default_root_dir"] == str(tmp_path / "run")
-    # The main size is the shipped main job's, and the bare loop restarts its EMA each round as the config does.
+    # The bare loop restarts its EMA each round, as the shipped config does.
     shipped = yaml.safe_load(bench.MAIN_CONFIG.read_text())
-    main_loop = next(c for c in shipped["trainer"]["callbacks"]
-                     if c["class_path"].endswith("RetrainingLoop"))["init_args"]
-    main, shipped_model, shipped_data = bench.SIZES["main"], shipped["model"]["init_args"], shipped["data"]["init_args"]
-    assert {k: main[k] for k in ("epochs_per_round", "initial_epochs", "rounds")} == \
-        {k: main_loop[k] for k in ("epochs_per_round", "initial_epochs", "rounds")}
-    shipped_generator = shipped_model["generator"]["init_args"]
-    assert (main["num_slots"], main["num_candidates"], main["solver"], main["steps"], main["batch_size"],
-            main["num_train"]) == (shipped_model["num_slots"], shipped_model["num_candidates"],
-                                   shipped_generator["solver"], shipped_generator["steps"],
-                                   shipped_data["batch_size"], shipped_data["source"]["init_args"]["num_train"])
+    shipped_model = shipped["model"]["init_args"]
     assert shipped_model["generator"]["init_args"]["ema_reset"] == "round"
     assert "restart_ema=True" in bench.bare_loop_source()
     # The bare loop is valid Python that reads its sizes from argv.

@@ -28,7 +28,6 @@ EXPECTED = Path(__file__).resolve().parent / "expected_configs"
 COMPOSITIONS = {
     "mog8_real": ["mog8.yaml", "overlays/mog8_real.yaml"],
     "moons": ["mog8.yaml", "overlays/moons.yaml"],
-    "mog8_batch1024": ["mog8.yaml", "overlays/mog8_batch1024.yaml"],
     "mog8_gaussian": ["mog8.yaml", "overlays/mog8_gaussian.yaml"],
     "mog8_kde": ["mog8.yaml", "overlays/mog8_kde.yaml"],
     "mog8_correction": ["mog8.yaml", "overlays/mog8_correction.yaml"],

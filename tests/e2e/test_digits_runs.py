@@ -178,8 +178,9 @@ def test_missing_checkpoint_without_train_config_names_the_command(tmp_path, dig
     cfg = digits_run_config(tmp_path / "run", missing, digits_judge, reward_config=None)
     with pytest.raises(SystemExit) as err:
         fit(write(tmp_path / "digits.yaml", cfg))
-    # The CLI stops with a failure status and one line that names the file and the command to make it.
-    assert err.value.code == 1
+    # The CLI refuses before anything is written (status 2), with one line that names the file and the
+    # command to make it.
+    assert err.value.code == 2
     message = capsys.readouterr().err
     assert message.startswith("error: ") and str(missing) in message
     assert "lightning-curate fit -c configs/digits_classifier.yaml" in message

@@ -8,7 +8,7 @@ import torch
 from loop_helpers import assert_same_outcome, build_module
 from torch import nn
 
-from lightning_curate.loop import KChoice, PoolFraction
+from lightning_curate.loop import PoolFraction, SlotChoice
 from lightning_curate.loop.curation_module import SLOT_BLOCK, CurationModule
 from lightning_curate.loop.selection import kept_mask
 from lightning_curate.models.generator import Generator
@@ -70,7 +70,7 @@ def curate(module, **kwargs):
 def test_kchoice_is_the_default_bit_for_bit():
     reward = ClippedDistanceReward(dataset="mog8", targets=[0, 1])
     a = curate(build_module(reward, num_slots=NUM_SLOTS, num_candidates=K))
-    b = curate(build_module(reward, num_slots=NUM_SLOTS, num_candidates=K, selection=KChoice()))
+    b = curate(build_module(reward, num_slots=NUM_SLOTS, num_candidates=K, selection=SlotChoice()))
     assert_same_outcome(a, b)
 
 
