@@ -21,7 +21,6 @@ after SIGTERM.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import signal
@@ -301,8 +300,6 @@ def main(args: Optional[list[str]] = None) -> None:
     codes in the module docstring.
     """
     argv = list(sys.argv[1:] if args is None else args)
-    if args is None:  # the command's own process: what it imported lives until it exits
-        gc.freeze()  # so the collector need not walk it again (0.3 s of CPU a full collection, one at exit)
     _import_from_cwd()
     silence_third_party_noise()
     if argv and argv[0] == "diagnose":  # lightning-curate diagnose jitter|budget|solver RUN_DIR [options]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lightning_curate.loop.fidelity import fidelity_columns, learner_gap_columns, p0_quality
 from lightning_curate.loop.prediction import PopulationForecast, exact_metrics, predict_next
-from lightning_curate.theory.ideal_learner import check_improvement
+from lightning_curate.theory.ideal_learner import check_improvement, run_level_z
 from lightning_curate.utils.columns import Col
 
 __all__ = ["RoundAnalysis"]
@@ -38,10 +38,13 @@ class RoundAnalysis:
     Args:
         learner_noise: the learner's refit jitter, as a multiple of a round mean's sampling
             standard error (see :class:`~lightning_curate.loop.RetrainingLoop`).
+        rounds: the run's rounds: the improvement check's threshold holds for the whole run
+            (:func:`~lightning_curate.theory.ideal_learner.run_level_z`).
     """
 
-    def __init__(self, learner_noise: float = 0.0) -> None:
+    def __init__(self, learner_noise: float = 0.0, rounds: int = 1) -> None:
         self.learner_noise = learner_noise
+        self.rounds = rounds
         self.real_rewards: Optional[Tensor] = None  # the real training data's, for predictions
         self.real_labels: Optional[Tensor] = None
         self.forecast = PopulationForecast()  # a population's caches, kept between rounds
@@ -77,7 +80,8 @@ class RoundAnalysis:
                                real_labels=self.real_labels, real_samples=real, round_idx=round_idx,
                                forecast=self.forecast)
         if previous is not None:
-            columns.update(check_improvement(previous, columns))
+            columns.update(check_improvement(previous, columns, z=run_level_z(self.rounds),
+                                             learner_noise=self.learner_noise))
             if columns.get(Col.IMPROVEMENT_VIOLATION) == 1.0:
                 rank_zero_warn(f"round {round_idx}: E[exp(beta r)] = {columns[Col.EXP_REWARD_MEAN]:.4g} is below "
                                f"the ideal learner's lower bound {previous[Col.EXP_REWARD_LOWER_BOUND]:.4g} "

@@ -92,7 +92,7 @@ class RetrainingLoop(RoundSchedule, Callback):
         self.init = check_choice("init", init, INITS)
         self.learner_noise = check_float("learner_noise", learner_noise, minimum=0.0)
         self.writer = RunWriter(plots)  # the rows, rounds.csv, the loggers, the figures, the summary
-        self.analysis = RoundAnalysis(self.learner_noise)  # the predictions and the fidelity columns
+        self.analysis = RoundAnalysis(self.learner_noise, rounds=self.rounds)  # predictions, fidelity columns
         self._initial_state: Optional[dict[str, Any]] = None  # the generator's weights before any training
         self.reward_config: Optional[dict[str, Any]] = None  # the reward's class_path/init_args, from the CLI
         self.settings: Optional[dict[str, Any]] = None

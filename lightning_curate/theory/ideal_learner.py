@@ -25,6 +25,7 @@ Everything here is pure torch (float64, CPU), no Lightning:
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -41,7 +42,7 @@ from lightning_curate.theory.laws import rlhf_coefficient
 from lightning_curate.utils.columns import PREDICTED_CURATED_SHARE, PREDICTED_SHARE, SELECTION_SHARE_SD, TILT_SHARE
 from lightning_curate.utils.validation import check_float
 
-__all__ = ["check_improvement", "improvement_violated", "predict_round", "selection_probabilities"]
+__all__ = ["check_improvement", "improvement_violated", "predict_round", "run_level_z", "selection_probabilities"]
 
 
 
@@ -230,8 +231,23 @@ def improvement_violated(observed: float, lower_bound: float, *, stderr: float =
     return observed + z * se < lower_bound
 
 
+def run_level_z(rounds: int, z: float = 3.0) -> float:
+    """The per-round threshold that keeps a whole run's false-alarm rate at one round's ``z``.
+
+    A run checks the bound once per round: at ``z`` each, a learner exactly at the bound would be
+    flagged somewhere about ``rounds`` times as often as in one round. Splitting the one-sided tail
+    over the rounds (Bonferroni) keeps the run's rate at ``z``'s.
+
+    Example:
+        >>> round(run_level_z(1), 2), round(run_level_z(10), 2)
+        (3.0, 3.64)
+    """
+    tail = (1.0 - NormalDist().cdf(z)) / max(1, rounds)
+    return NormalDist().inv_cdf(1.0 - tail)
+
+
 def check_improvement(previous: Mapping[str, float], current: Mapping[str, float], *,
-                      z: float = 3.0) -> dict[str, float]:
+                      z: float = 3.0, learner_noise: float = 0.0) -> dict[str, float]:
     """Compare round ``t + 1``'s ``exp_reward_mean`` with the bound that round ``t`` predicted.
 
     ``current`` is round ``t + 1``'s :func:`predict_round` dict or ``rounds.csv`` row;
@@ -241,6 +257,8 @@ def check_improvement(previous: Mapping[str, float], current: Mapping[str, float
     difference: both are sample estimates) and ``improvement_violation`` (1.0 when the
     margin is below ``-z``, else 0.0). A violation means the retrained model did not
     reach what an ideal learner provably reaches: usually an under-trained generator.
+    ``learner_noise`` counts the learner's refit jitter (a multiple of the observed mean's
+    standard error) as noise, as the fidelity rule does.
     """
     def get(row, key):
         try:
@@ -249,8 +267,9 @@ def check_improvement(previous: Mapping[str, float], current: Mapping[str, float
             return math.nan
 
     bound, obs = get(previous, "exp_reward_lower_bound"), get(current, "exp_reward_mean")
-    se = math.hypot(*(v if math.isfinite(v) else 0.0 for v in (get(previous, "exp_reward_lower_bound_stderr"),
-                                                                 get(current, "exp_reward_stderr"))))
+    se_bound, se_obs = (v if math.isfinite(v) else 0.0 for v in (get(previous, "exp_reward_lower_bound_stderr"),
+                                                                   get(current, "exp_reward_stderr")))
+    se = math.hypot(se_bound, se_obs, learner_noise * se_obs)
     if not (math.isfinite(bound) and math.isfinite(obs)):
         return {"improvement_margin": math.nan, "improvement_violation": math.nan}
     margin = (obs - bound) / se if se > 0 else (math.inf if obs >= bound else -math.inf)

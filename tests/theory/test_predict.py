@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from statistics import NormalDist
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from lightning_curate.theory.ideal_learner import (
     check_improvement,
     improvement_violated,
     predict_round,
+    run_level_z,
     selection_probabilities,
 )
 
@@ -187,6 +189,23 @@ def test_monotone_improvement_bound_and_check():
     assert verdict["improvement_violation"] == 1.0 and verdict["improvement_margin"] < -3
     assert improvement_violated(1.0, 2.0) and not improvement_violated(1.9, 2.0, stderr=0.1)
     assert not improvement_violated(math.nan, 2.0)
+
+
+def test_the_improvement_check_counts_the_learners_jitter_and_holds_for_the_whole_run():
+    previous = {"exp_reward_lower_bound": 1.0, "exp_reward_lower_bound_stderr": 0.3}
+    current = {"exp_reward_mean": 0.0, "exp_reward_stderr": 0.4}
+    # Sampling alone: a margin of -1 / hypot(0.3, 0.4) = -2; with jitter 0.75 x 0.4 = 0.3 on top:
+    # -1 / hypot(0.3, 0.4, 0.3) = -1 / sqrt(0.34).
+    assert check_improvement(previous, current)["improvement_margin"] == pytest.approx(-2.0)
+    noisy = check_improvement(previous, current, learner_noise=0.75)["improvement_margin"]
+    assert noisy == pytest.approx(-1 / math.sqrt(0.34))
+    # One round keeps z; ten split the one-sided tail of z = 3 (0.00135) ten ways.
+    assert run_level_z(1) == pytest.approx(3.0)
+    assert 1 - NormalDist().cdf(run_level_z(10)) == pytest.approx((1 - NormalDist().cdf(3.0)) / 10)
+    # A margin of -3.4 warns for one round at z = 3, not at the run-level threshold of ten rounds.
+    far = {"exp_reward_mean": 1.0 - 3.4 * 0.5, "exp_reward_stderr": 0.4}
+    assert check_improvement(previous, far)["improvement_violation"] == 1.0
+    assert check_improvement(previous, far, z=run_level_z(10))["improvement_violation"] == 0.0
 
 
 def test_bad_inputs():
