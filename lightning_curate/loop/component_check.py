@@ -250,17 +250,18 @@ def check_components(generator: nn.Module, reward: nn.Module, source: Optional[D
             _check_loss(generator, name, real.train[:CHECK_SAMPLES].to(device))
 
 
-def check_run_components(pl_module: Any, datamodule: Any) -> None:
+def check_run_components(pl_module: Any, datamodule: Any, device: Optional[torch.device] = None) -> None:
     """:func:`check_components` of a ``CurationModule`` (its generator, reward and curators' rewards) and a
     ``BlendingDataModule`` (its source and data); what ``RetrainingLoop.setup`` runs.
 
     At setup Lightning has not yet moved the module to its device: it is moved there for the check
     (a large generator samples in a second on a GPU, in minutes on a CPU) and back after.
     """
-    try:
-        device = pl_module.trainer.strategy.root_device
-    except RuntimeError:  # not attached to a Trainer
-        device = pl_module.device
+    if device is None:
+        try:
+            device = pl_module.trainer.strategy.root_device
+        except RuntimeError:  # not attached to a Trainer
+            device = pl_module.device
     previous = pl_module.device
     others = {f"curator {c.name!r}'s reward": c.reward for c in getattr(pl_module, "curators", None) or []}
     try:

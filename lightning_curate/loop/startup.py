@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_curate.loop.component_check import check_components
+from lightning_curate.loop.component_check import check_run_components
 
 __all__ = ["check_components_first", "forks_later"]
 
@@ -24,15 +24,7 @@ def check_components_first(trainer: Any, pl_module: Any, datamodule: Any) -> Non
     trainer's root device, before ``Trainer.fit`` (one process: rank 0 of a run)."""
     pl_module.prepare_data()
     datamodule.prepare_data()
-    device = trainer.strategy.root_device
-    previous = pl_module.device
-    others = {f"curator {c.name!r}'s reward": c.reward for c in getattr(pl_module, "curators", None) or []}
-    try:
-        pl_module.to(device)
-        check_components(pl_module.generator, pl_module.reward, datamodule.source, real=datamodule.real,
-                         device=device, other_rewards=others)
-    finally:
-        pl_module.to(previous)
+    check_run_components(pl_module, datamodule, device=trainer.strategy.root_device)
 
 
 def forks_later(trainer: Any) -> bool:
